@@ -1,0 +1,300 @@
+//! The invalidation bus: the message format, and the one subscriber task per cache instance.
+//!
+//! Messages are published by the L2 write scripts (see `l2.rs`), so a write and its broadcast
+//! are one atomic step. Layout, all integers big-endian:
+//!
+//! ```text
+//! 0      0xC1     magic          1      1        format
+//! 2      kind     0 keys, 1 whole namespace
+//! 3-10   origin   node id of the writer (a node skips its own messages: its L1 is already right)
+//! 11-18  version  the write's version, spliced in by the script
+//! 19-20  ns len   then the namespace's bytes
+//! ...    count    u32, then per key: u32 length and the key's bytes
+//! ```
+//!
+//! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is
+//! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
+//! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
+//! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
+//! waited on. A message it cannot parse also clears every L1: it might have been an
+//! invalidation.
+
+use crate::cache::Shared;
+use futures_util::StreamExt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAGIC: u8 = 0xC1;
+const FORMAT: u8 = 1;
+const KIND_KEYS: u8 = 0;
+const KIND_NAMESPACE: u8 = 1;
+const VERSION_AT: usize = 11;
+
+/// A message to publish, split around the version the script will splice in.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Invalidates the given keys of a namespace.
+    pub(crate) fn keys(origin: u64, namespace: &str, keys: &[&str]) -> Self {
+        let mut tail = Self::tail_start(namespace);
+        tail.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+        for k in keys {
+            tail.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            tail.extend_from_slice(k.as_bytes());
+        }
+        Self {
+            head: Self::head_bytes(KIND_KEYS, origin),
+            tail,
+        }
+    }
+
+    /// Invalidates a whole namespace.
+    pub(crate) fn namespace(origin: u64, namespace: &str) -> Self {
+        Self {
+            head: Self::head_bytes(KIND_NAMESPACE, origin),
+            tail: Self::tail_start(namespace),
+        }
+    }
+
+    fn head_bytes(kind: u8, origin: u64) -> Vec<u8> {
+        let mut h = Vec::with_capacity(VERSION_AT);
+        h.extend_from_slice(&[MAGIC, FORMAT, kind]);
+        h.extend_from_slice(&origin.to_be_bytes());
+        h
+    }
+
+    fn tail_start(namespace: &str) -> Vec<u8> {
+        let mut t = Vec::with_capacity(2 + namespace.len() + 4);
+        t.extend_from_slice(&(namespace.len() as u16).to_be_bytes());
+        t.extend_from_slice(namespace.as_bytes());
+        t
+    }
+
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    pub(crate) fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+
+    #[cfg(test)]
+    fn assemble(&self, version: u64) -> Vec<u8> {
+        [&self.head[..], &version.to_be_bytes(), &self.tail].concat()
+    }
+}
+
+/// What a received message invalidates.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scope<'a> {
+    Keys(Vec<&'a str>),
+    Namespace,
+}
+
+/// A parsed message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Incoming<'a> {
+    pub(crate) origin: u64,
+    pub(crate) version: u64,
+    pub(crate) namespace: &'a str,
+    pub(crate) scope: Scope<'a>,
+}
+
+/// Parses a message; `None` for anything malformed. Never panics.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
+    let mut r = Reader(bytes);
+    if r.take(2)? != [MAGIC, FORMAT] {
+        return None;
+    }
+    let kind = r.take(1)?[0];
+    let origin = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let version = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let ns_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
+    let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
+    let scope = match kind {
+        KIND_NAMESPACE => Scope::Namespace,
+        KIND_KEYS => {
+            let count = r.u32()? as usize;
+            // Each key needs at least its 4-byte length: bounds the allocation by the input.
+            if count > r.0.len() / 4 {
+                return None;
+            }
+            let mut keys = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = r.u32()? as usize;
+                keys.push(std::str::from_utf8(r.take(len)?).ok()?);
+            }
+            Scope::Keys(keys)
+        }
+        _ => return None,
+    };
+    r.0.is_empty().then_some(Incoming {
+        origin,
+        version,
+        namespace,
+        scope,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// Applies one received payload to the local tiers.
+pub(crate) fn apply(shared: &Shared, payload: &[u8]) {
+    let Some(msg) = decode(payload) else {
+        shared.bus.metrics.malformed.inc();
+        tracing::warn!(
+            target: "tiered_cache::bus",
+            len = payload.len(),
+            "unreadable message on the invalidation channel; clearing L1 to stay safe"
+        );
+        shared.clear_all_l1();
+        return;
+    };
+    if msg.origin == shared.node_id {
+        shared.bus.metrics.own_skipped.inc();
+        return;
+    }
+    // A namespace this node does not serve: nothing of it is cached here.
+    let Some(ns) = shared.namespace(msg.namespace) else {
+        return;
+    };
+    match msg.scope {
+        Scope::Keys(keys) => ns.apply_remote_keys(&keys),
+        Scope::Namespace => ns.apply_remote_clear(msg.version),
+    }
+}
+
+/// Settings of the subscriber task.
+#[derive(Debug, Clone)]
+pub(crate) struct BusConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) max_backoff: Duration,
+}
+
+/// Runs until aborted (when the last cache handle is dropped).
+pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, cfg: BusConfig) {
+    let min_backoff = Duration::from_millis(50);
+    let mut backoff = min_backoff;
+    loop {
+        let outcome = session(&client, &shared, &cfg).await;
+        let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
+        if was_subscribed {
+            shared.bus.metrics.disconnected.inc();
+            backoff = min_backoff;
+        }
+        tracing::warn!(
+            target: "tiered_cache::bus",
+            reason = %outcome.unwrap_err(),
+            retry_in_ms = backoff.as_millis() as u64,
+            "invalidation subscriber not listening"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+/// One connection's life: subscribe, resync, then listen until something fails.
+async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Result<(), String> {
+    let pubsub = tokio::time::timeout(cfg.connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(cfg.command_timeout, sink.subscribe(shared.l2.keys().channel()))
+        .await
+        .map_err(|_| "subscribe timed out".to_string())?
+        .map_err(|e| format!("subscribe: {e}"))?;
+    // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
+    shared.resync().await.map_err(|e| format!("resync: {e}"))?;
+    shared.bus.subscribed.store(true, Relaxed);
+    shared.bus.metrics.subscribed.inc();
+    tracing::info!(target: "tiered_cache::bus", channel = shared.l2.keys().channel(), "subscribed");
+
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => apply(shared, msg.get_payload_bytes()),
+                None => return Err("connection closed".into()),
+            },
+            _ = heartbeat.tick() => {
+                let ping = sink.ping::<redis::Value>();
+                match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await {
+                    Ok(Ok(_)) => shared.bus.touch(),
+                    Ok(Err(e)) => return Err(format!("ping: {e}")),
+                    Err(_) => return Err("ping timed out".into()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42);
+        let d = decode(&m).unwrap();
+        assert_eq!(
+            d,
+            Incoming {
+                origin: 7,
+                version: 42,
+                namespace: "rate",
+                scope: Scope::Keys(vec!["CNGN:USD", "", "é"])
+            }
+        );
+    }
+
+    #[test]
+    fn namespace_round_trip() {
+        let m = Outgoing::namespace(1, "quote").assemble(3);
+        assert_eq!(decode(&m).unwrap().scope, Scope::Namespace);
+    }
+
+    #[test]
+    fn malformed_messages_are_rejected_without_panic() {
+        let good = Outgoing::keys(7, "rate", &["a", "bc"]).assemble(42);
+        for n in 0..good.len() {
+            assert!(decode(&good[..n]).is_none(), "prefix of {n} bytes accepted");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_none());
+        let mut huge = Outgoing::keys(7, "rate", &[]).assemble(1);
+        let at = huge.len() - 4;
+        huge[at..].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode(&huge).is_none());
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0xff;
+            let _ = decode(&bad);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The cache handle, what it shares with its background task, and `build()`.
+
+use crate::bus::{self, BusConfig};
+use crate::config::TieredCacheBuilder;
+use crate::error::{Error, Result};
+use crate::key::{CacheKey, KeySpace};
+use crate::l2::{L2Error, L2Tier};
+use crate::metrics::{BusMetrics, NamespaceStats};
+use crate::namespace::{Namespace, NamespaceCore};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The state of the invalidation subscriber.
+pub(crate) struct BusState {
+    pub(crate) subscribed: AtomicBool,
+    pub(crate) metrics: BusMetrics,
+    started: Instant,
+    /// Milliseconds since `started` of the last answered heartbeat or subscription.
+    last_alive_ms: AtomicU64,
+}
+
+impl BusState {
+    pub(crate) fn touch(&self) {
+        self.last_alive_ms
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn last_alive_age(&self) -> Option<Duration> {
+        let at = self.last_alive_ms.load(Relaxed);
+        (at > 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(at)))
+    }
+}
+
+/// Everything the handles and the subscriber task share.
+pub(crate) struct Shared {
+    pub(crate) node_id: u64,
+    pub(crate) l2: L2Tier,
+    pub(crate) bus: BusState,
+    namespaces: Vec<Arc<NamespaceCore>>,
+    by_name: HashMap<String, Arc<NamespaceCore>>,
+}
+
+impl Shared {
+    pub(crate) fn namespace(&self, name: &str) -> Option<&Arc<NamespaceCore>> {
+        self.by_name.get(name)
+    }
+
+    pub(crate) fn clear_all_l1(&self) {
+        for ns in &self.namespaces {
+            ns.clear_l1();
+        }
+    }
+
+    /// After (re)subscribing: learn the namespace floors set while away, and forget every L1
+    /// entry, since invalidations sent while away were lost.
+    pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
+        let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
+        let floors = self.l2.floors(&names).await?;
+        for (ns, floor) in self.namespaces.iter().zip(floors) {
+            ns.raise_floor(floor);
+        }
+        self.clear_all_l1();
+        self.bus.touch();
+        Ok(())
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+/// A two-tier cache: L1 in this process (moka), L2 in Redis, kept coherent across every
+/// process sharing the Redis by an invalidation bus.
+///
+/// Cheap to clone (an `Arc` inside): clone it into tasks rather than wrapping it in a lock.
+/// The background subscriber stops when the last clone (and the last [`Namespace`] handle) is
+/// dropped.
+#[derive(Clone)]
+pub struct TieredCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("node_id", &self.node_id())
+            .field("prefix", &self.shared().l2.keys().prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A point-in-time view of the cache's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// Redis answered a PING within the L2 timeout just now.
+    pub redis_reachable: bool,
+    /// The invalidation subscriber is connected and listening.
+    pub subscribed: bool,
+    /// Time since the subscriber last heard from Redis (subscription or heartbeat).
+    pub last_heartbeat_age: Option<Duration>,
+}
+
+/// Counts per namespace, since the cache was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Per namespace, in configuration order.
+    pub namespaces: Vec<(String, NamespaceStats)>,
+    /// Times the subscriber (re)subscribed.
+    pub bus_subscriptions: u64,
+    /// Own messages received and skipped.
+    pub bus_own_skipped: u64,
+    /// Unreadable messages received (each cleared L1).
+    pub bus_malformed: u64,
+}
+
+impl Stats {
+    /// The counts of one namespace.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceStats> {
+        self.namespaces
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+}
+
+impl TieredCache {
+    /// Starts configuring a cache.
+    pub fn builder() -> TieredCacheBuilder {
+        TieredCacheBuilder::default()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// A typed handle on a configured namespace. The first call pins the namespace's key and
+    /// value types; a later call with other types is an error rather than a silent mis-decode.
+    pub fn namespace<K, V>(&self, name: &str) -> Result<Namespace<K, V>>
+    where
+        K: CacheKey + ?Sized + 'static,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let core = self
+            .shared()
+            .namespace(name)
+            .ok_or_else(|| Error::Namespace(format!("namespace {name:?} is not configured")))?;
+        Namespace::open(core.clone(), self.clone())
+    }
+
+    /// This instance's id on the bus (random per instance).
+    pub fn node_id(&self) -> u64 {
+        self.shared().node_id
+    }
+
+    /// True while the invalidation subscriber is listening.
+    pub fn is_subscribed(&self) -> bool {
+        self.shared().bus.subscribed.load(Relaxed)
+    }
+
+    /// Checks Redis now (one PING, bounded by the L2 timeout) and reports the subscriber.
+    pub async fn health(&self) -> Health {
+        let shared = self.shared();
+        Health {
+            redis_reachable: shared.l2.ping().await,
+            subscribed: self.is_subscribed(),
+            last_heartbeat_age: shared.bus.last_alive_age(),
+        }
+    }
+
+    /// Counts per namespace since the cache was built.
+    pub fn stats(&self) -> Stats {
+        let shared = self.shared();
+        Stats {
+            namespaces: shared
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    let mut s = ns.metrics.snapshot();
+                    s.l1_entries = ns.l1.entry_count();
+                    (ns.name.clone(), s)
+                })
+                .collect(),
+            bus_subscriptions: shared.bus.metrics.subscribed.get(),
+            bus_own_skipped: shared.bus.metrics.own_skipped.get(),
+            bus_malformed: shared.bus.metrics.malformed.get(),
+        }
+    }
+}
+
+impl TieredCacheBuilder {
+    /// Checks the configuration and starts the cache. Must be called inside a Tokio runtime: it
+    /// spawns the invalidation subscriber.
+    ///
+    /// Does not wait for Redis: a cache built while Redis is down serves from L1 and loaders,
+    /// and joins the fleet when Redis comes back.
+    pub fn build(self) -> Result<TieredCache> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config("build() must be called inside a Tokio runtime".into())
+        })?;
+        let url = self.effective_url();
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let keys = KeySpace::new(&self.prefix, db);
+        let l2 = L2Tier::new(
+            &client,
+            keys,
+            self.l2_timeout,
+            self.connect_timeout,
+            self.reconnect_backoff,
+        )
+        .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
+
+        let namespaces: Vec<Arc<NamespaceCore>> = self
+            .namespaces
+            .into_iter()
+            .map(|(name, policy)| Arc::new(NamespaceCore::new(name, policy)))
+            .collect();
+        let by_name = namespaces
+            .iter()
+            .map(|ns| (ns.name.clone(), ns.clone()))
+            .collect();
+        let shared = Arc::new(Shared {
+            node_id: rand::random(),
+            l2,
+            bus: BusState {
+                subscribed: AtomicBool::new(false),
+                metrics: BusMetrics::new(),
+                started: Instant::now(),
+                last_alive_ms: AtomicU64::new(0),
+            },
+            namespaces,
+            by_name,
+        });
+        let bus_config = BusConfig {
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.l2_timeout,
+            heartbeat: self.heartbeat,
+            max_backoff: self.reconnect_backoff.max(Duration::from_millis(100)),
+        };
+        let subscriber = runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config));
+        Ok(TieredCache {
+            inner: Arc::new(Inner { shared, subscriber }),
+        })
+    }
+}

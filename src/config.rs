@@ -1,0 +1,250 @@
+//! Configuration: the builder, per-namespace policies, and the checks `build()` runs.
+
+use crate::error::{Error, Result};
+use crate::key::validate_name;
+use std::time::Duration;
+
+/// The Redis URL used when none is given and `REDIS_URL` is unset.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The key prefix used when none is given: the `v1:{namespace}:{id}` convention.
+pub const DEFAULT_PREFIX: &str = "v1";
+
+/// How one namespace is cached: TTLs on both tiers and the size of its L1.
+///
+/// ```
+/// use std::time::Duration;
+/// use tiered_cache::NamespacePolicy;
+///
+/// // Exchange rates: 90 s in Redis, at most 10 s in process memory, 50 000 pairs.
+/// let rates = NamespacePolicy::new(Duration::from_secs(90))
+///     .l1_ttl(Duration::from_secs(10))
+///     .l1_capacity(50_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    pub(crate) l2_ttl: Duration,
+    pub(crate) l1_ttl: Option<Duration>,
+    pub(crate) l1_capacity: u64,
+}
+
+impl NamespacePolicy {
+    /// Default cap on the L1 TTL when none is set: the local tier is a copy, and a short life
+    /// bounds how long a copy can outlive an invalidation that never arrived.
+    pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
+    /// Default L1 capacity, in entries.
+    pub const DEFAULT_L1_CAPACITY: u64 = 10_000;
+
+    /// A policy whose values live `l2_ttl` in Redis.
+    ///
+    /// Defaults: L1 TTL = min(`l2_ttl`, 60 s); L1 capacity = 10 000 entries.
+    pub fn new(l2_ttl: Duration) -> Self {
+        Self {
+            l2_ttl,
+            l1_ttl: None,
+            l1_capacity: Self::DEFAULT_L1_CAPACITY,
+        }
+    }
+
+    /// How long a value stays in this process's L1; at most the L2 TTL.
+    /// Default: min(L2 TTL, 60 s).
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The most entries this namespace keeps in L1 (moka evicts by TinyLFU beyond it).
+    /// Default: 10 000.
+    pub fn l1_capacity(mut self, entries: u64) -> Self {
+        self.l1_capacity = entries;
+        self
+    }
+
+    /// The TTL of values in Redis.
+    pub fn l2_ttl_value(&self) -> Duration {
+        self.l2_ttl
+    }
+
+    /// The effective L1 TTL.
+    pub fn l1_ttl_value(&self) -> Duration {
+        self.l1_ttl
+            .unwrap_or_else(|| self.l2_ttl.min(Self::DEFAULT_L1_TTL_CAP))
+    }
+
+    fn validate(&self, name: &str) -> Result<(), String> {
+        if self.l2_ttl.is_zero() {
+            return Err(format!("namespace {name:?}: L2 TTL must be greater than zero"));
+        }
+        if self.l2_ttl.as_millis() > i64::MAX as u128 {
+            return Err(format!("namespace {name:?}: L2 TTL is out of range"));
+        }
+        let l1 = self.l1_ttl_value();
+        if l1.is_zero() {
+            return Err(format!("namespace {name:?}: L1 TTL must be greater than zero"));
+        }
+        if l1 > self.l2_ttl {
+            return Err(format!(
+                "namespace {name:?}: L1 TTL {l1:?} is longer than its L2 TTL {:?}",
+                self.l2_ttl
+            ));
+        }
+        if self.l1_capacity == 0 {
+            return Err(format!("namespace {name:?}: L1 capacity must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`TieredCache`](crate::TieredCache). Every setter documents its default;
+/// [`build`](Self::build) checks the whole configuration and returns an error instead of a cache
+/// that would misbehave later.
+#[derive(Debug, Clone)]
+pub struct TieredCacheBuilder {
+    pub(crate) redis_url: Option<String>,
+    pub(crate) prefix: String,
+    pub(crate) namespaces: Vec<(String, NamespacePolicy)>,
+    pub(crate) l2_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) heartbeat: Duration,
+}
+
+impl Default for TieredCacheBuilder {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            namespaces: Vec::new(),
+            l2_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_backoff: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TieredCacheBuilder {
+    /// The Redis server. Default: the `REDIS_URL` environment variable, else
+    /// `redis://127.0.0.1:6379`. Add `/N` to select database N.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// The first part of every Redis key and of the bus channel's name. Default: `v1`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Adds a namespace and its policy. Names use `[A-Za-z0-9_.-]` and do not start with `_`.
+    pub fn namespace(mut self, name: impl Into<String>, policy: NamespacePolicy) -> Self {
+        self.namespaces.push((name.into(), policy));
+        self
+    }
+
+    /// The longest any single Redis call may take before the cache gives up on it and degrades
+    /// (serves from L1 or the loader). Default: 250 ms.
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_timeout = timeout;
+        self
+    }
+
+    /// The longest a connection attempt to Redis may take. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// After a failed Redis call, how long calls skip Redis (answering from L1 or the loader at
+    /// once) before one is let through to probe it again. Default: 500 ms.
+    pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
+        self.reconnect_backoff = backoff;
+        self
+    }
+
+    /// How often the subscriber connection is pinged, so a dead or half-open link is found and
+    /// replaced. Default: 1 s.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// The URL that `build()` will use.
+    pub(crate) fn effective_url(&self) -> String {
+        self.redis_url
+            .clone()
+            .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
+    }
+
+    /// Checks everything that does not need Redis.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let config = |msg: String| Error::Config(msg);
+        validate_name("prefix", &self.prefix).map_err(config)?;
+        if self.namespaces.is_empty() {
+            return Err(config("no namespace configured".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, policy) in &self.namespaces {
+            validate_name("namespace", name).map_err(config)?;
+            if name.starts_with('_') {
+                return Err(config(format!(
+                    "namespace {name:?} starts with '_', which is reserved"
+                )));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(config(format!("namespace {name:?} is configured twice")));
+            }
+            policy.validate(name).map_err(config)?;
+        }
+        for (what, d) in [
+            ("l2_timeout", self.l2_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_backoff", self.reconnect_backoff),
+            ("heartbeat", self.heartbeat),
+        ] {
+            if d.is_zero() {
+                return Err(config(format!("{what} must be greater than zero")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> TieredCacheBuilder {
+        TieredCacheBuilder::default().namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+    }
+
+    fn err(b: TieredCacheBuilder) -> String {
+        b.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let p = NamespacePolicy::new(Duration::from_secs(90));
+        assert_eq!(p.l1_ttl_value(), Duration::from_secs(60));
+        let p = NamespacePolicy::new(Duration::from_secs(30));
+        assert_eq!(p.l1_ttl_value(), Duration::from_secs(30));
+        assert!(ok().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        let s = Duration::from_secs;
+        assert!(err(TieredCacheBuilder::default()).contains("no namespace"));
+        assert!(err(ok().namespace("z", NamespacePolicy::new(s(0)))).contains("L2 TTL"));
+        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(6)))).contains("longer"));
+        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(0)))).contains("L1 TTL"));
+        assert!(err(ok().namespace("rate", NamespacePolicy::new(s(5)))).contains("twice"));
+        assert!(err(ok().namespace("", NamespacePolicy::new(s(5)))).contains("empty"));
+        assert!(err(ok().namespace("a:b", NamespacePolicy::new(s(5)))).contains("separator"));
+        assert!(err(ok().namespace("_x", NamespacePolicy::new(s(5)))).contains("reserved"));
+        assert!(err(ok().prefix("v1:x")).contains("separator"));
+        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_capacity(0))).contains("capacity"));
+        assert!(err(ok().l2_timeout(s(0))).contains("l2_timeout"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Errors, shaped around what the caller has to decide.
+//!
+//! A caller of a cache mostly needs to tell three situations apart: the shared tier is
+//! unreachable (degrade, retry later), its own loader failed (its error, handed back), or the
+//! configuration is wrong (fix the code). [`Error`] is non-exhaustive and comes with predicates
+//! for each, in the style of `redis::RedisError`.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A boxed error that can be shared between the waiters of one load.
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// Everything that can go wrong in `tiered-cache`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder's configuration was rejected. Only [`build`](crate::TieredCacheBuilder::build)
+    /// returns it.
+    Config(String),
+    /// Redis (the L2 tier) could not be reached or did not answer within the L2 timeout. The
+    /// local tier has still been updated or evicted, so this node stays correct; other nodes did
+    /// not hear of the change.
+    Unavailable {
+        /// The operation that failed, e.g. `"set"`.
+        op: &'static str,
+        /// The underlying cause, if any.
+        source: Option<SharedError>,
+    },
+    /// The loader passed to `get_or_load` returned an error.
+    Loader(SharedError),
+    /// A value could not be serialized for the shared tier.
+    Encode(SharedError),
+    /// A namespace was asked for that is not configured, or with other key/value types than
+    /// the ones it was first opened with.
+    Namespace(String),
+}
+
+impl Error {
+    /// True when the configuration was rejected at build time.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+
+    /// True when Redis was unreachable or too slow: degrade, do not fail the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// True when the caller's own loader failed.
+    pub fn is_loader(&self) -> bool {
+        matches!(self, Error::Loader(_))
+    }
+
+    /// The loader's error, when this is one.
+    pub fn loader_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match self {
+            Error::Loader(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn unavailable(op: &'static str, source: impl Into<Option<SharedError>>) -> Self {
+        Error::Unavailable {
+            op,
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
+            Error::Unavailable { op, source: None } => write!(f, "redis unavailable during {op}"),
+            Error::Unavailable {
+                op,
+                source: Some(e),
+            } => write!(f, "redis unavailable during {op}: {e}"),
+            Error::Loader(e) => write!(f, "loader failed: {e}"),
+            Error::Encode(e) => write!(f, "value could not be encoded: {e}"),
+            Error::Namespace(msg) => write!(f, "namespace error: {msg}"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Unavailable { source: Some(e), .. } | Error::Loader(e) | Error::Encode(e) => {
+                Some(e.as_ref() as &(dyn StdError + 'static))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,120 @@
+//! The generation guard that closes the load/invalidate race.
+//!
+//! A load reads Redis, then inserts into L1. An invalidation for that key can be applied in
+//! between (it travels on another connection), and moka's `invalidate` does not stop a later
+//! insert: without a guard the old value would sit in L1 until its TTL.
+//!
+//! Each namespace keeps a namespace-wide generation and a table of striped per-key generations.
+//! Invalidations bump the generation *then* evict. A load takes a [`Ticket`] before its Redis
+//! read, inserts, then re-checks the ticket and evicts what it inserted if the generation moved.
+//! With sequentially consistent counters, either the load's re-check sees the bump (and evicts),
+//! or the bump comes after the re-check, and so does the invalidation's own eviction, which then
+//! removes the inserted value. Either way no stale value survives. A stripe shared by two keys
+//! only costs a spurious re-load, never a stale read.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+const STRIPES: usize = 1024;
+
+/// A snapshot of the generations covering one key, taken before reading Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    stripe: usize,
+    key_gen: u64,
+    ns_gen: u64,
+}
+
+pub(crate) struct Generations {
+    namespace: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+}
+
+impl Generations {
+    pub(crate) fn new() -> Self {
+        Self {
+            namespace: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        let stripe = stripe_of(key);
+        Ticket {
+            stripe,
+            // Namespace first: a namespace bump between the two loads is still caught.
+            ns_gen: self.namespace.load(SeqCst),
+            key_gen: self.stripes[stripe].load(SeqCst),
+        }
+    }
+
+    /// True when nothing covering the ticket's key has been invalidated since it was taken.
+    pub(crate) fn is_current(&self, t: &Ticket) -> bool {
+        self.stripes[t.stripe].load(SeqCst) == t.key_gen && self.namespace.load(SeqCst) == t.ns_gen
+    }
+
+    /// Marks the key invalidated; call before evicting it from L1. Returns the ticket as of
+    /// right after this bump (see [`Ticket::directly_follows`]).
+    pub(crate) fn bump_key(&self, key: &str) -> Ticket {
+        let stripe = stripe_of(key);
+        let prev = self.stripes[stripe].fetch_add(1, SeqCst);
+        Ticket {
+            stripe,
+            key_gen: prev + 1,
+            ns_gen: self.namespace.load(SeqCst),
+        }
+    }
+
+    /// Marks every key of the namespace invalidated; call before clearing L1.
+    pub(crate) fn bump_namespace(&self) {
+        self.namespace.fetch_add(1, SeqCst);
+    }
+}
+
+impl Ticket {
+    /// True when `self` was taken right after one bump on top of `before`, with nothing else
+    /// in between: the bumper's own write is the latest thing that happened to the key.
+    pub(crate) fn directly_follows(&self, before: &Ticket) -> bool {
+        self.stripe == before.stripe
+            && self.key_gen == before.key_gen + 1
+            && self.ns_gen == before.ns_gen
+    }
+}
+
+/// FNV-1a: only needs to spread keys over the stripes, and runs only off the hit path.
+fn stripe_of(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h as usize) % STRIPES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_go_stale_on_key_and_namespace_bumps() {
+        let g = Generations::new();
+        let t = g.ticket("a");
+        assert!(g.is_current(&t));
+        g.bump_key("a");
+        assert!(!g.is_current(&t));
+        let t = g.ticket("a");
+        g.bump_namespace();
+        assert!(!g.is_current(&t));
+    }
+
+    #[test]
+    fn own_bump_directly_follows_unless_interleaved() {
+        let g = Generations::new();
+        let before = g.ticket("k");
+        let after = g.bump_key("k");
+        assert!(after.directly_follows(&before));
+        let before = g.ticket("k");
+        g.bump_key("k"); // someone else's invalidation lands first
+        let after = g.bump_key("k");
+        assert!(!after.directly_follows(&before));
+    }
+}

@@ -1,0 +1,319 @@
+//! The L2 tier: the shared Redis. The only module that issues commands on values.
+//!
+//! Every write is one Lua script that draws a version from the shared counter, stores the value
+//! (or a tombstone) with that version spliced into its envelope, and publishes the invalidation
+//! carrying the same version: Redis runs a script atomically, so no crash or cut connection can
+//! leave a write without its broadcast, or the reverse.
+//!
+//! Fills after a miss go through a conditional script instead of a plain `SET`: a load that
+//! started before an invalidation must not put its older value back into Redis. The reader
+//! notes the version counter before calling its loader; the fill is refused if the key holds a
+//! live value (someone else wrote or filled it), a tombstone newer than that note, or if the
+//! namespace was cleared after it.
+//!
+//! Every call is bounded by the L2 timeout. After a connection-level failure, calls skip Redis
+//! for the reconnect back-off and answer `Unavailable` at once, so a dead server costs callers
+//! nothing but the first timeout.
+
+use crate::bus::Outgoing;
+use crate::codec;
+use crate::error::{Error, SharedError};
+use crate::key::KeySpace;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+// KEYS: version counter, value key. ARGV: envelope head, payload, ttl ms, channel, message
+// head, message tail. Returns the version.
+const WRITE: &str = r"
+local v = redis.call('INCR', KEYS[1])
+local vb = struct.pack('>I8', v)
+redis.call('SET', KEYS[2], ARGV[1] .. vb .. ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. vb .. ARGV[6])
+return v
+";
+
+// KEYS: version counter, value keys... ARGV: tombstone head, ttl ms, channel, message head,
+// message tail. Returns the version.
+const INVALIDATE: &str = r"
+local v = redis.call('INCR', KEYS[1])
+local vb = struct.pack('>I8', v)
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1] .. vb, 'PX', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. vb .. ARGV[5])
+return v
+";
+
+// KEYS: version counter, namespace floor. ARGV: channel, message head, message tail.
+const CLEAR_NAMESPACE: &str = r"
+local v = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], v)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3])
+return v
+";
+
+// KEYS: version counter, value key, namespace floor. ARGV: version noted before the load,
+// envelope head, payload, ttl ms. Returns the new version, or 0 when the fill is refused.
+const FILL: &str = r"
+local seen = tonumber(ARGV[1])
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+if floor > seen then return 0 end
+local cur = redis.call('GET', KEYS[2])
+if cur and string.len(cur) >= 11 and string.byte(cur, 1) == 193 and string.byte(cur, 2) == 1 then
+  local ver = struct.unpack('>I8', cur, 4)
+  if bit.band(string.byte(cur, 3), 1) == 1 then
+    if ver > seen then return 0 end
+  elseif ver >= floor then
+    return 0
+  end
+end
+local v = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
+return v
+";
+
+/// Why an L2 call did not produce an answer.
+#[derive(Debug)]
+pub(crate) enum L2Error {
+    /// Skipped: Redis failed recently and the back-off has not elapsed.
+    Skipped,
+    /// No answer within the L2 timeout.
+    Timeout,
+    /// Redis answered with an error, or the connection failed.
+    Redis(redis::RedisError),
+}
+
+impl std::fmt::Display for L2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            L2Error::Redis(e) => write!(f, "{}: {e}", self.kind()),
+            _ => f.write_str(self.kind()),
+        }
+    }
+}
+
+impl L2Error {
+    /// A short label for metrics and logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            L2Error::Skipped => "skipped",
+            L2Error::Timeout => "timeout",
+            L2Error::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "connection",
+            L2Error::Redis(_) => "server",
+        }
+    }
+
+    pub(crate) fn into_error(self, op: &'static str) -> Error {
+        let source: Option<SharedError> = match self {
+            L2Error::Skipped => None,
+            L2Error::Timeout => Some(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within the L2 timeout",
+            ))),
+            L2Error::Redis(e) => Some(Arc::new(e)),
+        };
+        Error::unavailable(op, source)
+    }
+}
+
+pub(crate) type L2Result<T> = Result<T, L2Error>;
+
+/// An encoded value ready to be written: the payload and the namespace's TTL.
+pub(crate) struct Payload<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) ttl: Duration,
+}
+
+pub(crate) struct L2Tier {
+    conn: ConnectionManager,
+    keys: KeySpace,
+    timeout: Duration,
+    backoff: Duration,
+    started: Instant,
+    /// Milliseconds since `started` before which calls skip Redis.
+    down_until_ms: AtomicU64,
+    write: Script,
+    invalidate: Script,
+    clear_namespace: Script,
+    fill: Script,
+}
+
+impl L2Tier {
+    /// Creates the tier without connecting: the connection is made on first use, so a cache
+    /// can start while Redis is down.
+    pub(crate) fn new(
+        client: &Client,
+        keys: KeySpace,
+        timeout: Duration,
+        connect_timeout: Duration,
+        backoff: Duration,
+    ) -> redis::RedisResult<Self> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(timeout))
+            // Reconnection is retried per call, under our own back-off, rather than inside
+            // one long-lived future every caller would queue behind.
+            .set_number_of_retries(1)
+            .set_max_delay(backoff);
+        Ok(Self {
+            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            keys,
+            timeout,
+            backoff,
+            started: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
+            write: Script::new(WRITE),
+            invalidate: Script::new(INVALIDATE),
+            clear_namespace: Script::new(CLEAR_NAMESPACE),
+            fill: Script::new(FILL),
+        })
+    }
+
+    pub(crate) fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// Runs one Redis call under the timeout and the back-off.
+    async fn call<T, F, Fut>(&self, f: F) -> L2Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.down_until_ms.load(Relaxed) {
+            return Err(L2Error::Skipped);
+        }
+        let result = match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => L2Error::Redis(e),
+            Err(_) => L2Error::Timeout,
+        };
+        if matches!(result.kind(), "timeout" | "connection") {
+            let until = self.started.elapsed() + self.backoff;
+            self.down_until_ms.store(until.as_millis() as u64, Relaxed);
+        }
+        Err(result)
+    }
+
+    /// Reads the raw envelope stored under a key.
+    pub(crate) async fn get(&self, namespace: &str, key: &str) -> L2Result<Option<Vec<u8>>> {
+        let k = self.keys.value_key(namespace, key);
+        self.call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
+            .await
+    }
+
+    /// The current value of the version counter; noted before a load, checked by its fill.
+    pub(crate) async fn current_version(&self) -> L2Result<u64> {
+        let k = self.keys.version_key();
+        self.call(|mut c| async move {
+            let v: Option<u64> = redis::cmd("GET").arg(k).query_async(&mut c).await?;
+            Ok(v.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Stores a value and publishes its invalidation, atomically. Returns the write's version.
+    pub(crate) async fn write(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Payload<'_>,
+        message: &Outgoing,
+    ) -> L2Result<u64> {
+        let mut inv = self.write.prepare_invoke();
+        inv.key(self.keys.version_key())
+            .key(self.keys.value_key(namespace, key))
+            .arg(&codec::value_head()[..])
+            .arg(value.bytes)
+            .arg(ttl_ms(value.ttl))
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail());
+        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// Stores a loaded value unless the key was written or invalidated after `seen_version`.
+    /// Returns the fill's version, or `None` when it was refused.
+    pub(crate) async fn fill(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen_version: u64,
+        value: Payload<'_>,
+    ) -> L2Result<Option<u64>> {
+        let mut inv = self.fill.prepare_invoke();
+        inv.key(self.keys.version_key())
+            .key(self.keys.value_key(namespace, key))
+            .key(self.keys.floor_key(namespace))
+            .arg(seen_version)
+            .arg(&codec::value_head()[..])
+            .arg(value.bytes)
+            .arg(ttl_ms(value.ttl));
+        let v: u64 = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok((v != 0).then_some(v))
+    }
+
+    /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and
+    /// publishes one invalidation for all of them. Returns the version.
+    pub(crate) async fn invalidate(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+        ttl: Duration,
+        message: &Outgoing,
+    ) -> L2Result<u64> {
+        let mut inv = self.invalidate.prepare_invoke();
+        inv.key(self.keys.version_key());
+        for k in keys {
+            inv.key(self.keys.value_key(namespace, k));
+        }
+        inv.arg(&codec::tombstone_head()[..])
+            .arg(ttl_ms(ttl))
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail());
+        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// Marks every value of the namespace written so far as dead, without scanning keys, and
+    /// publishes it. Returns the version that becomes the namespace's floor.
+    pub(crate) async fn clear_namespace(&self, namespace: &str, message: &Outgoing) -> L2Result<u64> {
+        let mut inv = self.clear_namespace.prepare_invoke();
+        inv.key(self.keys.version_key())
+            .key(self.keys.floor_key(namespace))
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail());
+        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// The floors of the given namespaces, in order (0 when never cleared).
+    pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<Vec<u64>> {
+        let keys: Vec<String> = namespaces.iter().map(|n| self.keys.floor_key(n)).collect();
+        self.call(|mut c| async move {
+            let v: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            Ok(v.into_iter().map(Option::unwrap_or_default).collect())
+        })
+        .await
+    }
+
+    /// True when Redis answers a PING within the timeout.
+    pub(crate) async fn ping(&self) -> bool {
+        self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .is_ok()
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}

@@ -1,0 +1,66 @@
+//! # tiered-cache
+//!
+//! A typed in-process L1 ([moka]) in front of a shared L2 (Redis), kept coherent across every
+//! process that shares the Redis: each write is broadcast as an invalidation over Redis
+//! pub/sub, in the same atomic step as the write itself.
+//!
+//! ```text
+//!   caller ── Namespace<K, V> ──► L1 (moka, Arc<V>) ── miss ──► L2 (Redis, envelope) ── miss ──► loader
+//!                 │                     ▲                            │
+//!                 │ set / invalidate    │ evict                      │ one Lua script:
+//!                 └─────────────────────┼──────────────────────────► write + version + PUBLISH
+//!                                       │                            │
+//!                               bus subscriber ◄──── invalidation channel ◄─┘  (other nodes)
+//! ```
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tiered_cache::{NamespacePolicy, TieredCache};
+//!
+//! # async fn run() -> Result<(), tiered_cache::Error> {
+//! let cache = TieredCache::builder()
+//!     .redis_url("redis://127.0.0.1:6379")
+//!     .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+//!     .build()?;
+//! let rates = cache.namespace::<str, f64>("rate")?;
+//! let usd = rates
+//!     .get_or_load("CNGN:USD", || async { Ok::<_, std::io::Error>(0.00065) })
+//!     .await?;
+//! rates.set("CNGN:USD", 0.00066).await?; // every node's L1 drops its copy
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+/// The handle, its builder's `build()`, health and stats.
+pub mod cache;
+/// Configuration: the builder and per-namespace policies.
+pub mod config;
+/// Errors, with predicates for the caller's decision.
+pub mod error;
+/// Keys: the `CacheKey` trait and the Redis key layout.
+pub mod key;
+/// Typed namespace handles: get, get_or_load, set, invalidate.
+pub mod namespace;
+
+/// L1 tier: moka, decoded values (the only module that imports moka).
+mod l1;
+/// L2 tier: Redis, versioned envelopes, write+publish scripts.
+mod l2;
+/// Invalidation bus: message format and the subscriber task.
+mod bus;
+/// The value envelope around MessagePack.
+mod codec;
+/// The generation guard against the load/invalidate race.
+mod guard;
+/// The miss path: L2 read, loader, guarded fill.
+mod loader;
+/// Metric handles and local counts.
+mod metrics;
+
+pub use cache::{Health, Stats, TieredCache};
+pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
+pub use error::{Error, Result, SharedError};
+pub use key::CacheKey;
+pub use metrics::NamespaceStats;
+pub use namespace::Namespace;

@@ -1,0 +1,187 @@
+//! Metrics: handles created once per namespace, so the hit path never formats a name or
+//! allocates a label.
+//!
+//! Every event is counted twice: in a local atomic (read back by [`stats`](crate::TieredCache::stats)
+//! without any exporter) and through the `metrics` facade, which costs nothing measurable when
+//! no recorder is installed. Install your recorder before calling `build()`: handles are
+//! resolved then.
+//!
+//! | name | labels | meaning |
+//! |---|---|---|
+//! | `tiered_cache_requests_total` | namespace, tier (`l1`, `l2`, `loader`), result (`hit`, `miss`, `error`) | lookups per tier |
+//! | `tiered_cache_decode_errors_total` | namespace | values in Redis that could not be decoded (served as misses) |
+//! | `tiered_cache_l2_errors_total` | namespace, kind (`skipped`, `timeout`, `connection`, `server`) | failed Redis calls |
+//! | `tiered_cache_fills_total` | namespace, result (`stored`, `refused`) | loaded values written back to Redis |
+//! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`) | invalidation messages |
+//! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`) | subscriber life |
+
+use metrics::{counter, Counter};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One count, kept locally and exported.
+pub(crate) struct Tally {
+    local: AtomicU64,
+    exported: Counter,
+}
+
+impl Tally {
+    fn new(exported: Counter) -> Self {
+        Self {
+            local: AtomicU64::new(0),
+            exported,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self) {
+        self.local.fetch_add(1, Relaxed);
+        self.exported.increment(1);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.local.load(Relaxed)
+    }
+}
+
+/// Every count kept for one namespace.
+pub(crate) struct NamespaceMetrics {
+    pub(crate) l1_hit: Tally,
+    pub(crate) l1_miss: Tally,
+    pub(crate) l2_hit: Tally,
+    pub(crate) l2_miss: Tally,
+    pub(crate) l2_error: Tally,
+    pub(crate) loader_ok: Tally,
+    pub(crate) loader_error: Tally,
+    pub(crate) decode_error: Tally,
+    pub(crate) fill_stored: Tally,
+    pub(crate) fill_refused: Tally,
+    pub(crate) inv_sent: Tally,
+    pub(crate) inv_applied: Tally,
+    l2_error_kinds: [Counter; 4],
+}
+
+impl NamespaceMetrics {
+    pub(crate) fn new(namespace: &str) -> Self {
+        let ns = namespace.to_owned();
+        let req = |tier: &'static str, result: &'static str| {
+            Tally::new(counter!("tiered_cache_requests_total",
+                "namespace" => ns.clone(), "tier" => tier, "result" => result))
+        };
+        let l2_kind = |kind: &'static str| {
+            counter!("tiered_cache_l2_errors_total", "namespace" => ns.clone(), "kind" => kind)
+        };
+        let fill = |result: &'static str| {
+            Tally::new(counter!("tiered_cache_fills_total",
+                "namespace" => ns.clone(), "result" => result))
+        };
+        let inv = |event: &'static str| {
+            Tally::new(counter!("tiered_cache_invalidations_total",
+                "namespace" => ns.clone(), "event" => event))
+        };
+        Self {
+            l1_hit: req("l1", "hit"),
+            l1_miss: req("l1", "miss"),
+            l2_hit: req("l2", "hit"),
+            l2_miss: req("l2", "miss"),
+            l2_error: req("l2", "error"),
+            loader_ok: req("loader", "hit"),
+            loader_error: req("loader", "error"),
+            decode_error: Tally::new(counter!("tiered_cache_decode_errors_total",
+                "namespace" => ns.clone())),
+            fill_stored: fill("stored"),
+            fill_refused: fill("refused"),
+            inv_sent: inv("sent"),
+            inv_applied: inv("applied"),
+            l2_error_kinds: [
+                l2_kind("skipped"),
+                l2_kind("timeout"),
+                l2_kind("connection"),
+                l2_kind("server"),
+            ],
+        }
+    }
+
+    /// Counts a failed Redis call by kind (see `L2Error::kind`).
+    pub(crate) fn l2_failed(&self, kind: &'static str) {
+        self.l2_error.inc();
+        let i = match kind {
+            "skipped" => 0,
+            "timeout" => 1,
+            "connection" => 2,
+            _ => 3,
+        };
+        self.l2_error_kinds[i].increment(1);
+    }
+
+    pub(crate) fn snapshot(&self) -> NamespaceStats {
+        NamespaceStats {
+            l1_hits: self.l1_hit.get(),
+            l1_misses: self.l1_miss.get(),
+            l2_hits: self.l2_hit.get(),
+            l2_misses: self.l2_miss.get(),
+            l2_errors: self.l2_error.get(),
+            loads: self.loader_ok.get(),
+            load_errors: self.loader_error.get(),
+            decode_errors: self.decode_error.get(),
+            fills_stored: self.fill_stored.get(),
+            fills_refused: self.fill_refused.get(),
+            invalidations_sent: self.inv_sent.get(),
+            invalidations_applied: self.inv_applied.get(),
+            l1_entries: 0,
+        }
+    }
+}
+
+/// Bus-wide counts.
+pub(crate) struct BusMetrics {
+    pub(crate) subscribed: Tally,
+    pub(crate) disconnected: Tally,
+    pub(crate) own_skipped: Tally,
+    pub(crate) malformed: Tally,
+}
+
+impl BusMetrics {
+    pub(crate) fn new() -> Self {
+        let ev = |event: &'static str| {
+            Tally::new(counter!("tiered_cache_bus_events_total", "event" => event))
+        };
+        Self {
+            subscribed: ev("subscribed"),
+            disconnected: ev("disconnected"),
+            own_skipped: ev("own_skipped"),
+            malformed: ev("malformed"),
+        }
+    }
+}
+
+/// Counts for one namespace of one cache instance, since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NamespaceStats {
+    /// Lookups answered by L1.
+    pub l1_hits: u64,
+    /// Lookups L1 could not answer.
+    pub l1_misses: u64,
+    /// L1 misses answered by Redis.
+    pub l2_hits: u64,
+    /// L1 misses Redis had no live value for (including undecodable ones).
+    pub l2_misses: u64,
+    /// Redis calls that failed or were skipped while Redis was down.
+    pub l2_errors: u64,
+    /// Successful loader calls.
+    pub loads: u64,
+    /// Failed loader calls.
+    pub load_errors: u64,
+    /// Values found in Redis that could not be decoded (treated as misses).
+    pub decode_errors: u64,
+    /// Loaded values written back to Redis.
+    pub fills_stored: u64,
+    /// Loaded values not written back, because the key changed while loading.
+    pub fills_refused: u64,
+    /// Invalidation messages this node published.
+    pub invalidations_sent: u64,
+    /// Invalidation messages from other nodes applied to this node's L1.
+    pub invalidations_applied: u64,
+    /// Entries in L1 (approximate).
+    pub l1_entries: u64,
+}

@@ -1,0 +1,326 @@
+//! Namespaces: the untyped per-namespace state shared by every handle, and the typed handle
+//! [`Namespace<K, V>`] through which callers read and write.
+//!
+//! Write order, as seen by the fleet: the L2 write and the broadcast happen in one script; then
+//! this node's own L1 is updated (other nodes evict on the message; this node skips its own).
+
+use crate::bus::Outgoing;
+use crate::cache::TieredCache;
+use crate::codec;
+use crate::config::NamespacePolicy;
+use crate::error::{Error, Result};
+use crate::guard::{Generations, Ticket};
+use crate::key::{key_string, with_key_str, CacheKey};
+use crate::l1::{L1Entry, L1Tier};
+use crate::l2::Payload;
+use crate::loader;
+use crate::metrics::NamespaceMetrics;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::{type_name, TypeId};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+
+/// The key and value types a namespace was first opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Types {
+    key: TypeId,
+    value: TypeId,
+    key_name: &'static str,
+    value_name: &'static str,
+}
+
+/// A namespace's state, shared by all its handles and by the bus subscriber.
+pub(crate) struct NamespaceCore {
+    pub(crate) name: String,
+    pub(crate) policy: NamespacePolicy,
+    pub(crate) l1: L1Tier,
+    pub(crate) gens: Generations,
+    /// Version of the last whole-namespace invalidation: L2 values older than it are dead.
+    floor: AtomicU64,
+    pub(crate) metrics: NamespaceMetrics,
+    types: OnceLock<Types>,
+}
+
+impl NamespaceCore {
+    pub(crate) fn new(name: String, policy: NamespacePolicy) -> Self {
+        Self {
+            l1: L1Tier::new(policy.l1_capacity, policy.l1_ttl_value()),
+            metrics: NamespaceMetrics::new(&name),
+            gens: Generations::new(),
+            floor: AtomicU64::new(0),
+            types: OnceLock::new(),
+            name,
+            policy,
+        }
+    }
+
+    /// Pins the namespace's types on first use; later uses must match.
+    fn check_types<K: ?Sized + 'static, V: 'static>(&self) -> Result<()> {
+        let want = Types {
+            key: TypeId::of::<K>(),
+            value: TypeId::of::<V>(),
+            key_name: type_name::<K>(),
+            value_name: type_name::<V>(),
+        };
+        let have = self.types.get_or_init(|| want);
+        if *have == want {
+            return Ok(());
+        }
+        Err(Error::Namespace(format!(
+            "namespace {:?} holds <{}, {}>, not <{}, {}>",
+            self.name, have.key_name, have.value_name, want.key_name, want.value_name
+        )))
+    }
+
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor.load(SeqCst)
+    }
+
+    pub(crate) fn raise_floor(&self, version: u64) {
+        self.floor.fetch_max(version, SeqCst);
+    }
+
+    /// Inserts a value read under `ticket`, and takes it back out if the key was invalidated
+    /// meanwhile (see `guard.rs` for why the re-check comes after the insert).
+    pub(crate) fn insert_guarded(&self, key: String, entry: L1Entry, ticket: &Ticket) -> bool {
+        if !self.gens.is_current(ticket) {
+            return false;
+        }
+        let check = key.clone();
+        self.l1.insert(key, entry);
+        if self.gens.is_current(ticket) {
+            return true;
+        }
+        self.l1.remove(&check);
+        false
+    }
+
+    /// Evicts keys another node invalidated.
+    pub(crate) fn apply_remote_keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.gens.bump_key(k);
+            self.l1.remove(k);
+        }
+        self.metrics.inv_applied.inc();
+    }
+
+    /// Forgets a namespace another node cleared.
+    pub(crate) fn apply_remote_clear(&self, version: u64) {
+        self.raise_floor(version);
+        self.clear_l1();
+        self.metrics.inv_applied.inc();
+    }
+
+    /// Empties L1 and fences every load in flight.
+    pub(crate) fn clear_l1(&self) {
+        self.gens.bump_namespace();
+        self.l1.clear();
+    }
+}
+
+/// A typed handle on one namespace: keys `K`, values `V`. Cheap to clone.
+///
+/// Obtained from [`TieredCache::namespace`]. Values are returned as `Arc<V>`: an L1 hit hands
+/// out the very value the cache holds, with no decoding or copying.
+pub struct Namespace<K: ?Sized, V> {
+    pub(crate) core: Arc<NamespaceCore>,
+    pub(crate) cache: TieredCache,
+    _types: PhantomData<fn(&K) -> V>,
+}
+
+impl<K: ?Sized, V> Clone for Namespace<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            cache: self.cache.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V> std::fmt::Debug for Namespace<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.core.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Namespace<K, V>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn open(core: Arc<NamespaceCore>, cache: TieredCache) -> Result<Self> {
+        core.check_types::<K, V>()?;
+        Ok(Self {
+            core,
+            cache,
+            _types: PhantomData,
+        })
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// Looks in this process's L1 only: no I/O, never waits.
+    #[inline]
+    pub fn get_local(&self, key: &K) -> Option<Arc<V>> {
+        let core = &*self.core;
+        match with_key_str(key, |k| core.l1.get(k)) {
+            Some(entry) => {
+                core.metrics.l1_hit.inc();
+                // The namespace's value type is pinned, so this cannot fail.
+                entry.value.downcast::<V>().ok()
+            }
+            None => None,
+        }
+    }
+
+    /// The version of the write this node's L1 copy of `key` came from, if it holds one
+    /// (0 for a value cached while Redis was unreachable). Versions only grow, fleet-wide.
+    pub fn local_version(&self, key: &K) -> Option<u64> {
+        with_key_str(key, |k| self.core.l1.get(k)).map(|e| e.version)
+    }
+
+    /// Reads a value: L1, then Redis. `None` when neither has a live value, or when Redis cannot
+    /// be reached in time (counted in [`NamespaceStats::l2_errors`](crate::NamespaceStats)).
+    pub async fn get(&self, key: &K) -> Option<Arc<V>> {
+        if let Some(v) = self.get_local(key) {
+            return Some(v);
+        }
+        self.core.metrics.l1_miss.inc();
+        let key = key_string(key);
+        let ticket = self.core.gens.ticket(&key);
+        match loader::read_l2::<V>(&self.core, &self.cache.shared().l2, &key).await {
+            loader::L2Read::Hit { version, value } => {
+                let value = Arc::new(value);
+                self.insert_read(key, &value, version, &ticket);
+                Some(value)
+            }
+            loader::L2Read::Miss | loader::L2Read::Unavailable => None,
+        }
+    }
+
+    /// Reads a value, calling `loader` on a miss and caching what it returns on both tiers.
+    ///
+    /// When Redis is unreachable the loader's value is served and kept in L1 only. A value
+    /// loaded while another node wrote or invalidated the key is returned to this caller but
+    /// not cached, so the newer write wins everywhere.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Arc<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(v) = self.get_local(key) {
+            return Ok(v);
+        }
+        self.core.metrics.l1_miss.inc();
+        let key = key_string(key);
+        loader::load_through(self, key, loader).await
+    }
+
+    /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
+    ///
+    /// On `Err(Unavailable)` this node's L1 no longer holds the key (it would otherwise disagree
+    /// with the fleet); other nodes were not told.
+    pub async fn set(&self, key: &K, value: V) -> Result<()> {
+        let shared = self.cache.shared();
+        let key = key_string(key);
+        let payload = codec::encode_payload(&value).map_err(|e| Error::Encode(Arc::new(e)))?;
+        let before = self.core.gens.ticket(&key);
+        let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
+        let payload = Payload {
+            bytes: &payload,
+            ttl: self.core.policy.l2_ttl,
+        };
+        let written = shared.l2.write(&self.core.name, &key, payload, &message).await;
+        // Fences loads that read Redis before the write landed.
+        let after = self.core.gens.bump_key(&key);
+        match written {
+            Ok(version) => {
+                self.core.metrics.inv_sent.inc();
+                if after.directly_follows(&before) {
+                    let entry = L1Entry {
+                        value: Arc::new(value),
+                        version,
+                    };
+                    self.core.insert_guarded(key, entry, &after);
+                } else {
+                    // Another invalidation of this key landed meanwhile: its order against ours
+                    // is unknown here, so let the next read ask Redis.
+                    self.core.l1.remove(&key);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.core.l1.remove(&key);
+                self.core.metrics.l2_failed(e.kind());
+                Err(e.into_error("set"))
+            }
+        }
+    }
+
+    /// Removes a key from Redis and from every node's L1.
+    ///
+    /// Redis keeps a small tombstone for the namespace's L2 TTL, so a load that started before
+    /// this call cannot write its older value back.
+    pub async fn invalidate(&self, key: &K) -> Result<()> {
+        let shared = self.cache.shared();
+        let key = key_string(key);
+        let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
+        let done = shared
+            .l2
+            .invalidate(&self.core.name, &[&key], self.core.policy.l2_ttl, &message)
+            .await;
+        self.core.gens.bump_key(&key);
+        self.core.l1.remove(&key);
+        self.finish_invalidation(done, "invalidate")
+    }
+
+    /// Removes every key of the namespace from Redis and from every node's L1, in O(1): no key
+    /// is scanned. Values written before the call are marked dead by the namespace's floor and
+    /// expire with their TTL.
+    pub async fn invalidate_namespace(&self) -> Result<()> {
+        let shared = self.cache.shared();
+        let message = Outgoing::namespace(shared.node_id, &self.core.name);
+        let done = shared.l2.clear_namespace(&self.core.name, &message).await;
+        if let Ok(version) = &done {
+            self.core.raise_floor(*version);
+        }
+        self.core.clear_l1();
+        self.finish_invalidation(done, "invalidate_namespace")
+    }
+
+    fn finish_invalidation(
+        &self,
+        done: crate::l2::L2Result<u64>,
+        op: &'static str,
+    ) -> Result<()> {
+        match done {
+            Ok(_) => {
+                self.core.metrics.inv_sent.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.core.metrics.l2_failed(e.kind());
+                Err(e.into_error(op))
+            }
+        }
+    }
+
+    /// Puts a value read from Redis (or loaded) into L1, unless the key changed meanwhile.
+    pub(crate) fn insert_read(&self, key: String, value: &Arc<V>, version: u64, ticket: &Ticket) {
+        let entry = L1Entry {
+            value: value.clone(),
+            version,
+        };
+        self.core.insert_guarded(key, entry, ticket);
+    }
+}
