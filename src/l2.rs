@@ -62,6 +62,7 @@ const FILL: &str = r"
 local seen = tonumber(ARGV[1])
 local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
 if floor > seen then return 0 end
+-- A live value, even one this node cannot decode (it may be a newer schema), is kept.
 local cur = redis.call('GET', KEYS[2])
 if cur and string.len(cur) >= 11 and string.byte(cur, 1) == 193 and string.byte(cur, 2) == 1 then
   local ver = struct.unpack('>I8', cur, 4)
