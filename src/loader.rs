@@ -111,10 +111,8 @@ where
         ns.insert_read(key, &value, 0, &ticket);
         return Ok(value);
     };
-    if !core.gens.is_current(&ticket) {
-        // Invalidated while loading: the caller gets its value, the caches stay out of it.
-        return Ok(value);
-    }
+    // The fill is attempted even if this node already heard of an invalidation: Redis decides
+    // for L2 (it refuses a fill older than the key's last invalidation), the ticket for L1.
     let bytes = match codec::encode_payload(&*value) {
         Ok(b) => b,
         Err(e) => {

@@ -1,0 +1,189 @@
+//! The load/invalidate race, forced. Node B reads the old value from Redis; node A's
+//! invalidation reaches B and is applied; only then does B try to put what it read into L1.
+//!
+//! The pause sits inside the value type's `Deserialize`, which runs exactly between B's Redis
+//! read and its L1 insert, so no test-only hook is needed in the library. Remove the generation
+//! guard (make `insert_guarded` insert unconditionally) and these tests fail.
+
+mod support;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+use support::{eventually, node, RedisServer, PATIENCE};
+use tiered_cache::TieredCache;
+
+/// Tests in this file share the gate, so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Default)]
+struct GateState {
+    armed: bool,
+    reading: bool,
+    released: bool,
+}
+
+static GATE: Mutex<GateState> = Mutex::new(GateState {
+    armed: false,
+    reading: false,
+    released: false,
+});
+static GATE_CV: Condvar = Condvar::new();
+
+/// A price whose decoding waits at the gate while it is armed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Gated(u64);
+
+impl<'de> Deserialize<'de> for Gated {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        let mut g = GATE.lock().unwrap();
+        if g.armed {
+            g.armed = false;
+            g.reading = true;
+            GATE_CV.notify_all();
+            // Hand this worker's queued tasks (the connections' drivers) to another thread.
+            let timed_out = tokio::task::block_in_place(|| {
+                let (_g, t) = GATE_CV
+                    .wait_timeout_while(g, Duration::from_secs(10), |g| !g.released)
+                    .unwrap();
+                t.timed_out()
+            });
+            assert!(!timed_out, "gate never released");
+        }
+        Ok(Gated(v))
+    }
+}
+
+fn arm() {
+    *GATE.lock().unwrap() = GateState {
+        armed: true,
+        ..Default::default()
+    };
+}
+
+async fn wait_reading() {
+    eventually("B is between its Redis read and its L1 insert", PATIENCE, || async {
+        GATE.lock().unwrap().reading
+    })
+    .await;
+}
+
+fn release() {
+    GATE.lock().unwrap().released = true;
+    GATE_CV.notify_all();
+}
+
+fn applied(cache: &TieredCache) -> u64 {
+    cache.stats().namespace("quote").unwrap().invalidations_applied
+}
+
+enum Write {
+    Set,
+    Invalidate,
+}
+
+async fn race(write: Write, via_get_or_load: bool) {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, Gated>("quote").unwrap();
+    let qb = b.namespace::<str, Gated>("quote").unwrap();
+    qa.set("K", Gated(1)).await.unwrap();
+
+    arm();
+    let reader = {
+        let qb = qb.clone();
+        tokio::spawn(async move {
+            if via_get_or_load {
+                qb.get_or_load("K", || async { Ok::<_, std::io::Error>(Gated(99)) })
+                    .await
+                    .ok()
+            } else {
+                qb.get("K").await
+            }
+        })
+    };
+    wait_reading().await;
+    let before = applied(&b);
+    match write {
+        Write::Set => qa.set("K", Gated(2)).await.unwrap(),
+        Write::Invalidate => qa.invalidate("K").await.unwrap(),
+    }
+    eventually("B applied A's invalidation", PATIENCE, || async {
+        applied(&b) > before
+    })
+    .await;
+    release();
+    let read = reader.await.unwrap();
+    // B may answer its caller with what it read (the read was concurrent with the write)...
+    assert_eq!(read.as_deref(), Some(&Gated(1)));
+    // ...but must not keep it.
+    assert_eq!(qb.get_local("K"), None, "stale value left in B's L1");
+    let expected = match write {
+        Write::Set => Some(Gated(2)),
+        Write::Invalidate => None,
+    };
+    assert_eq!(qb.get("K").await.as_deref().cloned(), expected);
+    assert_eq!(qa.get("K").await.as_deref().cloned(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_racing_a_set_keeps_no_stale_value() {
+    race(Write::Set, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_racing_an_invalidate_keeps_no_stale_value() {
+    race(Write::Invalidate, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_load_racing_a_set_keeps_no_stale_value() {
+    race(Write::Set, true).await;
+}
+
+/// The loader side: B misses everywhere and loads the old value from its database while A
+/// invalidates. B's write-back must be refused by Redis, not just kept out of B's L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loader_cannot_write_back_a_value_invalidated_meanwhile() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let qb = qb.clone();
+        tokio::spawn(async move {
+            qb.get_or_load("K", || async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(1) // what the database held when the load began
+            })
+            .await
+        })
+    };
+    started_rx.await.unwrap();
+    let before = applied(&b);
+    qa.invalidate("K").await.unwrap(); // the database changed to 2
+    eventually("B applied A's invalidation", PATIENCE, || async {
+        applied(&b) > before
+    })
+    .await;
+    release_tx.send(()).unwrap();
+    assert_eq!(*reader.await.unwrap().unwrap(), 1);
+
+    assert_eq!(qb.get_local("K"), None);
+    assert_eq!(qb.get("K").await, None, "stale value written back to Redis");
+    let fresh = qa
+        .get_or_load("K", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*fresh, 2);
+    assert_eq!(b.stats().namespace("quote").unwrap().fills_refused, 1);
+}
