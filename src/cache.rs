@@ -59,9 +59,10 @@ impl Shared {
     /// entry, since invalidations sent while away were lost.
     pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
         let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
+        let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
         let floors = self.l2.floors(&names).await?;
-        for (ns, floor) in self.namespaces.iter().zip(floors) {
-            ns.raise_floor(floor);
+        for ((ns, floor), before) in self.namespaces.iter().zip(floors).zip(before) {
+            ns.reset_floor(before, floor);
         }
         self.clear_all_l1();
         self.bus.touch();

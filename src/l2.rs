@@ -179,16 +179,28 @@ impl L2Tier {
     }
 
     /// Runs one Redis call under the timeout and the back-off.
+    ///
+    /// A call that finds its connection dropped (Redis restarted since the last call) is
+    /// retried once on the connection the manager re-opens. Every call here is safe to repeat:
+    /// a repeated write or tombstone changes nothing visible, a repeated fill is refused.
     async fn call<T, F, Fut>(&self, f: F) -> L2Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let now = self.started.elapsed().as_millis() as u64;
         if now < self.down_until_ms.load(Relaxed) {
             return Err(L2Error::Skipped);
         }
-        let result = match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+        let attempt = async {
+            match f(self.conn.clone()).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    f(self.conn.clone()).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => L2Error::Redis(e),
             Err(_) => L2Error::Timeout,
@@ -202,8 +214,8 @@ impl L2Tier {
 
     /// Reads the raw envelope stored under a key.
     pub(crate) async fn get(&self, namespace: &str, key: &str) -> L2Result<Option<Vec<u8>>> {
-        let k = self.keys.value_key(namespace, key);
-        self.call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
+        let k = &self.keys.value_key(namespace, key);
+        self.call(|mut c| async move { redis::cmd("GET").arg(k).query_async(&mut c).await })
             .await
     }
 
@@ -234,6 +246,7 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
+        let inv = &inv;
         self.call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
     }
@@ -255,6 +268,7 @@ impl L2Tier {
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
             .arg(ttl_ms(value.ttl));
+        let inv = &inv;
         let v: u64 = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
@@ -280,6 +294,7 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
+        let inv = &inv;
         self.call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
     }
@@ -293,15 +308,19 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
+        let inv = &inv;
         self.call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
     }
 
     /// The floors of the given namespaces, in order (0 when never cleared).
     pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<Vec<u64>> {
-        let keys: Vec<String> = namespaces.iter().map(|n| self.keys.floor_key(n)).collect();
+        let keys = &namespaces
+            .iter()
+            .map(|n| self.keys.floor_key(n))
+            .collect::<Vec<_>>();
         self.call(|mut c| async move {
-            let v: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            let v: Vec<Option<u64>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
             Ok(v.into_iter().map(Option::unwrap_or_default).collect())
         })
         .await

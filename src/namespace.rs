@@ -83,6 +83,20 @@ impl NamespaceCore {
         self.floor.fetch_max(version, SeqCst);
     }
 
+    /// Adopts the floor Redis holds, even if lower: a Redis that restarted without persistence
+    /// starts its versions over, and an old floor would hide every new write. `local_before` is
+    /// the floor read before asking Redis; if it moved meanwhile (this node cleared the
+    /// namespace), only raise.
+    pub(crate) fn reset_floor(&self, local_before: u64, from_redis: u64) {
+        if self
+            .floor
+            .compare_exchange(local_before, from_redis, SeqCst, SeqCst)
+            .is_err()
+        {
+            self.raise_floor(from_redis);
+        }
+    }
+
     /// Inserts a value read under `ticket`, and takes it back out if the key was invalidated
     /// meanwhile (see `guard.rs` for why the re-check comes after the insert).
     pub(crate) fn insert_guarded(&self, key: String, entry: L1Entry, ticket: &Ticket) -> bool {

@@ -54,6 +54,7 @@ async fn get_reads_through_to_redis_and_fills_l1() {
     let w = writer.namespace::<str, Quote>("quote").unwrap();
     let r = reader.namespace::<str, Quote>("quote").unwrap();
     w.set("MSFT", quote("410.5")).await.unwrap();
+    support::await_applied(&reader, "quote", 1).await;
 
     assert_eq!(r.get_local("MSFT"), None);
     assert_eq!(r.get("MSFT").await.as_deref(), Some(&quote("410.5")));
@@ -113,8 +114,9 @@ async fn invalidate_namespace_clears_every_key_without_scanning() {
     let qa = a.namespace::<str, Quote>("quote").unwrap();
     let qb = b.namespace::<str, Quote>("quote").unwrap();
     let rates = a.namespace::<str, f64>("rate").unwrap();
-    for s in ["A", "B", "C"] {
+    for (i, s) in ["A", "B", "C"].into_iter().enumerate() {
         qa.set(s, quote("1")).await.unwrap();
+        support::await_applied(&b, "quote", i as u64 + 1).await;
         assert!(qb.get(s).await.is_some());
     }
     rates.set("keep", 1.0).await.unwrap();

@@ -183,3 +183,19 @@ pub async fn node_with(
     .await;
     cache
 }
+
+/// Invalidations from other nodes that `cache` has applied in namespace `ns`.
+pub fn applied(cache: &tiered_cache::TieredCache, ns: &str) -> u64 {
+    cache.stats().namespace(ns).unwrap().invalidations_applied
+}
+
+/// Waits until `cache` has applied at least `n` invalidations from other nodes in `ns`.
+///
+/// A read racing the invalidation of the very write it reads is (correctly) kept out of L1 by
+/// the generation guard; tests that assert what L1 holds wait for the write's message first.
+pub async fn await_applied(cache: &tiered_cache::TieredCache, ns: &str, n: u64) {
+    eventually(&format!("{n} invalidations applied in {ns}"), PATIENCE, || async {
+        applied(cache, ns) >= n
+    })
+    .await;
+}

@@ -1,0 +1,148 @@
+//! Redis unreachable at start-up, hung, or killed mid-test: callers keep getting answers from
+//! L1 and their loaders, within bounded time; when Redis returns, the cache rejoins by itself.
+
+mod support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{eventually, node, RedisServer, PATIENCE};
+use tiered_cache::{NamespacePolicy, TieredCache};
+
+/// "Never hangs": a generous bound, far above the configured timeouts, not a speed claim.
+const NO_HANG: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(NO_HANG, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+fn cache_at(url: String) -> TieredCache {
+    TieredCache::builder()
+        .redis_url(url)
+        .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(100))
+        .heartbeat(Duration::from_millis(200))
+        .build()
+        .expect("building does not need Redis")
+}
+
+async fn serves_without_redis(cache: &TieredCache) {
+    let rates = cache.namespace::<str, f64>("rate").unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..5 {
+        let c = calls.clone();
+        let v = bounded("get_or_load", rates.get_or_load("USD:EUR", || async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(0.92)
+        }))
+        .await
+        .unwrap();
+        assert_eq!(*v, 0.92);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "loaded once, then served from L1");
+    assert_eq!(bounded("get", rates.get("other")).await, None);
+    let e = bounded("set", rates.set("USD:EUR", 0.93)).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(rates.get_local("USD:EUR"), None, "an unpropagated write leaves no local copy");
+    let e = bounded("invalidate", rates.invalidate("USD:EUR")).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    let h = bounded("health", cache.health()).await;
+    assert!(!h.redis_reachable && !h.subscribed, "{h:?}");
+    assert!(cache.stats().namespace("rate").unwrap().l2_errors > 0);
+}
+
+#[tokio::test]
+async fn nothing_listening_at_start_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // released at once: nothing listens there
+    serves_without_redis(&cache_at(format!("redis://127.0.0.1:{port}"))).await;
+}
+
+#[tokio::test]
+async fn a_hung_server_at_start_up() {
+    // Accepts connections (the kernel completes the handshake) but never answers a byte.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", hung.local_addr().unwrap());
+    serves_without_redis(&cache_at(url)).await;
+    drop(hung);
+}
+
+#[tokio::test]
+async fn redis_killed_mid_test_then_restarted() {
+    let mut server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let (ra, rb) = (
+        a.namespace::<str, f64>("rate").unwrap(),
+        b.namespace::<str, f64>("rate").unwrap(),
+    );
+    ra.set("USD:EUR", 0.92).await.unwrap();
+    support::await_applied(&b, "rate", 1).await;
+    assert_eq!(rb.get("USD:EUR").await.map(|v| *v), Some(0.92));
+    assert!(rb.get_local("USD:EUR").is_some());
+
+    server.kill();
+    eventually("both subscribers notice", PATIENCE, || async {
+        !a.is_subscribed() && !b.is_subscribed()
+    })
+    .await;
+    // Reads keep being answered: from L1, or from the loader.
+    assert_eq!(bounded("get", rb.get("USD:EUR")).await.map(|v| *v), Some(0.92));
+    let v = bounded("load", rb.get_or_load("USD:GBP", || async { Ok::<_, std::io::Error>(0.79) }))
+        .await
+        .unwrap();
+    assert_eq!(*v, 0.79);
+    assert!(bounded("set", ra.set("USD:EUR", 0.95)).await.unwrap_err().is_unavailable());
+
+    server.restart();
+    eventually("both resubscribe without any application call", PATIENCE, || async {
+        a.is_subscribed() && b.is_subscribed()
+    })
+    .await;
+    // L1 was emptied on resubscription: nothing learned before the outage is trusted.
+    assert_eq!(rb.get_local("USD:EUR"), None);
+    assert_eq!(rb.get_local("USD:GBP"), None);
+    // The fleet is coherent again, with versions starting over on the empty server.
+    ra.set("USD:EUR", 0.96).await.unwrap();
+    assert_eq!(rb.get("USD:EUR").await.map(|v| *v), Some(0.96));
+    ra.set("USD:EUR", 0.97).await.unwrap();
+    eventually("b follows the next write", PATIENCE, || async {
+        rb.get_local("USD:EUR").is_none_or(|v| *v == 0.97)
+    })
+    .await;
+    assert_eq!(rb.get("USD:EUR").await.map(|v| *v), Some(0.97));
+}
+
+#[tokio::test]
+async fn a_namespace_cleared_before_a_restart_serves_new_writes_after_it() {
+    let mut server = RedisServer::start();
+    let a = node(&server).await;
+    let ra = a.namespace::<str, f64>("rate").unwrap();
+    for i in 0..10 {
+        ra.set(&format!("k{i}"), 1.0).await.unwrap();
+    }
+    ra.invalidate_namespace().await.unwrap(); // the local floor is now about 11
+    server.restart(); // the empty server counts versions from 1 again
+    eventually("resubscribed", PATIENCE, || async { a.is_subscribed() }).await;
+    ra.set("k0", 2.0).await.unwrap();
+    let b = node(&server).await;
+    let rb = b.namespace::<str, f64>("rate").unwrap();
+    assert_eq!(rb.get("k0").await.map(|v| *v), Some(2.0));
+    ra.set("k1", 3.0).await.unwrap();
+    assert_eq!(ra.get("k1").await.map(|v| *v), Some(3.0));
+    let fresh = node(&server).await.namespace::<str, f64>("rate").unwrap();
+    assert_eq!(fresh.get("k1").await.map(|v| *v), Some(3.0));
+    // And through the node that cleared before the restart, reading from Redis.
+    ra.invalidate("k1").await.unwrap();
+    ra.set("k1", 4.0).await.unwrap();
+    rb.get("k1").await; // warm b
+    assert_eq!(rb.get("k1").await.map(|v| *v), Some(4.0));
+}
