@@ -197,6 +197,7 @@ pub(crate) struct BusConfig {
 pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, cfg: BusConfig) {
     let min_backoff = Duration::from_millis(50);
     let mut backoff = min_backoff;
+    let mut first = true;
     loop {
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
@@ -204,12 +205,16 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
             shared.bus.metrics.disconnected.inc();
             backoff = min_backoff;
         }
-        tracing::warn!(
-            target: "tiered_cache::bus",
-            reason = %outcome.unwrap_err(),
-            retry_in_ms = backoff.as_millis() as u64,
-            "invalidation subscriber not listening"
-        );
+        let reason = outcome.unwrap_err();
+        let retry_in_ms = backoff.as_millis() as u64;
+        // Loud once when the link is lost; quiet while retrying against a server still down.
+        if was_subscribed || first {
+            tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,
+                "invalidation subscriber not listening; L1 will be cleared on resubscription");
+        } else {
+            tracing::debug!(target: "tiered_cache::bus", %reason, retry_in_ms, "subscriber retry failed");
+        }
+        first = false;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
     }

@@ -1,0 +1,240 @@
+//! Each tier against what a user would write instead, side by side in one run.
+//!
+//! ```text
+//! cargo bench --bench tiers                  # a private redis-server is started
+//! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench tiers
+//! ```
+//!
+//! - `l1_hit/*`: a hit through the public API (`get_local`, and the async `get` polled once)
+//!   against a raw `moka::sync::Cache<String, Arc<V>>` get of the same value, on 16 hot keys
+//!   and on 10 000 keys read in a seeded random order.
+//! - `l2_hit`: an L1 miss answered by Redis (`get` on a namespace whose L1 holds 16 of 10 000
+//!   keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs GET plus
+//!   rmp-serde decode on a connection to the same server.
+//! - `write`: `set` (one script: version, SET PX, PUBLISH) against a raw pipelined SET PX +
+//!   PUBLISH of the same bytes.
+
+#[path = "../tests/support/server.rs"]
+mod server;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tiered_cache::{NamespacePolicy, TieredCache};
+
+/// A market quote: the trading seed's hot value (about 60 bytes encoded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Quote {
+    symbol: String,
+    bid: Decimal,
+    ask: Decimal,
+    ts_ms: i64,
+}
+
+fn quote(i: usize) -> Quote {
+    Quote {
+        symbol: format!("SYM{i:05}"),
+        bid: Decimal::new(10_000 + i as i64, 2),
+        ask: Decimal::new(10_001 + i as i64, 2),
+        ts_ms: 1_763_700_000_000 + i as i64,
+    }
+}
+
+/// A seeded, reproducible key order.
+fn order(n: usize, len: usize) -> Vec<usize> {
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+        })
+        .collect()
+}
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    url: String,
+    _server: Option<server::RedisServer>,
+}
+
+fn env() -> Env {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => Env { rt, url, _server: None },
+        _ => {
+            let s = server::RedisServer::start();
+            Env { rt, url: s.url(), _server: Some(s) }
+        }
+    }
+}
+
+fn cache(env: &Env, l1_capacity: u64) -> TieredCache {
+    let _guard = env.rt.enter();
+    let c = TieredCache::builder()
+        .redis_url(&env.url)
+        .prefix("bench")
+        .namespace(
+            "quote",
+            NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity),
+        )
+        .build()
+        .unwrap();
+    env.rt.block_on(async {
+        while !c.is_subscribed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    c
+}
+
+fn l1_hit(c: &mut Criterion) {
+    let env = env();
+    let cache = cache(&env, 100_000);
+    let ns = cache.namespace::<str, Quote>("quote").unwrap();
+    let mut g = c.benchmark_group("l1_hit");
+    g.throughput(Throughput::Elements(1));
+    for keys in [16usize, 10_000] {
+        let names: Vec<String> = (0..keys).map(|i| format!("SYM{i:05}")).collect();
+        let raw: moka::sync::Cache<String, Arc<Quote>> =
+            moka::sync::Cache::builder().max_capacity(100_000).build();
+        env.rt.block_on(async {
+            for (i, k) in names.iter().enumerate() {
+                ns.set(k, quote(i)).await.unwrap();
+                raw.insert(k.clone(), Arc::new(quote(i)));
+            }
+        });
+        assert!(names.iter().all(|k| ns.get_local(k).is_some()));
+        let seq: Vec<&str> = order(keys, 1 << 16).into_iter().map(|i| names[i].as_str()).collect();
+
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("raw_moka_get", keys), |b| {
+            b.iter(|| {
+                i = (i + 1) & 0xFFFF;
+                raw.get(seq[i]).unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("get_local", keys), |b| {
+            b.iter(|| {
+                i = (i + 1) & 0xFFFF;
+                ns.get_local(seq[i]).unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("get_async_polled_once", keys), |b| {
+            b.iter(|| {
+                i = (i + 1) & 0xFFFF;
+                ns.get(seq[i]).now_or_never().unwrap().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn l2_hit(c: &mut Criterion) {
+    const KEYS: usize = 10_000;
+    let env = env();
+    // Its L1 holds 16 entries, so nearly every read of 10 000 keys misses L1 and asks Redis.
+    let cache = cache(&env, 16);
+    let ns = cache.namespace::<str, Quote>("quote").unwrap();
+    let names: Vec<String> = (0..KEYS).map(|i| format!("SYM{i:05}")).collect();
+    env.rt.block_on(async {
+        for (i, k) in names.iter().enumerate() {
+            ns.set(k, quote(i)).await.unwrap();
+        }
+    });
+    let raw = env.rt.block_on(async {
+        let client = redis::Client::open(env.url.as_str()).unwrap();
+        client.get_connection_manager().await.unwrap()
+    });
+    let seq = order(KEYS, 1 << 16);
+    let mut g = c.benchmark_group("l2_hit");
+    g.throughput(Throughput::Elements(1));
+
+    let mut i = 0;
+    g.bench_function("raw_get_and_decode", |b| {
+        b.to_async(&env.rt).iter(|| {
+            i = (i + 1) & 0xFFFF;
+            let key = format!("bench:quote:{}", names[seq[i]]);
+            let mut conn = raw.clone();
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+                // Same payload the cache decodes: skip its 11-byte envelope header.
+                rmp_serde::from_slice::<Quote>(&bytes[11..]).unwrap()
+            }
+        })
+    });
+    let before = cache.stats().namespace("quote").copied().unwrap();
+    g.bench_function("tiered_get_l1_miss", |b| {
+        b.to_async(&env.rt).iter(|| {
+            i = (i + 1) & 0xFFFF;
+            let ns = &ns;
+            let key = names[seq[i]].as_str();
+            async move { ns.get(key).await.unwrap() }
+        })
+    });
+    let after = cache.stats().namespace("quote").copied().unwrap();
+    let (l1, l2) = (after.l1_hits - before.l1_hits, after.l2_hits - before.l2_hits);
+    eprintln!(
+        "l2_hit/tiered_get_l1_miss: {:.1}% of reads went to Redis ({l2} of {})",
+        100.0 * l2 as f64 / (l1 + l2).max(1) as f64,
+        l1 + l2
+    );
+    g.finish();
+}
+
+fn write(c: &mut Criterion) {
+    let env = env();
+    let cache = cache(&env, 100_000);
+    let ns = cache.namespace::<str, Quote>("quote").unwrap();
+    let raw = env.rt.block_on(async {
+        let client = redis::Client::open(env.url.as_str()).unwrap();
+        client.get_connection_manager().await.unwrap()
+    });
+    let payload = rmp_serde::to_vec_named(&quote(1)).unwrap();
+    let mut g = c.benchmark_group("write");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("raw_set_px_and_publish", |b| {
+        b.to_async(&env.rt).iter(|| {
+            i = (i + 1) % 1000;
+            let mut conn = raw.clone();
+            let key = format!("bench:raw:SYM{i:05}");
+            let payload = &payload;
+            async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET").arg(&key).arg(payload).arg("PX").arg(600_000).ignore()
+                    .cmd("PUBLISH").arg("bench:raw-channel").arg(&key).ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        })
+    });
+    g.bench_function("tiered_set", |b| {
+        b.to_async(&env.rt).iter(|| {
+            i = (i + 1) % 1000;
+            let ns = &ns;
+            async move { ns.set(&format!("SYM{i:05}"), quote(i)).await.unwrap() }
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40);
+    targets = l1_hit, l2_hit, write
+}
+criterion_main!(benches);

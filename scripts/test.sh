@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs redis-server if needed, then runs every test (unit, integration,
+# doc tests including the README's examples). Each integration test starts its own private
+# redis-server on a free loopback port and stops it when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-redis.sh
+
+cargo test --doc --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  echo "(cargo-nextest not found: using cargo test)" >&2
+  cargo test --no-fail-fast
+fi
