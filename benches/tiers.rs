@@ -8,11 +8,14 @@
 //! - `l1_hit/*`: a hit through the public API (`get_local`, and the async `get` polled once)
 //!   against a raw `moka::sync::Cache<String, Arc<V>>` get of the same value, on 16 hot keys
 //!   and on 10 000 keys read in a seeded random order.
+//! The Redis groups are paired: each iteration runs the raw operation and the cache's back to
+//! back, and each benchmark reports its own half, so drift in loopback latency hits both alike.
+//!
 //! - `l2_hit`: an L1 miss answered by Redis (`get` on a namespace whose L1 holds 16 of 10 000
 //!   keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs GET plus
 //!   rmp-serde decode on a connection to the same server.
-//! - `write`: `set` (one script: version, SET PX, PUBLISH) against a raw pipelined SET PX +
-//!   PUBLISH of the same bytes.
+//! - `write`: `set` (encode, one script: version, SET PX, PUBLISH, then the L1 update) against
+//!   a raw MULTI of SET PX + PUBLISH of the same encoded bytes.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -69,10 +72,18 @@ fn env() -> Env {
         .build()
         .unwrap();
     match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Env { rt, url, _server: None },
+        Ok(url) if !url.is_empty() => Env {
+            rt,
+            url,
+            _server: None,
+        },
         _ => {
             let s = server::RedisServer::start();
-            Env { rt, url: s.url(), _server: Some(s) }
+            Env {
+                rt,
+                url: s.url(),
+                _server: Some(s),
+            }
         }
     }
 }
@@ -113,7 +124,10 @@ fn l1_hit(c: &mut Criterion) {
             }
         });
         assert!(names.iter().all(|k| ns.get_local(k).is_some()));
-        let seq: Vec<&str> = order(keys, 1 << 16).into_iter().map(|i| names[i].as_str()).collect();
+        let seq: Vec<&str> = order(keys, 1 << 16)
+            .into_iter()
+            .map(|i| names[i].as_str())
+            .collect();
 
         let mut i = 0;
         g.bench_function(BenchmarkId::new("raw_moka_get", keys), |b| {
@@ -138,6 +152,36 @@ fn l1_hit(c: &mut Criterion) {
     g.finish();
 }
 
+/// Which half of a paired measurement a benchmark reports.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Raw,
+    Tiered,
+}
+
+/// Runs `iters` pairs of (raw, tiered) operations back to back and returns the time spent in
+/// `side`'s half. Loopback latency drifts with CPU placement over seconds; pairing makes both
+/// benchmarks of a group see the same conditions, so their ratio means something.
+async fn paired<R, T, FR, FT>(iters: u64, side: Side, mut raw: FR, mut tiered: FT) -> Duration
+where
+    FR: FnMut(u64) -> R,
+    FT: FnMut(u64) -> T,
+    R: std::future::Future<Output = ()>,
+    T: std::future::Future<Output = ()>,
+{
+    let mut spent = Duration::ZERO;
+    for i in 0..iters {
+        let t = std::time::Instant::now();
+        raw(i).await;
+        let r = t.elapsed();
+        let t = std::time::Instant::now();
+        tiered(i).await;
+        let d = t.elapsed();
+        spent += if side == Side::Raw { r } else { d };
+    }
+    spent
+}
+
 fn l2_hit(c: &mut Criterion) {
     const KEYS: usize = 10_000;
     let env = env();
@@ -155,33 +199,44 @@ fn l2_hit(c: &mut Criterion) {
         client.get_connection_manager().await.unwrap()
     });
     let seq = order(KEYS, 1 << 16);
+    let raw_get = |i: u64| {
+        let key = format!("bench:quote:{}", names[seq[(i as usize * 2) & 0xFFFF]]);
+        let mut conn = raw.clone();
+        async move {
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            // The payload the cache decodes: skip its 11-byte envelope header.
+            let q: Quote = rmp_serde::from_slice(&bytes[11..]).unwrap();
+            std::hint::black_box(q);
+        }
+    };
+    let tiered_get = |i: u64| {
+        let ns = &ns;
+        let key = names[seq[(i as usize * 2 + 1) & 0xFFFF]].as_str();
+        async move {
+            std::hint::black_box(ns.get(key).await.unwrap());
+        }
+    };
     let mut g = c.benchmark_group("l2_hit");
     g.throughput(Throughput::Elements(1));
-
-    let mut i = 0;
-    g.bench_function("raw_get_and_decode", |b| {
-        b.to_async(&env.rt).iter(|| {
-            i = (i + 1) & 0xFFFF;
-            let key = format!("bench:quote:{}", names[seq[i]]);
-            let mut conn = raw.clone();
-            async move {
-                let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
-                // Same payload the cache decodes: skip its 11-byte envelope header.
-                rmp_serde::from_slice::<Quote>(&bytes[11..]).unwrap()
-            }
-        })
-    });
     let before = cache.stats().namespace("quote").copied().unwrap();
-    g.bench_function("tiered_get_l1_miss", |b| {
-        b.to_async(&env.rt).iter(|| {
-            i = (i + 1) & 0xFFFF;
-            let ns = &ns;
-            let key = names[seq[i]].as_str();
-            async move { ns.get(key).await.unwrap() }
-        })
-    });
+    for (name, side) in [
+        ("raw_get_and_decode", Side::Raw),
+        ("tiered_get_l1_miss", Side::Tiered),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&env.rt)
+                .iter_custom(|iters| paired(iters, side, raw_get, tiered_get))
+        });
+    }
     let after = cache.stats().namespace("quote").copied().unwrap();
-    let (l1, l2) = (after.l1_hits - before.l1_hits, after.l2_hits - before.l2_hits);
+    let (l1, l2) = (
+        after.l1_hits - before.l1_hits,
+        after.l2_hits - before.l2_hits,
+    );
     eprintln!(
         "l2_hit/tiered_get_l1_miss: {:.1}% of reads went to Redis ({l2} of {})",
         100.0 * l2 as f64 / (l1 + l2).max(1) as f64,
@@ -198,34 +253,47 @@ fn write(c: &mut Criterion) {
         let client = redis::Client::open(env.url.as_str()).unwrap();
         client.get_connection_manager().await.unwrap()
     });
-    let payload = rmp_serde::to_vec_named(&quote(1)).unwrap();
+    let raw_write = |i: u64| {
+        let mut conn = raw.clone();
+        let key = format!("bench:raw:SYM{:05}", i % 1000);
+        let payload = rmp_serde::to_vec_named(&quote(i as usize)).unwrap();
+        async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(payload)
+                .arg("PX")
+                .arg(600_000)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg("bench:raw-channel")
+                .arg(&key)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let tiered_write = |i: u64| {
+        let ns = &ns;
+        async move {
+            ns.set(&format!("SYM{:05}", i % 1000), quote(i as usize))
+                .await
+                .unwrap()
+        }
+    };
     let mut g = c.benchmark_group("write");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0usize;
-    g.bench_function("raw_set_px_and_publish", |b| {
-        b.to_async(&env.rt).iter(|| {
-            i = (i + 1) % 1000;
-            let mut conn = raw.clone();
-            let key = format!("bench:raw:SYM{i:05}");
-            let payload = &payload;
-            async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET").arg(&key).arg(payload).arg("PX").arg(600_000).ignore()
-                    .cmd("PUBLISH").arg("bench:raw-channel").arg(&key).ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .unwrap()
-            }
-        })
-    });
-    g.bench_function("tiered_set", |b| {
-        b.to_async(&env.rt).iter(|| {
-            i = (i + 1) % 1000;
-            let ns = &ns;
-            async move { ns.set(&format!("SYM{i:05}"), quote(i)).await.unwrap() }
-        })
-    });
+    for (name, side) in [
+        ("raw_multi_set_px_publish", Side::Raw),
+        ("tiered_set", Side::Tiered),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&env.rt)
+                .iter_custom(|iters| paired(iters, side, raw_write, tiered_write))
+        });
+    }
     g.finish();
 }
 

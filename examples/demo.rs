@@ -93,7 +93,10 @@ struct Acks(Mutex<HashMap<String, (u64, Instant)>>);
 
 impl Acks {
     fn record(&self, key: &str, version: u64) {
-        self.0.lock().unwrap().insert(key.to_owned(), (version, Instant::now()));
+        self.0
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (version, Instant::now()));
     }
     fn get(&self, key: &str) -> Option<(u64, Instant)> {
         self.0.lock().unwrap().get(key).copied()
@@ -151,9 +154,15 @@ async fn build_node(url: &str) -> TieredCache {
         .redis_url(url)
         .prefix("v1")
         // Payments seed: exchange rates live 90 s.
-        .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)).l1_ttl(Duration::from_secs(30)))
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).l1_ttl(Duration::from_secs(30)),
+        )
         // Trading seed: market data lives 60 s.
-        .namespace("quote", NamespacePolicy::new(Duration::from_secs(60)).l1_capacity(50_000))
+        .namespace(
+            "quote",
+            NamespacePolicy::new(Duration::from_secs(60)).l1_capacity(50_000),
+        )
         .build()
         .expect("valid configuration")
 }
@@ -270,7 +279,10 @@ async fn count_disagreements(nodes: &[TieredCache], db: &Arc<Database>) -> usize
         for p in PAIRS {
             let want = db.rates.lock().unwrap()[*p].db_version;
             let db = db.clone();
-            let got = rates.get_or_load(p, || async move { db.rate(p).await }).await.unwrap();
+            let got = rates
+                .get_or_load(p, || async move { db.rate(p).await })
+                .await
+                .unwrap();
             n += usize::from(got.db_version != want);
         }
     }
@@ -290,8 +302,7 @@ fn pct(v: &mut [Duration], p: f64) -> String {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let reads: usize = std::env::var("DEMO_READS")
@@ -318,12 +329,22 @@ async fn main() {
 
     let db = Arc::new(Database::default());
     for (i, p) in PAIRS.iter().enumerate() {
-        let rate = Rate { pair: p.to_string(), rate: Decimal::new(10_000 + i as i64 * 137, 4), db_version: 0 };
+        let rate = Rate {
+            pair: p.to_string(),
+            rate: Decimal::new(10_000 + i as i64 * 137, 4),
+            db_version: 0,
+        };
         db.rates.lock().unwrap().insert(p.to_string(), rate);
     }
     for i in 0..SYMBOLS {
         let bid = Decimal::new(10_000 + i as i64 * 25, 2);
-        let q = Quote { symbol: symbol(i), bid, ask: bid + Decimal::new(1, 2), ts_ms: 1_763_700_000_000, db_version: 0 };
+        let q = Quote {
+            symbol: symbol(i),
+            bid,
+            ask: bid + Decimal::new(1, 2),
+            ts_ms: 1_763_700_000_000,
+            db_version: 0,
+        };
         db.quotes.lock().unwrap().insert(symbol(i), q);
     }
 
@@ -334,7 +355,10 @@ async fn main() {
     if !matches!(mode, RedisMode::None(_)) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !nodes.iter().all(|n| n.is_subscribed()) {
-            assert!(Instant::now() < deadline, "nodes could not subscribe to {url}");
+            assert!(
+                Instant::now() < deadline,
+                "nodes could not subscribe to {url}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // A fresh start: forget what an earlier run left under these keys.
@@ -375,9 +399,22 @@ async fn main() {
     let (sets, invalidations) = w.await.unwrap();
     let elapsed = started.elapsed();
 
-    println!("{:<6} {:<6} {:>7} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8}",
-        "node", "ns", "reads", "L1 hit", "L2 hit", "loaded", "hit %",
-        "L1 p50", "L1 p99", "L2 p50", "L2 p99", "load p50", "load p99");
+    println!(
+        "{:<6} {:<6} {:>7} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8}",
+        "node",
+        "ns",
+        "reads",
+        "L1 hit",
+        "L2 hit",
+        "loaded",
+        "hit %",
+        "L1 p50",
+        "L1 p99",
+        "L2 p50",
+        "L2 p99",
+        "load p50",
+        "load p99"
+    );
     let mut stale_total = 0;
     let mut max_lag = Duration::ZERO;
     for (i, (node, mut lat)) in nodes.iter().zip(results).enumerate() {
@@ -396,9 +433,30 @@ async fn main() {
                 pct(&mut l.loader, 0.5), pct(&mut l.loader, 0.99));
         }
     }
-    println!("(latencies in µs; a database read costs {} ms here)\n", DB_LATENCY.as_millis());
-    let applied: u64 = nodes.iter().map(|n| n.stats().namespaces.iter().map(|(_, s)| s.invalidations_applied).sum::<u64>()).sum();
-    let refused: u64 = nodes.iter().map(|n| n.stats().namespaces.iter().map(|(_, s)| s.fills_refused).sum::<u64>()).sum();
+    println!(
+        "(latencies in µs; a database read costs {} ms here)\n",
+        DB_LATENCY.as_millis()
+    );
+    let applied: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.stats()
+                .namespaces
+                .iter()
+                .map(|(_, s)| s.invalidations_applied)
+                .sum::<u64>()
+        })
+        .sum();
+    let refused: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.stats()
+                .namespaces
+                .iter()
+                .map(|(_, s)| s.fills_refused)
+                .sum::<u64>()
+        })
+        .sum();
     println!("writes: {sets} rate sets, {invalidations} quote invalidations in {:.1} s; invalidations applied by other nodes: {applied}; stale fills refused by Redis: {refused}",
         elapsed.as_secs_f64());
     println!("reads that returned a value older than an acknowledged write: {stale_total} (max {:.0} µs after the ack: the propagation window)",

@@ -227,10 +227,13 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(cfg.command_timeout, sink.subscribe(shared.l2.keys().channel()))
-        .await
-        .map_err(|_| "subscribe timed out".to_string())?
-        .map_err(|e| format!("subscribe: {e}"))?;
+    tokio::time::timeout(
+        cfg.command_timeout,
+        sink.subscribe(shared.l2.keys().channel()),
+    )
+    .await
+    .map_err(|_| "subscribe timed out".to_string())?
+    .map_err(|e| format!("subscribe: {e}"))?;
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     shared.resync().await.map_err(|e| format!("resync: {e}"))?;
     shared.bus.subscribed.store(true, Relaxed);

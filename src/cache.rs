@@ -31,7 +31,11 @@ impl BusState {
 
     fn last_alive_age(&self) -> Option<Duration> {
         let at = self.last_alive_ms.load(Relaxed);
-        (at > 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(at)))
+        (at > 0).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at))
+        })
     }
 }
 
@@ -209,9 +213,8 @@ impl TieredCacheBuilder {
     /// and joins the fleet when Redis comes back.
     pub fn build(self) -> Result<TieredCache> {
         self.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Config("build() must be called inside a Tokio runtime".into())
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("build() must be called inside a Tokio runtime".into()))?;
         let url = self.effective_url();
         let client = redis::Client::open(url.as_str())
             .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;

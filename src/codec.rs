@@ -140,14 +140,29 @@ mod tests {
     #[test]
     fn bad_bytes_are_errors_not_panics() {
         assert!(matches!(decode::<u32>(b""), Err(DecodeError::Truncated)));
-        assert!(matches!(decode::<u32>(b"{\"a\":1}"), Err(DecodeError::Foreign)));
-        assert!(matches!(decode::<u32>(&[MAGIC, 9, 0]), Err(DecodeError::UnknownFormat)));
-        assert!(matches!(decode::<u32>(&[MAGIC, FORMAT, 0, 1]), Err(DecodeError::Truncated)));
+        assert!(matches!(
+            decode::<u32>(b"{\"a\":1}"),
+            Err(DecodeError::Foreign)
+        ));
+        assert!(matches!(
+            decode::<u32>(&[MAGIC, 9, 0]),
+            Err(DecodeError::UnknownFormat)
+        ));
+        assert!(matches!(
+            decode::<u32>(&[MAGIC, FORMAT, 0, 1]),
+            Err(DecodeError::Truncated)
+        ));
         let mut compressed = encode_for_test(1, &5u32);
         compressed[2] = 0b10; // the reserved "compressed" bit
-        assert!(matches!(decode::<u32>(&compressed), Err(DecodeError::UnknownFormat)));
+        assert!(matches!(
+            decode::<u32>(&compressed),
+            Err(DecodeError::UnknownFormat)
+        ));
         let wrong_type = encode_for_test(1, &"text");
-        assert!(matches!(decode::<u32>(&wrong_type), Err(DecodeError::Payload(_))));
+        assert!(matches!(
+            decode::<u32>(&wrong_type),
+            Err(DecodeError::Payload(_))
+        ));
         // Every prefix of a valid envelope, and every single-byte corruption, is handled.
         let good = encode_for_test(7, &vec![1u64, 2, 3]);
         for n in 0..good.len() {

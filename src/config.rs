@@ -72,14 +72,18 @@ impl NamespacePolicy {
 
     fn validate(&self, name: &str) -> Result<(), String> {
         if self.l2_ttl.is_zero() {
-            return Err(format!("namespace {name:?}: L2 TTL must be greater than zero"));
+            return Err(format!(
+                "namespace {name:?}: L2 TTL must be greater than zero"
+            ));
         }
         if self.l2_ttl.as_millis() > i64::MAX as u128 {
             return Err(format!("namespace {name:?}: L2 TTL is out of range"));
         }
         let l1 = self.l1_ttl_value();
         if l1.is_zero() {
-            return Err(format!("namespace {name:?}: L1 TTL must be greater than zero"));
+            return Err(format!(
+                "namespace {name:?}: L1 TTL must be greater than zero"
+            ));
         }
         if l1 > self.l2_ttl {
             return Err(format!(
@@ -88,7 +92,9 @@ impl NamespacePolicy {
             ));
         }
         if self.l1_capacity == 0 {
-            return Err(format!("namespace {name:?}: L1 capacity must be at least 1"));
+            return Err(format!(
+                "namespace {name:?}: L1 capacity must be at least 1"
+            ));
         }
         Ok(())
     }
@@ -216,7 +222,8 @@ mod tests {
     use super::*;
 
     fn ok() -> TieredCacheBuilder {
-        TieredCacheBuilder::default().namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+        TieredCacheBuilder::default()
+            .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
     }
 
     fn err(b: TieredCacheBuilder) -> String {
@@ -237,14 +244,21 @@ mod tests {
         let s = Duration::from_secs;
         assert!(err(TieredCacheBuilder::default()).contains("no namespace"));
         assert!(err(ok().namespace("z", NamespacePolicy::new(s(0)))).contains("L2 TTL"));
-        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(6)))).contains("longer"));
-        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(0)))).contains("L1 TTL"));
+        assert!(
+            err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(6)))).contains("longer")
+        );
+        assert!(
+            err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_ttl(s(0)))).contains("L1 TTL")
+        );
         assert!(err(ok().namespace("rate", NamespacePolicy::new(s(5)))).contains("twice"));
         assert!(err(ok().namespace("", NamespacePolicy::new(s(5)))).contains("empty"));
         assert!(err(ok().namespace("a:b", NamespacePolicy::new(s(5)))).contains("separator"));
         assert!(err(ok().namespace("_x", NamespacePolicy::new(s(5)))).contains("reserved"));
         assert!(err(ok().prefix("v1:x")).contains("separator"));
-        assert!(err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_capacity(0))).contains("capacity"));
+        assert!(
+            err(ok().namespace("z", NamespacePolicy::new(s(5)).l1_capacity(0)))
+                .contains("capacity")
+        );
         assert!(err(ok().l2_timeout(s(0))).contains("l2_timeout"));
     }
 }

@@ -88,9 +88,11 @@ impl fmt::Display for Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            Error::Unavailable { source: Some(e), .. } | Error::Loader(e) | Error::Encode(e) => {
-                Some(e.as_ref() as &(dyn StdError + 'static))
+            Error::Unavailable {
+                source: Some(e), ..
             }
+            | Error::Loader(e)
+            | Error::Encode(e) => Some(e.as_ref() as &(dyn StdError + 'static)),
             _ => None,
         }
     }

@@ -15,6 +15,9 @@ use std::sync::Arc;
 /// The separator between prefix, namespace and key in Redis key names.
 pub const SEPARATOR: char = ':';
 
+/// The longest prefix or namespace name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
 /// A type with a stable, injective string form, usable as a cache key.
 ///
 /// Implemented for strings, integers, `char`, `bool`, and tuples of up to four keys. For your own
@@ -173,6 +176,11 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{what} must not be empty"));
     }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{what} {name:?} is longer than {MAX_NAME_LEN} bytes"
+        ));
+    }
     if name.contains(SEPARATOR) {
         return Err(format!(
             "{what} {name:?} contains the key separator {SEPARATOR:?}"
@@ -194,7 +202,7 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), String> {
 pub(crate) struct KeySpace {
     prefix: String,
     channel: String,
-    version_key: String,
+    meta_key: String,
 }
 
 impl KeySpace {
@@ -203,14 +211,13 @@ impl KeySpace {
         Self {
             prefix: prefix.to_owned(),
             channel: format!("{prefix}{SEPARATOR}_tc{SEPARATOR}inv{SEPARATOR}db{db}"),
-            version_key: format!("{prefix}{SEPARATOR}_tc{SEPARATOR}version"),
+            meta_key: format!("{prefix}{SEPARATOR}_tc{SEPARATOR}meta"),
         }
     }
 
     /// `{prefix}:{namespace}:{key}`.
     pub(crate) fn value_key(&self, namespace: &str, key: &str) -> String {
-        let mut s =
-            String::with_capacity(self.prefix.len() + namespace.len() + key.len() + 2);
+        let mut s = String::with_capacity(self.prefix.len() + namespace.len() + key.len() + 2);
         s.push_str(&self.prefix);
         s.push(SEPARATOR);
         s.push_str(namespace);
@@ -219,19 +226,17 @@ impl KeySpace {
         s
     }
 
-    /// The counter every write draws its version from.
-    pub(crate) fn version_key(&self) -> &str {
-        &self.version_key
+    /// One hash holding the version counter (field `version`) and every namespace's floor
+    /// (field `floor:{namespace}`, the version of its last whole-namespace invalidation; values
+    /// written before it are dead). One key, touched by every write, so an LRU eviction policy
+    /// keeps it; and if it is ever evicted, counter and floors reset together.
+    pub(crate) fn meta_key(&self) -> &str {
+        &self.meta_key
     }
 
-    /// Holds the version of the namespace's last whole-namespace invalidation: values written
-    /// with an older version are dead.
-    pub(crate) fn floor_key(&self, namespace: &str) -> String {
-        format!(
-            "{p}{s}_tc{s}floor{s}{namespace}",
-            p = self.prefix,
-            s = SEPARATOR
-        )
+    /// The field of the meta hash holding a namespace's floor.
+    pub(crate) fn floor_field(namespace: &str) -> String {
+        format!("floor{SEPARATOR}{namespace}")
     }
 
     /// The invalidation bus's channel.
@@ -270,9 +275,13 @@ mod tests {
     #[test]
     fn value_keys_follow_the_seed_convention() {
         let ks = KeySpace::new("v1", 0);
-        assert_eq!(ks.value_key("wallet", "balance:GA1"), "v1:wallet:balance:GA1");
+        assert_eq!(
+            ks.value_key("wallet", "balance:GA1"),
+            "v1:wallet:balance:GA1"
+        );
         assert_eq!(ks.channel(), "v1:_tc:inv:db0");
-        assert_eq!(ks.floor_key("rate"), "v1:_tc:floor:rate");
+        assert_eq!(ks.meta_key(), "v1:_tc:meta");
+        assert_eq!(KeySpace::floor_field("rate"), "floor:rate");
     }
 
     #[test]
@@ -282,5 +291,6 @@ mod tests {
         assert!(validate_name("namespace", "a:b").is_err());
         assert!(validate_name("namespace", "a b").is_err());
         assert!(validate_name("namespace", "a{b}").is_err());
+        assert!(validate_name("namespace", &"n".repeat(65)).is_err());
     }
 }

@@ -26,20 +26,23 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-// KEYS: version counter, value key. ARGV: envelope head, payload, ttl ms, channel, message
-// head, message tail. Returns the version.
+// KEYS[1] is always the meta hash (see `KeySpace::meta_key`): field `version` is the counter
+// every write draws from, fields `floor:{namespace}` the namespace floors.
+
+// KEYS: meta, value key. ARGV: envelope head, payload, ttl ms, channel, message head, message
+// tail. Returns the version.
 const WRITE: &str = r"
-local v = redis.call('INCR', KEYS[1])
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local vb = struct.pack('>I8', v)
 redis.call('SET', KEYS[2], ARGV[1] .. vb .. ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. vb .. ARGV[6])
 return v
 ";
 
-// KEYS: version counter, value keys... ARGV: tombstone head, ttl ms, channel, message head,
-// message tail. Returns the version.
+// KEYS: meta, value keys... ARGV: tombstone head, ttl ms, channel, message head, message tail.
+// Returns the version.
 const INVALIDATE: &str = r"
-local v = redis.call('INCR', KEYS[1])
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local vb = struct.pack('>I8', v)
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], ARGV[1] .. vb, 'PX', ARGV[2])
@@ -48,19 +51,19 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. vb .. ARGV[5])
 return v
 ";
 
-// KEYS: version counter, namespace floor. ARGV: channel, message head, message tail.
+// KEYS: meta. ARGV: floor field, channel, message head, message tail.
 const CLEAR_NAMESPACE: &str = r"
-local v = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], v)
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3])
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], ARGV[1], v)
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. struct.pack('>I8', v) .. ARGV[4])
 return v
 ";
 
-// KEYS: version counter, value key, namespace floor. ARGV: version noted before the load,
-// envelope head, payload, ttl ms. Returns the new version, or 0 when the fill is refused.
+// KEYS: meta, value key. ARGV: version noted before the load, envelope head, payload, ttl ms,
+// floor field. Returns the new version, or 0 when the fill is refused.
 const FILL: &str = r"
 local seen = tonumber(ARGV[1])
-local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
 if floor > seen then return 0 end
 -- A live value, even one this node cannot decode (it may be a newer schema), is kept.
 local cur = redis.call('GET', KEYS[2])
@@ -72,7 +75,7 @@ if cur and string.len(cur) >= 11 and string.byte(cur, 1) == 193 and string.byte(
     return 0
   end
 end
-local v = redis.call('INCR', KEYS[1])
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
 return v
 ";
@@ -221,9 +224,13 @@ impl L2Tier {
 
     /// The current value of the version counter; noted before a load, checked by its fill.
     pub(crate) async fn current_version(&self) -> L2Result<u64> {
-        let k = self.keys.version_key();
+        let k = self.keys.meta_key();
         self.call(|mut c| async move {
-            let v: Option<u64> = redis::cmd("GET").arg(k).query_async(&mut c).await?;
+            let v: Option<u64> = redis::cmd("HGET")
+                .arg(k)
+                .arg("version")
+                .query_async(&mut c)
+                .await?;
             Ok(v.unwrap_or(0))
         })
         .await
@@ -238,7 +245,7 @@ impl L2Tier {
         message: &Outgoing,
     ) -> L2Result<u64> {
         let mut inv = self.write.prepare_invoke();
-        inv.key(self.keys.version_key())
+        inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
@@ -261,13 +268,13 @@ impl L2Tier {
         value: Payload<'_>,
     ) -> L2Result<Option<u64>> {
         let mut inv = self.fill.prepare_invoke();
-        inv.key(self.keys.version_key())
+        inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .key(self.keys.floor_key(namespace))
             .arg(seen_version)
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
-            .arg(ttl_ms(value.ttl));
+            .arg(ttl_ms(value.ttl))
+            .arg(KeySpace::floor_field(namespace));
         let inv = &inv;
         let v: u64 = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -285,7 +292,7 @@ impl L2Tier {
         message: &Outgoing,
     ) -> L2Result<u64> {
         let mut inv = self.invalidate.prepare_invoke();
-        inv.key(self.keys.version_key());
+        inv.key(self.keys.meta_key());
         for k in keys {
             inv.key(self.keys.value_key(namespace, k));
         }
@@ -301,10 +308,14 @@ impl L2Tier {
 
     /// Marks every value of the namespace written so far as dead, without scanning keys, and
     /// publishes it. Returns the version that becomes the namespace's floor.
-    pub(crate) async fn clear_namespace(&self, namespace: &str, message: &Outgoing) -> L2Result<u64> {
+    pub(crate) async fn clear_namespace(
+        &self,
+        namespace: &str,
+        message: &Outgoing,
+    ) -> L2Result<u64> {
         let mut inv = self.clear_namespace.prepare_invoke();
-        inv.key(self.keys.version_key())
-            .key(self.keys.floor_key(namespace))
+        inv.key(self.keys.meta_key())
+            .arg(KeySpace::floor_field(namespace))
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
@@ -315,12 +326,17 @@ impl L2Tier {
 
     /// The floors of the given namespaces, in order (0 when never cleared).
     pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<Vec<u64>> {
-        let keys = &namespaces
+        let fields = &namespaces
             .iter()
-            .map(|n| self.keys.floor_key(n))
+            .map(|n| KeySpace::floor_field(n))
             .collect::<Vec<_>>();
+        let meta = self.keys.meta_key();
         self.call(|mut c| async move {
-            let v: Vec<Option<u64>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+            let v: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg(meta)
+                .arg(fields)
+                .query_async(&mut c)
+                .await?;
             Ok(v.into_iter().map(Option::unwrap_or_default).collect())
         })
         .await

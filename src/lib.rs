@@ -43,20 +43,25 @@ pub mod key;
 /// Typed namespace handles: get, get_or_load, set, invalidate.
 pub mod namespace;
 
-/// L1 tier: moka, decoded values (the only module that imports moka).
-mod l1;
-/// L2 tier: Redis, versioned envelopes, write+publish scripts.
-mod l2;
 /// Invalidation bus: message format and the subscriber task.
 mod bus;
 /// The value envelope around MessagePack.
 mod codec;
 /// The generation guard against the load/invalidate race.
 mod guard;
+/// L1 tier: moka, decoded values (the only module that imports moka).
+mod l1;
+/// L2 tier: Redis, versioned envelopes, write+publish scripts.
+mod l2;
 /// The miss path: L2 read, loader, guarded fill.
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
+
+/// The README's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};

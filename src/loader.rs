@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 /// The outcome of one Redis read.
 pub(crate) enum L2Read<V> {
-    Hit { version: u64, value: V },
+    Hit {
+        version: u64,
+        value: V,
+    },
     /// No live value: absent, a tombstone, older than the namespace floor, or undecodable.
     Miss,
     /// Redis could not be asked.

@@ -67,9 +67,7 @@ impl NamespaceMetrics {
             Tally::new(counter!("tiered_cache_requests_total",
                 "namespace" => ns.clone(), "tier" => tier, "result" => result))
         };
-        let l2_kind = |kind: &'static str| {
-            counter!("tiered_cache_l2_errors_total", "namespace" => ns.clone(), "kind" => kind)
-        };
+        let l2_kind = |kind: &'static str| counter!("tiered_cache_l2_errors_total", "namespace" => ns.clone(), "kind" => kind);
         let fill = |result: &'static str| {
             Tally::new(counter!("tiered_cache_fills_total",
                 "namespace" => ns.clone(), "result" => result))

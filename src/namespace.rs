@@ -254,7 +254,10 @@ where
             bytes: &payload,
             ttl: self.core.policy.l2_ttl,
         };
-        let written = shared.l2.write(&self.core.name, &key, payload, &message).await;
+        let written = shared
+            .l2
+            .write(&self.core.name, &key, payload, &message)
+            .await;
         // Fences loads that read Redis before the write landed.
         let after = self.core.gens.bump_key(&key);
         match written {
@@ -312,11 +315,7 @@ where
         self.finish_invalidation(done, "invalidate_namespace")
     }
 
-    fn finish_invalidation(
-        &self,
-        done: crate::l2::L2Result<u64>,
-        op: &'static str,
-    ) -> Result<()> {
+    fn finish_invalidation(&self, done: crate::l2::L2Result<u64>, op: &'static str) -> Result<()> {
         match done {
             Ok(_) => {
                 self.core.metrics.inv_sent.inc();

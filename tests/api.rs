@@ -41,7 +41,11 @@ async fn set_get_invalidate_round_trip() {
 
     quotes.invalidate("AAPL").await.unwrap();
     assert_eq!(quotes.get_local("AAPL"), None);
-    assert_eq!(quotes.get("AAPL").await, None, "a tombstone reads as a miss");
+    assert_eq!(
+        quotes.get("AAPL").await,
+        None,
+        "a tombstone reads as a miss"
+    );
     let s = cache.stats();
     assert_eq!(s.namespace("quote").unwrap().invalidations_sent, 2);
 }
@@ -78,10 +82,19 @@ async fn get_or_load_loads_once_then_serves_from_the_tiers() {
     let rb = b.namespace::<(&str, &str), f64>("rate").unwrap();
     let key = ("CNGN", "USD");
 
-    assert_eq!(*ra.get_or_load(&key, || load(calls.clone())).await.unwrap(), 1.2345);
-    assert_eq!(*ra.get_or_load(&key, || load(calls.clone())).await.unwrap(), 1.2345);
+    assert_eq!(
+        *ra.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        1.2345
+    );
+    assert_eq!(
+        *ra.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        1.2345
+    );
     // Node b finds it in Redis: the loader is not called again.
-    assert_eq!(*rb.get_or_load(&key, || load(calls.clone())).await.unwrap(), 1.2345);
+    assert_eq!(
+        *rb.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        1.2345
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let raw: Option<Vec<u8>> = server.cmd(&[b"GET", b"v1:rate:CNGN:USD"]);
     assert!(raw.is_some(), "filled under the seed's key layout");
@@ -94,7 +107,9 @@ async fn loader_errors_are_returned_and_not_cached() {
     let cache = node(&server).await;
     let rates = cache.namespace::<str, f64>("rate").unwrap();
     let err = rates
-        .get_or_load("X", || async { Err::<f64, _>(std::io::Error::other("db down")) })
+        .get_or_load("X", || async {
+            Err::<f64, _>(std::io::Error::other("db down"))
+        })
         .await
         .unwrap_err();
     assert!(err.is_loader(), "{err}");
@@ -132,13 +147,25 @@ async fn invalidate_namespace_clears_every_key_without_scanning() {
     for s in ["A", "B", "C"] {
         assert_eq!(qa.get(s).await, None, "{s} read through on the other node");
     }
-    assert_eq!(*rates.get("keep").await.unwrap(), 1.0, "other namespaces untouched");
+    assert_eq!(
+        *rates.get("keep").await.unwrap(),
+        1.0,
+        "other namespaces untouched"
+    );
     // Writes after the clear are live again, on both nodes.
     qa.set("A", quote("2")).await.unwrap();
     assert_eq!(qb.get("A").await.as_deref(), Some(&quote("2")));
+    // The crate's only bookkeeping key: one hash with the version counter and the floors.
+    let meta: Vec<String> = server.cmd(&[b"KEYS", b"v1:_tc:*"]);
+    assert_eq!(meta, vec!["v1:_tc:meta".to_string()]);
+    let floor: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"floor:quote"]);
+    assert!(floor > 0);
     // A node that starts later learns the floor from Redis and does not serve the old values.
     let c = node(&server).await;
-    assert_eq!(c.namespace::<str, Quote>("quote").unwrap().get("B").await, None);
+    assert_eq!(
+        c.namespace::<str, Quote>("quote").unwrap().get("B").await,
+        None
+    );
 }
 
 #[tokio::test]
@@ -156,10 +183,15 @@ async fn ttls_apply_on_both_tiers() {
     let pttl: i64 = server.cmd(&[b"PTTL", b"v1:short:k"]);
     assert!((1..=1500).contains(&pttl), "L2 TTL set on the key: {pttl}");
     assert!(ns.get_local("k").is_some());
-    eventually("L1 entry expires", PATIENCE, || async { ns.get_local("k").is_none() }).await;
+    eventually("L1 entry expires", PATIENCE, || async {
+        ns.get_local("k").is_none()
+    })
+    .await;
     assert_eq!(ns.get("k").await.as_deref(), Some(&7), "still in L2");
     eventually("L2 entry expires", PATIENCE, || async {
-        server.cmd::<Option<Vec<u8>>>(&[b"GET", b"v1:short:k"]).is_none()
+        server
+            .cmd::<Option<Vec<u8>>>(&[b"GET", b"v1:short:k"])
+            .is_none()
     })
     .await;
     eventually("L1 copy refilled from L2 expires too", PATIENCE, || async {
@@ -175,15 +207,19 @@ async fn corrupt_or_foreign_bytes_are_a_counted_miss() {
     let cache = node(&server).await;
     let quotes = cache.namespace::<str, Quote>("quote").unwrap();
     let bad: [&[u8]; 4] = [
-        b"{\"bid\":\"1.0\"}",                  // foreign JSON
-        &[0xC1, 1, 0, 0, 0],                    // truncated envelope
-        &[0xC1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x90], // unknown format
+        b"{\"bid\":\"1.0\"}",                              // foreign JSON
+        &[0xC1, 1, 0, 0, 0],                               // truncated envelope
+        &[0xC1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x90],       // unknown format
         &[0xC1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0x00], // bad payload
     ];
     for (i, bytes) in bad.iter().enumerate() {
         server.cmd::<()>(&[b"SET", b"v1:quote:BAD", bytes]);
         assert_eq!(quotes.get("BAD").await, None, "case {i}");
-        assert_eq!(quotes.get_local("BAD"), None, "case {i}: not served from L1 either");
+        assert_eq!(
+            quotes.get_local("BAD"),
+            None,
+            "case {i}: not served from L1 either"
+        );
     }
     assert_eq!(cache.stats().namespace("quote").unwrap().decode_errors, 4);
 
@@ -206,7 +242,11 @@ async fn corrupt_or_foreign_bytes_are_a_counted_miss() {
         .unwrap();
     assert_eq!(*q, quote("3"));
     let other = node(&server).await;
-    let got = other.namespace::<str, Quote>("quote").unwrap().get("BAD").await;
+    let got = other
+        .namespace::<str, Quote>("quote")
+        .unwrap()
+        .get("BAD")
+        .await;
     assert_eq!(got.as_deref(), Some(&quote("3")));
 }
 

@@ -24,12 +24,16 @@ fn rates(nodes: &[TieredCache]) -> Vec<Namespace<str, u64>> {
 /// Waits until no node's L1 holds anything but `want` for `key`.
 async fn converged(ns: &[Namespace<str, u64>], key: &str, want: Option<u64>) {
     for (i, n) in ns.iter().enumerate() {
-        eventually(&format!("node {i} L1 agrees on {key}"), PATIENCE, || async {
-            match n.get_local(key) {
-                None => true,
-                Some(v) => Some(*v) == want,
-            }
-        })
+        eventually(
+            &format!("node {i} L1 agrees on {key}"),
+            PATIENCE,
+            || async {
+                match n.get_local(key) {
+                    None => true,
+                    Some(v) => Some(*v) == want,
+                }
+            },
+        )
         .await;
         assert_eq!(n.get(key).await.map(|v| *v), want, "node {i} read of {key}");
     }
@@ -81,7 +85,12 @@ async fn a_node_skips_its_own_messages_and_keeps_its_fresh_value() {
     let s0 = nodes[0].stats();
     assert_eq!(s0.namespace("rate").unwrap().invalidations_applied, 0);
     eventually("the other node applied it", PATIENCE, || async {
-        nodes[1].stats().namespace("rate").unwrap().invalidations_applied >= 1
+        nodes[1]
+            .stats()
+            .namespace("rate")
+            .unwrap()
+            .invalidations_applied
+            >= 1
     })
     .await;
 }
@@ -102,15 +111,27 @@ async fn a_fill_after_a_miss_broadcasts_nothing() {
     // Node 1 caches what node 0 filled; a write makes sure the bus is flowing.
     ns[0].set("probe", 1).await.unwrap();
     eventually("probe applied", PATIENCE, || async {
-        nodes[1].stats().namespace("rate").unwrap().invalidations_applied >= 1
+        nodes[1]
+            .stats()
+            .namespace("rate")
+            .unwrap()
+            .invalidations_applied
+            >= 1
     })
     .await;
     let s0 = nodes[0].stats();
     let s1 = nodes[1].stats();
     assert_eq!(s0.namespace("rate").unwrap().fills_stored, 20);
-    assert_eq!(s0.namespace("rate").unwrap().invalidations_sent, 1, "only the set");
+    assert_eq!(
+        s0.namespace("rate").unwrap().invalidations_sent,
+        1,
+        "only the set"
+    );
     assert_eq!(s1.namespace("rate").unwrap().invalidations_applied, 1);
-    assert!(ns[1].get_local("k7").is_some(), "fills did not evict other nodes");
+    assert!(
+        ns[1].get_local("k7").is_some(),
+        "fills did not evict other nodes"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +143,10 @@ async fn an_unreadable_bus_message_clears_l1() {
     assert!(ns.get_local("k").is_some());
     let receivers: i64 = server.cmd(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x01garbage"]);
     assert_eq!(receivers, 1);
-    eventually("L1 cleared", PATIENCE, || async { ns.get_local("k").is_none() }).await;
+    eventually("L1 cleared", PATIENCE, || async {
+        ns.get_local("k").is_none()
+    })
+    .await;
     assert_eq!(cache.stats().bus_malformed, 1);
     assert_eq!(ns.get("k").await.map(|v| *v), Some(1), "Redis still has it");
 }
@@ -156,10 +180,18 @@ async fn nodes_on_other_prefixes_or_databases_do_not_interfere() {
         support::node_with(&server, |b| b.redis_url(format!("{}/1", server.url()))).await,
     ];
     for (n, twin) in [&a, &b, &c].into_iter().zip(&twins) {
-        twin.namespace::<str, u64>("rate").unwrap().set("probe", 0).await.unwrap();
+        twin.namespace::<str, u64>("rate")
+            .unwrap()
+            .set("probe", 0)
+            .await
+            .unwrap();
         let applied = || n.stats().namespace("rate").unwrap().invalidations_applied;
         eventually("probe applied", PATIENCE, || async { applied() >= 1 }).await;
-        assert_eq!(applied(), 1, "only the probe, nothing from other prefixes or databases");
+        assert_eq!(
+            applied(),
+            1,
+            "only the probe, nothing from other prefixes or databases"
+        );
     }
 }
 

@@ -36,20 +36,35 @@ async fn serves_without_redis(cache: &TieredCache) {
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..5 {
         let c = calls.clone();
-        let v = bounded("get_or_load", rates.get_or_load("USD:EUR", || async move {
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::io::Error>(0.92)
-        }))
+        let v = bounded(
+            "get_or_load",
+            rates.get_or_load("USD:EUR", || async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(0.92)
+            }),
+        )
         .await
         .unwrap();
         assert_eq!(*v, 0.92);
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "loaded once, then served from L1");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "loaded once, then served from L1"
+    );
     assert_eq!(bounded("get", rates.get("other")).await, None);
-    let e = bounded("set", rates.set("USD:EUR", 0.93)).await.unwrap_err();
+    let e = bounded("set", rates.set("USD:EUR", 0.93))
+        .await
+        .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
-    assert_eq!(rates.get_local("USD:EUR"), None, "an unpropagated write leaves no local copy");
-    let e = bounded("invalidate", rates.invalidate("USD:EUR")).await.unwrap_err();
+    assert_eq!(
+        rates.get_local("USD:EUR"),
+        None,
+        "an unpropagated write leaves no local copy"
+    );
+    let e = bounded("invalidate", rates.invalidate("USD:EUR"))
+        .await
+        .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     let h = bounded("health", cache.health()).await;
     assert!(!h.redis_reachable && !h.subscribed, "{h:?}");
@@ -95,17 +110,28 @@ async fn redis_killed_mid_test_then_restarted() {
     })
     .await;
     // Reads keep being answered: from L1, or from the loader.
-    assert_eq!(bounded("get", rb.get("USD:EUR")).await.map(|v| *v), Some(0.92));
-    let v = bounded("load", rb.get_or_load("USD:GBP", || async { Ok::<_, std::io::Error>(0.79) }))
-        .await
-        .unwrap();
+    assert_eq!(
+        bounded("get", rb.get("USD:EUR")).await.map(|v| *v),
+        Some(0.92)
+    );
+    let v = bounded(
+        "load",
+        rb.get_or_load("USD:GBP", || async { Ok::<_, std::io::Error>(0.79) }),
+    )
+    .await
+    .unwrap();
     assert_eq!(*v, 0.79);
-    assert!(bounded("set", ra.set("USD:EUR", 0.95)).await.unwrap_err().is_unavailable());
+    assert!(bounded("set", ra.set("USD:EUR", 0.95))
+        .await
+        .unwrap_err()
+        .is_unavailable());
 
     server.restart();
-    eventually("both resubscribe without any application call", PATIENCE, || async {
-        a.is_subscribed() && b.is_subscribed()
-    })
+    eventually(
+        "both resubscribe without any application call",
+        PATIENCE,
+        || async { a.is_subscribed() && b.is_subscribed() },
+    )
     .await;
     // L1 was emptied on resubscription: nothing learned before the outage is trusted.
     assert_eq!(rb.get_local("USD:EUR"), None);
@@ -144,6 +170,10 @@ async fn a_namespace_cleared_before_a_restart_serves_new_writes_after_it() {
     }
     // a reads them through Redis: they are live, not hidden by the floor of a lost past.
     for i in 0..3 {
-        assert_eq!(ra.get(&format!("new{i}")).await.map(|v| *v), Some(2.0), "new{i}");
+        assert_eq!(
+            ra.get(&format!("new{i}")).await.map(|v| *v),
+            Some(2.0),
+            "new{i}"
+        );
     }
 }

@@ -23,7 +23,13 @@ async fn two_processes_see_each_others_invalidations() {
     assert_eq!(rates.get_local("from_child").map(|v| *v), Some(0));
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_node", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_node",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_ENV, server.url())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,7 +82,10 @@ async fn child_node() {
         .namespace("quote", NamespacePolicy::new(Duration::from_secs(60)))
         .build()
         .unwrap();
-    eventually("child subscribed", PATIENCE, || async { cache.is_subscribed() }).await;
+    eventually("child subscribed", PATIENCE, || async {
+        cache.is_subscribed()
+    })
+    .await;
     let rates = cache.namespace::<str, u64>("rate").unwrap();
     assert_eq!(rates.get("k").await.map(|v| *v), Some(1));
     assert!(rates.get_local("k").is_some());

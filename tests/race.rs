@@ -63,9 +63,11 @@ fn arm() {
 }
 
 async fn wait_reading() {
-    eventually("B is between its Redis read and its L1 insert", PATIENCE, || async {
-        GATE.lock().unwrap().reading
-    })
+    eventually(
+        "B is between its Redis read and its L1 insert",
+        PATIENCE,
+        || async { GATE.lock().unwrap().reading },
+    )
     .await;
 }
 
@@ -75,7 +77,11 @@ fn release() {
 }
 
 fn applied(cache: &TieredCache) -> u64 {
-    cache.stats().namespace("quote").unwrap().invalidations_applied
+    cache
+        .stats()
+        .namespace("quote")
+        .unwrap()
+        .invalidations_applied
 }
 
 enum Write {

@@ -65,8 +65,10 @@ pub fn applied(cache: &tiered_cache::TieredCache, ns: &str) -> u64 {
 /// A read racing the invalidation of the very write it reads is (correctly) kept out of L1 by
 /// the generation guard; tests that assert what L1 holds wait for the write's message first.
 pub async fn await_applied(cache: &tiered_cache::TieredCache, ns: &str, n: u64) {
-    eventually(&format!("{n} invalidations applied in {ns}"), PATIENCE, || async {
-        applied(cache, ns) >= n
-    })
+    eventually(
+        &format!("{n} invalidations applied in {ns}"),
+        PATIENCE,
+        || async { applied(cache, ns) >= n },
+    )
     .await;
 }

@@ -53,7 +53,8 @@ impl RedisServer {
     pub fn try_start() -> Result<Self, String> {
         let bin = redis_server_bin().ok_or(MISSING)?;
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tiered-cache-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tiered-cache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             bin,
@@ -84,7 +85,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("redis-server on port {} did not answer within 10 s", self.port))
+        Err(format!(
+            "redis-server on port {} did not answer within 10 s",
+            self.port
+        ))
     }
 
     fn ping(&self) -> bool {
@@ -140,4 +144,3 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
