@@ -7,12 +7,12 @@
 //!
 //! - `l1_hit/*`: a hit through the public API (`get_local`, and the async `get` polled once)
 //!   against a raw `moka::sync::Cache<String, Arc<V>>` get of the same value, on 16 hot keys
-//!   and on 10 000 keys read in a seeded random order.
+//!   and on 10 000 keys read in a seeded random order; the three run in alternating batches.
 //! The Redis groups are paired: each iteration runs the raw operation and the cache's back to
 //! back, and each benchmark reports its own half, so drift in loopback latency hits both alike.
 //!
-//! - `l2_hit`: an L1 miss answered by Redis (`get` on a namespace whose L1 holds 16 of 10 000
-//!   keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs GET plus
+//! - `l2_hit`: an L1 miss answered by Redis (`get` on a namespace whose L1 entries live 1 ms,
+//!   over 10 000 keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs GET plus
 //!   rmp-serde decode on a connection to the same server.
 //! - `write`: `set` (encode, one script: version, SET PX, PUBLISH, then the L1 update) against
 //!   a raw MULTI of SET PX + PUBLISH of the same encoded bytes.
@@ -88,15 +88,18 @@ fn env() -> Env {
     }
 }
 
-fn cache(env: &Env, l1_capacity: u64) -> TieredCache {
+fn cache(env: &Env, l1_capacity: u64, l1_ttl: Option<Duration>) -> TieredCache {
     let _guard = env.rt.enter();
     let c = TieredCache::builder()
         .redis_url(&env.url)
         .prefix("bench")
-        .namespace(
-            "quote",
-            NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity),
-        )
+        .namespace("quote", {
+            let p = NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity);
+            match l1_ttl {
+                Some(ttl) => p.l1_ttl(ttl),
+                None => p,
+            }
+        })
         .build()
         .unwrap();
     env.rt.block_on(async {
@@ -107,9 +110,31 @@ fn cache(env: &Env, l1_capacity: u64) -> TieredCache {
     c
 }
 
+/// Runs the operations in turn, in batches of 256, and returns the time spent in `ops[which]`:
+/// the same pairing as the Redis groups, at a granularity where timer overhead is amortized.
+fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration {
+    const BATCH: u64 = 256;
+    let mut spent = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let n = BATCH.min(iters - done);
+        for (k, op) in ops.iter_mut().enumerate() {
+            let t = std::time::Instant::now();
+            for i in done..done + n {
+                op(i);
+            }
+            if k == which {
+                spent += t.elapsed();
+            }
+        }
+        done += n;
+    }
+    spent
+}
+
 fn l1_hit(c: &mut Criterion) {
     let env = env();
-    let cache = cache(&env, 100_000);
+    let cache = cache(&env, 100_000, None);
     let ns = cache.namespace::<str, Quote>("quote").unwrap();
     let mut g = c.benchmark_group("l1_hit");
     g.throughput(Throughput::Elements(1));
@@ -128,26 +153,30 @@ fn l1_hit(c: &mut Criterion) {
             .into_iter()
             .map(|i| names[i].as_str())
             .collect();
-
-        let mut i = 0;
-        g.bench_function(BenchmarkId::new("raw_moka_get", keys), |b| {
-            b.iter(|| {
-                i = (i + 1) & 0xFFFF;
-                raw.get(seq[i]).unwrap()
-            })
-        });
-        g.bench_function(BenchmarkId::new("get_local", keys), |b| {
-            b.iter(|| {
-                i = (i + 1) & 0xFFFF;
-                ns.get_local(seq[i]).unwrap()
-            })
-        });
-        g.bench_function(BenchmarkId::new("get_async_polled_once", keys), |b| {
-            b.iter(|| {
-                i = (i + 1) & 0xFFFF;
-                ns.get(seq[i]).now_or_never().unwrap().unwrap()
-            })
-        });
+        // Each op walks its own stretch of the sequence, so none reads keys another op has
+        // just warmed in the CPU cache.
+        let at = |i: u64, op: u64| seq[((i + op * 21_845) & 0xFFFF) as usize];
+        let mut raw_get = |i| {
+            std::hint::black_box(raw.get(at(i, 0)).unwrap());
+        };
+        let mut get_local = |i| {
+            std::hint::black_box(ns.get_local(at(i, 1)).unwrap());
+        };
+        let mut get_polled = |i| {
+            std::hint::black_box(ns.get(at(i, 2)).now_or_never().unwrap().unwrap());
+        };
+        let names = ["raw_moka_get", "get_local", "get_async_polled_once"];
+        for (which, name) in names.into_iter().enumerate() {
+            g.bench_function(BenchmarkId::new(name, keys), |b| {
+                b.iter_custom(|iters| {
+                    rotate(
+                        iters,
+                        which,
+                        &mut [&mut raw_get, &mut get_local, &mut get_polled],
+                    )
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -185,8 +214,9 @@ where
 fn l2_hit(c: &mut Criterion) {
     const KEYS: usize = 10_000;
     let env = env();
-    // Its L1 holds 16 entries, so nearly every read of 10 000 keys misses L1 and asks Redis.
-    let cache = cache(&env, 16);
+    // L1 entries live 1 ms, and a key comes round again only after ~10 000 reads: every read
+    // misses L1, asks Redis, decodes, and pays the L1 insert, as a real miss does.
+    let cache = cache(&env, 100_000, Some(Duration::from_millis(1)));
     let ns = cache.namespace::<str, Quote>("quote").unwrap();
     let names: Vec<String> = (0..KEYS).map(|i| format!("SYM{i:05}")).collect();
     env.rt.block_on(async {
@@ -247,7 +277,7 @@ fn l2_hit(c: &mut Criterion) {
 
 fn write(c: &mut Criterion) {
     let env = env();
-    let cache = cache(&env, 100_000);
+    let cache = cache(&env, 100_000, None);
     let ns = cache.namespace::<str, Quote>("quote").unwrap();
     let raw = env.rt.block_on(async {
         let client = redis::Client::open(env.url.as_str()).unwrap();

@@ -8,6 +8,7 @@
 //! 2      kind     0 keys, 1 whole namespace
 //! 3-10   origin   node id of the writer (a node skips its own messages: its L1 is already right)
 //! 11-18  version  the write's version, spliced in by the script
+//! 19-26  epoch    the incarnation of Redis's version counter (see `l2.rs`)
 //! 19-20  ns len   then the namespace's bytes
 //! ...    count    u32, then per key: u32 length and the key's bytes
 //! ```
@@ -16,8 +17,9 @@
 //! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
 //! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
 //! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
-//! waited on. A message it cannot parse also clears every L1: it might have been an
-//! invalidation.
+//! waited on. A message it cannot parse, or one from a new epoch of the version counter (Redis
+//! flushed or restarted), makes it resynchronise the same way without reconnecting: the
+//! subscription is still confirmed, so nothing published from then on is missed.
 
 use crate::cache::Shared;
 use futures_util::StreamExt;
@@ -31,7 +33,7 @@ const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const VERSION_AT: usize = 11;
 
-/// A message to publish, split around the version the script will splice in.
+/// A message to publish, split around the version and epoch the script will splice in.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     head: Vec<u8>,
@@ -84,8 +86,14 @@ impl Outgoing {
     }
 
     #[cfg(test)]
-    fn assemble(&self, version: u64) -> Vec<u8> {
-        [&self.head[..], &version.to_be_bytes(), &self.tail].concat()
+    fn assemble(&self, version: u64, epoch: u64) -> Vec<u8> {
+        [
+            &self.head[..],
+            &version.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            &self.tail,
+        ]
+        .concat()
     }
 }
 
@@ -101,6 +109,7 @@ pub(crate) enum Scope<'a> {
 pub(crate) struct Incoming<'a> {
     pub(crate) origin: u64,
     pub(crate) version: u64,
+    pub(crate) epoch: u64,
     pub(crate) namespace: &'a str,
     pub(crate) scope: Scope<'a>,
 }
@@ -114,6 +123,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     let kind = r.take(1)?[0];
     let origin = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let version = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let epoch = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let ns_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
     let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
     let scope = match kind {
@@ -136,6 +146,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     r.0.is_empty().then_some(Incoming {
         origin,
         version,
+        epoch,
         namespace,
         scope,
     })
@@ -158,30 +169,45 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What the subscriber must do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    Listen,
+    /// Something may have been missed: reload floors and clear every L1.
+    Resync,
+}
+
 /// Applies one received payload to the local tiers.
-pub(crate) fn apply(shared: &Shared, payload: &[u8]) {
+pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
     let Some(msg) = decode(payload) else {
         shared.bus.metrics.malformed.inc();
         tracing::warn!(
             target: "tiered_cache::bus",
             len = payload.len(),
-            "unreadable message on the invalidation channel; clearing L1 to stay safe"
+            "unreadable message on the invalidation channel; resynchronising to stay safe"
         );
-        shared.clear_all_l1();
-        return;
+        return After::Resync;
     };
-    if msg.origin == shared.node_id {
-        shared.bus.metrics.own_skipped.inc();
-        return;
+    if shared.epoch_changed(msg.epoch) {
+        return After::Resync;
     }
     // A namespace this node does not serve: nothing of it is cached here.
-    let Some(ns) = shared.namespace(msg.namespace) else {
-        return;
-    };
-    match msg.scope {
-        Scope::Keys(keys) => ns.apply_remote_keys(&keys),
-        Scope::Namespace => ns.apply_remote_clear(msg.version),
+    let ns = shared.namespace(msg.namespace);
+    if msg.origin == shared.node_id {
+        shared.bus.metrics.own_skipped.inc();
+        // Our own clear may have timed out on the caller's side after it ran: its floor still
+        // applies here. Idempotent otherwise.
+        if let (Some(ns), Scope::Namespace) = (ns, &msg.scope) {
+            ns.raise_floor(msg.version);
+        }
+        return After::Listen;
     }
+    match (ns, msg.scope) {
+        (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(&keys),
+        (Some(ns), Scope::Namespace) => ns.apply_remote_clear(msg.version),
+        (None, _) => {}
+    }
+    After::Listen
 }
 
 /// Settings of the subscriber task.
@@ -246,9 +272,14 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => apply(shared, msg.get_payload_bytes()),
+                Some(msg) => if apply(shared, msg.get_payload_bytes()) == After::Resync {
+                    shared.resync().await.map_err(|e| format!("resync: {e}"))?;
+                },
                 None => return Err("connection closed".into()),
             },
+            _ = shared.resync_wanted.notified() => {
+                shared.resync().await.map_err(|e| format!("resync: {e}"))?;
+            }
             _ = heartbeat.tick() => {
                 let ping = sink.ping::<redis::Value>();
                 match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await {
@@ -267,13 +298,14 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42);
+        let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42, 5);
         let d = decode(&m).unwrap();
         assert_eq!(
             d,
             Incoming {
                 origin: 7,
                 version: 42,
+                epoch: 5,
                 namespace: "rate",
                 scope: Scope::Keys(vec!["CNGN:USD", "", "é"])
             }
@@ -282,20 +314,20 @@ mod tests {
 
     #[test]
     fn namespace_round_trip() {
-        let m = Outgoing::namespace(1, "quote").assemble(3);
+        let m = Outgoing::namespace(1, "quote").assemble(3, 5);
         assert_eq!(decode(&m).unwrap().scope, Scope::Namespace);
     }
 
     #[test]
     fn malformed_messages_are_rejected_without_panic() {
-        let good = Outgoing::keys(7, "rate", &["a", "bc"]).assemble(42);
+        let good = Outgoing::keys(7, "rate", &["a", "bc"]).assemble(42, 5);
         for n in 0..good.len() {
             assert!(decode(&good[..n]).is_none(), "prefix of {n} bytes accepted");
         }
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_none());
-        let mut huge = Outgoing::keys(7, "rate", &[]).assemble(1);
+        let mut huge = Outgoing::keys(7, "rate", &[]).assemble(1, 5);
         let at = huge.len() - 4;
         huge[at..].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&huge).is_none());

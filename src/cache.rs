@@ -10,7 +10,7 @@ use crate::namespace::{Namespace, NamespaceCore};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub(crate) node_id: u64,
     pub(crate) l2: L2Tier,
     pub(crate) bus: BusState,
+    /// The epoch of Redis's version counter this node's state belongs to (0: not known yet).
+    epoch: AtomicU64,
+    /// Raised when another path sees a new epoch; the subscriber resynchronises.
+    pub(crate) resync_wanted: tokio::sync::Notify,
     namespaces: Vec<Arc<NamespaceCore>>,
     by_name: HashMap<String, Arc<NamespaceCore>>,
 }
@@ -59,12 +63,41 @@ impl Shared {
         }
     }
 
+    /// Records an epoch reported by Redis. When it differs from the one this node's state
+    /// belongs to, the version counter started over (Redis flushed, restarted, or lost the meta
+    /// hash): versions and floors from before mean nothing now. Clears every L1 at once and
+    /// returns true; the caller (or the subscriber, woken here) then resynchronises.
+    pub(crate) fn epoch_changed(&self, epoch: u64) -> bool {
+        if epoch == 0 {
+            return false;
+        }
+        let prev = self.epoch.swap(epoch, SeqCst);
+        if prev == 0 || prev == epoch {
+            return false;
+        }
+        tracing::warn!(target: "tiered_cache::cache", prev, epoch,
+            "redis version counter started over; clearing L1 and resynchronising");
+        self.clear_all_l1();
+        true
+    }
+
+    /// Like [`epoch_changed`](Self::epoch_changed), for paths other than the subscriber: wakes
+    /// it to resynchronise.
+    pub(crate) fn observe_epoch(&self, epoch: u64) {
+        if self.epoch_changed(epoch) {
+            self.resync_wanted.notify_one();
+        }
+    }
+
     /// After (re)subscribing: learn the namespace floors set while away, and forget every L1
     /// entry, since invalidations sent while away were lost.
     pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
         let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
         let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
-        let floors = self.l2.floors(&names).await?;
+        let (epoch, floors) = self.l2.floors(&names).await?;
+        if epoch != 0 {
+            self.epoch.store(epoch, SeqCst);
+        }
         for ((ns, floor), before) in self.namespaces.iter().zip(floors).zip(before) {
             ns.reset_floor(before, floor);
         }
@@ -247,6 +280,8 @@ impl TieredCacheBuilder {
                 started: Instant::now(),
                 last_alive_ms: AtomicU64::new(0),
             },
+            epoch: AtomicU64::new(0),
+            resync_wanted: tokio::sync::Notify::new(),
             namespaces,
             by_name,
         });

@@ -9,10 +9,12 @@
 //! read, inserts, then re-checks the ticket and evicts what it inserted if the generation moved.
 //! With sequentially consistent counters, either the load's re-check sees the bump (and evicts),
 //! or the bump comes after the re-check, and so does the invalidation's own eviction, which then
-//! removes the inserted value. Either way no stale value survives. A stripe shared by two keys
+//! removes the inserted value. Either way no stale value survives. moka's map uses weaker
+//! (acquire/release) atomics, so both sides put a `SeqCst` fence between their own step and
+//! moka's: after the bump on the invalidating side, after the insert on the loading side. A stripe shared by two keys
 //! only costs a spurious re-load, never a stale read.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicU64, Ordering::SeqCst};
 
 const STRIPES: usize = 1024;
 
@@ -57,6 +59,8 @@ impl Generations {
     pub(crate) fn bump_key(&self, key: &str) -> Ticket {
         let stripe = stripe_of(key);
         let prev = self.stripes[stripe].fetch_add(1, SeqCst);
+        // The caller's eviction (moka's own, weaker atomics) must not be seen before the bump.
+        fence(SeqCst);
         Ticket {
             stripe,
             key_gen: prev + 1,
@@ -67,6 +71,7 @@ impl Generations {
     /// Marks every key of the namespace invalidated; call before clearing L1.
     pub(crate) fn bump_namespace(&self) {
         self.namespace.fetch_add(1, SeqCst);
+        fence(SeqCst);
     }
 }
 

@@ -27,58 +27,99 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // KEYS[1] is always the meta hash (see `KeySpace::meta_key`): field `version` is the counter
-// every write draws from, fields `floor:{namespace}` the namespace floors.
-
-// KEYS: meta, value key. ARGV: envelope head, payload, ttl ms, channel, message head, message
-// tail. Returns the version.
-const WRITE: &str = r"
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local vb = struct.pack('>I8', v)
-redis.call('SET', KEYS[2], ARGV[1] .. vb .. ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. vb .. ARGV[6])
-return v
-";
-
-// KEYS: meta, value keys... ARGV: tombstone head, ttl ms, channel, message head, message tail.
-// Returns the version.
-const INVALIDATE: &str = r"
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local vb = struct.pack('>I8', v)
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[1] .. vb, 'PX', ARGV[2])
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. vb .. ARGV[5])
-return v
-";
-
-// KEYS: meta. ARGV: floor field, channel, message head, message tail.
-const CLEAR_NAMESPACE: &str = r"
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], ARGV[1], v)
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. struct.pack('>I8', v) .. ARGV[4])
-return v
-";
-
-// KEYS: meta, value key. ARGV: version noted before the load, envelope head, payload, ttl ms,
-// floor field. Returns the new version, or 0 when the fill is refused.
-const FILL: &str = r"
-local seen = tonumber(ARGV[1])
-local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
-if floor > seen then return 0 end
--- A live value, even one this node cannot decode (it may be a newer schema), is kept.
-local cur = redis.call('GET', KEYS[2])
-if cur and string.len(cur) >= 11 and string.byte(cur, 1) == 193 and string.byte(cur, 2) == 1 then
-  local ver = struct.unpack('>I8', cur, 4)
-  if bit.band(string.byte(cur, 3), 1) == 1 then
-    if ver > seen then return 0 end
-  elseif ver >= floor then
-    return 0
+// every write draws from, `epoch` identifies this incarnation of the counter, `floor:{ns}` are
+// the namespace floors. ARGV[1] is always a candidate epoch: the first write after the hash
+// was created (a new, flushed or restarted Redis) installs it. Every write returns
+// {version, epoch}, and every message carries both, so a node notices when the counter starts
+// over and resynchronises instead of comparing versions across incarnations.
+const PREAMBLE: &str = r"
+local function epoch()
+  local e = redis.call('HGET', KEYS[1], 'epoch')
+  if not e then
+    redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+    e = ARGV[1]
   end
+  return tonumber(e)
 end
+local function stamp(v, e)
+  return struct.pack('>I8', v) .. struct.pack('>I8', e)
+end
+";
+
+// KEYS: meta, value key. ARGV: epoch, envelope head, payload, ttl ms, channel, message head,
+// message tail.
+const WRITE: &str = r"
+local e = epoch()
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
-return v
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7])
+return {v, e}
 ";
+
+// KEYS: meta, value keys... ARGV: epoch, tombstone head, ttl ms, channel, message head,
+// message tail.
+const INVALIDATE: &str = r"
+local e = epoch()
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2] .. struct.pack('>I8', v), 'PX', ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. stamp(v, e) .. ARGV[6])
+return {v, e}
+";
+
+// KEYS: meta. ARGV: epoch, floor field, channel, message head, message tail.
+const CLEAR_NAMESPACE: &str = r"
+local e = epoch()
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], ARGV[2], v)
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5])
+return {v, e}
+";
+
+// KEYS: meta, value key. ARGV: epoch, version and epoch noted before the load, envelope head,
+// payload, ttl ms, floor field. Returns {0, epoch} when the fill is refused.
+const FILL: &str = r"
+local cur_e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
+if cur_e ~= tonumber(ARGV[3]) then return {0, cur_e} end
+local seen = tonumber(ARGV[2])
+local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[7]) or '0') or 0
+if floor > seen then return {0, cur_e} end
+local cur = redis.call('GET', KEYS[2])
+if cur and string.byte(cur, 1) == 193 then
+  -- A format this build cannot read may be a newer deploy's: keep it.
+  if string.byte(cur, 2) ~= 1 then return {0, cur_e} end
+  if string.len(cur) >= 11 then
+    local ver = struct.unpack('>I8', cur, 4)
+    if bit.band(string.byte(cur, 3), 1) == 1 then
+      if ver > seen then return {0, cur_e} end
+    elseif ver >= floor then
+      -- A live value, even one this node cannot decode (a newer schema?), is kept.
+      return {0, cur_e}
+    end
+  end
+end
+local e = epoch()
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('SET', KEYS[2], ARGV[4] .. struct.pack('>I8', v) .. ARGV[5], 'PX', ARGV[6])
+return {v, e}
+";
+
+/// A write's version and the epoch of the counter it was drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Stamp {
+    pub(crate) version: u64,
+    pub(crate) epoch: u64,
+}
+
+/// A fresh epoch candidate: non-zero and below 2^53, so Lua's doubles hold it exactly.
+pub(crate) fn new_epoch() -> u64 {
+    (rand::random::<u64>() & ((1 << 52) - 1)) | 1
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PREAMBLE}{body}"))
+}
 
 /// Why an L2 call did not produce an answer.
 #[derive(Debug)]
@@ -144,6 +185,8 @@ pub(crate) struct L2Tier {
     invalidate: Script,
     clear_namespace: Script,
     fill: Script,
+    /// Offered as the epoch by this node's writes (used only if Redis has none).
+    epoch_candidate: u64,
 }
 
 impl L2Tier {
@@ -170,10 +213,11 @@ impl L2Tier {
             backoff,
             started: Instant::now(),
             down_until_ms: AtomicU64::new(0),
-            write: Script::new(WRITE),
-            invalidate: Script::new(INVALIDATE),
-            clear_namespace: Script::new(CLEAR_NAMESPACE),
-            fill: Script::new(FILL),
+            write: script(WRITE),
+            invalidate: script(INVALIDATE),
+            clear_namespace: script(CLEAR_NAMESPACE),
+            fill: script(FILL),
+            epoch_candidate: new_epoch(),
         })
     }
 
@@ -222,16 +266,21 @@ impl L2Tier {
             .await
     }
 
-    /// The current value of the version counter; noted before a load, checked by its fill.
-    pub(crate) async fn current_version(&self) -> L2Result<u64> {
+    /// The current version and epoch; noted before a load, checked by its fill. An epoch of 0
+    /// means no write has happened since the counter was created.
+    pub(crate) async fn current_stamp(&self) -> L2Result<Stamp> {
         let k = self.keys.meta_key();
         self.call(|mut c| async move {
-            let v: Option<u64> = redis::cmd("HGET")
+            let (v, e): (Option<String>, Option<String>) = redis::cmd("HMGET")
                 .arg(k)
                 .arg("version")
+                .arg("epoch")
                 .query_async(&mut c)
                 .await?;
-            Ok(v.unwrap_or(0))
+            Ok(Stamp {
+                version: lenient_u64(v.as_deref()),
+                epoch: lenient_u64(e.as_deref()),
+            })
         })
         .await
     }
@@ -243,43 +292,41 @@ impl L2Tier {
         key: &str,
         value: Payload<'_>,
         message: &Outgoing,
-    ) -> L2Result<u64> {
+    ) -> L2Result<Stamp> {
         let mut inv = self.write.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
+            .arg(self.epoch_candidate)
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
             .arg(ttl_ms(value.ttl))
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        let inv = &inv;
-        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
+        self.invoke(&inv).await
     }
 
-    /// Stores a loaded value unless the key was written or invalidated after `seen_version`.
-    /// Returns the fill's version, or `None` when it was refused.
+    /// Stores a loaded value unless the key was written or invalidated after `seen` (or the
+    /// counter started over since). Returns the fill's stamp, or the current epoch with version
+    /// 0 when it was refused.
     pub(crate) async fn fill(
         &self,
         namespace: &str,
         key: &str,
-        seen_version: u64,
+        seen: Stamp,
         value: Payload<'_>,
-    ) -> L2Result<Option<u64>> {
+    ) -> L2Result<Stamp> {
         let mut inv = self.fill.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .arg(seen_version)
+            .arg(self.epoch_candidate)
+            .arg(seen.version)
+            .arg(seen.epoch)
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
             .arg(ttl_ms(value.ttl))
             .arg(KeySpace::floor_field(namespace));
-        let inv = &inv;
-        let v: u64 = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        Ok((v != 0).then_some(v))
+        self.invoke(&inv).await
     }
 
     /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and
@@ -290,56 +337,65 @@ impl L2Tier {
         keys: &[&str],
         ttl: Duration,
         message: &Outgoing,
-    ) -> L2Result<u64> {
+    ) -> L2Result<Stamp> {
         let mut inv = self.invalidate.prepare_invoke();
         inv.key(self.keys.meta_key());
         for k in keys {
             inv.key(self.keys.value_key(namespace, k));
         }
-        inv.arg(&codec::tombstone_head()[..])
+        inv.arg(self.epoch_candidate)
+            .arg(&codec::tombstone_head()[..])
             .arg(ttl_ms(ttl))
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        let inv = &inv;
-        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
+        self.invoke(&inv).await
     }
 
     /// Marks every value of the namespace written so far as dead, without scanning keys, and
-    /// publishes it. Returns the version that becomes the namespace's floor.
+    /// publishes it. The returned version becomes the namespace's floor.
     pub(crate) async fn clear_namespace(
         &self,
         namespace: &str,
         message: &Outgoing,
-    ) -> L2Result<u64> {
+    ) -> L2Result<Stamp> {
         let mut inv = self.clear_namespace.prepare_invoke();
         inv.key(self.keys.meta_key())
+            .arg(self.epoch_candidate)
             .arg(KeySpace::floor_field(namespace))
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        let inv = &inv;
-        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
+        self.invoke(&inv).await
     }
 
-    /// The floors of the given namespaces, in order (0 when never cleared).
-    pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<Vec<u64>> {
+    /// The epoch and the floors of the given namespaces, in order (0 when never cleared).
+    /// A field that is not a number reads as 0, with a warning, rather than wedging resync.
+    pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<(u64, Vec<u64>)> {
         let fields = &namespaces
             .iter()
             .map(|n| KeySpace::floor_field(n))
             .collect::<Vec<_>>();
         let meta = self.keys.meta_key();
         self.call(|mut c| async move {
-            let v: Vec<Option<u64>> = redis::cmd("HMGET")
+            let v: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(meta)
+                .arg("epoch")
                 .arg(fields)
                 .query_async(&mut c)
                 .await?;
-            Ok(v.into_iter().map(Option::unwrap_or_default).collect())
+            let mut v = v.iter().map(|f| lenient_u64(f.as_deref()));
+            let epoch = v.next().unwrap_or(0);
+            Ok((epoch, v.collect()))
         })
         .await
+    }
+
+    async fn invoke(&self, inv: &redis::ScriptInvocation<'_>) -> L2Result<Stamp> {
+        let (version, epoch): (u64, u64) = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(Stamp { version, epoch })
     }
 
     /// True when Redis answers a PING within the timeout.
@@ -347,6 +403,18 @@ impl L2Tier {
         self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .is_ok()
+    }
+}
+
+/// Parses a bookkeeping field; anything unreadable counts as 0 (and is logged).
+fn lenient_u64(field: Option<&str>) -> u64 {
+    match field.map(str::parse) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            tracing::warn!(target: "tiered_cache::l2", field = ?field, "unreadable field in the meta hash, read as 0");
+            0
+        }
     }
 }
 

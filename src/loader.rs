@@ -1,8 +1,9 @@
 //! The miss path: read Redis, call the loader, write the result back without racing writers.
 
+use crate::cache::Shared;
 use crate::codec::{self, Stored};
 use crate::error::{Error, Result};
-use crate::l2::{L2Tier, Payload};
+use crate::l2::{Payload, Stamp};
 use crate::namespace::{Namespace, NamespaceCore};
 use crate::CacheKey;
 use serde::de::DeserializeOwned;
@@ -25,11 +26,11 @@ pub(crate) enum L2Read<V> {
 /// Reads and decodes one key from Redis. Bad bytes are a counted miss, never a panic.
 pub(crate) async fn read_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
-    l2: &L2Tier,
+    shared: &Shared,
     key: &str,
 ) -> L2Read<V> {
     let m = &core.metrics;
-    let bytes = match l2.get(&core.name, key).await {
+    let bytes = match shared.l2.get(&core.name, key).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
             m.l2_miss.inc();
@@ -45,7 +46,16 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
             m.l2_hit.inc();
             L2Read::Hit { version, value }
         }
-        Ok(_) => {
+        Ok(Stored::Value { .. }) => {
+            // Below the floor: cleared, or written after the counter started over while this
+            // node still holds the old floor. Asking for the epoch tells the two apart.
+            if let Ok(stamp) = shared.l2.current_stamp().await {
+                shared.observe_epoch(stamp.epoch);
+            }
+            m.l2_miss.inc();
+            L2Read::Miss
+        }
+        Ok(Stored::Tombstone) => {
             m.l2_miss.inc();
             L2Read::Miss
         }
@@ -79,18 +89,22 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let core = &*ns.core;
-    let l2 = &ns.cache.shared().l2;
+    let shared = ns.cache.shared();
+    let l2 = &shared.l2;
     let ticket = core.gens.ticket(&key);
     // `seen` is the version counter noted before the loader runs: the fill is refused if the
     // key is invalidated after it. `None` means Redis is out of reach: cache locally only.
-    let seen = match read_l2::<V>(core, l2, &key).await {
+    let seen = match read_l2::<V>(core, shared, &key).await {
         L2Read::Hit { version, value } => {
             let value = Arc::new(value);
             ns.insert_read(key, &value, version, &ticket);
             return Ok(value);
         }
-        L2Read::Miss => match l2.current_version().await {
-            Ok(v) => Some(v),
+        L2Read::Miss => match l2.current_stamp().await {
+            Ok(stamp) => {
+                shared.observe_epoch(stamp.epoch);
+                Some(stamp)
+            }
             Err(e) => {
                 core.metrics.l2_failed(e.kind());
                 None
@@ -129,11 +143,15 @@ where
         ttl: core.policy.l2_ttl,
     };
     match l2.fill(&core.name, &key, seen, payload).await {
-        Ok(Some(version)) => {
-            core.metrics.fill_stored.inc();
-            ns.insert_read(key, &value, version, &ticket);
+        Ok(Stamp { version: 0, epoch }) => {
+            shared.observe_epoch(epoch);
+            core.metrics.fill_refused.inc();
         }
-        Ok(None) => core.metrics.fill_refused.inc(),
+        Ok(stamp) => {
+            shared.observe_epoch(stamp.epoch);
+            core.metrics.fill_stored.inc();
+            ns.insert_read(key, &value, stamp.version, &ticket);
+        }
         Err(e) => {
             core.metrics.l2_failed(e.kind());
             ns.insert_read(key, &value, 0, &ticket);

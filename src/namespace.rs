@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Generations, Ticket};
 use crate::key::{key_string, with_key_str, CacheKey};
 use crate::l1::{L1Entry, L1Tier};
-use crate::l2::Payload;
+use crate::l2::{Payload, Stamp};
 use crate::loader;
 use crate::metrics::NamespaceMetrics;
 use serde::de::DeserializeOwned;
@@ -105,6 +105,8 @@ impl NamespaceCore {
         }
         let check = key.clone();
         self.l1.insert(key, entry);
+        // Orders the insert before the re-check on every architecture (see guard.rs).
+        std::sync::atomic::fence(SeqCst);
         if self.gens.is_current(ticket) {
             return true;
         }
@@ -211,7 +213,7 @@ where
         self.core.metrics.l1_miss.inc();
         let key = key_string(key);
         let ticket = self.core.gens.ticket(&key);
-        match loader::read_l2::<V>(&self.core, &self.cache.shared().l2, &key).await {
+        match loader::read_l2::<V>(&self.core, self.cache.shared(), &key).await {
             loader::L2Read::Hit { version, value } => {
                 let value = Arc::new(value);
                 self.insert_read(key, &value, version, &ticket);
@@ -242,8 +244,9 @@ where
 
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
     ///
-    /// On `Err(Unavailable)` this node's L1 no longer holds the key (it would otherwise disagree
-    /// with the fleet); other nodes were not told.
+    /// On `Err(Unavailable)` this node's L1 no longer holds the key, and whether Redis and the
+    /// other nodes saw the write is unknown (a timeout may come after the write ran): retry, or
+    /// invalidate once Redis is back.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
         let shared = self.cache.shared();
         let key = key_string(key);
@@ -261,12 +264,13 @@ where
         // Fences loads that read Redis before the write landed.
         let after = self.core.gens.bump_key(&key);
         match written {
-            Ok(version) => {
+            Ok(stamp) => {
                 self.core.metrics.inv_sent.inc();
+                shared.observe_epoch(stamp.epoch);
                 if after.directly_follows(&before) {
                     let entry = L1Entry {
                         value: Arc::new(value),
-                        version,
+                        version: stamp.version,
                     };
                     self.core.insert_guarded(key, entry, &after);
                 } else {
@@ -308,16 +312,22 @@ where
         let shared = self.cache.shared();
         let message = Outgoing::namespace(shared.node_id, &self.core.name);
         let done = shared.l2.clear_namespace(&self.core.name, &message).await;
-        if let Ok(version) = &done {
-            self.core.raise_floor(*version);
+        if let Ok(stamp) = &done {
+            shared.observe_epoch(stamp.epoch);
+            self.core.raise_floor(stamp.version);
         }
         self.core.clear_l1();
         self.finish_invalidation(done, "invalidate_namespace")
     }
 
-    fn finish_invalidation(&self, done: crate::l2::L2Result<u64>, op: &'static str) -> Result<()> {
+    fn finish_invalidation(
+        &self,
+        done: crate::l2::L2Result<Stamp>,
+        op: &'static str,
+    ) -> Result<()> {
         match done {
-            Ok(_) => {
+            Ok(stamp) => {
+                self.cache.shared().observe_epoch(stamp.epoch);
                 self.core.metrics.inv_sent.inc();
                 Ok(())
             }

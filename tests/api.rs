@@ -234,6 +234,18 @@ async fn corrupt_or_foreign_bytes_are_a_counted_miss() {
     assert_eq!(&kept[..], bad[3]);
     assert_eq!(cache.stats().namespace("quote").unwrap().fills_refused, 1);
 
+    // So is an envelope of a format this build does not know: a newer deploy may have written it.
+    // (Shorter than a format-1 header: only the format check keeps it.)
+    let newer: &[u8] = &[0xC1, 2, 0, 0xAB];
+    server.cmd::<()>(&[b"SET", b"v1:quote:BAD", newer]);
+    let q = quotes
+        .get_or_load("BAD", || async { Ok::<_, std::io::Error>(quote("4")) })
+        .await
+        .unwrap();
+    assert_eq!(*q, quote("4"));
+    let kept: Vec<u8> = server.cmd(&[b"GET", b"v1:quote:BAD"]);
+    assert_eq!(&kept[..], newer);
+
     // Bytes that are not ours at all are replaced by the loaded value.
     server.cmd::<()>(&[b"SET", b"v1:quote:BAD", bad[0]]);
     let q = quotes

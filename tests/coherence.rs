@@ -62,8 +62,10 @@ async fn three_nodes_converge_after_writes_and_invalidations() {
     ns[1].invalidate("USD:EUR").await.unwrap();
     converged(&ns, "USD:EUR", None).await;
     // Versions only grow across the fleet.
+    let seen = support::applied(&nodes[0], "rate");
     ns[2].set("USD:EUR", 99).await.unwrap();
     let v_set = ns[2].local_version("USD:EUR").unwrap();
+    support::await_applied(&nodes[0], "rate", seen + 1).await;
     assert_eq!(ns[0].get("USD:EUR").await.map(|v| *v), Some(99));
     assert_eq!(ns[0].local_version("USD:EUR"), Some(v_set));
     ns[0].set("USD:EUR", 100).await.unwrap();

@@ -1,0 +1,160 @@
+//! A node that may have missed something resynchronises (reloads the namespace floors, clears
+//! L1) instead of trusting what it has: after its own namespace clear timed out, after an
+//! unreadable message, after Redis's version counter started over (FLUSHALL) without any
+//! reconnect, and even when a bookkeeping field in Redis is corrupt.
+
+mod support;
+
+use support::{await_applied, eventually, node, RedisServer, PATIENCE};
+use tiered_cache::TieredCache;
+
+fn meta_u64(server: &RedisServer, field: &str) -> u64 {
+    server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", field.as_bytes()])
+}
+
+/// A whole-namespace message as the clear script publishes it.
+fn namespace_message(origin: u64, version: u64, epoch: u64, ns: &str) -> Vec<u8> {
+    let mut m = vec![0xC1, 1, 1];
+    m.extend_from_slice(&origin.to_be_bytes());
+    m.extend_from_slice(&version.to_be_bytes());
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.extend_from_slice(&(ns.len() as u16).to_be_bytes());
+    m.extend_from_slice(ns.as_bytes());
+    m
+}
+
+fn own_skipped(c: &TieredCache) -> u64 {
+    c.stats().bus_own_skipped
+}
+
+/// The clear script ran and published, but the caller timed out before the reply: the node
+/// learns its own floor from its own echo.
+#[tokio::test]
+async fn an_own_namespace_clear_whose_reply_was_lost_still_sets_the_floor() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let (ra, rb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    rb.set("k", 1).await.unwrap();
+    let version = meta_u64(&server, "version");
+    let epoch = meta_u64(&server, "epoch");
+    // What `invalidate_namespace` on `a` would have published, as if its reply never came.
+    let floor = version + 1;
+    server.cmd::<()>(&[
+        b"HSET",
+        b"v1:_tc:meta",
+        b"version",
+        floor.to_string().as_bytes(),
+    ]);
+    server.cmd::<()>(&[
+        b"HSET",
+        b"v1:_tc:meta",
+        b"floor:rate",
+        floor.to_string().as_bytes(),
+    ]);
+    let before = own_skipped(&a);
+    let msg = namespace_message(a.node_id(), floor, epoch, "rate");
+    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", &msg]);
+    eventually("a saw its own echo", PATIENCE, || async {
+        own_skipped(&a) > before
+    })
+    .await;
+    assert_eq!(
+        ra.get("k").await,
+        None,
+        "a value from before the clear was served"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_message_reloads_the_floors() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let ra = a.namespace::<str, u64>("rate").unwrap();
+    ra.set("k", 1).await.unwrap();
+    // A clear this node never heard of (say, its message was the unreadable one).
+    let floor = meta_u64(&server, "version") + 1;
+    server.cmd::<()>(&[
+        b"HSET",
+        b"v1:_tc:meta",
+        b"version",
+        floor.to_string().as_bytes(),
+    ]);
+    server.cmd::<()>(&[
+        b"HSET",
+        b"v1:_tc:meta",
+        b"floor:rate",
+        floor.to_string().as_bytes(),
+    ]);
+    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x02from a newer build"]);
+    eventually("L1 cleared", PATIENCE, || async {
+        ra.get_local("k").is_none()
+    })
+    .await;
+    eventually("floor reloaded", PATIENCE, || async {
+        ra.get("k").await.is_none()
+    })
+    .await;
+    assert_eq!(a.stats().bus_malformed, 1);
+    assert!(
+        a.is_subscribed(),
+        "resynchronised in place, still subscribed"
+    );
+}
+
+/// FLUSHALL empties Redis, version counter included, but leaves pub/sub connections alone: no
+/// reconnect tells the nodes. The new epoch does.
+#[tokio::test]
+async fn a_counter_that_starts_over_without_a_reconnect_does_not_hide_new_writes() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let (ra, rb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    for i in 0..20 {
+        ra.set(&format!("k{i}"), 1).await.unwrap();
+    }
+    ra.invalidate_namespace().await.unwrap(); // floor 21 on both nodes
+    await_applied(&b, "rate", 1).await;
+    let subscriptions = (a.stats().bus_subscriptions, b.stats().bus_subscriptions);
+
+    server.cmd::<()>(&[b"FLUSHALL"]);
+    rb.set("new", 2).await.unwrap(); // version 1 of a new epoch
+    for (name, ns) in [("a", &ra), ("b", &rb)] {
+        eventually(&format!("{name} reads the new write"), PATIENCE, || async {
+            ns.get("new").await.map(|v| *v) == Some(2)
+        })
+        .await;
+    }
+    rb.set("k3", 3).await.unwrap();
+    eventually("a follows writes of the new epoch", PATIENCE, || async {
+        ra.get("k3").await.map(|v| *v) == Some(3)
+    })
+    .await;
+    assert_eq!(
+        (a.stats().bus_subscriptions, b.stats().bus_subscriptions),
+        subscriptions,
+        "resynchronised without reconnecting"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_floor_field_does_not_stop_resubscription() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let ra = a.namespace::<str, u64>("rate").unwrap();
+    ra.set("k", 1).await.unwrap();
+    server.cmd::<()>(&[b"HSET", b"v1:_tc:meta", b"floor:rate", b"not-a-number"]);
+    let before = a.stats().bus_subscriptions;
+    server.cmd::<i64>(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+    eventually("resubscribed", PATIENCE, || async {
+        a.stats().bus_subscriptions > before && a.is_subscribed()
+    })
+    .await;
+    assert_eq!(ra.get("k").await.map(|v| *v), Some(1));
+}
