@@ -5,15 +5,16 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench tiers
 //! ```
 //!
+//! Every group is paired: its benchmarks run their operations in turn (Redis groups one
+//! operation each, back to back; the L1 group in batches of 256) and each reports its own
+//! share, so drift in loopback latency or CPU placement hits all sides alike.
+//!
 //! - `l1_hit/*`: a hit through the public API (`get_local`, and the async `get` polled once)
 //!   against a raw `moka::sync::Cache<String, Arc<V>>` get of the same value, on 16 hot keys
-//!   and on 10 000 keys read in a seeded random order; the three run in alternating batches.
-//! The Redis groups are paired: each iteration runs the raw operation and the cache's back to
-//! back, and each benchmark reports its own half, so drift in loopback latency hits both alike.
-//!
+//!   and on 10 000 keys read in a seeded random order.
 //! - `l2_hit`: an L1 miss answered by Redis (`get` on a namespace whose L1 entries live 1 ms,
-//!   over 10 000 keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs GET plus
-//!   rmp-serde decode on a connection to the same server.
+//!   over 10 000 keys: GET, envelope check, decode, guarded L1 insert) against a raw redis-rs
+//!   GET plus rmp-serde decode on a connection to the same server.
 //! - `write`: `set` (encode, one script: version, SET PX, PUBLISH, then the L1 update) against
 //!   a raw MULTI of SET PX + PUBLISH of the same encoded bytes.
 
