@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 0      0xC1     magic          1      1        format
-//! 2      kind     0 keys, 1 whole namespace
+//! 2      kind     0 keys, 1 whole namespace, 2 heartbeat
 //! 3-10   origin   node id of the writer (a node skips its own messages: its L1 is already right)
 //! 11-18  version  the write's version, spliced in by the script
 //! 19-26  epoch    the incarnation of Redis's version counter (see `l2.rs`)
@@ -24,6 +24,7 @@
 use crate::cache::Shared;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ const MAGIC: u8 = 0xC1;
 const FORMAT: u8 = 1;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
+const KIND_HEARTBEAT: u8 = 2;
 const VERSION_AT: usize = 11;
 
 /// A message to publish, split around the version and epoch the script will splice in.
@@ -60,6 +62,15 @@ impl Outgoing {
         Self {
             head: Self::head_bytes(KIND_NAMESPACE, origin),
             tail: Self::tail_start(namespace),
+        }
+    }
+
+    /// A node's heartbeat: carries the current version, so a receiver behind it knows it has
+    /// missed a message even when no write follows.
+    pub(crate) fn heartbeat(origin: u64) -> Self {
+        Self {
+            head: Self::head_bytes(KIND_HEARTBEAT, origin),
+            tail: Self::tail_start(""),
         }
     }
 
@@ -102,6 +113,7 @@ impl Outgoing {
 pub(crate) enum Scope<'a> {
     Keys(Vec<&'a str>),
     Namespace,
+    Heartbeat,
 }
 
 /// A parsed message.
@@ -128,6 +140,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
     let scope = match kind {
         KIND_NAMESPACE => Scope::Namespace,
+        KIND_HEARTBEAT => Scope::Heartbeat,
         KIND_KEYS => {
             let count = r.u32()? as usize;
             // Each key needs at least its 4-byte length: bounds the allocation by the input.
@@ -178,6 +191,10 @@ pub(crate) enum After {
 }
 
 /// Applies one received payload to the local tiers.
+///
+/// Messages are checked against the sequence: within an epoch, published writes carry
+/// consecutive versions, and Redis delivers them in that order. A write more than one ahead of
+/// the last one seen, or a heartbeat ahead of it, means messages were lost on the way.
 pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
     let Some(msg) = decode(payload) else {
         shared.bus.metrics.malformed.inc();
@@ -191,6 +208,21 @@ pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
     if shared.epoch_changed(msg.epoch) {
         return After::Resync;
     }
+    let gap = shared.bus.sequence(&msg);
+    apply_scope(shared, &msg);
+    if let Some(missed) = gap {
+        shared.bus.metrics.gaps.inc();
+        tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
+            "invalidation messages were lost; resynchronising");
+        return After::Resync;
+    }
+    // Only a message that arrived in sequence proves nothing was missed: the watchdog may
+    // trust L1 again from here (a resync counts as delivery once it has cleared L1).
+    shared.bus.delivered();
+    After::Listen
+}
+
+fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
     // A namespace this node does not serve: nothing of it is cached here.
     let ns = shared.namespace(msg.namespace);
     if msg.origin == shared.node_id {
@@ -200,14 +232,61 @@ pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
         if let (Some(ns), Scope::Namespace) = (ns, &msg.scope) {
             ns.raise_floor(msg.version);
         }
-        return After::Listen;
+        return;
     }
-    match (ns, msg.scope) {
-        (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(&keys),
+    match (ns, &msg.scope) {
+        (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(keys),
         (Some(ns), Scope::Namespace) => ns.apply_remote_clear(msg.version),
-        (None, _) => {}
+        _ => {}
     }
-    After::Listen
+}
+
+/// Publishes this node's heartbeat every `interval`, until aborted.
+pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
+    let message = Outgoing::heartbeat(shared.node_id);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Ok(stamp) = shared.l2.heartbeat(&message).await {
+            shared.observe_epoch(stamp.epoch);
+        }
+    }
+}
+
+/// Keeps each namespace's bypass flag in line with its staleness bound: set when the bus has
+/// not proved it reaches this node for longer than the bound (minus one tick, so the switch
+/// happens within the bound), cleared once it has again.
+pub(crate) async fn run_watchdog(shared: Arc<Shared>) {
+    let bounded: Vec<_> = shared
+        .namespaces()
+        .iter()
+        .filter_map(|ns| ns.policy.staleness_bound.map(|b| (ns.clone(), b)))
+        .collect();
+    let Some(tightest) = bounded.iter().map(|(_, b)| *b).min() else {
+        return;
+    };
+    let tick = (tightest / 5).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let subscribed = shared.bus.subscribed.load(Relaxed);
+        let age = shared.bus.delivery_age().filter(|_| subscribed);
+        for (ns, bound) in &bounded {
+            let bypass = age.is_none_or(|age| age + tick > *bound);
+            if ns.bypass.swap(bypass, Relaxed) != bypass {
+                ns.metrics.bypassing.set(if bypass { 1.0 } else { 0.0 });
+                if bypass {
+                    tracing::warn!(target: "tiered_cache::bus", namespace = %ns.name,
+                        ?age, ?bound, "bus silent beyond the staleness bound: bypassing L1");
+                } else {
+                    tracing::info!(target: "tiered_cache::bus", namespace = %ns.name,
+                        "bus back in sequence: serving L1 again");
+                }
+            }
+        }
+    }
 }
 
 /// Settings of the subscriber task.
@@ -316,6 +395,9 @@ mod tests {
     fn namespace_round_trip() {
         let m = Outgoing::namespace(1, "quote").assemble(3, 5);
         assert_eq!(decode(&m).unwrap().scope, Scope::Namespace);
+        let h = Outgoing::heartbeat(1).assemble(9, 5);
+        let h = decode(&h).unwrap();
+        assert_eq!((h.scope, h.version, h.namespace), (Scope::Heartbeat, 9, ""));
     }
 
     #[test]

@@ -19,23 +19,67 @@ pub(crate) struct BusState {
     pub(crate) subscribed: AtomicBool,
     pub(crate) metrics: BusMetrics,
     started: Instant,
-    /// Milliseconds since `started` of the last answered heartbeat or subscription.
+    /// Milliseconds since `started` (plus one) of the last answered PING or subscription.
     last_alive_ms: AtomicU64,
+    /// Milliseconds since `started` (plus one) of the last message delivered (any node's,
+    /// heartbeats included) or resynchronisation: how long this node has gone without proof
+    /// that the bus reaches it.
+    last_delivery_ms: AtomicU64,
+    /// The version of the last published write seen in sequence (or read at resync).
+    last_version: AtomicU64,
 }
 
 impl BusState {
+    fn new() -> Self {
+        Self {
+            subscribed: AtomicBool::new(false),
+            metrics: BusMetrics::new(),
+            started: Instant::now(),
+            last_alive_ms: AtomicU64::new(0),
+            last_delivery_ms: AtomicU64::new(0),
+            last_version: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Offset by one so 0 can mean "never".
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
     pub(crate) fn touch(&self) {
-        self.last_alive_ms
-            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+        self.last_alive_ms.store(self.now_ms(), Relaxed);
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.last_delivery_ms.store(self.now_ms(), Relaxed);
+    }
+
+    fn age(&self, at_ms: u64) -> Option<Duration> {
+        (at_ms > 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(at_ms)))
     }
 
     fn last_alive_age(&self) -> Option<Duration> {
-        let at = self.last_alive_ms.load(Relaxed);
-        (at > 0).then(|| {
-            self.started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(at))
-        })
+        self.age(self.last_alive_ms.load(Relaxed))
+    }
+
+    /// Time since the bus last proved it reaches this node; `None` if it never has.
+    pub(crate) fn delivery_age(&self) -> Option<Duration> {
+        self.age(self.last_delivery_ms.load(Relaxed))
+    }
+
+    /// Checks a message against the sequence and advances it. Returns how many messages were
+    /// missed, if any. Only the subscriber task calls this.
+    pub(crate) fn sequence(&self, msg: &crate::bus::Incoming<'_>) -> Option<u64> {
+        let last = self.last_version.load(SeqCst);
+        if matches!(msg.scope, crate::bus::Scope::Heartbeat) {
+            return (msg.version > last).then(|| msg.version - last);
+        }
+        if msg.version <= last {
+            // Published before the last resync read the counter: already accounted for.
+            return None;
+        }
+        self.last_version.store(msg.version, SeqCst);
+        (msg.version > last + 1).then(|| msg.version - last - 1)
     }
 }
 
@@ -55,6 +99,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn namespace(&self, name: &str) -> Option<&Arc<NamespaceCore>> {
         self.by_name.get(name)
+    }
+
+    pub(crate) fn namespaces(&self) -> &[Arc<NamespaceCore>] {
+        &self.namespaces
     }
 
     pub(crate) fn clear_all_l1(&self) {
@@ -94,27 +142,41 @@ impl Shared {
     pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
         let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
         let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
-        let (epoch, floors) = self.l2.floors(&names).await?;
-        if epoch != 0 {
-            self.epoch.store(epoch, SeqCst);
+        let (stamp, floors) = self.l2.floors(&names).await?;
+        if stamp.epoch != 0 {
+            self.epoch.store(stamp.epoch, SeqCst);
         }
+        // Everything published up to here is either already delivered or on its way, behind
+        // the subscription just confirmed: the sequence continues from this version.
+        self.bus.last_version.store(stamp.version, SeqCst);
         for ((ns, floor), before) in self.namespaces.iter().zip(floors).zip(before) {
             ns.reset_floor(before, floor);
         }
         self.clear_all_l1();
         self.bus.touch();
+        self.bus.delivered();
+        // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
+        // from the watchdog's next tick.
+        for ns in &self.namespaces {
+            if ns.bypass.swap(false, SeqCst) {
+                ns.metrics.bypassing.set(0.0);
+            }
+        }
         Ok(())
     }
 }
 
 struct Inner {
     shared: Arc<Shared>,
-    subscriber: tokio::task::JoinHandle<()>,
+    /// The subscriber, the heartbeat and the watchdog.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.subscriber.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -148,6 +210,11 @@ pub struct Health {
     pub subscribed: bool,
     /// Time since the subscriber last heard from Redis (subscription or heartbeat).
     pub last_heartbeat_age: Option<Duration>,
+    /// Time since the bus last delivered a message in sequence (any node's heartbeat counts).
+    pub last_delivery_age: Option<Duration>,
+    /// Namespaces whose L1 is bypassed right now: the bus cannot vouch for their staleness
+    /// bound.
+    pub bypassing: Vec<String>,
 }
 
 /// Counts per namespace, since the cache was built.
@@ -215,6 +282,13 @@ impl TieredCache {
             redis_reachable: shared.l2.ping().await,
             subscribed: self.is_subscribed(),
             last_heartbeat_age: shared.bus.last_alive_age(),
+            last_delivery_age: shared.bus.delivery_age(),
+            bypassing: shared
+                .namespaces
+                .iter()
+                .filter(|ns| ns.bypass.load(Relaxed))
+                .map(|ns| ns.name.clone())
+                .collect(),
         }
     }
 
@@ -274,12 +348,7 @@ impl TieredCacheBuilder {
         let shared = Arc::new(Shared {
             node_id: rand::random(),
             l2,
-            bus: BusState {
-                subscribed: AtomicBool::new(false),
-                metrics: BusMetrics::new(),
-                started: Instant::now(),
-                last_alive_ms: AtomicU64::new(0),
-            },
+            bus: BusState::new(),
             epoch: AtomicU64::new(0),
             resync_wanted: tokio::sync::Notify::new(),
             namespaces,
@@ -291,9 +360,13 @@ impl TieredCacheBuilder {
             heartbeat: self.heartbeat,
             max_backoff: self.reconnect_backoff.max(Duration::from_millis(100)),
         };
-        let subscriber = runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config));
+        let tasks = vec![
+            runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)),
+            runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
+            runtime.spawn(bus::run_watchdog(shared.clone())),
+        ];
         Ok(TieredCache {
-            inner: Arc::new(Inner { shared, subscriber }),
+            inner: Arc::new(Inner { shared, tasks }),
         })
     }
 }

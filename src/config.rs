@@ -25,6 +25,7 @@ pub struct NamespacePolicy {
     pub(crate) l2_ttl: Duration,
     pub(crate) l1_ttl: Option<Duration>,
     pub(crate) l1_capacity: u64,
+    pub(crate) staleness_bound: Option<Duration>,
 }
 
 impl NamespacePolicy {
@@ -33,16 +34,38 @@ impl NamespacePolicy {
     pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
     /// Default L1 capacity, in entries.
     pub const DEFAULT_L1_CAPACITY: u64 = 10_000;
+    /// Default staleness bound.
+    pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_millis(250);
 
     /// A policy whose values live `l2_ttl` in Redis.
     ///
-    /// Defaults: L1 TTL = min(`l2_ttl`, 60 s); L1 capacity = 10 000 entries.
+    /// Defaults: L1 TTL = min(`l2_ttl`, 60 s); L1 capacity = 10 000 entries; staleness bound
+    /// 250 ms.
     pub fn new(l2_ttl: Duration) -> Self {
         Self {
             l2_ttl,
             l1_ttl: None,
             l1_capacity: Self::DEFAULT_L1_CAPACITY,
+            staleness_bound: Some(Self::DEFAULT_STALENESS_BOUND),
         }
+    }
+
+    /// The longest this namespace's L1 may go on serving without proof that invalidations
+    /// still reach this node. Every message delivered on the bus (each node publishes a
+    /// heartbeat) is such proof; when none has arrived for this long, or the subscriber is
+    /// disconnected, reads skip L1 and go to Redis (or the loader), and nothing is added to
+    /// L1, until the bus is back and in sequence. Must be at least twice the heartbeat
+    /// interval. Default: 250 ms.
+    pub fn staleness_bound(mut self, bound: Duration) -> Self {
+        self.staleness_bound = Some(bound);
+        self
+    }
+
+    /// Availability over freshness: keep serving L1 while the bus is down, so a node without
+    /// Redis still answers from memory. Staleness is then bounded only by the L1 TTL.
+    pub fn unbounded_staleness(mut self) -> Self {
+        self.staleness_bound = None;
+        self
     }
 
     /// How long a value stays in this process's L1; at most the L2 TTL.
@@ -70,7 +93,15 @@ impl NamespacePolicy {
             .unwrap_or_else(|| self.l2_ttl.min(Self::DEFAULT_L1_TTL_CAP))
     }
 
-    fn validate(&self, name: &str) -> Result<(), String> {
+    fn validate(&self, name: &str, heartbeat: Duration) -> Result<(), String> {
+        if let Some(bound) = self.staleness_bound {
+            if bound < heartbeat * 2 {
+                return Err(format!(
+                    "namespace {name:?}: staleness bound {bound:?} is shorter than twice the \
+                     heartbeat interval {heartbeat:?}: it would trip between two heartbeats"
+                ));
+            }
+        }
         if self.l2_ttl.is_zero() {
             return Err(format!(
                 "namespace {name:?}: L2 TTL must be greater than zero"
@@ -123,7 +154,7 @@ impl Default for TieredCacheBuilder {
             l2_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
             reconnect_backoff: Duration::from_millis(500),
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(100),
         }
     }
 }
@@ -168,8 +199,9 @@ impl TieredCacheBuilder {
         self
     }
 
-    /// How often the subscriber connection is pinged, so a dead or half-open link is found and
-    /// replaced. Default: 1 s.
+    /// How often this node publishes a heartbeat on the bus (carrying the current version, so
+    /// receivers notice lost messages even when no write follows) and pings its subscriber
+    /// connection (so a dead or half-open link is replaced). Default: 100 ms.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
         self
@@ -201,7 +233,7 @@ impl TieredCacheBuilder {
             if !seen.insert(name.as_str()) {
                 return Err(config(format!("namespace {name:?} is configured twice")));
             }
-            policy.validate(name).map_err(config)?;
+            policy.validate(name, self.heartbeat).map_err(config)?;
         }
         for (what, d) in [
             ("l2_timeout", self.l2_timeout),
@@ -260,5 +292,10 @@ mod tests {
                 .contains("capacity")
         );
         assert!(err(ok().l2_timeout(s(0))).contains("l2_timeout"));
+        let ms = Duration::from_millis;
+        let tight = NamespacePolicy::new(s(5)).staleness_bound(ms(150));
+        assert!(err(ok().namespace("z", tight)).contains("twice the heartbeat"));
+        let relaxed = NamespacePolicy::new(s(5)).unbounded_staleness();
+        assert!(ok().namespace("z", relaxed).validate().is_ok());
     }
 }

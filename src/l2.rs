@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // KEYS[1] is always the meta hash (see `KeySpace::meta_key`): field `version` is the counter
-// every write draws from, `epoch` identifies this incarnation of the counter, `floor:{ns}` are
+// every published write draws from (and only those: a fill takes the current version without
+// drawing, so within one epoch the messages on the bus carry versions 1, 2, 3... with no
+// hole, and a receiver that sees a hole knows it missed a message), `epoch` identifies this incarnation of the counter, `floor:{ns}` are
 // the namespace floors. ARGV[1] is always a candidate epoch: the first write after the hash
 // was created (a new, flushed or restarted Redis) installs it. Every write returns
 // {version, epoch}, and every message carries both, so a node notices when the counter starts
@@ -78,30 +80,41 @@ return {v, e}
 ";
 
 // KEYS: meta, value key. ARGV: epoch, version and epoch noted before the load, envelope head,
-// payload, ttl ms, floor field. Returns {0, epoch} when the fill is refused.
+// payload, ttl ms, floor field. Returns {1, version, epoch} when stored, {0, 0, epoch} when
+// refused. The fill takes the current version (it is as fresh as everything written up to
+// it) without drawing one: it publishes nothing, and must leave no hole in the sequence.
 const FILL: &str = r"
 local cur_e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
-if cur_e ~= tonumber(ARGV[3]) then return {0, cur_e} end
+if cur_e ~= tonumber(ARGV[3]) then return {0, 0, cur_e} end
 local seen = tonumber(ARGV[2])
 local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[7]) or '0') or 0
-if floor > seen then return {0, cur_e} end
+if floor > seen then return {0, 0, cur_e} end
 local cur = redis.call('GET', KEYS[2])
 if cur and string.byte(cur, 1) == 193 then
   -- A format this build cannot read may be a newer deploy's: keep it.
-  if string.byte(cur, 2) ~= 1 then return {0, cur_e} end
+  if string.byte(cur, 2) ~= 1 then return {0, 0, cur_e} end
   if string.len(cur) >= 11 then
     local ver = struct.unpack('>I8', cur, 4)
     if bit.band(string.byte(cur, 3), 1) == 1 then
-      if ver > seen then return {0, cur_e} end
+      if ver > seen then return {0, 0, cur_e} end
     elseif ver >= floor then
       -- A live value, even one this node cannot decode (a newer schema?), is kept.
-      return {0, cur_e}
+      return {0, 0, cur_e}
     end
   end
 end
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
 redis.call('SET', KEYS[2], ARGV[4] .. struct.pack('>I8', v) .. ARGV[5], 'PX', ARGV[6])
+return {1, v, e}
+";
+
+// KEYS: meta. ARGV: epoch, channel, message head, message tail. Publishes the current version
+// without drawing one: a receiver behind it has missed a message.
+const HEARTBEAT: &str = r"
+local e = epoch()
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. stamp(v, e) .. ARGV[4])
 return {v, e}
 ";
 
@@ -185,6 +198,7 @@ pub(crate) struct L2Tier {
     invalidate: Script,
     clear_namespace: Script,
     fill: Script,
+    heartbeat: Script,
     /// Offered as the epoch by this node's writes (used only if Redis has none).
     epoch_candidate: u64,
 }
@@ -217,6 +231,7 @@ impl L2Tier {
             invalidate: script(INVALIDATE),
             clear_namespace: script(CLEAR_NAMESPACE),
             fill: script(FILL),
+            heartbeat: script(HEARTBEAT),
             epoch_candidate: new_epoch(),
         })
     }
@@ -307,15 +322,15 @@ impl L2Tier {
     }
 
     /// Stores a loaded value unless the key was written or invalidated after `seen` (or the
-    /// counter started over since). Returns the fill's stamp, or the current epoch with version
-    /// 0 when it was refused.
+    /// counter started over since). Returns the fill's stamp, or `None` and Redis's current
+    /// epoch when it was refused.
     pub(crate) async fn fill(
         &self,
         namespace: &str,
         key: &str,
         seen: Stamp,
         value: Payload<'_>,
-    ) -> L2Result<Stamp> {
+    ) -> L2Result<Result<Stamp, u64>> {
         let mut inv = self.fill.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
@@ -326,6 +341,25 @@ impl L2Tier {
             .arg(value.bytes)
             .arg(ttl_ms(value.ttl))
             .arg(KeySpace::floor_field(namespace));
+        let inv = &inv;
+        let (stored, version, epoch): (u8, u64, u64) = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(if stored == 1 {
+            Ok(Stamp { version, epoch })
+        } else {
+            Err(epoch)
+        })
+    }
+
+    /// Publishes this node's heartbeat, stamped with the current version.
+    pub(crate) async fn heartbeat(&self, message: &Outgoing) -> L2Result<Stamp> {
+        let mut inv = self.heartbeat.prepare_invoke();
+        inv.key(self.keys.meta_key())
+            .arg(self.epoch_candidate)
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail());
         self.invoke(&inv).await
     }
 
@@ -369,9 +403,10 @@ impl L2Tier {
         self.invoke(&inv).await
     }
 
-    /// The epoch and the floors of the given namespaces, in order (0 when never cleared).
-    /// A field that is not a number reads as 0, with a warning, rather than wedging resync.
-    pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<(u64, Vec<u64>)> {
+    /// The current stamp and the floors of the given namespaces, in order (0 when never
+    /// cleared). A field that is not a number reads as 0, with a warning, rather than wedging
+    /// resync.
+    pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<(Stamp, Vec<u64>)> {
         let fields = &namespaces
             .iter()
             .map(|n| KeySpace::floor_field(n))
@@ -381,12 +416,14 @@ impl L2Tier {
             let v: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(meta)
                 .arg("epoch")
+                .arg("version")
                 .arg(fields)
                 .query_async(&mut c)
                 .await?;
             let mut v = v.iter().map(|f| lenient_u64(f.as_deref()));
             let epoch = v.next().unwrap_or(0);
-            Ok((epoch, v.collect()))
+            let version = v.next().unwrap_or(0);
+            Ok((Stamp { version, epoch }, v.collect()))
         })
         .await
     }

@@ -3,7 +3,7 @@
 use crate::cache::Shared;
 use crate::codec::{self, Stored};
 use crate::error::{Error, Result};
-use crate::l2::{Payload, Stamp};
+use crate::l2::Payload;
 use crate::namespace::{Namespace, NamespaceCore};
 use crate::CacheKey;
 use serde::de::DeserializeOwned;
@@ -143,11 +143,11 @@ where
         ttl: core.policy.l2_ttl,
     };
     match l2.fill(&core.name, &key, seen, payload).await {
-        Ok(Stamp { version: 0, epoch }) => {
+        Ok(Err(epoch)) => {
             shared.observe_epoch(epoch);
             core.metrics.fill_refused.inc();
         }
-        Ok(stamp) => {
+        Ok(Ok(stamp)) => {
             shared.observe_epoch(stamp.epoch);
             core.metrics.fill_stored.inc();
             ns.insert_read(key, &value, stamp.version, &ticket);

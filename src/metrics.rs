@@ -13,9 +13,11 @@
 //! | `tiered_cache_l2_errors_total` | namespace, kind (`skipped`, `timeout`, `connection`, `server`) | failed Redis calls |
 //! | `tiered_cache_fills_total` | namespace, result (`stored`, `refused`) | loaded values written back to Redis |
 //! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`) | invalidation messages |
-//! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`) | subscriber life |
+//! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
+//! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
+//! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
 
-use metrics::{counter, Counter};
+use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// One count, kept locally and exported.
@@ -57,6 +59,9 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) fill_refused: Tally,
     pub(crate) inv_sent: Tally,
     pub(crate) inv_applied: Tally,
+    pub(crate) l1_bypass: Tally,
+    /// 1 while L1 is bypassed.
+    pub(crate) bypassing: Gauge,
     l2_error_kinds: [Counter; 4],
 }
 
@@ -90,6 +95,9 @@ impl NamespaceMetrics {
             fill_refused: fill("refused"),
             inv_sent: inv("sent"),
             inv_applied: inv("applied"),
+            l1_bypass: Tally::new(counter!("tiered_cache_l1_bypass_total",
+                "namespace" => ns.clone())),
+            bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
             l2_error_kinds: [
                 l2_kind("skipped"),
                 l2_kind("timeout"),
@@ -125,6 +133,7 @@ impl NamespaceMetrics {
             fills_refused: self.fill_refused.get(),
             invalidations_sent: self.inv_sent.get(),
             invalidations_applied: self.inv_applied.get(),
+            l1_bypasses: self.l1_bypass.get(),
             l1_entries: 0,
         }
     }
@@ -136,6 +145,7 @@ pub(crate) struct BusMetrics {
     pub(crate) disconnected: Tally,
     pub(crate) own_skipped: Tally,
     pub(crate) malformed: Tally,
+    pub(crate) gaps: Tally,
 }
 
 impl BusMetrics {
@@ -148,6 +158,7 @@ impl BusMetrics {
             disconnected: ev("disconnected"),
             own_skipped: ev("own_skipped"),
             malformed: ev("malformed"),
+            gaps: ev("gap"),
         }
     }
 }
@@ -180,6 +191,9 @@ pub struct NamespaceStats {
     pub invalidations_sent: u64,
     /// Invalidation messages from other nodes applied to this node's L1.
     pub invalidations_applied: u64,
+    /// Reads that skipped L1 because the bus could not vouch for the staleness bound (also
+    /// counted as L1 misses).
+    pub l1_bypasses: u64,
     /// Entries in L1 (approximate).
     pub l1_entries: u64,
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use std::any::{type_name, TypeId};
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 
 /// The key and value types a namespace was first opened with.
@@ -42,6 +42,9 @@ pub(crate) struct NamespaceCore {
     floor: AtomicU64,
     pub(crate) metrics: NamespaceMetrics,
     types: OnceLock<Types>,
+    /// Set while the bus cannot vouch for this namespace's staleness bound: L1 is neither read
+    /// nor filled.
+    pub(crate) bypass: AtomicBool,
 }
 
 impl NamespaceCore {
@@ -52,6 +55,8 @@ impl NamespaceCore {
             gens: Generations::new(),
             floor: AtomicU64::new(0),
             types: OnceLock::new(),
+            // Until the first subscription proves the bus works.
+            bypass: AtomicBool::new(policy.staleness_bound.is_some()),
             name,
             policy,
         }
@@ -100,7 +105,7 @@ impl NamespaceCore {
     /// Inserts a value read under `ticket`, and takes it back out if the key was invalidated
     /// meanwhile (see `guard.rs` for why the re-check comes after the insert).
     pub(crate) fn insert_guarded(&self, key: String, entry: L1Entry, ticket: &Ticket) -> bool {
-        if !self.gens.is_current(ticket) {
+        if self.bypass.load(Relaxed) || !self.gens.is_current(ticket) {
             return false;
         }
         let check = key.clone();
@@ -184,10 +189,15 @@ where
         &self.core.name
     }
 
-    /// Looks in this process's L1 only: no I/O, never waits.
+    /// Looks in this process's L1 only: no I/O, never waits. `None` also while the namespace's
+    /// staleness bound cannot be vouched for (see [`NamespacePolicy::staleness_bound`]).
     #[inline]
     pub fn get_local(&self, key: &K) -> Option<Arc<V>> {
         let core = &*self.core;
+        if core.bypass.load(Relaxed) {
+            core.metrics.l1_bypass.inc();
+            return None;
+        }
         match with_key_str(key, |k| core.l1.get(k)) {
             Some(entry) => {
                 core.metrics.l1_hit.inc();

@@ -22,43 +22,51 @@ async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
 fn cache_at(url: String) -> TieredCache {
     TieredCache::builder()
         .redis_url(url)
+        // Strict (the default): L1 is bypassed while the bus cannot vouch for it.
         .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+        // Availability first: L1 keeps serving without Redis.
+        .namespace(
+            "fees",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
         .l2_timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(300))
         .reconnect_backoff(Duration::from_millis(100))
-        .heartbeat(Duration::from_millis(200))
+        .heartbeat(Duration::from_millis(50))
         .build()
         .expect("building does not need Redis")
 }
 
-async fn serves_without_redis(cache: &TieredCache) {
-    let rates = cache.namespace::<str, f64>("rate").unwrap();
+/// Calls `get_or_load` five times and returns how often the loader ran.
+async fn load_five_times(ns: &tiered_cache::Namespace<str, f64>) -> usize {
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..5 {
         let c = calls.clone();
-        let v = bounded(
-            "get_or_load",
-            rates.get_or_load("USD:EUR", || async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, std::io::Error>(0.92)
-            }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(*v, 0.92);
+        let load = ns.get_or_load("USD:EUR", || async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(0.92)
+        });
+        assert_eq!(*bounded("get_or_load", load).await.unwrap(), 0.92);
     }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "loaded once, then served from L1"
-    );
+    calls.load(Ordering::SeqCst)
+}
+
+async fn serves_without_redis(cache: &TieredCache) {
+    let rates = cache.namespace::<str, f64>("rate").unwrap();
+    let fees = cache.namespace::<str, f64>("fees").unwrap();
+    // Strict: no bus, no L1; every call is answered by the loader.
+    assert_eq!(load_five_times(&rates).await, 5);
+    assert_eq!(rates.get_local("USD:EUR"), None);
+    assert!(cache.stats().namespace("rate").unwrap().l1_bypasses >= 5);
+    // Availability first: loaded once, then served from L1.
+    assert_eq!(load_five_times(&fees).await, 1);
+    assert!(fees.get_local("USD:EUR").is_some());
+
     assert_eq!(bounded("get", rates.get("other")).await, None);
-    let e = bounded("set", rates.set("USD:EUR", 0.93))
-        .await
-        .unwrap_err();
+    let e = bounded("set", fees.set("USD:EUR", 0.93)).await.unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert_eq!(
-        rates.get_local("USD:EUR"),
+        fees.get_local("USD:EUR"),
         None,
         "an unpropagated write leaves no local copy"
     );
@@ -68,6 +76,7 @@ async fn serves_without_redis(cache: &TieredCache) {
     assert!(e.is_unavailable(), "{e}");
     let h = bounded("health", cache.health()).await;
     assert!(!h.redis_reachable && !h.subscribed, "{h:?}");
+    assert_eq!(h.bypassing, vec!["rate".to_string()]);
     assert!(cache.stats().namespace("rate").unwrap().l2_errors > 0);
 }
 
@@ -109,11 +118,15 @@ async fn redis_killed_mid_test_then_restarted() {
         !a.is_subscribed() && !b.is_subscribed()
     })
     .await;
-    // Reads keep being answered: from L1, or from the loader.
-    assert_eq!(
-        bounded("get", rb.get("USD:EUR")).await.map(|v| *v),
-        Some(0.92)
-    );
+    eventually(
+        "b bypasses L1 within its staleness bound",
+        PATIENCE,
+        || async { b.health().await.bypassing == vec!["rate".to_string(), "quote".to_string()] },
+    )
+    .await;
+    // Reads keep being answered, never from a copy the bus can no longer vouch for: with
+    // neither L1 nor L2, `get` misses and `get_or_load` loads.
+    assert_eq!(bounded("get", rb.get("USD:EUR")).await, None);
     let v = bounded(
         "load",
         rb.get_or_load("USD:GBP", || async { Ok::<_, std::io::Error>(0.79) }),

@@ -43,7 +43,7 @@ pub async fn node_with(
         .redis_url(server.url())
         .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
         .namespace("quote", NamespacePolicy::new(Duration::from_secs(60)))
-        .heartbeat(Duration::from_millis(200))
+        .heartbeat(Duration::from_millis(50))
         .reconnect_backoff(Duration::from_millis(100));
     let cache = tweak(b).build().expect("build");
     let c = cache.clone();
