@@ -227,8 +227,10 @@ pub struct Stats {
     pub bus_subscriptions: u64,
     /// Own messages received and skipped.
     pub bus_own_skipped: u64,
-    /// Unreadable messages received (each cleared L1).
+    /// Unreadable messages received (each caused a resync).
     pub bus_malformed: u64,
+    /// Holes found in the message sequence (each caused a resync).
+    pub bus_gaps: u64,
 }
 
 impl Stats {
@@ -308,6 +310,7 @@ impl TieredCache {
             bus_subscriptions: shared.bus.metrics.subscribed.get(),
             bus_own_skipped: shared.bus.metrics.own_skipped.get(),
             bus_malformed: shared.bus.metrics.malformed.get(),
+            bus_gaps: shared.bus.metrics.gaps.get(),
         }
     }
 }

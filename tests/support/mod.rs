@@ -2,7 +2,10 @@
 //! Waiting is always a poll against a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+mod proxy;
 mod server;
+#[allow(unused_imports)]
+pub use proxy::{Fault, FaultProxy, Target};
 pub use server::RedisServer;
 
 use std::future::Future;

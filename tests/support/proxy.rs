@@ -1,0 +1,233 @@
+//! A fault-injecting TCP proxy on loopback, between cache nodes and a test's redis-server.
+//!
+//! Faults apply to the connections of one kind: the subscriber's (recognised by the
+//! `SUBSCRIBE` it sends), the data connections, or all. A fault set later applies to existing
+//! connections too; `Fault::None` heals them.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does to the traffic of the targeted connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    None,
+    /// Hold every chunk this long before forwarding it.
+    Delay(Duration),
+    /// Forward nothing in either direction and keep the sockets open: no FIN, no RST, like a
+    /// link that died silently (a half-open connection).
+    Blackhole,
+    /// Stop reading what the server sends: the server's output buffer for the client grows.
+    StopReading,
+    /// Forward this many more bytes (server to client), then reset both sides.
+    CutAfter(usize),
+}
+
+/// Which connections a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Subscriber,
+    Data,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Setting {
+    fault: Fault,
+    target: Target,
+    /// Bumped by `reset`: connections open at that moment are torn down with an RST.
+    resets: u64,
+}
+
+pub struct FaultProxy {
+    port: u16,
+    setting: watch::Sender<Setting>,
+    accept: tokio::task::JoinHandle<()>,
+    open: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (setting, _) = watch::channel(Setting {
+            fault: Fault::None,
+            target: Target::All,
+            resets: 0,
+        });
+        let open = Arc::new(AtomicUsize::new(0));
+        let (tx, o) = (setting.clone(), open.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue; // upstream down: the client sees its connection closed
+                };
+                tokio::spawn(relay(client, server, tx.subscribe(), o.clone()));
+            }
+        });
+        Self {
+            port,
+            setting,
+            accept,
+            open,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, fault: Fault, target: Target) {
+        self.setting.send_modify(|s| {
+            s.fault = fault;
+            s.target = target;
+        });
+    }
+
+    pub fn heal(&self) {
+        self.set(Fault::None, Target::All);
+    }
+
+    /// Tears down every open connection with an RST.
+    pub fn reset(&self) {
+        self.setting.send_modify(|s| s.resets += 1);
+    }
+
+    /// Connections currently relayed.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.reset();
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    mut setting: watch::Receiver<Setting>,
+    open: Arc<AtomicUsize>,
+) {
+    open.fetch_add(1, SeqCst);
+    // Every close the proxy makes is abortive (RST), like a reset link, never a polite FIN.
+    let _ = client.set_linger(Some(Duration::ZERO));
+    let _ = server.set_linger(Some(Duration::ZERO));
+    let resets_at_start = setting.borrow().resets;
+    let is_subscriber = Arc::new(Mutex::new(false));
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    let up = pump(
+        client_r,
+        server_w,
+        setting.clone(),
+        is_subscriber.clone(),
+        Dir::Up,
+    );
+    let down = pump(
+        server_r,
+        client_w,
+        setting.clone(),
+        is_subscriber,
+        Dir::Down,
+    );
+    let reset = async {
+        while setting.changed().await.is_ok() {
+            if setting.borrow().resets != resets_at_start {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = reset => {}
+    }
+    open.fetch_sub(1, SeqCst);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
+}
+
+fn applies(s: &Setting, is_subscriber: bool) -> Fault {
+    match (s.target, is_subscriber) {
+        (Target::All, _) | (Target::Subscriber, true) | (Target::Data, false) => s.fault,
+        _ => Fault::None,
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut setting: watch::Receiver<Setting>,
+    is_subscriber: Arc<Mutex<bool>>,
+    dir: Dir,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut cut_budget: Option<usize> = None;
+    loop {
+        // Wait while the fault says not to read.
+        loop {
+            let fault = applies(&setting.borrow(), *is_subscriber.lock().unwrap());
+            let hold = match fault {
+                Fault::Blackhole => true,
+                Fault::StopReading => dir == Dir::Down,
+                _ => false,
+            };
+            if !hold {
+                break;
+            }
+            if setting.changed().await.is_err() {
+                return;
+            }
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // Re-check the fault when it changes mid-read.
+            r = setting.changed() => {
+                if r.is_err() { return; }
+                continue;
+            }
+        };
+        if dir == Dir::Up && contains(&buf[..n], b"SUBSCRIBE") {
+            *is_subscriber.lock().unwrap() = true;
+        }
+        let fault = applies(&setting.borrow(), *is_subscriber.lock().unwrap());
+        match fault {
+            Fault::Delay(d) => tokio::time::sleep(d).await,
+            Fault::Blackhole => continue, // arrived just as the link died: dropped
+            Fault::CutAfter(budget) if dir == Dir::Down => {
+                let left = cut_budget.get_or_insert(budget);
+                if n >= *left {
+                    let _ = to.write_all(&buf[..*left]).await;
+                    return;
+                }
+                *left -= n;
+            }
+            _ => cut_budget = None,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
