@@ -119,8 +119,8 @@ async fn relay(
 ) {
     open.fetch_add(1, SeqCst);
     // Every close the proxy makes is abortive (RST), like a reset link, never a polite FIN.
-    let _ = client.set_linger(Some(Duration::ZERO));
-    let _ = server.set_linger(Some(Duration::ZERO));
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
     let resets_at_start = setting.borrow().resets;
     let is_subscriber = Arc::new(Mutex::new(false));
     let (client_r, client_w) = client.into_split();
