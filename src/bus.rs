@@ -255,38 +255,36 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
 }
 
 /// Keeps each namespace's bypass flag in line with its staleness bound: set when the bus has
-/// not proved it reaches this node for longer than the bound (minus one tick, so the switch
-/// happens within the bound), cleared once it has again.
-pub(crate) async fn run_watchdog(shared: Arc<Shared>) {
-    let bounded: Vec<_> = shared
+/// not proved it reaches this node for longer than the bound minus two ticks (so the switch
+/// lands within the bound), cleared once it has again.
+///
+/// A plain thread rather than a task: on a runtime saturated by the application, a task's
+/// timer can fire tens of milliseconds late, and the bound is a promise. Exits when the cache
+/// is dropped.
+pub(crate) fn spawn_watchdog(shared: &Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+    let tightest = shared
         .namespaces()
         .iter()
-        .filter_map(|ns| ns.policy.staleness_bound.map(|b| (ns.clone(), b)))
-        .collect();
-    let Some(tightest) = bounded.iter().map(|(_, b)| *b).min() else {
-        return;
-    };
-    let tick = (tightest / 5).clamp(Duration::from_millis(5), Duration::from_millis(100));
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        let subscribed = shared.bus.subscribed.load(Relaxed);
-        let age = shared.bus.delivery_age().filter(|_| subscribed);
-        for (ns, bound) in &bounded {
-            let bypass = age.is_none_or(|age| age + tick > *bound);
-            if ns.bypass.swap(bypass, Relaxed) != bypass {
-                ns.metrics.bypassing.set(if bypass { 1.0 } else { 0.0 });
-                if bypass {
-                    tracing::warn!(target: "tiered_cache::bus", namespace = %ns.name,
-                        ?age, ?bound, "bus silent beyond the staleness bound: bypassing L1");
-                } else {
-                    tracing::info!(target: "tiered_cache::bus", namespace = %ns.name,
-                        "bus back in sequence: serving L1 again");
+        .filter_map(|ns| ns.policy.staleness_bound)
+        .min()?;
+    let tick = (tightest / 10).clamp(Duration::from_millis(1), Duration::from_millis(25));
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name("tiered-cache-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let subscribed = shared.bus.subscribed.load(Relaxed);
+            let age = shared.bus.delivery_age().filter(|_| subscribed);
+            for ns in shared.namespaces() {
+                if let Some(bound) = ns.policy.staleness_bound {
+                    ns.set_bypass(age.is_none_or(|age| age + tick * 2 > bound), age);
                 }
             }
-        }
-    }
+        })
+        .ok()
 }
 
 /// Settings of the subscriber task.
@@ -306,6 +304,12 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
     loop {
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
+        // The link is known lost: stop trusting L1 now, not when the watchdog notices.
+        for ns in shared.namespaces() {
+            if ns.policy.staleness_bound.is_some() {
+                ns.set_bypass(true, shared.bus.delivery_age());
+            }
+        }
         if was_subscribed {
             shared.bus.metrics.disconnected.inc();
             backoff = min_backoff;

@@ -158,9 +158,7 @@ impl Shared {
         // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
         // from the watchdog's next tick.
         for ns in &self.namespaces {
-            if ns.bypass.swap(false, SeqCst) {
-                ns.metrics.bypassing.set(0.0);
-            }
+            ns.set_bypass(false, Some(Duration::ZERO));
         }
         Ok(())
     }
@@ -168,7 +166,8 @@ impl Shared {
 
 struct Inner {
     shared: Arc<Shared>,
-    /// The subscriber, the heartbeat and the watchdog.
+    /// The subscriber and the heartbeat. (The watchdog thread exits on its own once `shared`
+    /// is gone.)
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -366,8 +365,8 @@ impl TieredCacheBuilder {
         let tasks = vec![
             runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)),
             runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
-            runtime.spawn(bus::run_watchdog(shared.clone())),
         ];
+        bus::spawn_watchdog(&shared);
         Ok(TieredCache {
             inner: Arc::new(Inner { shared, tasks }),
         })

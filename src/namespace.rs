@@ -135,6 +135,21 @@ impl NamespaceCore {
         self.metrics.inv_applied.inc();
     }
 
+    /// Starts or stops bypassing L1, logging and exporting the change.
+    pub(crate) fn set_bypass(&self, bypass: bool, delivery_age: Option<std::time::Duration>) {
+        if self.bypass.swap(bypass, SeqCst) == bypass {
+            return;
+        }
+        self.metrics.bypassing.set(if bypass { 1.0 } else { 0.0 });
+        if bypass {
+            tracing::warn!(target: "tiered_cache::bus", namespace = %self.name, ?delivery_age,
+                bound = ?self.policy.staleness_bound, "bus cannot vouch for L1: bypassing it");
+        } else {
+            tracing::info!(target: "tiered_cache::bus", namespace = %self.name,
+                "bus back in sequence: serving L1 again");
+        }
+    }
+
     /// Empties L1 and fences every load in flight.
     pub(crate) fn clear_l1(&self) {
         self.gens.bump_namespace();

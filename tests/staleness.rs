@@ -1,0 +1,172 @@
+//! The staleness history checker (see `support/checker.rs`) under each fault: the worst
+//! staleness any read saw must stay within the staleness bound, and with no fault within the
+//! propagation lag. Prints a row of the README's table per scenario.
+
+mod support;
+
+#[path = "support/checker.rs"]
+mod checker;
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
+use tiered_cache::{NamespacePolicy, TieredCache};
+
+const BOUND: Duration = Duration::from_millis(250);
+const NODES: usize = 3;
+
+fn build(url: &str) -> TieredCache {
+    TieredCache::builder()
+        .redis_url(url)
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(BOUND),
+        )
+        .heartbeat(Duration::from_millis(50))
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+async fn all_subscribed(nodes: &[TieredCache]) {
+    eventually("all subscribed", PATIENCE, || async {
+        nodes.iter().all(|n| n.is_subscribed())
+    })
+    .await;
+}
+
+/// Runs `fault` every `every` while the workload runs.
+async fn run_with<F>(nodes: &[TieredCache], every: Duration, mut fault: F) -> checker::Report
+where
+    F: FnMut(usize) + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let injector = tokio::spawn(async move {
+        let mut i = 0;
+        while !s2.load(SeqCst) {
+            tokio::time::sleep(every).await;
+            fault(i);
+            i += 1;
+        }
+    });
+    let report = checker::run(nodes, "rate", &checker::Workload::default()).await;
+    stop.store(true, SeqCst);
+    injector.await.unwrap();
+    report
+}
+
+fn check(scenario: &str, report: &checker::Report, limit: Duration) {
+    eprintln!("{}", report.row(scenario));
+    eprintln!("  {report:?}");
+    assert!(
+        report.reads > 1000 && report.writes > 100,
+        "workload too thin: {report:?}"
+    );
+    assert!(report.cold_reads_after_writes_stopped > 0);
+    assert!(
+        report.max_staleness <= limit,
+        "{scenario}: a read was {:?} stale (limit {limit:?})",
+        report.max_staleness
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_faults_staleness_stays_within_propagation_lag() {
+    let server = RedisServer::start();
+    let nodes: Vec<_> = (0..NODES).map(|_| build(&server.url())).collect();
+    all_subscribed(&nodes).await;
+    let report = checker::run(&nodes, "rate", &checker::Workload::default()).await;
+    // Propagation on loopback is well under a millisecond; the limit leaves room for a
+    // loaded 2-core machine's scheduling, and is far below the staleness bound.
+    check("no faults", &report, Duration::from_millis(50));
+    assert_eq!(report.failed_writes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_killed_every_200ms_staleness_stays_within_the_bound() {
+    let server = RedisServer::start();
+    let nodes: Vec<_> = (0..NODES).map(|_| build(&server.url())).collect();
+    all_subscribed(&nodes).await;
+    let url = server.url();
+    let report = run_with(&nodes, Duration::from_millis(200), move |_| {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut c);
+    })
+    .await;
+    check("`CLIENT KILL TYPE pubsub` every 200 ms", &report, BOUND);
+    assert_eq!(report.failed_writes, 0, "an error surfaced to a caller");
+    let resubscriptions: u64 = nodes.iter().map(|n| n.stats().bus_subscriptions).sum();
+    assert!(
+        resubscriptions > 10,
+        "the fault did not bite: {resubscriptions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_half_open_subscriber_link_staleness_stays_within_the_bound() {
+    let server = RedisServer::start();
+    let proxy = Arc::new(FaultProxy::start(server.port()).await);
+    // Node 0 reaches Redis through the proxy; its subscriber link dies silently for 600 ms
+    // out of every 1.2 s.
+    let nodes = vec![
+        build(&proxy.url()),
+        build(&server.url()),
+        build(&server.url()),
+    ];
+    all_subscribed(&nodes).await;
+    let p = proxy.clone();
+    let report = run_with(&nodes, Duration::from_millis(600), move |i| {
+        if i % 2 == 0 {
+            p.set(Fault::Blackhole, Target::Subscriber);
+        } else {
+            p.heal();
+        }
+    })
+    .await;
+    proxy.heal();
+    check(
+        "half-open subscriber link, 600 ms of every 1.2 s",
+        &report,
+        BOUND,
+    );
+    assert!(
+        nodes[0].stats().namespace("rate").unwrap().l1_bypasses > 0,
+        "the fault did not bite"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_dropped_silently_staleness_stays_within_the_bound() {
+    // Versions drawn without their message ever being published: lost invalidations, as far
+    // as every node can tell. Only the sequence check catches them.
+    let server = RedisServer::start();
+    let nodes: Vec<_> = (0..NODES).map(|_| build(&server.url())).collect();
+    all_subscribed(&nodes).await;
+    let url = server.url();
+    let report = run_with(&nodes, Duration::from_millis(150), move |_| {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: redis::RedisResult<i64> = redis::cmd("HINCRBY")
+            .arg("v1:_tc:meta")
+            .arg("version")
+            .arg(1)
+            .query(&mut c);
+    })
+    .await;
+    check("a message lost every 150 ms", &report, BOUND);
+    let gaps: u64 = nodes.iter().map(|n| n.stats().bus_gaps).sum();
+    assert!(gaps > 0, "no gap was detected");
+}
