@@ -94,31 +94,38 @@ async fn race(write: Write, via_get_or_load: bool) {
     let server = RedisServer::start();
     let a = node(&server).await;
     let b = node(&server).await;
+    race_once(&a, &b, "K", write, via_get_or_load).await;
+}
+
+/// One forced interleaving on key `key`; returns nothing, asserts no stale value is left.
+async fn race_once(a: &TieredCache, b: &TieredCache, key: &'static str, write: Write, via_get_or_load: bool) {
     let qa = a.namespace::<str, Gated>("quote").unwrap();
     let qb = b.namespace::<str, Gated>("quote").unwrap();
-    qa.set("K", Gated(1)).await.unwrap();
+    let before_set = applied(b);
+    qa.set(key, Gated(1)).await.unwrap();
+    eventually("B saw the first write", PATIENCE, || async { applied(b) > before_set }).await;
 
     arm();
     let reader = {
         let qb = qb.clone();
         tokio::spawn(async move {
             if via_get_or_load {
-                qb.get_or_load("K", || async { Ok::<_, std::io::Error>(Gated(99)) })
+                qb.get_or_load(key, || async { Ok::<_, std::io::Error>(Gated(99)) })
                     .await
                     .ok()
             } else {
-                qb.get("K").await
+                qb.get(key).await
             }
         })
     };
     wait_reading().await;
-    let before = applied(&b);
+    let before = applied(b);
     match write {
-        Write::Set => qa.set("K", Gated(2)).await.unwrap(),
-        Write::Invalidate => qa.invalidate("K").await.unwrap(),
+        Write::Set => qa.set(key, Gated(2)).await.unwrap(),
+        Write::Invalidate => qa.invalidate(key).await.unwrap(),
     }
     eventually("B applied A's invalidation", PATIENCE, || async {
-        applied(&b) > before
+        applied(b) > before
     })
     .await;
     release();
@@ -126,13 +133,31 @@ async fn race(write: Write, via_get_or_load: bool) {
     // B may answer its caller with what it read (the read was concurrent with the write)...
     assert_eq!(read.as_deref(), Some(&Gated(1)));
     // ...but must not keep it.
-    assert_eq!(qb.get_local("K"), None, "stale value left in B's L1");
+    assert_eq!(qb.get_local(key), None, "stale value left in B's L1");
     let expected = match write {
         Write::Set => Some(Gated(2)),
         Write::Invalidate => None,
     };
-    assert_eq!(qb.get("K").await.as_deref().cloned(), expected);
-    assert_eq!(qa.get("K").await.as_deref().cloned(), expected);
+    assert_eq!(qb.get(key).await.as_deref().cloned(), expected);
+    assert_eq!(qa.get(key).await.as_deref().cloned(), expected);
+}
+
+/// The same interleavings, many times over, alternating the write and the read path:
+/// not one stale entry may be left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_races_many_times_leave_no_stale_entry() {
+    const ROUNDS: usize = 60;
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let keys: Vec<&'static str> = (0..ROUNDS)
+        .map(|i| &*Box::leak(format!("K{i}").into_boxed_str()))
+        .collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        let write = if i % 2 == 0 { Write::Set } else { Write::Invalidate };
+        race_once(&a, &b, key, write, i % 3 == 0).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
