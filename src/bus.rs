@@ -33,6 +33,9 @@ const FORMAT: u8 = 1;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
+
+/// The fraction of a staleness bound after which the watchdog stops trusting L1.
+pub(crate) const TRIP_AT: f64 = 0.7;
 const VERSION_AT: usize = 11;
 
 /// A message to publish, split around the version and epoch the script will splice in.
@@ -255,8 +258,8 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
 }
 
 /// Keeps each namespace's bypass flag in line with its staleness bound: set when the bus has
-/// not proved it reaches this node for longer than the bound minus two ticks (so the switch
-/// lands within the bound), cleared once it has again.
+/// not proved it reaches this node for 70 % of the bound (the rest is margin for the thread's
+/// own wake-up and for reads already past the check), cleared once it has again.
 ///
 /// A plain thread rather than a task: on a runtime saturated by the application, a task's
 /// timer can fire tens of milliseconds late, and the bound is a promise. Exits when the cache
@@ -267,7 +270,7 @@ pub(crate) fn spawn_watchdog(shared: &Arc<Shared>) -> Option<std::thread::JoinHa
         .iter()
         .filter_map(|ns| ns.policy.staleness_bound)
         .min()?;
-    let tick = (tightest / 10).clamp(Duration::from_millis(1), Duration::from_millis(25));
+    let tick = (tightest / 20).clamp(Duration::from_millis(1), Duration::from_millis(25));
     let weak = Arc::downgrade(shared);
     std::thread::Builder::new()
         .name("tiered-cache-watchdog".into())
@@ -280,7 +283,8 @@ pub(crate) fn spawn_watchdog(shared: &Arc<Shared>) -> Option<std::thread::JoinHa
             let age = shared.bus.delivery_age().filter(|_| subscribed);
             for ns in shared.namespaces() {
                 if let Some(bound) = ns.policy.staleness_bound {
-                    ns.set_bypass(age.is_none_or(|age| age + tick * 2 > bound), age);
+                    let trip = bound.mul_f64(TRIP_AT);
+                    ns.set_bypass(age.is_none_or(|age| age + tick > trip), age);
                 }
             }
         })

@@ -54,8 +54,8 @@ impl NamespacePolicy {
     /// still reach this node. Every message delivered on the bus (each node publishes a
     /// heartbeat) is such proof; when none has arrived for this long, or the subscriber is
     /// disconnected, reads skip L1 and go to Redis (or the loader), and nothing is added to
-    /// L1, until the bus is back and in sequence. Must be at least twice the heartbeat
-    /// interval. Default: 250 ms.
+    /// L1, until the bus is back and in sequence. The switch is made at 70 % of the bound, to
+    /// land within it. Must be at least 2.5 times the heartbeat interval. Default: 250 ms.
     pub fn staleness_bound(mut self, bound: Duration) -> Self {
         self.staleness_bound = Some(bound);
         self
@@ -95,10 +95,10 @@ impl NamespacePolicy {
 
     fn validate(&self, name: &str, heartbeat: Duration) -> Result<(), String> {
         if let Some(bound) = self.staleness_bound {
-            if bound < heartbeat * 2 {
+            if bound.as_secs_f64() < heartbeat.as_secs_f64() * 2.5 {
                 return Err(format!(
-                    "namespace {name:?}: staleness bound {bound:?} is shorter than twice the \
-                     heartbeat interval {heartbeat:?}: it would trip between two heartbeats"
+                    "namespace {name:?}: staleness bound {bound:?} is shorter than 2.5 times \
+                     the heartbeat interval {heartbeat:?}: it would trip between heartbeats"
                 ));
             }
         }
@@ -294,7 +294,7 @@ mod tests {
         assert!(err(ok().l2_timeout(s(0))).contains("l2_timeout"));
         let ms = Duration::from_millis;
         let tight = NamespacePolicy::new(s(5)).staleness_bound(ms(150));
-        assert!(err(ok().namespace("z", tight)).contains("twice the heartbeat"));
+        assert!(err(ok().namespace("z", tight)).contains("2.5 times the heartbeat"));
         let relaxed = NamespacePolicy::new(s(5)).unbounded_staleness();
         assert!(ok().namespace("z", relaxed).validate().is_ok());
     }

@@ -98,12 +98,21 @@ async fn race(write: Write, via_get_or_load: bool) {
 }
 
 /// One forced interleaving on key `key`; returns nothing, asserts no stale value is left.
-async fn race_once(a: &TieredCache, b: &TieredCache, key: &'static str, write: Write, via_get_or_load: bool) {
+async fn race_once(
+    a: &TieredCache,
+    b: &TieredCache,
+    key: &'static str,
+    write: Write,
+    via_get_or_load: bool,
+) {
     let qa = a.namespace::<str, Gated>("quote").unwrap();
     let qb = b.namespace::<str, Gated>("quote").unwrap();
     let before_set = applied(b);
     qa.set(key, Gated(1)).await.unwrap();
-    eventually("B saw the first write", PATIENCE, || async { applied(b) > before_set }).await;
+    eventually("B saw the first write", PATIENCE, || async {
+        applied(b) > before_set
+    })
+    .await;
 
     arm();
     let reader = {
@@ -155,7 +164,11 @@ async fn forced_races_many_times_leave_no_stale_entry() {
         .map(|i| &*Box::leak(format!("K{i}").into_boxed_str()))
         .collect();
     for (i, key) in keys.into_iter().enumerate() {
-        let write = if i % 2 == 0 { Write::Set } else { Write::Invalidate };
+        let write = if i % 2 == 0 {
+            Write::Set
+        } else {
+            Write::Invalidate
+        };
         race_once(&a, &b, key, write, i % 3 == 0).await;
     }
 }
