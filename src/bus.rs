@@ -279,8 +279,8 @@ pub(crate) fn spawn_watchdog(shared: &Arc<Shared>) -> Option<std::thread::JoinHa
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            let subscribed = shared.bus.subscribed.load(Relaxed);
-            let age = shared.bus.delivery_age().filter(|_| subscribed);
+            let up = shared.bus.sources_up();
+            let age = shared.bus.delivery_age().filter(|_| up);
             for ns in shared.namespaces() {
                 if let Some(bound) = ns.policy.staleness_bound {
                     let trip = bound.mul_f64(TRIP_AT);
@@ -309,11 +309,7 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
         // The link is known lost: stop trusting L1 now, not when the watchdog notices.
-        for ns in shared.namespaces() {
-            if ns.policy.staleness_bound.is_some() {
-                ns.set_bypass(true, shared.bus.delivery_age());
-            }
-        }
+        shared.distrust_bounded();
         if was_subscribed {
             shared.bus.metrics.disconnected.inc();
             backoff = min_backoff;

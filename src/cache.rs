@@ -7,6 +7,7 @@ use crate::key::{CacheKey, KeySpace};
 use crate::l2::{L2Error, L2Tier};
 use crate::metrics::{BusMetrics, NamespaceStats};
 use crate::namespace::{Namespace, NamespaceCore};
+use crate::tracking;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub(crate) struct BusState {
     last_delivery_ms: AtomicU64,
     /// The version of the last published write seen in sequence (or read at resync).
     last_version: AtomicU64,
+    /// False while external-write tracking is on but its connection is down.
+    pub(crate) tracking_ok: AtomicBool,
 }
 
 impl BusState {
@@ -38,7 +41,13 @@ impl BusState {
             last_alive_ms: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(0),
             last_version: AtomicU64::new(0),
+            tracking_ok: AtomicBool::new(true),
         }
+    }
+
+    /// True when every invalidation source this node relies on is connected.
+    pub(crate) fn sources_up(&self) -> bool {
+        self.subscribed.load(Relaxed) && self.tracking_ok.load(SeqCst)
     }
 
     fn now_ms(&self) -> u64 {
@@ -105,6 +114,16 @@ impl Shared {
         &self.namespaces
     }
 
+    /// Stops trusting L1 in every namespace with a staleness bound, now: an invalidation source
+    /// is known lost.
+    pub(crate) fn distrust_bounded(&self) {
+        for ns in &self.namespaces {
+            if ns.policy.staleness_bound.is_some() {
+                ns.set_bypass(true, self.bus.delivery_age());
+            }
+        }
+    }
+
     pub(crate) fn clear_all_l1(&self) {
         for ns in &self.namespaces {
             ns.clear_l1();
@@ -156,9 +175,11 @@ impl Shared {
         self.bus.touch();
         self.bus.delivered();
         // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
-        // from the watchdog's next tick.
-        for ns in &self.namespaces {
-            ns.set_bypass(false, Some(Duration::ZERO));
+        // from the watchdog's next tick (unless external-write tracking is still down).
+        if self.bus.tracking_ok.load(SeqCst) {
+            for ns in &self.namespaces {
+                ns.set_bypass(false, Some(Duration::ZERO));
+            }
         }
         Ok(())
     }
@@ -314,6 +335,17 @@ impl TieredCache {
     }
 }
 
+/// The same server, spoken to in RESP3 (tracking pushes need it on the same connection).
+fn tracking_client(client: &redis::Client) -> Result<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(redis))
+        .map_err(|e| Error::Config(format!("tracking connection settings rejected: {e}")))
+}
+
 impl TieredCacheBuilder {
     /// Checks the configuration and starts the cache. Must be called inside a Tokio runtime: it
     /// spawns the invalidation subscriber.
@@ -362,10 +394,17 @@ impl TieredCacheBuilder {
             heartbeat: self.heartbeat,
             max_backoff: self.reconnect_backoff.max(Duration::from_millis(100)),
         };
-        let tasks = vec![
-            runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)),
-            runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
-        ];
+        let mut tasks = vec![runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat))];
+        if self.track_external_writes {
+            shared.bus.tracking_ok.store(false, SeqCst);
+            let resp3 = tracking_client(&client)?;
+            tasks.push(runtime.spawn(tracking::run_tracker(
+                resp3,
+                shared.clone(),
+                bus_config.clone(),
+            )));
+        }
+        tasks.push(runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)));
         bus::spawn_watchdog(&shared);
         Ok(TieredCache {
             inner: Arc::new(Inner { shared, tasks }),

@@ -143,6 +143,7 @@ pub struct TieredCacheBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) heartbeat: Duration,
+    pub(crate) track_external_writes: bool,
 }
 
 impl Default for TieredCacheBuilder {
@@ -155,6 +156,7 @@ impl Default for TieredCacheBuilder {
             connect_timeout: Duration::from_secs(1),
             reconnect_backoff: Duration::from_millis(500),
             heartbeat: Duration::from_millis(100),
+            track_external_writes: false,
         }
     }
 }
@@ -204,6 +206,15 @@ impl TieredCacheBuilder {
     /// connection (so a dead or half-open link is replaced). Default: 100 ms.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
+        self
+    }
+
+    /// Also evict L1 copies of keys written or deleted outside the library (`redis-cli`,
+    /// another service), through Redis's `CLIENT TRACKING` in broadcast mode on the prefix.
+    /// Costs one more connection per cache, and a writer's own fresh L1 copy is read back once
+    /// after each write. Needs Redis 6 or later. Default: off.
+    pub fn track_external_writes(mut self, on: bool) -> Self {
+        self.track_external_writes = on;
         self
     }
 

@@ -57,6 +57,8 @@ mod l2;
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
+/// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
+mod tracking;
 
 /// The README's examples are compiled as doc tests.
 #[cfg(doctest)]

@@ -12,7 +12,7 @@
 //! | `tiered_cache_decode_errors_total` | namespace | values in Redis that could not be decoded (served as misses) |
 //! | `tiered_cache_l2_errors_total` | namespace, kind (`skipped`, `timeout`, `connection`, `server`) | failed Redis calls |
 //! | `tiered_cache_fills_total` | namespace, result (`stored`, `refused`) | loaded values written back to Redis |
-//! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`) | invalidation messages |
+//! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`, `tracked`) | invalidation messages (`tracked`: keys reported by `CLIENT TRACKING`) |
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
 //! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
@@ -59,6 +59,7 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) fill_refused: Tally,
     pub(crate) inv_sent: Tally,
     pub(crate) inv_applied: Tally,
+    pub(crate) inv_tracked: Tally,
     pub(crate) l1_bypass: Tally,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
@@ -95,6 +96,7 @@ impl NamespaceMetrics {
             fill_refused: fill("refused"),
             inv_sent: inv("sent"),
             inv_applied: inv("applied"),
+            inv_tracked: inv("tracked"),
             l1_bypass: Tally::new(counter!("tiered_cache_l1_bypass_total",
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
@@ -133,6 +135,7 @@ impl NamespaceMetrics {
             fills_refused: self.fill_refused.get(),
             invalidations_sent: self.inv_sent.get(),
             invalidations_applied: self.inv_applied.get(),
+            tracked_invalidations: self.inv_tracked.get(),
             l1_bypasses: self.l1_bypass.get(),
             l1_entries: 0,
         }
@@ -191,6 +194,8 @@ pub struct NamespaceStats {
     pub invalidations_sent: u64,
     /// Invalidation messages from other nodes applied to this node's L1.
     pub invalidations_applied: u64,
+    /// Keys Redis reported modified through `CLIENT TRACKING` (when enabled), evicted here.
+    pub tracked_invalidations: u64,
     /// Reads that skipped L1 because the bus could not vouch for the staleness bound (also
     /// counted as L1 misses).
     pub l1_bypasses: u64,

@@ -128,6 +128,13 @@ impl NamespaceCore {
         self.metrics.inv_applied.inc();
     }
 
+    /// Evicts a key Redis reported modified (see `tracking.rs`).
+    pub(crate) fn apply_tracked_key(&self, key: &str) {
+        self.gens.bump_key(key);
+        self.l1.remove(key);
+        self.metrics.inv_tracked.inc();
+    }
+
     /// Forgets a namespace another node cleared.
     pub(crate) fn apply_remote_clear(&self, version: u64) {
         self.raise_floor(version);

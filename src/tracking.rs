@@ -1,0 +1,112 @@
+//! Writes made outside the library (opt-in): Redis's `CLIENT TRACKING` in broadcast mode on
+//! the cache's key prefix, so a `SET` or `DEL` from `redis-cli` or another service evicts every
+//! node's L1 copy too.
+//!
+//! A dedicated RESP3 connection turns tracking on; Redis then pushes the name of every key
+//! modified under the prefix, by anyone. Library writes are pushed as well (they are also on
+//! the bus): the only cost is that a writer's own fresh L1 copy is evicted and read back once.
+//! A null push means the whole keyspace was flushed. While this connection is down, writes go
+//! unseen, so it counts as part of the bus: namespaces with a staleness bound stop trusting L1
+//! at once, and when tracking is back the subscriber resynchronises (clears L1) before they
+//! trust it again.
+
+use crate::bus::BusConfig;
+use crate::cache::Shared;
+use crate::key::SEPARATOR;
+use redis::{PushKind, Value};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs until aborted.
+pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Shared>, cfg: BusConfig) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let reason = session(&client, &shared, &cfg).await.unwrap_err();
+        if shared.bus.tracking_ok.swap(false, SeqCst) {
+            tracing::warn!(target: "tiered_cache::tracking", %reason,
+                "lost the tracking connection: external writes go unseen until it is back");
+            backoff = Duration::from_millis(50);
+        }
+        shared.distrust_bounded();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Result<(), String> {
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.command_timeout))
+        .set_push_sender(tx);
+    let mut conn = tokio::time::timeout(
+        cfg.connect_timeout,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let prefix = format!("{}{SEPARATOR}", shared.l2.keys().prefix());
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(&prefix)
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| format!("CLIENT TRACKING: {e}"))?;
+    // Every write from here on reaches us; what happened before may not have: the subscriber
+    // clears L1 before anything is trusted again.
+    shared.bus.tracking_ok.store(true, SeqCst);
+    shared.resync_wanted.notify_one();
+    tracing::info!(target: "tiered_cache::tracking", %prefix, "tracking external writes");
+
+    let mut ping = tokio::time::interval(cfg.heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            push = pushes.recv() => match push {
+                None => return Err("push channel closed".into()),
+                Some(p) if p.kind == PushKind::Disconnection => return Err("disconnected".into()),
+                Some(p) if p.kind == PushKind::Invalidate => apply(shared, &prefix, &p.data),
+                Some(_) => {}
+            },
+            _ = ping.tick() => {
+                redis::cmd("PING")
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|e| format!("ping: {e}"))?;
+            }
+        }
+    }
+}
+
+/// Applies one invalidation push: a list of keys, or null for a flush of everything.
+fn apply(shared: &Shared, prefix: &str, data: &[Value]) {
+    let Some(Value::Array(keys)) = data.first() else {
+        tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
+        shared.clear_all_l1();
+        shared.resync_wanted.notify_one();
+        return;
+    };
+    for key in keys {
+        let name = match key {
+            Value::BulkString(b) => String::from_utf8_lossy(b),
+            Value::SimpleString(s) => s.as_str().into(),
+            _ => continue,
+        };
+        // `{prefix}:{namespace}:{key}`; anything else (the meta hash, another namespace) is
+        // not cached here.
+        let Some((ns, key)) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once(SEPARATOR))
+        else {
+            continue;
+        };
+        if let Some(ns) = shared.namespace(ns) {
+            ns.apply_tracked_key(key);
+        }
+    }
+}
