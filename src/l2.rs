@@ -263,7 +263,13 @@ impl L2Tier {
             }
         };
         let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                // Redis answered: whatever failed before, calls need not skip it any more.
+                if self.down_until_ms.load(Relaxed) != 0 {
+                    self.down_until_ms.store(0, Relaxed);
+                }
+                return Ok(v);
+            }
             Ok(Err(e)) => L2Error::Redis(e),
             Err(_) => L2Error::Timeout,
         };
