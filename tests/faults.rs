@@ -246,7 +246,10 @@ async fn sigkill_for(outage: Duration) {
     );
     // The first calls after the return may still fail fast while the data connection is
     // re-established (a degraded answer, by design); writes go through again promptly.
-    eventually("a write goes through", PATIENCE, || async { r.set("k", 2).await.is_ok() }).await;
+    eventually("a write goes through", PATIENCE, || async {
+        r.set("k", 2).await.is_ok()
+    })
+    .await;
     let r1 = nodes[1].namespace::<str, u64>("rate").unwrap();
     eventually("coherent again", PATIENCE, || async {
         r1.get("k").await.map(|v| *v) == Some(2)
