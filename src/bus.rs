@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 0      0xC1     magic          1      1        format
-//! 2      kind     0 keys, 1 whole namespace, 2 heartbeat
+//! 2      kind     0 keys, 1 whole namespace, 2 heartbeat (then 8 bytes: the sender's clock)
 //! 3-10   origin   node id of the writer (a node skips its own messages: its L1 is already right)
 //! 11-18  version  the write's version, spliced in by the script
 //! 19-26  epoch    the incarnation of Redis's version counter (see `l2.rs`)
@@ -69,11 +69,14 @@ impl Outgoing {
     }
 
     /// A node's heartbeat: carries the current version, so a receiver behind it knows it has
-    /// missed a message even when no write follows.
-    pub(crate) fn heartbeat(origin: u64) -> Self {
+    /// missed a message even when no write follows; and the sender's own clock reading when it
+    /// sent it, so the sender, receiving it back in sequence, knows how fresh its L1 is.
+    pub(crate) fn heartbeat(origin: u64, sent_ms: u64) -> Self {
+        let mut tail = Self::tail_start("");
+        tail.extend_from_slice(&sent_ms.to_be_bytes());
         Self {
             head: Self::head_bytes(KIND_HEARTBEAT, origin),
-            tail: Self::tail_start(""),
+            tail,
         }
     }
 
@@ -116,7 +119,10 @@ impl Outgoing {
 pub(crate) enum Scope<'a> {
     Keys(Vec<&'a str>),
     Namespace,
-    Heartbeat,
+    /// `sent_ms` is on the sender's own clock: meaningful to the sender only.
+    Heartbeat {
+        sent_ms: u64,
+    },
 }
 
 /// A parsed message.
@@ -143,7 +149,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
     let scope = match kind {
         KIND_NAMESPACE => Scope::Namespace,
-        KIND_HEARTBEAT => Scope::Heartbeat,
+        KIND_HEARTBEAT => Scope::Heartbeat {
+            sent_ms: u64::from_be_bytes(r.take(8)?.try_into().ok()?),
+        },
         KIND_KEYS => {
             let count = r.u32()? as usize;
             // Each key needs at least its 4-byte length: bounds the allocation by the input.
@@ -197,7 +205,13 @@ pub(crate) enum After {
 ///
 /// Messages are checked against the sequence: within an epoch, published writes carry
 /// consecutive versions, and Redis delivers them in that order. A write more than one ahead of
-/// the last one seen, or a heartbeat ahead of it, means messages were lost on the way.
+/// the last one seen, or a heartbeat ahead of it, means messages were lost on the way; one
+/// behind it, once the backlog from before the last resync is drained, means the counter went
+/// back (a restore, a failover to a lagging replica). Either way, L1 stops being trusted at
+/// once and the subscriber resynchronises.
+///
+/// This node's own heartbeat, received in sequence, is the proof of freshness: everything
+/// published before it was sent has been applied here.
 pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
     let Some(msg) = decode(payload) else {
         shared.bus.metrics.malformed.inc();
@@ -206,23 +220,44 @@ pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
             len = payload.len(),
             "unreadable message on the invalidation channel; resynchronising to stay safe"
         );
+        shared.suspect();
         return After::Resync;
     };
     if shared.epoch_changed(msg.epoch) {
+        shared.suspect();
         return After::Resync;
     }
-    let gap = shared.bus.sequence(&msg);
+    let order = shared.bus.sequence(&msg);
     apply_scope(shared, &msg);
-    if let Some(missed) = gap {
-        shared.bus.metrics.gaps.inc();
-        tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
-            "invalidation messages were lost; resynchronising");
-        return After::Resync;
+    match order {
+        Order::InSequence => {}
+        Order::Gap(missed) => {
+            shared.bus.metrics.gaps.inc();
+            tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
+                "invalidation messages were lost; resynchronising");
+            shared.suspect();
+            return After::Resync;
+        }
+        Order::Rewound => {
+            shared.bus.metrics.gaps.inc();
+            tracing::warn!(target: "tiered_cache::bus", version = msg.version,
+                "the version counter went back; resynchronising");
+            shared.suspect();
+            return After::Resync;
+        }
     }
-    // Only a message that arrived in sequence proves nothing was missed: the watchdog may
-    // trust L1 again from here (a resync counts as delivery once it has cleared L1).
-    shared.bus.delivered();
+    if let (Scope::Heartbeat { sent_ms }, true) = (&msg.scope, msg.origin == shared.node_id) {
+        shared.bus.proven_fresh_at(*sent_ms);
+    }
     After::Listen
+}
+
+/// Where a message stands in the sequence.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    InSequence,
+    Gap(u64),
+    Rewound,
 }
 
 fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
@@ -246,11 +281,12 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
 
 /// Publishes this node's heartbeat every `interval`, until aborted.
 pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
-    let message = Outgoing::heartbeat(shared.node_id);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Read the clock before sending: the proof covers what was published up to here.
+        let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
         if let Ok(stamp) = shared.l2.heartbeat(&message).await {
             shared.observe_epoch(stamp.epoch);
         }
@@ -279,13 +315,23 @@ pub(crate) fn spawn_watchdog(shared: &Arc<Shared>) -> Option<std::thread::JoinHa
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            let up = shared.bus.sources_up();
-            let age = shared.bus.delivery_age().filter(|_| up);
+            // Trust needs every source connected, no resync pending, and a recent proof of
+            // freshness. The watchdog may restore trust after a benign delay (the proof came
+            // back in sequence: nothing was lost); after a suspected loss only the resync may.
+            let trusted_age = |shared: &Shared| {
+                let ok = shared.bus.sources_up() && !shared.bus.resync_pending();
+                shared.bus.delivery_age().filter(|_| ok)
+            };
+            let age = trusted_age(&shared);
             for ns in shared.namespaces() {
                 if let Some(bound) = ns.policy.staleness_bound {
                     let trip = bound.mul_f64(TRIP_AT);
                     ns.set_bypass(age.is_none_or(|age| age + tick > trip), age);
                 }
+            }
+            // A suspicion raised while deciding must not be overwritten by the decision.
+            if age.is_some() && trusted_age(&shared).is_none() {
+                shared.distrust_bounded();
             }
         })
         .ok()
@@ -308,8 +354,9 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
     loop {
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
-        // The link is known lost: stop trusting L1 now, not when the watchdog notices.
-        shared.distrust_bounded();
+        // The link is known lost: stop trusting L1 now, not when the watchdog notices, and
+        // not again before a resync.
+        shared.suspect();
         if was_subscribed {
             shared.bus.metrics.disconnected.inc();
             backoff = min_backoff;
@@ -330,7 +377,11 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
 }
 
 /// One connection's life: subscribe, resync, then listen until something fails.
-async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Result<(), String> {
+async fn session(
+    client: &redis::Client,
+    shared: &Arc<Shared>,
+    cfg: &BusConfig,
+) -> Result<(), String> {
     let pubsub = tokio::time::timeout(cfg.connect_timeout, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -349,9 +400,15 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
     shared.bus.metrics.subscribed.inc();
     tracing::info!(target: "tiered_cache::bus", channel = shared.l2.keys().channel(), "subscribed");
 
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.tick().await;
+    // The PING runs beside the message loop, never blocking it: a slow link must not hold
+    // back the messages it does deliver.
+    let (failed_tx, mut ping_failed) = tokio::sync::oneshot::channel::<String>();
+    let pinger = AbortOnDrop(tokio::spawn(ping_loop(
+        sink,
+        shared.clone(),
+        cfg.clone(),
+        failed_tx,
+    )));
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -363,15 +420,47 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
             _ = shared.resync_wanted.notified() => {
                 shared.resync().await.map_err(|e| format!("resync: {e}"))?;
             }
-            _ = heartbeat.tick() => {
-                let ping = sink.ping::<redis::Value>();
-                match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await {
-                    Ok(Ok(_)) => shared.bus.touch(),
-                    Ok(Err(e)) => return Err(format!("ping: {e}")),
-                    Err(_) => return Err("ping timed out".into()),
-                }
+            reason = &mut ping_failed => {
+                drop(pinger);
+                return Err(reason.unwrap_or_else(|_| "ping task ended".into()));
             }
         }
+    }
+}
+
+/// Pings the subscriber connection every heartbeat; reports the first failure and stops.
+async fn ping_loop(
+    mut sink: redis::aio::PubSubSink,
+    shared: Arc<Shared>,
+    cfg: BusConfig,
+    failed: tokio::sync::oneshot::Sender<String>,
+) {
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        heartbeat.tick().await;
+        let ping = sink.ping::<redis::Value>();
+        let reason = match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await
+        {
+            Ok(Ok(_)) => {
+                shared.bus.touch();
+                continue;
+            }
+            Ok(Err(e)) => format!("ping: {e}"),
+            Err(_) => "ping timed out".to_string(),
+        };
+        let _ = failed.send(reason);
+        return;
+    }
+}
+
+/// Aborts a task when dropped, so a session's helpers end with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -399,9 +488,12 @@ mod tests {
     fn namespace_round_trip() {
         let m = Outgoing::namespace(1, "quote").assemble(3, 5);
         assert_eq!(decode(&m).unwrap().scope, Scope::Namespace);
-        let h = Outgoing::heartbeat(1).assemble(9, 5);
+        let h = Outgoing::heartbeat(1, 77).assemble(9, 5);
         let h = decode(&h).unwrap();
-        assert_eq!((h.scope, h.version, h.namespace), (Scope::Heartbeat, 9, ""));
+        assert_eq!(
+            (h.scope, h.version, h.namespace),
+            (Scope::Heartbeat { sent_ms: 77 }, 9, "")
+        );
     }
 
     #[test]

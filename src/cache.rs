@@ -22,12 +22,19 @@ pub(crate) struct BusState {
     started: Instant,
     /// Milliseconds since `started` (plus one) of the last answered PING or subscription.
     last_alive_ms: AtomicU64,
-    /// Milliseconds since `started` (plus one) of the last message delivered (any node's,
-    /// heartbeats included) or resynchronisation: how long this node has gone without proof
-    /// that the bus reaches it.
+    /// Milliseconds since `started` (plus one) of the newest proof of freshness: the send time
+    /// of this node's latest heartbeat received back in sequence, or the last resync.
+    /// Everything published before it has been applied here.
     last_delivery_ms: AtomicU64,
     /// The version of the last published write seen in sequence (or read at resync).
     last_version: AtomicU64,
+    /// The version read by the last resync, and whether a message past it has arrived (from
+    /// then on, a version behind the sequence means the counter went back).
+    resync_version: AtomicU64,
+    past_resync: AtomicBool,
+    /// Set on any suspicion that something was missed; cleared only by a resync, after it has
+    /// cleared L1. While set, L1 is not trusted.
+    resync_pending: AtomicBool,
     /// False while external-write tracking is on but its connection is down.
     pub(crate) tracking_ok: AtomicBool,
 }
@@ -41,6 +48,9 @@ impl BusState {
             last_alive_ms: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(0),
             last_version: AtomicU64::new(0),
+            resync_version: AtomicU64::new(0),
+            past_resync: AtomicBool::new(false),
+            resync_pending: AtomicBool::new(true),
             tracking_ok: AtomicBool::new(true),
         }
     }
@@ -50,7 +60,7 @@ impl BusState {
         self.subscribed.load(Relaxed) && self.tracking_ok.load(SeqCst)
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         // Offset by one so 0 can mean "never".
         self.started.elapsed().as_millis() as u64 + 1
     }
@@ -61,6 +71,15 @@ impl BusState {
 
     pub(crate) fn delivered(&self) {
         self.last_delivery_ms.store(self.now_ms(), Relaxed);
+    }
+
+    /// Records a proof of freshness dated `sent_ms` (this node's clock).
+    pub(crate) fn proven_fresh_at(&self, sent_ms: u64) {
+        self.last_delivery_ms.fetch_max(sent_ms, Relaxed);
+    }
+
+    pub(crate) fn resync_pending(&self) -> bool {
+        self.resync_pending.load(SeqCst)
     }
 
     fn age(&self, at_ms: u64) -> Option<Duration> {
@@ -76,19 +95,37 @@ impl BusState {
         self.age(self.last_delivery_ms.load(Relaxed))
     }
 
-    /// Checks a message against the sequence and advances it. Returns how many messages were
-    /// missed, if any. Only the subscriber task calls this.
-    pub(crate) fn sequence(&self, msg: &crate::bus::Incoming<'_>) -> Option<u64> {
+    /// Checks a message against the sequence and advances it. Only the subscriber task calls
+    /// this.
+    pub(crate) fn sequence(&self, msg: &crate::bus::Incoming<'_>) -> crate::bus::Order {
+        use crate::bus::Order;
         let last = self.last_version.load(SeqCst);
-        if matches!(msg.scope, crate::bus::Scope::Heartbeat) {
-            return (msg.version > last).then(|| msg.version - last);
+        if msg.version > self.resync_version.load(SeqCst) {
+            self.past_resync.store(true, SeqCst);
+        }
+        let behind = msg.version < last && self.past_resync.load(SeqCst);
+        if matches!(msg.scope, crate::bus::Scope::Heartbeat { .. }) {
+            return match msg.version {
+                _ if behind => Order::Rewound,
+                v if v > last => Order::Gap(v - last),
+                _ => Order::InSequence,
+            };
         }
         if msg.version <= last {
-            // Published before the last resync read the counter: already accounted for.
-            return None;
+            // Published before the last resync read the counter (already accounted for), or,
+            // once past that backlog, a counter that went back.
+            return if behind {
+                Order::Rewound
+            } else {
+                Order::InSequence
+            };
         }
         self.last_version.store(msg.version, SeqCst);
-        (msg.version > last + 1).then(|| msg.version - last - 1)
+        if msg.version > last + 1 {
+            Order::Gap(msg.version - last - 1)
+        } else {
+            Order::InSequence
+        }
     }
 }
 
@@ -112,6 +149,12 @@ impl Shared {
 
     pub(crate) fn namespaces(&self) -> &[Arc<NamespaceCore>] {
         &self.namespaces
+    }
+
+    /// Something may have been missed: stop trusting L1 now, until a resync has cleared it.
+    pub(crate) fn suspect(&self) {
+        self.bus.resync_pending.store(true, SeqCst);
+        self.distrust_bounded();
     }
 
     /// Stops trusting L1 in every namespace with a staleness bound, now: an invalidation source
@@ -152,6 +195,7 @@ impl Shared {
     /// it to resynchronise.
     pub(crate) fn observe_epoch(&self, epoch: u64) {
         if self.epoch_changed(epoch) {
+            self.suspect();
             self.resync_wanted.notify_one();
         }
     }
@@ -168,12 +212,15 @@ impl Shared {
         // Everything published up to here is either already delivered or on its way, behind
         // the subscription just confirmed: the sequence continues from this version.
         self.bus.last_version.store(stamp.version, SeqCst);
+        self.bus.resync_version.store(stamp.version, SeqCst);
+        self.bus.past_resync.store(false, SeqCst);
         for ((ns, floor), before) in self.namespaces.iter().zip(floors).zip(before) {
             ns.reset_floor(before, floor);
         }
         self.clear_all_l1();
         self.bus.touch();
         self.bus.delivered();
+        self.bus.resync_pending.store(false, SeqCst);
         // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
         // from the watchdog's next tick (unless external-write tracking is still down).
         if self.bus.tracking_ok.load(SeqCst) {
@@ -230,7 +277,8 @@ pub struct Health {
     pub subscribed: bool,
     /// Time since the subscriber last heard from Redis (subscription or heartbeat).
     pub last_heartbeat_age: Option<Duration>,
-    /// Time since the bus last delivered a message in sequence (any node's heartbeat counts).
+    /// Age of the newest proof that everything published has been applied here: the send
+    /// time of this node's latest heartbeat received back in sequence (or the last resync).
     pub last_delivery_age: Option<Duration>,
     /// Namespaces whose L1 is bypassed right now: the bus cannot vouch for their staleness
     /// bound.

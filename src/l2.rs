@@ -199,8 +199,6 @@ pub(crate) struct L2Tier {
     clear_namespace: Script,
     fill: Script,
     heartbeat: Script,
-    /// Offered as the epoch by this node's writes (used only if Redis has none).
-    epoch_candidate: u64,
 }
 
 impl L2Tier {
@@ -232,7 +230,6 @@ impl L2Tier {
             clear_namespace: script(CLEAR_NAMESPACE),
             fill: script(FILL),
             heartbeat: script(HEARTBEAT),
-            epoch_candidate: new_epoch(),
         })
     }
 
@@ -317,7 +314,7 @@ impl L2Tier {
         let mut inv = self.write.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .arg(self.epoch_candidate)
+            .arg(new_epoch())
             .arg(&codec::value_head()[..])
             .arg(value.bytes)
             .arg(ttl_ms(value.ttl))
@@ -340,7 +337,7 @@ impl L2Tier {
         let mut inv = self.fill.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .arg(self.epoch_candidate)
+            .arg(new_epoch())
             .arg(seen.version)
             .arg(seen.epoch)
             .arg(&codec::value_head()[..])
@@ -362,7 +359,7 @@ impl L2Tier {
     pub(crate) async fn heartbeat(&self, message: &Outgoing) -> L2Result<Stamp> {
         let mut inv = self.heartbeat.prepare_invoke();
         inv.key(self.keys.meta_key())
-            .arg(self.epoch_candidate)
+            .arg(new_epoch())
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
@@ -383,7 +380,7 @@ impl L2Tier {
         for k in keys {
             inv.key(self.keys.value_key(namespace, k));
         }
-        inv.arg(self.epoch_candidate)
+        inv.arg(new_epoch())
             .arg(&codec::tombstone_head()[..])
             .arg(ttl_ms(ttl))
             .arg(self.keys.channel())
@@ -401,7 +398,7 @@ impl L2Tier {
     ) -> L2Result<Stamp> {
         let mut inv = self.clear_namespace.prepare_invoke();
         inv.key(self.keys.meta_key())
-            .arg(self.epoch_candidate)
+            .arg(new_epoch())
             .arg(KeySpace::floor_field(namespace))
             .arg(self.keys.channel())
             .arg(message.head())

@@ -231,7 +231,8 @@ where
     }
 
     /// The version of the write this node's L1 copy of `key` came from, if it holds one
-    /// (0 for a value cached while Redis was unreachable). Versions only grow, fleet-wide.
+    /// (0 for a value cached while Redis was unreachable). Within an epoch of Redis's version
+    /// counter, the version a node holds for a key never decreases.
     pub fn local_version(&self, key: &K) -> Option<u64> {
         with_key_str(key, |k| self.core.l1.get(k)).map(|e| e.version)
     }

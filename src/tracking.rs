@@ -28,7 +28,7 @@ pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Shared>, cfg:
                 "lost the tracking connection: external writes go unseen until it is back");
             backoff = Duration::from_millis(50);
         }
-        shared.distrust_bounded();
+        shared.suspect();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
     }
@@ -59,6 +59,7 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
         .map_err(|e| format!("CLIENT TRACKING: {e}"))?;
     // Every write from here on reaches us; what happened before may not have: the subscriber
     // clears L1 before anything is trusted again.
+    shared.suspect();
     shared.bus.tracking_ok.store(true, SeqCst);
     shared.resync_wanted.notify_one();
     tracing::info!(target: "tiered_cache::tracking", %prefix, "tracking external writes");
@@ -87,6 +88,7 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
 fn apply(shared: &Shared, prefix: &str, data: &[Value]) {
     let Some(Value::Array(keys)) = data.first() else {
         tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
+        shared.suspect();
         shared.clear_all_l1();
         shared.resync_wanted.notify_one();
         return;

@@ -22,6 +22,11 @@ pub struct Workload {
     pub write_every: Duration,
     /// Pause between one reader's reads.
     pub read_every: Duration,
+    /// Writes whose invalidation is lost: every this often, a rogue client (this URL) writes
+    /// one of `rogue_keys` keys exactly as the library would (a version drawn, the value
+    /// stored) but publishes nothing. Only the sequence check can catch them.
+    pub rogue: Option<(String, Duration)>,
+    pub rogue_keys: usize,
 }
 
 impl Default for Workload {
@@ -32,6 +37,8 @@ impl Default for Workload {
             cold_keys: 12,
             write_every: Duration::from_millis(2),
             read_every: Duration::from_micros(200),
+            rogue: None,
+            rogue_keys: 4,
         }
     }
 }
@@ -45,18 +52,24 @@ pub struct Report {
     pub stale_reads: usize,
     pub max_staleness: Duration,
     pub p999_staleness: Duration,
-    /// Reads of cold keys after their last write, and how many of those were stale.
+    /// Reads of cold keys after their last write.
     pub cold_reads_after_writes_stopped: usize,
+    /// Share of reads L1 answered: a run where L1 never served proves nothing.
+    pub l1_share: f64,
+    /// Writes made without their invalidation being published.
+    pub rogue_writes: usize,
 }
 
 impl Report {
     /// One row of the README's table.
     pub fn row(&self, scenario: &str) -> String {
         format!(
-            "| {scenario} | {} | {} ({} failed) | {} | {:.1} ms | {:.1} ms |",
+            "| {scenario} | {} ({:.0} % from L1) | {} ({} failed, {} unannounced) | {} | {:.1} ms | {:.1} ms |",
             self.reads,
+            self.l1_share * 100.0,
             self.writes,
             self.failed_writes,
+            self.rogue_writes,
             self.stale_reads,
             self.max_staleness.as_secs_f64() * 1e3,
             self.p999_staleness.as_secs_f64() * 1e3,
@@ -81,7 +94,13 @@ fn key_name(k: usize) -> String {
 
 /// Runs the workload on `nodes` (namespace `ns`, values `u64`) and analyses the history.
 pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
-    let keys = w.hot_keys + w.cold_keys;
+    let writer_keys = w.hot_keys + w.cold_keys;
+    let rogue_keys = if w.rogue.is_some() { w.rogue_keys } else { 0 };
+    let keys = writer_keys + rogue_keys;
+    let l1_before: u64 = nodes
+        .iter()
+        .map(|n| n.stats().namespace(ns).unwrap().l1_hits)
+        .sum();
     let acks: Arc<Vec<Mutex<Vec<Ack>>>> =
         Arc::new((0..keys).map(|_| Mutex::new(Vec::new())).collect());
     let start = Instant::now();
@@ -91,7 +110,7 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
     for (i, node) in nodes.iter().enumerate() {
         let handle = node.namespace::<str, u64>(ns).unwrap();
         // Writer: this node owns keys i, i + n, i + 2n, ...
-        let mine: Vec<usize> = (i..keys).step_by(nodes.len()).collect();
+        let mine: Vec<usize> = (i..writer_keys).step_by(nodes.len()).collect();
         let (h, acks, w2) = (handle.clone(), acks.clone(), w.clone());
         tasks.push(tokio::spawn(async move {
             let mut next = vec![1u64; keys];
@@ -140,6 +159,13 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
             (reads, 0)
         }));
     }
+    if let Some((url, every)) = w.rogue.clone() {
+        let (acks, prefix) = (acks.clone(), format!("v1:{ns}:"));
+        tasks.push(tokio::spawn(async move {
+            rogue_writer(&url, &prefix, writer_keys, rogue_keys, every, end, &acks).await;
+            (Vec::new(), 0)
+        }));
+    }
     let mut reads = Vec::new();
     let mut failed_writes = 0;
     for t in tasks {
@@ -153,7 +179,62 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
         .into_iter()
         .map(|m| m.into_inner().unwrap())
         .collect();
-    analyse(&acks, &reads, w, cold_until, failed_writes)
+    let mut report = analyse(&acks, &reads, w, cold_until, failed_writes);
+    let l1_after: u64 = nodes
+        .iter()
+        .map(|n| n.stats().namespace(ns).unwrap().l1_hits)
+        .sum();
+    report.l1_share = (l1_after - l1_before) as f64 / report.reads.max(1) as f64;
+    report.rogue_writes = acks[writer_keys..].iter().map(Vec::len).sum();
+    report.writes -= report.rogue_writes;
+    report
+}
+
+/// What the library's write script does, minus the PUBLISH: the value changes, the version
+/// is drawn, and nobody is told.
+const ROGUE_WRITE: &str = r"
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('SET', KEYS[2], ARGV[1] .. struct.pack('>I8', v) .. ARGV[2], 'PX', 90000)
+return v
+";
+
+async fn rogue_writer(
+    url: &str,
+    prefix: &str,
+    first: usize,
+    count: usize,
+    every: Duration,
+    end: Instant,
+    acks: &[Mutex<Vec<Ack>>],
+) {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let script = redis::Script::new(ROGUE_WRITE);
+    let mut value = 1u64;
+    let mut turn = 0;
+    while Instant::now() < end {
+        tokio::time::sleep(every).await;
+        let k = first + turn % count;
+        turn += 1;
+        let payload = rmp_serde::to_vec_named(&value).unwrap();
+        let ok: redis::RedisResult<u64> = script
+            .key("v1:_tc:meta")
+            .key(format!("{prefix}{}", key_name(k)))
+            .arg(&[0xC1u8, 1, 0][..])
+            .arg(payload)
+            .invoke_async(&mut conn)
+            .await;
+        if ok.is_ok() {
+            acks[k].lock().unwrap().push(Ack {
+                value,
+                at: Instant::now(),
+            });
+        }
+        value += 1;
+    }
 }
 
 fn analyse(
@@ -175,7 +256,7 @@ fn analyse(
             _ => Duration::ZERO,
         };
         staleness.push(s);
-        if r.key >= w.hot_keys && r.started > cold_until {
+        if (w.hot_keys..w.hot_keys + w.cold_keys).contains(&r.key) && r.started > cold_until {
             cold_after += 1;
         }
     }
@@ -195,5 +276,7 @@ fn analyse(
         max_staleness: staleness.last().copied().unwrap_or_default(),
         p999_staleness: pick(0.999),
         cold_reads_after_writes_stopped: cold_after,
+        l1_share: 0.0,
+        rogue_writes: 0,
     }
 }

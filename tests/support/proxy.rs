@@ -146,8 +146,11 @@ async fn relay(
             }
         }
     };
+    // Either side ending (EOF, a cut, an error) ends the relay: both sockets are dropped with
+    // an RST.
     tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
+        _ = up => {}
+        _ = down => {}
         _ = reset => {}
     }
     open.fetch_sub(1, SeqCst);
@@ -204,7 +207,7 @@ async fn pump(
                 continue;
             }
         };
-        if dir == Dir::Up && contains(&buf[..n], b"SUBSCRIBE") {
+        if dir == Dir::Up && is_subscribe(&buf[..n]) {
             *is_subscriber.lock().unwrap() = true;
         }
         let fault = applies(&setting.borrow(), *is_subscriber.lock().unwrap());
@@ -227,7 +230,20 @@ async fn pump(
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// True when the chunk holds a SUBSCRIBE *command* (`*N\r\n$9\r\nSUBSCRIBE\r\n`), not merely
+/// the word as a key or value.
+fn is_subscribe(chunk: &[u8]) -> bool {
+    const NAME: &[u8] = b"$9\r\nSUBSCRIBE\r\n";
+    (2..chunk.len()).any(|i| {
+        chunk[i..].len() >= NAME.len()
+            && chunk[i..i + NAME.len()].eq_ignore_ascii_case(NAME)
+            && chunk[..i].ends_with(b"\r\n")
+            && {
+                // The line before must be the array header `*N`, at a command boundary.
+                let head = &chunk[..i - 2];
+                let start = head.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                head[start..].first() == Some(&b'*')
+                    && head[start + 1..].iter().all(u8::is_ascii_digit)
+            }
+    })
 }
