@@ -372,6 +372,7 @@ impl TieredCache {
                 .map(|ns| {
                     let mut s = ns.metrics.snapshot();
                     s.l1_entries = ns.l1.entry_count();
+                    s.l1_bypassed = ns.bypass.load(Relaxed);
                     (ns.name.clone(), s)
                 })
                 .collect(),

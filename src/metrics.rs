@@ -138,6 +138,7 @@ impl NamespaceMetrics {
             tracked_invalidations: self.inv_tracked.get(),
             l1_bypasses: self.l1_bypass.get(),
             l1_entries: 0,
+            l1_bypassed: false,
         }
     }
 }
@@ -201,4 +202,6 @@ pub struct NamespaceStats {
     pub l1_bypasses: u64,
     /// Entries in L1 (approximate).
     pub l1_entries: u64,
+    /// True while L1 is bypassed (the bus cannot vouch for the staleness bound).
+    pub l1_bypassed: bool,
 }
