@@ -113,6 +113,8 @@ fn cache(env: &Env, l1_capacity: u64, l1_ttl: Option<Duration>) -> TieredCache {
 
 /// Runs the operations in turn, in batches of 256, and returns the time spent in `ops[which]`:
 /// the same pairing as the Redis groups, at a granularity where timer overhead is amortized.
+static ROTATE_TOTALS: std::sync::Mutex<[Duration; 3]> = std::sync::Mutex::new([Duration::ZERO; 3]);
+
 fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration {
     const BATCH: u64 = 256;
     let mut spent = Duration::ZERO;
@@ -124,8 +126,10 @@ fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration
             for i in done..done + n {
                 op(i);
             }
+            let took = t.elapsed();
+            ROTATE_TOTALS.lock().unwrap()[k] += took;
             if k == which {
-                spent += t.elapsed();
+                spent += took;
             }
         }
         done += n;
@@ -166,6 +170,7 @@ fn l1_hit(c: &mut Criterion) {
         let mut get_polled = |i| {
             std::hint::black_box(ns.get(at(i, 2)).now_or_never().unwrap().unwrap());
         };
+        *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 3];
         let names = ["raw_moka_get", "get_local", "get_async_polled_once"];
         for (which, name) in names.into_iter().enumerate() {
             g.bench_function(BenchmarkId::new(name, keys), |b| {
@@ -178,6 +183,13 @@ fn l1_hit(c: &mut Criterion) {
                 })
             });
         }
+        let t = *ROTATE_TOTALS.lock().unwrap();
+        let r = |k: usize| t[k].as_secs_f64() / t[0].as_secs_f64().max(f64::MIN_POSITIVE);
+        eprintln!(
+            "l1_hit/{keys}: over the same rotations, get_local/raw = {:.2}x, get_async/raw = {:.2}x",
+            r(1),
+            r(2)
+        );
     }
     g.finish();
 }
@@ -187,6 +199,26 @@ fn l1_hit(c: &mut Criterion) {
 enum Side {
     Raw,
     Tiered,
+}
+
+/// Both halves of every paired iteration of a group, summed: their ratio is measured over the
+/// very same iterations, so no drift between two benchmark runs can enter it.
+static PAIRED_TOTALS: std::sync::Mutex<(Duration, Duration)> =
+    std::sync::Mutex::new((Duration::ZERO, Duration::ZERO));
+
+fn reset_paired_totals() {
+    *PAIRED_TOTALS.lock().unwrap() = (Duration::ZERO, Duration::ZERO);
+}
+
+fn report_paired_ratio(group: &str) {
+    let (raw, tiered) = *PAIRED_TOTALS.lock().unwrap();
+    if raw.is_zero() {
+        return; // the group was filtered out
+    }
+    eprintln!(
+        "{group}: tiered/raw over the same paired iterations = {:.2}x",
+        tiered.as_secs_f64() / raw.as_secs_f64().max(f64::MIN_POSITIVE)
+    );
 }
 
 /// Runs `iters` pairs of (raw, tiered) operations back to back and returns the time spent in
@@ -208,6 +240,9 @@ where
         tiered(i).await;
         let d = t.elapsed();
         spent += if side == Side::Raw { r } else { d };
+        let mut totals = PAIRED_TOTALS.lock().unwrap();
+        totals.0 += r;
+        totals.1 += d;
     }
     spent
 }
@@ -254,6 +289,7 @@ fn l2_hit(c: &mut Criterion) {
     let mut g = c.benchmark_group("l2_hit");
     g.throughput(Throughput::Elements(1));
     let before = cache.stats().namespace("quote").copied().unwrap();
+    reset_paired_totals();
     for (name, side) in [
         ("raw_get_and_decode", Side::Raw),
         ("tiered_get_l1_miss", Side::Tiered),
@@ -264,6 +300,7 @@ fn l2_hit(c: &mut Criterion) {
         });
     }
     let after = cache.stats().namespace("quote").copied().unwrap();
+    report_paired_ratio("l2_hit");
     let (l1, l2) = (
         after.l1_hits - before.l1_hits,
         after.l2_hits - before.l2_hits,
@@ -316,6 +353,7 @@ fn write(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("write");
     g.throughput(Throughput::Elements(1));
+    reset_paired_totals();
     for (name, side) in [
         ("raw_multi_set_px_publish", Side::Raw),
         ("tiered_set", Side::Tiered),
@@ -325,6 +363,7 @@ fn write(c: &mut Criterion) {
                 .iter_custom(|iters| paired(iters, side, raw_write, tiered_write))
         });
     }
+    report_paired_ratio("write");
     g.finish();
 }
 
