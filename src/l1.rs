@@ -39,8 +39,23 @@ impl L1Tier {
         self.cache.get(key)
     }
 
-    pub(crate) fn insert(&self, key: String, entry: L1Entry) {
-        self.cache.insert(key, entry)
+    /// Inserts unless the key already holds a newer version: an L1 entry never goes back.
+    /// Atomic per key (moka serialises computations on one key), so a reader that found a
+    /// newer value in Redis cannot be overwritten by a writer finishing an older write.
+    /// Returns whether the entry was stored.
+    pub(crate) fn insert_if_newer(&self, key: String, entry: L1Entry) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result = self
+            .cache
+            .entry(key)
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().version > entry.version => Op::Nop,
+                _ => Op::Put(entry),
+            });
+        matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        )
     }
 
     pub(crate) fn remove(&self, key: &str) {

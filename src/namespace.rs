@@ -109,7 +109,9 @@ impl NamespaceCore {
             return false;
         }
         let check = key.clone();
-        self.l1.insert(key, entry);
+        if !self.l1.insert_if_newer(key, entry) {
+            return false;
+        }
         // Orders the insert before the re-check on every architecture (see guard.rs).
         std::sync::atomic::fence(SeqCst);
         if self.gens.is_current(ticket) {
