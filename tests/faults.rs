@@ -8,24 +8,13 @@ use std::time::{Duration, Instant};
 use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
-const BOUND: Duration = Duration::from_millis(250);
+use support::BOUND;
 /// Slack for a loaded 2-core machine on top of a bound the code promises; a functional bound,
 /// not a speed claim.
 const SLACK: Duration = Duration::from_millis(500);
 
 fn build(url: &str) -> TieredCache {
-    TieredCache::builder()
-        .redis_url(url)
-        .namespace(
-            "rate",
-            NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(BOUND),
-        )
-        .heartbeat(Duration::from_millis(50))
-        .l2_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(100))
-        .build()
-        .unwrap()
+    support::strict_node(url)
 }
 
 async fn subscribed(c: &TieredCache) {

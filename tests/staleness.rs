@@ -13,22 +13,11 @@ use std::time::Duration;
 use support::{eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
-const BOUND: Duration = Duration::from_millis(250);
+use support::BOUND;
 const NODES: usize = 3;
 
 fn build(url: &str) -> TieredCache {
-    TieredCache::builder()
-        .redis_url(url)
-        .namespace(
-            "rate",
-            NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(BOUND),
-        )
-        .heartbeat(Duration::from_millis(50))
-        .l2_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(100))
-        .build()
-        .unwrap()
+    support::strict_node(url)
 }
 
 async fn all_subscribed(nodes: &[TieredCache]) {

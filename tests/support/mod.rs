@@ -75,3 +75,23 @@ pub async fn await_applied(cache: &tiered_cache::TieredCache, ns: &str, n: u64) 
     )
     .await;
 }
+
+/// The staleness bound the fault tests use.
+pub const BOUND: Duration = Duration::from_millis(250);
+
+/// A node with one strict namespace (`rate`, bound [`BOUND`]), a 50 ms heartbeat and short
+/// timeouts, for the fault and staleness tests. Not waited on: call `eventually` yourself.
+pub fn strict_node(url: &str) -> tiered_cache::TieredCache {
+    tiered_cache::TieredCache::builder()
+        .redis_url(url)
+        .namespace(
+            "rate",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(BOUND),
+        )
+        .heartbeat(Duration::from_millis(50))
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
