@@ -149,19 +149,22 @@ fn rng(seed: &mut u64) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-async fn build_node(url: &str) -> TieredCache {
+/// `l1_only`: no Redis to coordinate through, so the namespaces trade the staleness bound for
+/// availability and keep serving L1 (each node alone).
+async fn build_node(url: &str, l1_only: bool) -> TieredCache {
+    let policy = |p: NamespacePolicy| if l1_only { p.unbounded_staleness() } else { p };
     TieredCache::builder()
         .redis_url(url)
         .prefix("v1")
         // Payments seed: exchange rates live 90 s.
         .namespace(
             "rate",
-            NamespacePolicy::new(Duration::from_secs(90)).l1_ttl(Duration::from_secs(30)),
+            policy(NamespacePolicy::new(Duration::from_secs(90)).l1_ttl(Duration::from_secs(30))),
         )
         // Trading seed: market data lives 60 s.
         .namespace(
             "quote",
-            NamespacePolicy::new(Duration::from_secs(60)).l1_capacity(50_000),
+            policy(NamespacePolicy::new(Duration::from_secs(60)).l1_capacity(50_000)),
         )
         .build()
         .expect("valid configuration")
@@ -350,7 +353,7 @@ async fn main() {
 
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(build_node(&url).await);
+        nodes.push(build_node(&url, matches!(mode, RedisMode::None(_))).await);
     }
     if !matches!(mode, RedisMode::None(_)) {
         let deadline = Instant::now() + Duration::from_secs(10);
