@@ -47,6 +47,8 @@ pub mod namespace;
 mod bus;
 /// The value envelope around MessagePack.
 mod codec;
+/// Single flight: one load per key at a time in this process.
+mod flight;
 /// The generation guard against the load/invalidate race.
 mod guard;
 /// L1 tier: moka, decoded values (the only module that imports moka).

@@ -13,6 +13,7 @@
 //! | `tiered_cache_l2_errors_total` | namespace, kind (`skipped`, `timeout`, `connection`, `server`) | failed Redis calls |
 //! | `tiered_cache_fills_total` | namespace, result (`stored`, `refused`) | loaded values written back to Redis |
 //! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`, `tracked`) | invalidation messages (`tracked`: keys reported by `CLIENT TRACKING`) |
+//! | `tiered_cache_loads_coalesced_total` | namespace | `get_or_load` calls that shared another caller's load (single flight) |
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
 //! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
@@ -61,6 +62,8 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) inv_applied: Tally,
     pub(crate) inv_tracked: Tally,
     pub(crate) l1_bypass: Tally,
+    /// `get_or_load` calls that waited for another caller's load instead of loading.
+    pub(crate) coalesced: Tally,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
     l2_error_kinds: [Counter; 4],
@@ -97,6 +100,8 @@ impl NamespaceMetrics {
             inv_sent: inv("sent"),
             inv_applied: inv("applied"),
             inv_tracked: inv("tracked"),
+            coalesced: Tally::new(counter!("tiered_cache_loads_coalesced_total",
+                "namespace" => ns.clone())),
             l1_bypass: Tally::new(counter!("tiered_cache_l1_bypass_total",
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
@@ -137,6 +142,7 @@ impl NamespaceMetrics {
             invalidations_applied: self.inv_applied.get(),
             tracked_invalidations: self.inv_tracked.get(),
             l1_bypasses: self.l1_bypass.get(),
+            coalesced_loads: self.coalesced.get(),
             l1_entries: 0,
             l1_bypassed: false,
         }
@@ -195,6 +201,8 @@ pub struct NamespaceStats {
     pub invalidations_sent: u64,
     /// Invalidation messages from other nodes applied to this node's L1.
     pub invalidations_applied: u64,
+    /// `get_or_load` calls that shared another caller's load instead of running their own.
+    pub coalesced_loads: u64,
     /// Keys Redis reported modified through `CLIENT TRACKING` (when enabled), evicted here.
     pub tracked_invalidations: u64,
     /// Reads that skipped L1 because the bus could not vouch for the staleness bound (also

@@ -41,6 +41,7 @@ pub(crate) struct NamespaceCore {
     /// Version of the last whole-namespace invalidation: L2 values older than it are dead.
     floor: AtomicU64,
     pub(crate) metrics: NamespaceMetrics,
+    pub(crate) flights: crate::flight::Flights,
     types: OnceLock<Types>,
     /// Set while the bus cannot vouch for this namespace's staleness bound: L1 is neither read
     /// nor filled.
@@ -53,6 +54,7 @@ impl NamespaceCore {
             l1: L1Tier::new(policy.l1_capacity, policy.l1_ttl_value()),
             metrics: NamespaceMetrics::new(&name),
             gens: Generations::new(),
+            flights: Default::default(),
             floor: AtomicU64::new(0),
             types: OnceLock::new(),
             // Until the first subscription proves the bus works.
@@ -279,7 +281,7 @@ where
         }
         self.core.metrics.l1_miss.inc();
         // Boxed for the same reason as in `get`.
-        Box::pin(loader::load_through(self, key_string(key), loader)).await
+        Box::pin(self.load_once(key_string(key), loader)).await
     }
 
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
@@ -374,6 +376,39 @@ where
             Err(e) => {
                 self.core.metrics.l2_failed(e.kind());
                 Err(e.into_error(op))
+            }
+        }
+    }
+
+    /// Single flight around the miss path: one caller loads, the others share its outcome. A
+    /// waiter whose leader was cancelled or panicked goes round again and may lead itself; it
+    /// keeps its own loader for that.
+    async fn load_once<F, Fut, E>(&self, key: String, loader: F) -> Result<Arc<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use crate::flight::{self, Role};
+        loop {
+            match self.core.flights.join(&key) {
+                Role::Leader(leader) => {
+                    let outcome = loader::load_through(self, key, loader).await;
+                    let shared = outcome
+                        .clone()
+                        .map(|v| v as Arc<dyn std::any::Any + Send + Sync>);
+                    leader.finish(shared);
+                    return outcome;
+                }
+                Role::Waiter(slot) => {
+                    self.core.metrics.coalesced.inc();
+                    match flight::wait(slot).await {
+                        // The value type is pinned per namespace: the downcast cannot fail.
+                        Some(Ok(v)) => return Ok(v.downcast::<V>().expect("pinned type")),
+                        Some(Err(e)) => return Err(e),
+                        None => continue,
+                    }
+                }
             }
         }
     }
