@@ -123,19 +123,24 @@ impl NamespaceCore {
         false
     }
 
+    /// Invalidates one key locally: bump first, then evict, so a load in flight either sees
+    /// the bump or has its insert removed (see `guard.rs`).
+    pub(crate) fn evict(&self, key: &str) {
+        self.gens.bump_key(key);
+        self.l1.remove(key);
+    }
+
     /// Evicts keys another node invalidated.
     pub(crate) fn apply_remote_keys(&self, keys: &[&str]) {
         for k in keys {
-            self.gens.bump_key(k);
-            self.l1.remove(k);
+            self.evict(k);
         }
         self.metrics.inv_applied.inc();
     }
 
     /// Evicts a key Redis reported modified (see `tracking.rs`).
     pub(crate) fn apply_tracked_key(&self, key: &str) {
-        self.gens.bump_key(key);
-        self.l1.remove(key);
+        self.evict(key);
         self.metrics.inv_tracked.inc();
     }
 
@@ -342,8 +347,7 @@ where
             .l2
             .invalidate(&self.core.name, &[&key], self.core.policy.l2_ttl, &message)
             .await;
-        self.core.gens.bump_key(&key);
-        self.core.l1.remove(&key);
+        self.core.evict(&key);
         self.finish_invalidation(done, "invalidate")
     }
 

@@ -12,6 +12,14 @@ fn meta_u64(server: &RedisServer, field: &str) -> u64 {
     server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", field.as_bytes()])
 }
 
+/// What the clear script stores for namespace `rate` at version `floor`, with no message.
+fn record_clear_in_redis(server: &RedisServer, floor: u64) {
+    let floor = floor.to_string();
+    for field in [&b"version"[..], b"floor:rate"] {
+        server.cmd::<()>(&[b"HSET", b"v1:_tc:meta", field, floor.as_bytes()]);
+    }
+}
+
 /// A whole-namespace message as the clear script publishes it.
 fn namespace_message(origin: u64, version: u64, epoch: u64, ns: &str) -> Vec<u8> {
     let mut m = vec![0xC1, 1, 1];
@@ -43,18 +51,7 @@ async fn an_own_namespace_clear_whose_reply_was_lost_still_sets_the_floor() {
     let epoch = meta_u64(&server, "epoch");
     // What `invalidate_namespace` on `a` would have published, as if its reply never came.
     let floor = version + 1;
-    server.cmd::<()>(&[
-        b"HSET",
-        b"v1:_tc:meta",
-        b"version",
-        floor.to_string().as_bytes(),
-    ]);
-    server.cmd::<()>(&[
-        b"HSET",
-        b"v1:_tc:meta",
-        b"floor:rate",
-        floor.to_string().as_bytes(),
-    ]);
+    record_clear_in_redis(&server, floor);
     let before = own_skipped(&a);
     let msg = namespace_message(a.node_id(), floor, epoch, "rate");
     server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", &msg]);
@@ -77,18 +74,7 @@ async fn an_unreadable_message_reloads_the_floors() {
     ra.set("k", 1).await.unwrap();
     // A clear this node never heard of (say, its message was the unreadable one).
     let floor = meta_u64(&server, "version") + 1;
-    server.cmd::<()>(&[
-        b"HSET",
-        b"v1:_tc:meta",
-        b"version",
-        floor.to_string().as_bytes(),
-    ]);
-    server.cmd::<()>(&[
-        b"HSET",
-        b"v1:_tc:meta",
-        b"floor:rate",
-        floor.to_string().as_bytes(),
-    ]);
+    record_clear_in_redis(&server, floor);
     server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x02from a newer build"]);
     eventually("L1 cleared", PATIENCE, || async {
         ra.get_local("k").is_none()

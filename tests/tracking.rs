@@ -18,6 +18,14 @@ async fn tracked(server: &RedisServer) -> TieredCache {
     c
 }
 
+/// Waits until `key` is in Redis and in this node's L1.
+async fn cached(ns: &tiered_cache::Namespace<str, u64>, key: &str) {
+    eventually("cached", PATIENCE, || async {
+        ns.get(key).await.is_some() && ns.get_local(key).is_some()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn writes_from_outside_the_library_evict_l1() {
     let server = RedisServer::start();
@@ -70,10 +78,7 @@ async fn a_flush_clears_l1() {
     let a = tracked(&server).await;
     let ra = a.namespace::<str, u64>("rate").unwrap();
     ra.set("k", 1).await.unwrap();
-    eventually("cached", PATIENCE, || async {
-        ra.get("k").await.is_some() && ra.get_local("k").is_some()
-    })
-    .await;
+    cached(&ra, "k").await;
     server.cmd::<()>(&[b"FLUSHDB"]);
     eventually("L1 cleared", PATIENCE, || async {
         ra.get_local("k").is_none()
@@ -88,10 +93,7 @@ async fn losing_the_tracking_connection_stops_trusting_l1_until_it_is_back() {
     let a = tracked(&server).await;
     let ra = a.namespace::<str, u64>("rate").unwrap();
     ra.set("k", 1).await.unwrap();
-    eventually("cached", PATIENCE, || async {
-        ra.get("k").await.is_some() && ra.get_local("k").is_some()
-    })
-    .await;
+    cached(&ra, "k").await;
     // The tracking connection is the one with the `t` flag.
     let list: String = server.cmd(&[b"CLIENT", b"LIST"]);
     let id = list
