@@ -283,7 +283,7 @@ async fn count_disagreements(nodes: &[TieredCache], db: &Arc<Database>) -> usize
             let want = db.rates.lock().unwrap()[*p].db_version;
             let db = db.clone();
             let got = rates
-                .get_or_load(p, || async move { db.rate(p).await })
+                .get_or_load(p, move || async move { db.rate(p).await })
                 .await
                 .unwrap();
             n += usize::from(got.db_version != want);

@@ -132,6 +132,8 @@ impl BusState {
 /// Everything the handles and the subscriber task share.
 pub(crate) struct Shared {
     pub(crate) node_id: u64,
+    /// Where loads run (see `flight.rs`): the runtime `build()` was called in.
+    pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) l2: L2Tier,
     pub(crate) bus: BusState,
     /// The epoch of Redis's version counter this node's state belongs to (0: not known yet).
@@ -372,6 +374,7 @@ impl TieredCache {
                 .map(|ns| {
                     let mut s = ns.metrics.snapshot();
                     s.l1_entries = ns.l1.entry_count();
+                    s.l1_weight = ns.l1.weighted_size();
                     s.l1_bypassed = ns.bypass.load(Relaxed);
                     (ns.name.clone(), s)
                 })
@@ -430,6 +433,7 @@ impl TieredCacheBuilder {
             .collect();
         let shared = Arc::new(Shared {
             node_id: rand::random(),
+            runtime: runtime.clone(),
             l2,
             bus: BusState::new(),
             epoch: AtomicU64::new(0),

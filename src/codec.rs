@@ -3,9 +3,13 @@
 //! ```text
 //! byte 0      0xC1      magic: a byte MessagePack never emits, so foreign values are spotted at once
 //! byte 1      format    1 today; a reader skips formats it does not know (a miss, never a panic)
-//! byte 2      flags     bit 0 tombstone (an invalidated key), bit 1 compressed (reserved)
+//! byte 2      flags     bit 0 tombstone (an invalidated key), bit 1 payload compressed (lz4),
+//!                       bit 2 expiry present, bit 3 absent ("not found", cached negatively)
 //! bytes 3-10  version   u64 big-endian, drawn from Redis in the same script as the write
-//! bytes 11-   payload   MessagePack (rmp-serde, structs as maps)
+//! bytes 11-18 expiry    (bit 2) u64 big-endian, unix milliseconds: when the value stops being
+//!                       fresh. Redis may keep it longer, for fail-safe (see `NamespacePolicy::fail_safe`)
+//! then        payload   MessagePack (rmp-serde, structs as maps); lz4 with a u32 LE length
+//!                       prefix when bit 1 is set; empty when bit 3 is set
 //! ```
 //!
 //! Structs are written as MessagePack *maps* (`to_vec_named`): a fleet in the middle of a rolling
@@ -13,22 +17,46 @@
 //! positional array would turn every read of the other version into a miss.
 //!
 //! The header is written by Redis itself (see `l2.rs`): the client sends the three leading bytes
-//! and the payload; the script splices in the version it drew.
+//! and the body (expiry and payload); the script splices in the version it drew.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) const MAGIC: u8 = 0xC1;
 pub(crate) const FORMAT: u8 = 1;
-pub(crate) const FLAG_TOMBSTONE: u8 = 0b01;
+pub(crate) const FLAG_TOMBSTONE: u8 = 0b0001;
+pub(crate) const FLAG_COMPRESSED: u8 = 0b0010;
+pub(crate) const FLAG_EXPIRY: u8 = 0b0100;
+pub(crate) const FLAG_ABSENT: u8 = 0b1000;
+const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_EXPIRY | FLAG_ABSENT;
 pub(crate) const HEADER_LEN: usize = 11;
+/// lz4 cannot expand data more than about 255 times: a length prefix claiming more is corrupt,
+/// and is refused before anything is allocated for it.
+const LZ4_MAX_RATIO: usize = 255;
+/// The largest decompressed payload accepted, whatever the prefix claims.
+const MAX_DECOMPRESSED: usize = 256 << 20;
+
+/// Milliseconds since the unix epoch, by this host's clock: expiries are compared across the
+/// fleet, so they use the wall clock (hosts are assumed NTP-synchronised).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What was found under a key on the shared tier.
 #[derive(Debug)]
 pub(crate) enum Stored<V> {
-    /// A live value and the version of the write that stored it.
-    Value { version: u64, value: V },
+    /// A live entry and the version of the write that stored it. `value` is `None` for a
+    /// cached "not found".
+    Value {
+        version: u64,
+        /// When the value stops being fresh (unix ms), if the writer said.
+        expires_ms: Option<u64>,
+        value: Option<V>,
+    },
     /// The key was invalidated; nothing to serve.
     Tombstone,
 }
@@ -42,6 +70,8 @@ pub(crate) enum DecodeError {
     UnknownFormat,
     /// The envelope is cut short.
     Truncated,
+    /// The compressed payload is corrupt.
+    Compression,
     /// The payload does not deserialize into the namespace's value type.
     Payload(rmp_serde::decode::Error),
 }
@@ -53,6 +83,7 @@ impl DecodeError {
             DecodeError::Foreign => "foreign",
             DecodeError::UnknownFormat => "unknown_format",
             DecodeError::Truncated => "truncated",
+            DecodeError::Compression => "compression",
             DecodeError::Payload(_) => "payload",
         }
     }
@@ -67,9 +98,58 @@ impl fmt::Display for DecodeError {
     }
 }
 
-/// The three bytes the write script puts before the version.
-pub(crate) fn value_head() -> [u8; 3] {
-    [MAGIC, FORMAT, 0]
+/// An entry ready for the write scripts: the three bytes before the version, and the rest.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    pub(crate) head: [u8; 3],
+    pub(crate) body: Vec<u8>,
+    /// The serialized payload's size before compression: what L1 weighs the entry at.
+    pub(crate) plain_len: usize,
+}
+
+impl Encoded {
+    /// Whether the payload was compressed.
+    #[cfg(test)]
+    pub(crate) fn compressed(&self) -> bool {
+        self.head[2] & FLAG_COMPRESSED != 0
+    }
+}
+
+/// Serializes a value (`None`: a cached "not found") into an envelope body that expires at
+/// `expires_ms`, compressing payloads longer than `compress_above` bytes.
+pub(crate) fn encode<V: Serialize + ?Sized>(
+    value: Option<&V>,
+    expires_ms: u64,
+    compress_above: Option<usize>,
+) -> Result<Encoded, rmp_serde::encode::Error> {
+    let mut flags = FLAG_EXPIRY;
+    let mut body = expires_ms.to_be_bytes().to_vec();
+    let mut plain_len = 0;
+    match value {
+        None => flags |= FLAG_ABSENT,
+        Some(v) => {
+            let payload = rmp_serde::to_vec_named(v)?;
+            plain_len = payload.len();
+            match compress_above {
+                Some(limit) if payload.len() > limit => {
+                    let packed = lz4_flex::compress_prepend_size(&payload);
+                    // Incompressible data is stored as it is.
+                    if packed.len() < payload.len() {
+                        flags |= FLAG_COMPRESSED;
+                        body.extend_from_slice(&packed);
+                    } else {
+                        body.extend_from_slice(&payload);
+                    }
+                }
+                _ => body.extend_from_slice(&payload),
+            }
+        }
+    }
+    Ok(Encoded {
+        head: [MAGIC, FORMAT, flags],
+        body,
+        plain_len,
+    })
 }
 
 /// The three bytes a tombstone starts with.
@@ -77,24 +157,52 @@ pub(crate) fn tombstone_head() -> [u8; 3] {
     [MAGIC, FORMAT, FLAG_TOMBSTONE]
 }
 
-/// Serializes a value into the envelope's payload.
-pub(crate) fn encode_payload<V: Serialize + ?Sized>(
-    value: &V,
-) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(value)
-}
-
 /// Reads an envelope. Never panics, whatever the bytes.
 pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<V>, DecodeError> {
-    let (flags, version, payload) = split_header(bytes)?;
+    let (flags, version, rest) = split_header(bytes)?;
     if flags & FLAG_TOMBSTONE != 0 {
         return Ok(Stored::Tombstone);
     }
-    if flags & !FLAG_TOMBSTONE != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(DecodeError::UnknownFormat);
     }
-    let value = rmp_serde::from_slice(payload).map_err(DecodeError::Payload)?;
-    Ok(Stored::Value { version, value })
+    let (expires_ms, payload) = if flags & FLAG_EXPIRY != 0 {
+        let Some((at, payload)) = rest.split_first_chunk::<8>() else {
+            return Err(DecodeError::Truncated);
+        };
+        (Some(u64::from_be_bytes(*at)), payload)
+    } else {
+        (None, rest)
+    };
+    let value = if flags & FLAG_ABSENT != 0 {
+        None
+    } else if flags & FLAG_COMPRESSED != 0 {
+        let plain = decompress(payload)?;
+        Some(rmp_serde::from_slice(&plain).map_err(DecodeError::Payload)?)
+    } else {
+        Some(rmp_serde::from_slice(payload).map_err(DecodeError::Payload)?)
+    };
+    Ok(Stored::Value {
+        version,
+        expires_ms,
+        value,
+    })
+}
+
+/// Decompresses a length-prefixed lz4 block, refusing a prefix no real block could have.
+fn decompress(packed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let Some((len, block)) = packed.split_first_chunk::<4>() else {
+        return Err(DecodeError::Truncated);
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_DECOMPRESSED || len > block.len().saturating_mul(LZ4_MAX_RATIO) + 16 {
+        return Err(DecodeError::Compression);
+    }
+    let plain = lz4_flex::decompress(block, len).map_err(|_| DecodeError::Compression)?;
+    if plain.len() != len {
+        return Err(DecodeError::Compression);
+    }
+    Ok(plain)
 }
 
 fn split_header(bytes: &[u8]) -> Result<(u8, u64, &[u8]), DecodeError> {
@@ -110,12 +218,18 @@ fn split_header(bytes: &[u8]) -> Result<(u8, u64, &[u8]), DecodeError> {
     }
 }
 
+/// A whole envelope as Redis would store it (the version spliced in after the head).
+#[cfg(test)]
+pub(crate) fn envelope(version: u64, e: &Encoded) -> Vec<u8> {
+    let mut out = e.head.to_vec();
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&e.body);
+    out
+}
+
 #[cfg(test)]
 pub(crate) fn encode_for_test<V: Serialize>(version: u64, value: &V) -> Vec<u8> {
-    let mut out = value_head().to_vec();
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend(encode_payload(value).unwrap());
-    out
+    envelope(version, &encode(Some(value), u64::MAX, None).unwrap())
 }
 
 #[cfg(test)]
@@ -129,9 +243,9 @@ mod tests {
         m.insert("price".to_string(), 150.25f64);
         let bytes = encode_for_test(42, &m);
         match decode::<BTreeMap<String, f64>>(&bytes).unwrap() {
-            Stored::Value { version, value } => {
+            Stored::Value { version, value, .. } => {
                 assert_eq!(version, 42);
-                assert_eq!(value, m);
+                assert_eq!(value, Some(m));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -152,10 +266,10 @@ mod tests {
             decode::<u32>(&[MAGIC, FORMAT, 0, 1]),
             Err(DecodeError::Truncated)
         ));
-        let mut compressed = encode_for_test(1, &5u32);
-        compressed[2] = 0b10; // the reserved "compressed" bit
+        let mut unknown = encode_for_test(1, &5u32);
+        unknown[2] |= 0b1000_0000; // a flag from a future build
         assert!(matches!(
-            decode::<u32>(&compressed),
+            decode::<u32>(&unknown),
             Err(DecodeError::UnknownFormat)
         ));
         let wrong_type = encode_for_test(1, &"text");
@@ -175,6 +289,63 @@ mod tests {
                 let _ = decode::<Vec<u64>>(&bad);
             }
         }
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_round_trip() {
+        let big: Vec<String> = (0..200).map(|i| format!("symbol-{i}")).collect();
+        let e = encode(Some(&big), 99, Some(1024)).unwrap();
+        assert!(e.compressed());
+        assert!(e.body.len() < e.plain_len);
+        match decode::<Vec<String>>(&envelope(3, &e)).unwrap() {
+            Stored::Value {
+                expires_ms, value, ..
+            } => {
+                assert_eq!(expires_ms, Some(99));
+                assert_eq!(value, Some(big.clone()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Under the threshold, or with compression off, the payload is stored as it is.
+        assert!(!encode(Some(&5u32), 0, Some(1024)).unwrap().compressed());
+        assert!(!encode(Some(&big), 0, None).unwrap().compressed());
+    }
+
+    #[test]
+    fn corrupt_compressed_payloads_are_errors_not_panics() {
+        let big: Vec<u64> = (0..2000).map(|i| i % 7).collect();
+        let e = encode(Some(&big), 0, Some(16)).unwrap();
+        assert!(e.compressed());
+        let good = envelope(1, &e);
+        // A length prefix claiming 4 GiB is refused before anything is allocated.
+        let mut huge = good.clone();
+        huge[HEADER_LEN + 8..HEADER_LEN + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode::<Vec<u64>>(&huge),
+            Err(DecodeError::Compression)
+        ));
+        for i in HEADER_LEN..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x5a;
+            let _ = decode::<Vec<u64>>(&bad);
+        }
+        for n in 0..good.len() {
+            let _ = decode::<Vec<u64>>(&good[..n]);
+        }
+    }
+
+    #[test]
+    fn absent_entries_have_no_payload() {
+        let e = encode::<u32>(None, 7, Some(0)).unwrap();
+        assert_eq!(e.body.len(), 8);
+        assert!(matches!(
+            decode::<u32>(&envelope(2, &e)),
+            Ok(Stored::Value {
+                value: None,
+                expires_ms: Some(7),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -20,12 +20,22 @@ pub const DEFAULT_PREFIX: &str = "v1";
 ///     .l1_ttl(Duration::from_secs(10))
 ///     .l1_capacity(50_000);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NamespacePolicy {
     pub(crate) l2_ttl: Duration,
     pub(crate) l1_ttl: Option<Duration>,
     pub(crate) l1_capacity: u64,
+    pub(crate) l1_max_bytes: Option<u64>,
     pub(crate) staleness_bound: Option<Duration>,
+    pub(crate) ttl_jitter: Duration,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) fail_safe: Option<Duration>,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) refresh_ahead: Option<f64>,
+    pub(crate) fleet_lock: Option<Duration>,
 }
 
 impl NamespacePolicy {
@@ -36,18 +46,128 @@ impl NamespacePolicy {
     pub const DEFAULT_L1_CAPACITY: u64 = 10_000;
     /// Default staleness bound.
     pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_millis(250);
+    /// Default TTL of a cached "not found" (or the L2 TTL, if shorter).
+    pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+    /// Default size above which payloads are compressed, in bytes.
+    pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
+    /// Default pause between loader attempts once fail-safe has served a stale value.
+    pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 
     /// A policy whose values live `l2_ttl` in Redis.
     ///
     /// Defaults: L1 TTL = min(`l2_ttl`, 60 s); L1 capacity = 10 000 entries; staleness bound
     /// 250 ms.
+    ///
+    /// Every resilience feature is off until set, except compression of payloads over 1 KiB.
     pub fn new(l2_ttl: Duration) -> Self {
         Self {
             l2_ttl,
             l1_ttl: None,
             l1_capacity: Self::DEFAULT_L1_CAPACITY,
+            l1_max_bytes: None,
             staleness_bound: Some(Self::DEFAULT_STALENESS_BOUND),
+            ttl_jitter: Duration::ZERO,
+            negative_ttl: None,
+            compress_above: Some(Self::DEFAULT_COMPRESS_ABOVE),
+            fail_safe: None,
+            fail_safe_throttle: Self::DEFAULT_FAIL_SAFE_THROTTLE,
+            soft_timeout: None,
+            hard_timeout: None,
+            refresh_ahead: None,
+            fleet_lock: None,
         }
+    }
+
+    /// Bounds L1 by the size of its values instead of their number: each entry weighs its
+    /// serialized (uncompressed) payload plus its key, and moka evicts beyond `bytes`. An
+    /// alternative to [`l1_capacity`](Self::l1_capacity), which it replaces. Default: off.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = Some(bytes);
+        self
+    }
+
+    /// Shortens each stored value's TTL (on both tiers) by a random amount up to `jitter`, so
+    /// keys loaded together do not all expire, and reload, together. A value never lives
+    /// longer than its configured TTL. Must be shorter than the L1 TTL. Default: zero.
+    pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
+        self.ttl_jitter = jitter;
+        self
+    }
+
+    /// How long a "not found" returned through
+    /// [`get_or_load_optional`](crate::Namespace::get_or_load_optional) is cached, on both
+    /// tiers. A later write of the key replaces it, like any value. At most the L2 TTL.
+    /// Default: min(L2 TTL, 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// The effective negative TTL.
+    pub fn negative_ttl_value(&self) -> Duration {
+        self.negative_ttl
+            .unwrap_or_else(|| self.l2_ttl.min(Self::DEFAULT_NEGATIVE_TTL))
+    }
+
+    /// Compresses (lz4) payloads longer than `bytes` before they go to Redis; incompressible
+    /// payloads are stored as they are. `None` turns compression off. Default: 1 KiB.
+    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
+        self.compress_above = bytes;
+        self
+    }
+
+    /// Fail-safe: keeps each value up to `window` past its TTL, on both tiers, and serves it
+    /// when the loader fails or times out instead of surfacing the error (counted as stale).
+    /// After serving a stale value the loader is left alone for the
+    /// [throttle](Self::fail_safe_throttle). A value that was invalidated or overwritten is
+    /// gone, not kept: fail-safe only stretches expiry. In a namespace with a staleness bound,
+    /// L1's stale copies are not used while L1 is bypassed. Default: off.
+    pub fn fail_safe(mut self, window: Duration) -> Self {
+        self.fail_safe = Some(window);
+        self
+    }
+
+    /// After fail-safe serves a stale value, it is served as fresh for this long before the
+    /// loader is tried again, so a failing source is not hammered. Default: 30 s.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// Loader soft timeout: when a stale value is at hand (see [`fail_safe`](Self::fail_safe))
+    /// and the loader has not answered within `timeout`, callers get the stale value and the
+    /// load goes on in the background, updating the cache when it completes. Without a stale
+    /// value callers keep waiting, up to the hard timeout. Default: off.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Loader hard timeout: a load running longer is abandoned, and callers get
+    /// [`Error::LoaderTimeout`](crate::Error::LoaderTimeout) (or a stale value, with fail-safe).
+    /// Default: off (a loader may run as long as it likes).
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Refresh-ahead: once a value has lived `fraction` (in (0, 1)) of its L1 life, a
+    /// `get_or_load` hit still returns it at once but starts one background refresh of the
+    /// key (from Redis if another node refreshed it already, else from the loader), so a hot
+    /// key never misses. Default: off.
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = Some(fraction);
+        self
+    }
+
+    /// Fleet-wide single flight: before loading a key Redis does not hold, a node takes a
+    /// short lock in Redis (`SET NX PX` with a random token, released by compare-and-delete);
+    /// other nodes wait for the holder's value (polling Redis) up to `lock_ttl`, then load
+    /// themselves. An efficiency aid only: coherence never depends on it, and a lost lock
+    /// means at worst one more load. Default: off (each node loads once).
+    pub fn fleet_single_flight(mut self, lock_ttl: Duration) -> Self {
+        self.fleet_lock = Some(lock_ttl);
+        self
     }
 
     /// The longest this namespace's L1 may go on serving without proof that invalidations
@@ -122,10 +242,51 @@ impl NamespacePolicy {
                 self.l2_ttl
             ));
         }
-        if self.l1_capacity == 0 {
+        if self.l1_capacity == 0 || self.l1_max_bytes == Some(0) {
             return Err(format!(
                 "namespace {name:?}: L1 capacity must be at least 1"
             ));
+        }
+        self.validate_resilience(name, l1)
+    }
+
+    fn validate_resilience(&self, name: &str, l1: Duration) -> Result<(), String> {
+        if self.ttl_jitter >= l1 {
+            return Err(format!(
+                "namespace {name:?}: TTL jitter {:?} must be shorter than the L1 TTL {l1:?}",
+                self.ttl_jitter
+            ));
+        }
+        let negative = self.negative_ttl_value();
+        if negative.is_zero() || negative > self.l2_ttl {
+            return Err(format!(
+                "namespace {name:?}: negative TTL must be greater than zero and at most the L2 TTL"
+            ));
+        }
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        if zero(self.fail_safe) || self.fail_safe_throttle.is_zero() {
+            return Err(format!(
+                "namespace {name:?}: fail-safe window and throttle must be greater than zero"
+            ));
+        }
+        if zero(self.soft_timeout) || zero(self.hard_timeout) || zero(self.fleet_lock) {
+            return Err(format!(
+                "namespace {name:?}: timeouts and the lock TTL must be greater than zero"
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
+            if soft >= hard {
+                return Err(format!(
+                    "namespace {name:?}: soft timeout {soft:?} must be shorter than the hard timeout {hard:?}"
+                ));
+            }
+        }
+        if let Some(f) = self.refresh_ahead {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!(
+                    "namespace {name:?}: refresh-ahead fraction {f} must be strictly between 0 and 1"
+                ));
+            }
         }
         Ok(())
     }
@@ -308,5 +469,15 @@ mod tests {
         assert!(err(ok().namespace("z", tight)).contains("2.5 times the heartbeat"));
         let relaxed = NamespacePolicy::new(s(5)).unbounded_staleness();
         assert!(ok().namespace("z", relaxed).validate().is_ok());
+        let p = || NamespacePolicy::new(s(5));
+        assert!(err(ok().namespace("z", p().ttl_jitter(s(5)))).contains("jitter"));
+        assert!(err(ok().namespace("z", p().negative_ttl(s(6)))).contains("negative"));
+        assert!(err(ok().namespace("z", p().fail_safe(s(0)))).contains("fail-safe"));
+        let inverted = p().soft_timeout(s(2)).hard_timeout(s(1));
+        assert!(err(ok().namespace("z", inverted)).contains("soft timeout"));
+        assert!(err(ok().namespace("z", p().refresh_ahead(1.0))).contains("refresh-ahead"));
+        assert!(err(ok().namespace("z", p().refresh_ahead(f64::NAN))).contains("refresh-ahead"));
+        assert!(err(ok().namespace("z", p().fleet_single_flight(s(0)))).contains("lock"));
+        assert!(err(ok().namespace("z", p().l1_max_bytes(0))).contains("capacity"));
     }
 }

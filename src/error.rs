@@ -28,8 +28,15 @@ pub enum Error {
         /// The underlying cause, if any.
         source: Option<SharedError>,
     },
-    /// The loader passed to `get_or_load` returned an error.
+    /// The loader passed to `get_or_load` returned an error (or panicked).
     Loader(SharedError),
+    /// The loader ran past the namespace's hard timeout and was abandoned, with no stale value
+    /// to serve instead (see `NamespacePolicy::hard_timeout`).
+    LoaderTimeout(std::time::Duration),
+    /// The key's source reported no value, and that "not found" is cached (see
+    /// `Namespace::get_or_load_optional`); `get_or_load` returns it rather than call its loader
+    /// again within the namespace's negative TTL.
+    NotFound,
     /// A value could not be serialized for the shared tier.
     Encode(SharedError),
     /// A namespace was asked for that is not configured, or with other key/value types than
@@ -48,9 +55,14 @@ impl Error {
         matches!(self, Error::Unavailable { .. })
     }
 
-    /// True when the caller's own loader failed.
+    /// True when the caller's own loader failed or timed out.
     pub fn is_loader(&self) -> bool {
-        matches!(self, Error::Loader(_))
+        matches!(self, Error::Loader(_) | Error::LoaderTimeout(_))
+    }
+
+    /// True when a cached "not found" answered the call.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound)
     }
 
     /// The loader's error, when this is one.
@@ -79,6 +91,8 @@ impl fmt::Display for Error {
                 source: Some(e),
             } => write!(f, "redis unavailable during {op}: {e}"),
             Error::Loader(e) => write!(f, "loader failed: {e}"),
+            Error::LoaderTimeout(t) => write!(f, "loader gave no answer within {t:?}"),
+            Error::NotFound => f.write_str("not found (cached)"),
             Error::Encode(e) => write!(f, "value could not be encoded: {e}"),
             Error::Namespace(msg) => write!(f, "namespace error: {msg}"),
         }

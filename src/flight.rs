@@ -1,9 +1,12 @@
 //! Single flight: concurrent `get_or_load` calls for one key in one process run the loader
 //! once and share its result or its error.
 //!
-//! The first caller (the leader) registers a flight and loads; later callers wait on it. If the
-//! leader is cancelled or its loader panics, its guard removes the flight without a result and
-//! the waiters go round again: one of them becomes the new leader, so nothing is wedged. This
+//! The first caller registers a flight and spawns the load as a task that owns it (the leader);
+//! every caller, the first included, then waits on the flight. A caller that is cancelled
+//! therefore never cancels the others' load. If the loader panics, the leader's guard removes
+//! the flight without a result and the waiters go round again: one of them starts a new
+//! flight with its own loader, so nothing is wedged. A leader may hand out an interim outcome
+//! (a stale value at the soft timeout) and go on loading. This
 //! is the in-process half of stampede protection; across nodes it is an efficiency aid only,
 //! never a correctness mechanism (coherence does not depend on it).
 
@@ -14,70 +17,88 @@ use std::any::Any;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// What a finished flight hands its waiters: the value (type-erased) or the shared error.
-pub(crate) type Outcome = Result<Arc<dyn Any + Send + Sync>, Error>;
+/// What a finished flight hands its waiters: the value (type-erased; `None` for a "not
+/// found") or the shared error.
+pub(crate) type Outcome = Result<Option<Arc<dyn Any + Send + Sync>>, Error>;
 
 type Slot = watch::Receiver<Option<Outcome>>;
 
 /// The flights in progress for one namespace, by key.
 #[derive(Default)]
 pub(crate) struct Flights {
-    inflight: DashMap<String, Slot>,
+    inflight: Arc<DashMap<String, Slot>>,
 }
 
 /// The caller's role for one key.
-pub(crate) enum Role<'a> {
-    /// Load, then [`Leader::finish`].
-    Leader(Leader<'a>),
+pub(crate) enum Role {
+    /// Start the load, owning this; then wait on the slot like everyone else.
+    Leader(Leader, Slot),
     /// Wait for the leader's outcome.
     Waiter(Slot),
 }
 
 impl Flights {
-    pub(crate) fn join(&self, key: &str) -> Role<'_> {
+    pub(crate) fn join(&self, key: &str) -> Role {
+        if let Some(slot) = self.inflight.get(key) {
+            return Role::Waiter(slot.clone());
+        }
         match self.inflight.entry(key.to_owned()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
                 let (tx, rx) = watch::channel(None);
-                e.insert(rx);
-                Role::Leader(Leader {
-                    flights: self,
+                e.insert(rx.clone());
+                let leader = Leader {
+                    flights: self.inflight.clone(),
                     key: key.to_owned(),
                     tx: Some(tx),
-                })
+                };
+                Role::Leader(leader, rx)
             }
         }
     }
 
+    /// Whether a load of `key` is in flight.
+    pub(crate) fn is_loading(&self, key: &str) -> bool {
+        self.inflight.contains_key(key)
+    }
+
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inflight.len()
     }
 }
 
 /// Holds a flight open; dropping it without `finish` (cancellation, panic) releases the
 /// waiters to try again.
-pub(crate) struct Leader<'a> {
-    flights: &'a Flights,
+pub(crate) struct Leader {
+    flights: Arc<DashMap<String, Slot>>,
     key: String,
     tx: Option<watch::Sender<Option<Outcome>>>,
 }
 
-impl Leader<'_> {
+impl Leader {
+    /// Hands the waiters an outcome now while the load goes on; callers arriving later get it
+    /// too, until [`finish`](Self::finish).
+    pub(crate) fn interim(&self, outcome: Outcome) {
+        if let Some(tx) = &self.tx {
+            tx.send_replace(Some(outcome));
+        }
+    }
+
     pub(crate) fn finish(mut self, outcome: Outcome) {
         if let Some(tx) = self.tx.take() {
             // Remove first: a caller arriving from now on starts afresh (and will find the
             // value in L1 if it was cached); the waiters already holding the slot get this.
-            self.flights.inflight.remove(&self.key);
-            let _ = tx.send(Some(outcome));
+            self.flights.remove(&self.key);
+            tx.send_replace(Some(outcome));
         }
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         if self.tx.take().is_some() {
-            self.flights.inflight.remove(&self.key);
+            self.flights.remove(&self.key);
         }
     }
 }
@@ -102,7 +123,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_releases_its_waiters() {
         let f = Flights::default();
-        let Role::Leader(leader) = f.join("k") else {
+        let Role::Leader(leader, _) = f.join("k") else {
             panic!("first is leader")
         };
         let Role::Waiter(slot) = f.join("k") else {
@@ -111,20 +132,20 @@ mod tests {
         drop(leader);
         assert!(wait(slot).await.is_none());
         assert_eq!(f.len(), 0);
-        assert!(matches!(f.join("k"), Role::Leader(_)));
+        assert!(matches!(f.join("k"), Role::Leader(..)));
     }
 
     #[tokio::test]
     async fn waiters_get_the_outcome() {
         let f = Flights::default();
-        let Role::Leader(leader) = f.join("k") else {
+        let Role::Leader(leader, _) = f.join("k") else {
             panic!()
         };
         let Role::Waiter(slot) = f.join("k") else {
             panic!()
         };
-        leader.finish(Ok(Arc::new(5u32)));
-        let v = wait(slot).await.unwrap().unwrap();
+        leader.finish(Ok(Some(Arc::new(5u32))));
+        let v = wait(slot).await.unwrap().unwrap().unwrap();
         assert_eq!(*v.downcast::<u32>().unwrap(), 5);
         assert_eq!(f.len(), 0);
     }

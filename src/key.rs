@@ -234,6 +234,15 @@ impl KeySpace {
         &self.meta_key
     }
 
+    /// The fleet-wide load lock of a key (see `NamespacePolicy::fleet_single_flight`). Under the
+    /// reserved `_tc` part, so it can never collide with a value key.
+    pub(crate) fn lock_key(&self, namespace: &str, key: &str) -> String {
+        format!(
+            "{p}{SEPARATOR}_tc{SEPARATOR}lock{SEPARATOR}{namespace}{SEPARATOR}{key}",
+            p = self.prefix
+        )
+    }
+
     /// The field of the meta hash holding a namespace's floor.
     pub(crate) fn floor_field(namespace: &str) -> String {
         format!("floor{SEPARATOR}{namespace}")

@@ -1,22 +1,72 @@
 //! The L1 tier: one moka cache per namespace, in process memory, holding decoded values.
 //!
 //! An entry is the decoded value behind an `Arc` plus the version of the write it came from, so
-//! a hit is a hash lookup and two word copies: no decoding, no allocation, no Redis. Values are
+//! a hit is a hash lookup and a few word copies: no decoding, no allocation, no Redis. Values are
 //! stored type-erased (`Arc<dyn Any>`) because namespaces are declared before their types are
 //! known; the namespace pins its value type on first use, so the downcast on a hit cannot fail.
+//!
+//! Each entry carries its own expiry (moka's per-entry expiration): the value's remaining life
+//! in Redis caps it, so a copy never outlives the value it was read from, and fail-safe keeps
+//! it beyond its freshness. `watch_at` is the one instant a hit has to compare against when
+//! fail-safe or refresh-ahead is on; when both are off it is `None` and a hit reads no clock.
 //!
 //! This is the only module that imports moka; keeping the interface this narrow leaves room to
 //! offer a faster engine for hot, read-mostly namespaces.
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A type-erased value.
+pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
 /// A decoded value and the version of the write that stored it.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
-    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    /// `None`: a cached "not found".
+    pub(crate) value: Option<AnyValue>,
     pub(crate) version: u64,
+    /// When the value stops being fresh.
+    pub(crate) fresh_until: Instant,
+    /// When L1 drops it: `fresh_until`, or later with fail-safe.
+    pub(crate) keep_until: Instant,
+    /// The earliest of the instants a hit must check (stale, refresh), if any.
+    pub(crate) watch_at: Option<Instant>,
+    /// What the entry counts for against a byte-bounded L1.
+    pub(crate) weight: u32,
+}
+
+impl L1Entry {
+    /// Whether the value is past its freshness (only kept for fail-safe).
+    pub(crate) fn is_stale(&self, now: Instant) -> bool {
+        now >= self.fresh_until
+    }
+}
+
+/// moka's per-entry expiry: each entry is dropped at its own `keep_until`.
+struct KeepUntil;
+
+impl moka::Expiry<String, L1Entry> for KeepUntil {
+    fn expire_after_create(&self, _: &String, e: &L1Entry, now: Instant) -> Option<Duration> {
+        Some(e.keep_until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &L1Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.keep_until.saturating_duration_since(now))
+    }
+}
+
+/// How an L1 is bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bound {
+    Entries(u64),
+    Bytes(u64),
 }
 
 /// One namespace's local tier.
@@ -25,13 +75,16 @@ pub(crate) struct L1Tier {
 }
 
 impl L1Tier {
-    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
-        Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
+    pub(crate) fn new(bound: Bound) -> Self {
+        let builder = moka::sync::Cache::builder().expire_after(KeepUntil);
+        let cache = match bound {
+            Bound::Entries(n) => builder.max_capacity(n).build(),
+            Bound::Bytes(n) => builder
+                .max_capacity(n)
+                .weigher(|k: &String, e: &L1Entry| e.weight.saturating_add(k.len() as u32))
                 .build(),
-        }
+        };
+        Self { cache }
     }
 
     #[inline]
@@ -71,5 +124,11 @@ impl L1Tier {
     pub(crate) fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+
+    /// The summed weight of the entries (bytes, for a byte-bounded L1; else entries).
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
     }
 }

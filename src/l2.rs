@@ -80,9 +80,11 @@ return {v, e}
 ";
 
 // KEYS: meta, value key. ARGV: epoch, version and epoch noted before the load, envelope head,
-// payload, ttl ms, floor field. Returns {1, version, epoch} when stored, {0, 0, epoch} when
-// refused. The fill takes the current version (it is as fresh as everything written up to
-// it) without drawing one: it publishes nothing, and must leave no hole in the sequence.
+// body, ttl ms, floor field, now (unix ms), version the caller may replace (2^64-1: none). Returns
+// {1, version, epoch} when stored, {0, 0, epoch} when refused. The fill takes the current
+// version (it is as fresh as everything written up to it) without drawing one: it publishes
+// nothing, and must leave no hole in the sequence. A live value is kept unless it is past its
+// expiry (kept only for fail-safe) or is the very version a refresh-ahead set out to replace.
 const FILL: &str = r"
 local cur_e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
 if cur_e ~= tonumber(ARGV[3]) then return {0, 0, cur_e} end
@@ -95,11 +97,15 @@ if cur and string.byte(cur, 1) == 193 then
   if string.byte(cur, 2) ~= 1 then return {0, 0, cur_e} end
   if string.len(cur) >= 11 then
     local ver = struct.unpack('>I8', cur, 4)
-    if bit.band(string.byte(cur, 3), 1) == 1 then
+    local flags = string.byte(cur, 3)
+    if bit.band(flags, 1) == 1 then
       if ver > seen then return {0, 0, cur_e} end
     elseif ver >= floor then
+      local expired = bit.band(flags, 4) == 4 and string.len(cur) >= 19
+        and struct.unpack('>I8', cur, 12) <= tonumber(ARGV[8])
+      local replaceable = ver == tonumber(ARGV[9])
       -- A live value, even one this node cannot decode (a newer schema?), is kept.
-      return {0, 0, cur_e}
+      if not expired and not replaceable then return {0, 0, cur_e} end
     end
   end
 end
@@ -107,6 +113,12 @@ local e = epoch()
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
 redis.call('SET', KEYS[2], ARGV[4] .. struct.pack('>I8', v) .. ARGV[5], 'PX', ARGV[6])
 return {1, v, e}
+";
+
+// KEYS: lock. ARGV: token. Deletes the lock only if this caller still holds it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 ";
 
 // KEYS: meta. ARGV: epoch, channel, message head, message tail. Publishes the current version
@@ -180,9 +192,9 @@ impl L2Error {
 
 pub(crate) type L2Result<T> = Result<T, L2Error>;
 
-/// An encoded value ready to be written: the payload and the namespace's TTL.
+/// An encoded entry ready to be written, and how long Redis keeps it.
 pub(crate) struct Payload<'a> {
-    pub(crate) bytes: &'a [u8],
+    pub(crate) encoded: &'a codec::Encoded,
     pub(crate) ttl: Duration,
 }
 
@@ -199,6 +211,7 @@ pub(crate) struct L2Tier {
     clear_namespace: Script,
     fill: Script,
     heartbeat: Script,
+    unlock: Script,
 }
 
 impl L2Tier {
@@ -230,6 +243,7 @@ impl L2Tier {
             clear_namespace: script(CLEAR_NAMESPACE),
             fill: script(FILL),
             heartbeat: script(HEARTBEAT),
+            unlock: Script::new(UNLOCK),
         })
     }
 
@@ -315,8 +329,8 @@ impl L2Tier {
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
             .arg(new_epoch())
-            .arg(&codec::value_head()[..])
-            .arg(value.bytes)
+            .arg(&value.encoded.head[..])
+            .arg(&value.encoded.body)
             .arg(ttl_ms(value.ttl))
             .arg(self.keys.channel())
             .arg(message.head())
@@ -325,13 +339,14 @@ impl L2Tier {
     }
 
     /// Stores a loaded value unless the key was written or invalidated after `seen` (or the
-    /// counter started over since). Returns the fill's stamp, or `None` and Redis's current
-    /// epoch when it was refused.
+    /// counter started over since), or holds a live value other than version `replaces`.
+    /// Returns the fill's stamp, or Redis's current epoch when it was refused.
     pub(crate) async fn fill(
         &self,
         namespace: &str,
         key: &str,
         seen: Stamp,
+        replaces: Option<u64>,
         value: Payload<'_>,
     ) -> L2Result<Result<Stamp, u64>> {
         let mut inv = self.fill.prepare_invoke();
@@ -340,10 +355,13 @@ impl L2Tier {
             .arg(new_epoch())
             .arg(seen.version)
             .arg(seen.epoch)
-            .arg(&codec::value_head()[..])
-            .arg(value.bytes)
+            .arg(&value.encoded.head[..])
+            .arg(&value.encoded.body)
             .arg(ttl_ms(value.ttl))
-            .arg(KeySpace::floor_field(namespace));
+            .arg(KeySpace::floor_field(namespace))
+            .arg(codec::unix_ms())
+            // Versions start at 1 (a fill before any write takes 0, and is never replaced).
+            .arg(replaces.unwrap_or(u64::MAX));
         let inv = &inv;
         let (stored, version, epoch): (u8, u64, u64) = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -436,6 +454,47 @@ impl L2Tier {
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok(Stamp { version, epoch })
+    }
+
+    /// Takes the fleet-wide load lock on a key for `ttl`, if free. Returns whether it was taken.
+    pub(crate) async fn try_lock(
+        &self,
+        namespace: &str,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> L2Result<bool> {
+        let k = &self.keys.lock_key(namespace, key);
+        self.call(|mut c| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(k)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query_async(&mut c)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Releases a load lock if this caller still holds it (it may have expired and been taken
+    /// by another node meanwhile: that one is left alone).
+    pub(crate) async fn unlock(&self, namespace: &str, key: &str, token: u64) -> L2Result<()> {
+        let mut inv = self.unlock.prepare_invoke();
+        inv.key(self.keys.lock_key(namespace, key)).arg(token);
+        let inv = &inv;
+        self.call(|mut c| async move { inv.invoke_async::<u8>(&mut c).await })
+            .await
+            .map(drop)
+    }
+
+    /// Whether a load lock is held on a key (by anyone).
+    pub(crate) async fn is_locked(&self, namespace: &str, key: &str) -> L2Result<bool> {
+        let k = &self.keys.lock_key(namespace, key);
+        self.call(|mut c| async move { redis::cmd("EXISTS").arg(k).query_async(&mut c).await })
+            .await
     }
 
     /// True when Redis answers a PING within the timeout.

@@ -1,21 +1,42 @@
-//! The miss path: read Redis, call the loader, write the result back without racing writers.
+//! The miss path: read Redis, call the loader, write the result back without racing writers;
+//! and around it the resilience policies: fail-safe, soft and hard timeouts, refresh-ahead and
+//! the fleet-wide load lock.
+//!
+//! One flight per key runs as a spawned task (see `flight.rs`), so a load outlives a caller
+//! that stops waiting: at a soft timeout callers get the stale value while the load goes on,
+//! and a refresh-ahead runs while hits keep being served.
 
-use crate::cache::Shared;
+use crate::cache::{Shared, TieredCache};
 use crate::codec::{self, Stored};
-use crate::error::{Error, Result};
-use crate::l2::Payload;
-use crate::namespace::{Namespace, NamespaceCore};
-use crate::CacheKey;
+use crate::error::Error;
+use crate::flight::{Leader, Outcome};
+use crate::guard::Ticket;
+use crate::l1::{AnyValue, L1Entry};
+use crate::l2::{Payload, Stamp};
+use crate::namespace::NamespaceCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a loader returns: the value, `None` for "not found", or its error.
+pub(crate) type Loaded<V> = Result<Option<V>, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The outcome of one Redis read.
 pub(crate) enum L2Read<V> {
+    /// A live entry (`value: None` is a cached "not found").
     Hit {
         version: u64,
-        value: V,
+        expires_ms: Option<u64>,
+        value: Option<V>,
+        weight: usize,
+    },
+    /// A value past its expiry that Redis keeps for fail-safe.
+    Expired {
+        version: u64,
+        value: Option<V>,
+        weight: usize,
     },
     /// No live value: absent, a tombstone, older than the namespace floor, or undecodable.
     Miss,
@@ -23,28 +44,59 @@ pub(crate) enum L2Read<V> {
     Unavailable,
 }
 
-/// Reads and decodes one key from Redis. Bad bytes are a counted miss, never a panic.
+/// Reads and decodes one key from Redis, counting the outcome. Bad bytes are a counted miss,
+/// never a panic.
 pub(crate) async fn read_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
     shared: &Shared,
     key: &str,
 ) -> L2Read<V> {
+    let read = peek_l2(core, shared, key).await;
     let m = &core.metrics;
+    match &read {
+        L2Read::Hit { .. } => m.l2_hit.inc(),
+        L2Read::Expired { .. } | L2Read::Miss => m.l2_miss.inc(),
+        L2Read::Unavailable => {}
+    }
+    read
+}
+
+/// Reads one key from Redis without counting a hit or miss (errors are still counted).
+async fn peek_l2<V: DeserializeOwned>(
+    core: &NamespaceCore,
+    shared: &Shared,
+    key: &str,
+) -> L2Read<V> {
     let bytes = match shared.l2.get(&core.name, key).await {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            m.l2_miss.inc();
-            return L2Read::Miss;
-        }
+        Ok(None) => return L2Read::Miss,
         Err(e) => {
-            m.l2_failed(e.kind());
+            core.metrics.l2_failed(e.kind());
             return L2Read::Unavailable;
         }
     };
     match codec::decode::<V>(&bytes) {
-        Ok(Stored::Value { version, value }) if version >= core.floor() => {
-            m.l2_hit.inc();
-            L2Read::Hit { version, value }
+        Ok(Stored::Value {
+            version,
+            expires_ms,
+            value,
+        }) if version >= core.floor() => {
+            let weight = bytes.len();
+            match expires_ms {
+                Some(at) if core.policy.fail_safe.is_some() && at <= codec::unix_ms() => {
+                    L2Read::Expired {
+                        version,
+                        value,
+                        weight,
+                    }
+                }
+                _ => L2Read::Hit {
+                    version,
+                    expires_ms,
+                    value,
+                    weight,
+                },
+            }
         }
         Ok(Stored::Value { .. }) => {
             // Below the floor: cleared, or written after the counter started over while this
@@ -52,16 +104,11 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
             if let Ok(stamp) = shared.l2.current_stamp().await {
                 shared.observe_epoch(stamp.epoch);
             }
-            m.l2_miss.inc();
             L2Read::Miss
         }
-        Ok(Stored::Tombstone) => {
-            m.l2_miss.inc();
-            L2Read::Miss
-        }
+        Ok(Stored::Tombstone) => L2Read::Miss,
         Err(e) => {
-            m.decode_error.inc();
-            m.l2_miss.inc();
+            core.metrics.decode_error.inc();
             tracing::warn!(
                 target: "tiered_cache::loader",
                 namespace = %core.name,
@@ -75,87 +122,344 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
     }
 }
 
-/// L2, then the loader, then a guarded write-back to both tiers.
-pub(crate) async fn load_through<K, V, F, Fut, E>(
-    ns: &Namespace<K, V>,
+/// Why a flight runs.
+pub(crate) enum Mode {
+    /// L1 holds no fresh value; `stale` is its expired copy, kept for fail-safe.
+    Miss { stale: Option<L1Entry> },
+    /// L1's value is due for refresh-ahead; callers are being served it meanwhile.
+    Refresh { current: L1Entry },
+}
+
+/// Runs one flight to its end and hands its outcome to the waiters.
+pub(crate) async fn fly<V, F, Fut>(
+    core: Arc<NamespaceCore>,
+    cache: TieredCache,
     key: String,
     loader: F,
-) -> Result<Arc<V>>
-where
-    K: CacheKey + ?Sized + 'static,
+    mode: Mode,
+    leader: Leader,
+) where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = std::result::Result<V, E>>,
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Fut: Future<Output = Loaded<V>>,
 {
-    let core = &*ns.core;
-    let shared = ns.cache.shared();
-    let l2 = &shared.l2;
-    let ticket = core.gens.ticket(&key);
-    // `seen` is the version counter noted before the loader runs: the fill is refused if the
-    // key is invalidated after it. `None` means Redis is out of reach: cache locally only.
-    let seen = match read_l2::<V>(core, shared, &key).await {
-        L2Read::Hit { version, value } => {
-            let value = Arc::new(value);
-            ns.insert_read(key, &value, version, &ticket);
-            return Ok(value);
+    let flight = Flight {
+        core: &core,
+        shared: cache.shared(),
+        ticket: core.gens.ticket(&key),
+        key,
+        leader: &leader,
+    };
+    let outcome = flight.run(loader, mode).await;
+    leader.finish(outcome);
+}
+
+struct Flight<'a> {
+    core: &'a NamespaceCore,
+    shared: &'a Shared,
+    key: String,
+    ticket: Ticket,
+    leader: &'a Leader,
+}
+
+impl Flight<'_> {
+    async fn run<V, F, Fut>(&self, loader: F, mode: Mode) -> Outcome
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Loaded<V>>,
+    {
+        let (mut fallback, current) = match mode {
+            Mode::Miss { stale } => (stale, None),
+            Mode::Refresh { current } => (None, Some(current)),
+        };
+        // `seen` is the version counter noted before the loader runs: the fill is refused if
+        // the key is invalidated after it. `None` means Redis is out of reach: cache locally.
+        let mut replaces = None;
+        let seen = match read_l2::<V>(self.core, self.shared, &self.key).await {
+            L2Read::Hit {
+                version,
+                expires_ms,
+                value,
+                weight,
+            } => {
+                let usable = match &current {
+                    None => true,
+                    // Another node refreshed it already, or Redis's copy outlives L1's.
+                    Some(cur) => version > cur.version || self.core.outlives_refresh(expires_ms),
+                };
+                if usable {
+                    return Ok(self.keep(value, version, expires_ms, weight));
+                }
+                replaces = Some(version);
+                self.note_stamp().await
+            }
+            L2Read::Expired {
+                version,
+                value,
+                weight,
+            } => {
+                if fallback.as_ref().is_none_or(|f| f.version <= version) {
+                    let value = value.map(|v| Arc::new(v) as AnyValue);
+                    fallback = Some(self.core.l1_entry(value, version, Some(0), weight));
+                }
+                self.note_stamp().await
+            }
+            L2Read::Miss => self.note_stamp().await,
+            L2Read::Unavailable => None,
+        };
+
+        let mut lock = None;
+        if let (Some(ttl), Some(_), None) = (self.core.policy.fleet_lock, seen, &current) {
+            match self.fleet_lock::<V>(ttl).await {
+                Locked::Held(token) => lock = Some(token),
+                Locked::Filled(value) => return Ok(value),
+                Locked::Proceed => {}
+            }
         }
-        L2Read::Miss => match l2.current_stamp().await {
+        let loaded = self.call_loader(loader, fallback.as_ref()).await;
+        let outcome = match (loaded, current) {
+            (Ok(value), _) => Ok(self.store(value, seen, replaces).await),
+            (Err(e), Some(current)) => {
+                self.core.metrics.refresh_failed.inc();
+                tracing::debug!(target: "tiered_cache::loader", namespace = %self.core.name,
+                    error = %e, "refresh-ahead failed; the current value stays until it expires");
+                let value = current.value.clone();
+                self.insert(self.core.without_refresh(current));
+                Ok(value)
+            }
+            (Err(e), None) => self.fail_safe(e, fallback),
+        };
+        if let Some(token) = lock {
+            if let Err(e) = self
+                .shared
+                .l2
+                .unlock(&self.core.name, &self.key, token)
+                .await
+            {
+                self.core.metrics.l2_failed(e.kind());
+            }
+        }
+        outcome
+    }
+
+    /// Notes the version counter before loading, so the fill can tell what happened since.
+    async fn note_stamp(&self) -> Option<Stamp> {
+        match self.shared.l2.current_stamp().await {
             Ok(stamp) => {
-                shared.observe_epoch(stamp.epoch);
+                self.shared.observe_epoch(stamp.epoch);
                 Some(stamp)
             }
             Err(e) => {
-                core.metrics.l2_failed(e.kind());
+                self.core.metrics.l2_failed(e.kind());
                 None
             }
-        },
-        L2Read::Unavailable => None,
-    };
-
-    let value = match loader().await {
-        Ok(v) => {
-            core.metrics.loader_ok.inc();
-            Arc::new(v)
-        }
-        Err(e) => {
-            core.metrics.loader_error.inc();
-            return Err(Error::Loader(Arc::from(e.into())));
-        }
-    };
-
-    let Some(seen) = seen else {
-        ns.insert_read(key, &value, 0, &ticket);
-        return Ok(value);
-    };
-    // The fill is attempted even if this node already heard of an invalidation: Redis decides
-    // for L2 (it refuses a fill older than the key's last invalidation), the ticket for L1.
-    let bytes = match codec::encode_payload(&*value) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(target: "tiered_cache::loader", namespace = %core.name, error = %e,
-                "loaded value could not be encoded; not cached");
-            return Ok(value);
-        }
-    };
-    let payload = Payload {
-        bytes: &bytes,
-        ttl: core.policy.l2_ttl,
-    };
-    match l2.fill(&core.name, &key, seen, payload).await {
-        Ok(Err(epoch)) => {
-            shared.observe_epoch(epoch);
-            core.metrics.fill_refused.inc();
-        }
-        Ok(Ok(stamp)) => {
-            shared.observe_epoch(stamp.epoch);
-            core.metrics.fill_stored.inc();
-            ns.insert_read(key, &value, stamp.version, &ticket);
-        }
-        Err(e) => {
-            core.metrics.l2_failed(e.kind());
-            ns.insert_read(key, &value, 0, &ticket);
         }
     }
-    Ok(value)
+
+    /// Calls the loader under the namespace's timeouts. At the soft timeout, when a stale value
+    /// is at hand, the waiters get it and the load goes on.
+    async fn call_loader<V, F, Fut>(
+        &self,
+        loader: F,
+        fallback: Option<&L1Entry>,
+    ) -> Result<Option<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Loaded<V>>,
+    {
+        let policy = &self.core.policy;
+        let m = &self.core.metrics;
+        let load = async {
+            let result = match policy.hard_timeout {
+                Some(hard) => match tokio::time::timeout(hard, loader()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        m.loader_hard_timeout.inc();
+                        return Err(Error::LoaderTimeout(hard));
+                    }
+                },
+                None => loader().await,
+            };
+            result.map_err(|e| Error::Loader(Arc::from(e)))
+        };
+        let mut load = std::pin::pin!(load);
+        let result = match (policy.soft_timeout, fallback) {
+            (Some(soft), Some(stale)) if policy.fail_safe.is_some() => {
+                match tokio::time::timeout(soft, load.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        m.loader_soft_timeout.inc();
+                        m.stale_served.inc();
+                        self.leader.interim(Ok(stale.value.clone()));
+                        load.await
+                    }
+                }
+            }
+            _ => load.await,
+        };
+        match &result {
+            Ok(_) => m.loader_ok.inc(),
+            Err(_) => m.loader_error.inc(),
+        }
+        result
+    }
+
+    /// The loader failed: serve the stale value if fail-safe holds one, else the error.
+    fn fail_safe(&self, error: Error, fallback: Option<L1Entry>) -> Outcome {
+        let Some(stale) = fallback.filter(|_| self.core.policy.fail_safe.is_some()) else {
+            return Err(error);
+        };
+        self.core.metrics.stale_served.inc();
+        tracing::debug!(target: "tiered_cache::loader", namespace = %self.core.name,
+            %error, "loader failed; fail-safe serves the stale value");
+        let value = stale.value.clone();
+        // Served as fresh for the throttle, so a failing source is not asked on every read.
+        self.insert(self.core.throttled(stale));
+        Ok(value)
+    }
+
+    /// Caches a loaded value on both tiers (unless the key changed meanwhile) and returns it.
+    async fn store<V: Serialize + Send + Sync + 'static>(
+        &self,
+        value: Option<V>,
+        seen: Option<Stamp>,
+        replaces: Option<u64>,
+    ) -> Option<AnyValue> {
+        let core = self.core;
+        let life = core.l2_life(value.is_none());
+        let encoded = codec::encode(value.as_ref(), life.expires_ms, core.policy.compress_above);
+        let value = value.map(|v| Arc::new(v) as AnyValue);
+        let (encoded, seen) = match (encoded, seen) {
+            (Ok(e), Some(seen)) => (e, seen),
+            (Ok(e), None) => {
+                self.keep_local(value.clone(), Some(life.expires_ms), e.plain_len);
+                return value;
+            }
+            (Err(e), _) => {
+                tracing::warn!(target: "tiered_cache::loader", namespace = %core.name, error = %e,
+                    "loaded value could not be encoded; not cached");
+                return value;
+            }
+        };
+        // The fill is attempted even if this node already heard of an invalidation: Redis
+        // decides for L2 (it refuses a fill older than the key's last invalidation), the ticket
+        // for L1.
+        let payload = Payload {
+            encoded: &encoded,
+            ttl: life.keep_for,
+        };
+        let l2 = &self.shared.l2;
+        match l2
+            .fill(&core.name, &self.key, seen, replaces, payload)
+            .await
+        {
+            Ok(Err(epoch)) => {
+                self.shared.observe_epoch(epoch);
+                core.metrics.fill_refused.inc();
+            }
+            Ok(Ok(stamp)) => {
+                self.shared.observe_epoch(stamp.epoch);
+                core.metrics.fill_stored.inc();
+                let entry = core.l1_entry(
+                    value.clone(),
+                    stamp.version,
+                    Some(life.expires_ms),
+                    encoded.plain_len,
+                );
+                self.insert(entry);
+            }
+            Err(e) => {
+                core.metrics.l2_failed(e.kind());
+                self.keep_local(value.clone(), Some(life.expires_ms), encoded.plain_len);
+            }
+        }
+        value
+    }
+
+    /// Caches a value read from Redis in L1 and returns it.
+    fn keep<V: Send + Sync + 'static>(
+        &self,
+        value: Option<V>,
+        version: u64,
+        expires_ms: Option<u64>,
+        weight: usize,
+    ) -> Option<AnyValue> {
+        let value = value.map(|v| Arc::new(v) as AnyValue);
+        self.insert(
+            self.core
+                .l1_entry(value.clone(), version, expires_ms, weight),
+        );
+        value
+    }
+
+    /// Caches a value Redis could not take, in L1 only, at version 0.
+    fn keep_local(&self, value: Option<AnyValue>, expires_ms: Option<u64>, weight: usize) {
+        self.insert(self.core.l1_entry(value, 0, expires_ms, weight));
+    }
+
+    fn insert(&self, entry: L1Entry) {
+        self.core
+            .insert_guarded(self.key.clone(), entry, &self.ticket);
+    }
+
+    /// Takes the fleet-wide load lock, or waits for the node holding it to fill Redis.
+    async fn fleet_lock<V: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ttl: Duration,
+    ) -> Locked {
+        let (l2, ns, key) = (&self.shared.l2, &self.core.name, &self.key);
+        let m = &self.core.metrics;
+        let deadline = Instant::now() + ttl;
+        let poll = (ttl / 50).clamp(Duration::from_millis(2), Duration::from_millis(20));
+        loop {
+            let token = rand::random::<u64>();
+            match l2.try_lock(ns, key, token, ttl).await {
+                Ok(true) => {
+                    m.lock_acquired.inc();
+                    return Locked::Held(token);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    m.l2_failed(e.kind());
+                    return Locked::Proceed;
+                }
+            }
+            // Another node is loading: wait for its fill, or for its lock to go away.
+            loop {
+                if Instant::now() >= deadline {
+                    m.lock_gave_up.inc();
+                    return Locked::Proceed;
+                }
+                tokio::time::sleep(poll).await;
+                if let L2Read::Hit {
+                    version,
+                    expires_ms,
+                    value,
+                    weight,
+                } = peek_l2::<V>(self.core, self.shared, key).await
+                {
+                    m.lock_waited.inc();
+                    m.l2_hit.inc();
+                    return Locked::Filled(self.keep(value, version, expires_ms, weight));
+                }
+                match l2.is_locked(ns, key).await {
+                    Ok(true) => continue,
+                    // Released without a fill (its loader failed): try to take it.
+                    Ok(false) => break,
+                    Err(_) => return Locked::Proceed,
+                }
+            }
+        }
+    }
+}
+
+/// How the fleet-wide lock turned out.
+enum Locked {
+    /// This node holds it, under this token.
+    Held(u64),
+    /// Another node loaded the value meanwhile.
+    Filled(Option<AnyValue>),
+    /// Load without it (Redis unreachable, or the holder took too long).
+    Proceed,
 }

@@ -14,6 +14,10 @@
 //! | `tiered_cache_fills_total` | namespace, result (`stored`, `refused`) | loaded values written back to Redis |
 //! | `tiered_cache_invalidations_total` | namespace, event (`sent`, `applied`, `tracked`) | invalidation messages (`tracked`: keys reported by `CLIENT TRACKING`) |
 //! | `tiered_cache_loads_coalesced_total` | namespace | `get_or_load` calls that shared another caller's load (single flight) |
+//! | `tiered_cache_stale_served_total` | namespace | stale values served by fail-safe (loader failed or past its soft timeout) |
+//! | `tiered_cache_loader_timeouts_total` | namespace, kind (`soft`, `hard`) | loads past a timeout |
+//! | `tiered_cache_refreshes_total` | namespace, result (`started`, `failed`) | refresh-ahead loads |
+//! | `tiered_cache_fleet_locks_total` | namespace, result (`acquired`, `waited`, `gave_up`) | fleet-wide single flight: lock taken, another node's value waited for, waited too long |
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
 //! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
@@ -64,6 +68,14 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) l1_bypass: Tally,
     /// `get_or_load` calls that waited for another caller's load instead of loading.
     pub(crate) coalesced: Tally,
+    pub(crate) stale_served: Tally,
+    pub(crate) loader_soft_timeout: Tally,
+    pub(crate) loader_hard_timeout: Tally,
+    pub(crate) refresh_started: Tally,
+    pub(crate) refresh_failed: Tally,
+    pub(crate) lock_acquired: Tally,
+    pub(crate) lock_waited: Tally,
+    pub(crate) lock_gave_up: Tally,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
     l2_error_kinds: [Counter; 4],
@@ -85,7 +97,19 @@ impl NamespaceMetrics {
             Tally::new(counter!("tiered_cache_invalidations_total",
                 "namespace" => ns.clone(), "event" => event))
         };
+        let labelled = |name: &'static str, label: &'static str, value: &'static str| {
+            Tally::new(counter!(name, "namespace" => ns.clone(), label => value))
+        };
         Self {
+            stale_served: Tally::new(counter!("tiered_cache_stale_served_total",
+                "namespace" => ns.clone())),
+            loader_soft_timeout: labelled("tiered_cache_loader_timeouts_total", "kind", "soft"),
+            loader_hard_timeout: labelled("tiered_cache_loader_timeouts_total", "kind", "hard"),
+            refresh_started: labelled("tiered_cache_refreshes_total", "result", "started"),
+            refresh_failed: labelled("tiered_cache_refreshes_total", "result", "failed"),
+            lock_acquired: labelled("tiered_cache_fleet_locks_total", "result", "acquired"),
+            lock_waited: labelled("tiered_cache_fleet_locks_total", "result", "waited"),
+            lock_gave_up: labelled("tiered_cache_fleet_locks_total", "result", "gave_up"),
             l1_hit: req("l1", "hit"),
             l1_miss: req("l1", "miss"),
             l2_hit: req("l2", "hit"),
@@ -143,7 +167,12 @@ impl NamespaceMetrics {
             tracked_invalidations: self.inv_tracked.get(),
             l1_bypasses: self.l1_bypass.get(),
             coalesced_loads: self.coalesced.get(),
+            stale_served: self.stale_served.get(),
+            loader_timeouts: self.loader_soft_timeout.get() + self.loader_hard_timeout.get(),
+            refreshes: self.refresh_started.get(),
+            fleet_lock_waits: self.lock_waited.get(),
             l1_entries: 0,
+            l1_weight: 0,
             l1_bypassed: false,
         }
     }
@@ -208,8 +237,19 @@ pub struct NamespaceStats {
     /// Reads that skipped L1 because the bus could not vouch for the staleness bound (also
     /// counted as L1 misses).
     pub l1_bypasses: u64,
+    /// Stale values served by fail-safe instead of a loader error or a slow load.
+    pub stale_served: u64,
+    /// Loads that ran past the soft or the hard timeout.
+    pub loader_timeouts: u64,
+    /// Refresh-ahead loads started.
+    pub refreshes: u64,
+    /// Loads this node did not run because another node held the fleet lock and filled Redis.
+    pub fleet_lock_waits: u64,
     /// Entries in L1 (approximate).
     pub l1_entries: u64,
+    /// L1's summed weight: bytes for a namespace bounded by
+    /// [`l1_max_bytes`](crate::NamespacePolicy::l1_max_bytes), else the entry count.
+    pub l1_weight: u64,
     /// True while L1 is bypassed (the bus cannot vouch for the staleness bound).
     pub l1_bypassed: bool,
 }

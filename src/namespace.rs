@@ -11,9 +11,9 @@ use crate::config::NamespacePolicy;
 use crate::error::{Error, Result};
 use crate::guard::{Generations, Ticket};
 use crate::key::{key_string, with_key_str, CacheKey};
-use crate::l1::{L1Entry, L1Tier};
+use crate::l1::{AnyValue, Bound, L1Entry, L1Tier};
 use crate::l2::{Payload, Stamp};
-use crate::loader;
+use crate::loader::{self, L2Read, Mode};
 use crate::metrics::NamespaceMetrics;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,6 +22,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The key and value types a namespace was first opened with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,10 @@ pub(crate) struct NamespaceCore {
 impl NamespaceCore {
     pub(crate) fn new(name: String, policy: NamespacePolicy) -> Self {
         Self {
-            l1: L1Tier::new(policy.l1_capacity, policy.l1_ttl_value()),
+            l1: L1Tier::new(match policy.l1_max_bytes {
+                Some(bytes) => Bound::Bytes(bytes),
+                None => Bound::Entries(policy.l1_capacity),
+            }),
             metrics: NamespaceMetrics::new(&name),
             gens: Generations::new(),
             flights: Default::default(),
@@ -171,6 +175,153 @@ impl NamespaceCore {
         self.gens.bump_namespace();
         self.l1.clear();
     }
+
+    /// A TTL shortened by the namespace's jitter (never below 1 ms).
+    fn jittered(&self, ttl: Duration) -> Duration {
+        let jitter = self.policy.ttl_jitter.as_millis() as u64;
+        if jitter == 0 {
+            return ttl;
+        }
+        let cut = Duration::from_millis(rand::random_range(0..=jitter));
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// How long a value written now stays fresh, and how long Redis keeps it.
+    pub(crate) fn l2_life(&self, negative: bool) -> Life {
+        let policy = &self.policy;
+        let ttl = self.jittered(if negative {
+            policy.negative_ttl_value()
+        } else {
+            policy.l2_ttl
+        });
+        Life {
+            expires_ms: codec::unix_ms() + ttl.as_millis() as u64,
+            keep_for: ttl + policy.fail_safe.unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// An L1 entry for a value that stops being fresh at `expires_ms` in Redis (unix ms),
+    /// living at most the L1 TTL (the negative TTL for a "not found") here.
+    pub(crate) fn l1_entry(
+        &self,
+        value: Option<AnyValue>,
+        version: u64,
+        expires_ms: Option<u64>,
+        weight: usize,
+    ) -> L1Entry {
+        let policy = &self.policy;
+        let now = Instant::now();
+        let cap = if value.is_some() {
+            self.jittered(policy.l1_ttl_value())
+        } else {
+            policy.negative_ttl_value()
+        };
+        let left = expires_ms.map_or(cap, |at| {
+            Duration::from_millis(at.saturating_sub(codec::unix_ms()))
+        });
+        let fresh = cap.min(left);
+        let refresh_at = policy
+            .refresh_ahead
+            .filter(|_| value.is_some())
+            .map(|f| now + fresh.mul_f64(f));
+        self.entry_at(value, version, now + fresh, refresh_at, weight)
+    }
+
+    fn entry_at(
+        &self,
+        value: Option<AnyValue>,
+        version: u64,
+        fresh_until: Instant,
+        refresh_at: Option<Instant>,
+        weight: usize,
+    ) -> L1Entry {
+        let fail_safe = self.policy.fail_safe;
+        let stale_at = fail_safe.map(|_| fresh_until);
+        L1Entry {
+            value,
+            version,
+            fresh_until,
+            keep_until: fresh_until + fail_safe.unwrap_or(Duration::ZERO),
+            watch_at: match (stale_at, refresh_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            weight: weight.max(1).try_into().unwrap_or(u32::MAX),
+        }
+    }
+
+    /// A stale entry served by fail-safe, fresh again for the throttle.
+    pub(crate) fn throttled(&self, stale: L1Entry) -> L1Entry {
+        let until = Instant::now() + self.policy.fail_safe_throttle;
+        self.entry_at(
+            stale.value,
+            stale.version,
+            until,
+            None,
+            stale.weight as usize,
+        )
+    }
+
+    /// The same entry, not to be refreshed again (its refresh failed).
+    pub(crate) fn without_refresh(&self, entry: L1Entry) -> L1Entry {
+        let fresh_until = entry.fresh_until;
+        self.entry_at(
+            entry.value,
+            entry.version,
+            fresh_until,
+            None,
+            entry.weight as usize,
+        )
+    }
+
+    /// Whether a value Redis holds until `expires_ms` would, copied now, live past its own
+    /// refresh point: then a refresh-ahead can take it instead of calling the loader.
+    pub(crate) fn outlives_refresh(&self, expires_ms: Option<u64>) -> bool {
+        let (Some(at), Some(f)) = (expires_ms, self.policy.refresh_ahead) else {
+            return false;
+        };
+        let left = at.saturating_sub(codec::unix_ms());
+        left as f64 > self.policy.l1_ttl_value().as_millis() as f64 * (1.0 - f)
+    }
+
+    /// Looks a key up in L1, without counting.
+    #[inline]
+    fn lookup(&self, key: &str) -> Lookup {
+        let Some(entry) = self.l1.get(key) else {
+            return Lookup::Miss;
+        };
+        match entry.watch_at {
+            None => Lookup::Fresh(entry),
+            Some(at) => {
+                let now = Instant::now();
+                if now < at {
+                    Lookup::Fresh(entry)
+                } else if entry.is_stale(now) {
+                    Lookup::Stale(entry)
+                } else {
+                    Lookup::Due(entry)
+                }
+            }
+        }
+    }
+}
+
+/// How long a value written now lives.
+pub(crate) struct Life {
+    /// When it stops being fresh (unix ms), written into its envelope.
+    pub(crate) expires_ms: u64,
+    /// How long Redis keeps it: its TTL plus the fail-safe window.
+    pub(crate) keep_for: Duration,
+}
+
+/// What L1 holds for a key.
+enum Lookup {
+    Fresh(L1Entry),
+    /// Fresh, and due for a refresh-ahead.
+    Due(L1Entry),
+    /// Past its freshness; kept only for fail-safe.
+    Stale(L1Entry),
+    Miss,
 }
 
 /// A typed handle on one namespace: keys `K`, values `V`. Cheap to clone.
@@ -221,22 +372,29 @@ where
     }
 
     /// Looks in this process's L1 only: no I/O, never waits. `None` also while the namespace's
-    /// staleness bound cannot be vouched for (see [`NamespacePolicy::staleness_bound`]).
+    /// staleness bound cannot be vouched for (see [`NamespacePolicy::staleness_bound`]), and
+    /// for a cached "not found".
     #[inline]
     pub fn get_local(&self, key: &K) -> Option<Arc<V>> {
+        match self.local(key) {
+            Lookup::Fresh(e) | Lookup::Due(e) => downcast(e.value),
+            Lookup::Stale(_) | Lookup::Miss => None,
+        }
+    }
+
+    /// L1's answer, counting hits and bypasses (a miss is counted by the caller's next step).
+    #[inline]
+    fn local(&self, key: &K) -> Lookup {
         let core = &*self.core;
         if core.bypass.load(Relaxed) {
             core.metrics.l1_bypass.inc();
-            return None;
+            return Lookup::Miss;
         }
-        match with_key_str(key, |k| core.l1.get(k)) {
-            Some(entry) => {
-                core.metrics.l1_hit.inc();
-                // The namespace's value type is pinned, so this cannot fail.
-                entry.value.downcast::<V>().ok()
-            }
-            None => None,
+        let found = with_key_str(key, |k| core.lookup(k));
+        if let Lookup::Fresh(_) | Lookup::Due(_) = found {
+            core.metrics.l1_hit.inc();
         }
+        found
     }
 
     /// The version of the write this node's L1 copy of `key` came from, if it holds one
@@ -249,8 +407,9 @@ where
     /// Reads a value: L1, then Redis. `None` when neither has a live value, or when Redis cannot
     /// be reached in time (counted in [`NamespaceStats::l2_errors`](crate::NamespaceStats)).
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
-        if let Some(v) = self.get_local(key) {
-            return Some(v);
+        match self.local(key) {
+            Lookup::Fresh(e) | Lookup::Due(e) => return downcast(e.value),
+            Lookup::Stale(_) | Lookup::Miss => {}
         }
         // Boxed: the miss path's state stays out of this future, so an L1 hit through `get`
         // moves a few words, not the whole Redis read. The miss path allocates anyway.
@@ -258,35 +417,117 @@ where
     }
 
     async fn get_remote(&self, key: String) -> Option<Arc<V>> {
-        self.core.metrics.l1_miss.inc();
-        let ticket = self.core.gens.ticket(&key);
-        match loader::read_l2::<V>(&self.core, self.cache.shared(), &key).await {
-            loader::L2Read::Hit { version, value } => {
-                let value = Arc::new(value);
-                self.insert_read(key, &value, version, &ticket);
-                Some(value)
+        let core = &*self.core;
+        core.metrics.l1_miss.inc();
+        let ticket = core.gens.ticket(&key);
+        match loader::read_l2::<V>(core, self.cache.shared(), &key).await {
+            L2Read::Hit {
+                version,
+                expires_ms,
+                value,
+                weight,
+            } => {
+                let value = value.map(Arc::new);
+                let any = value.clone().map(|v| v as AnyValue);
+                let entry = core.l1_entry(any, version, expires_ms, weight);
+                core.insert_guarded(key, entry, &ticket);
+                value
             }
-            loader::L2Read::Miss | loader::L2Read::Unavailable => None,
+            L2Read::Expired { .. } | L2Read::Miss | L2Read::Unavailable => None,
         }
     }
 
     /// Reads a value, calling `loader` on a miss and caching what it returns on both tiers.
     ///
-    /// When Redis is unreachable the loader's value is served and kept in L1 only. A value
-    /// loaded while another node wrote or invalidated the key is returned to this caller but
-    /// not cached, so the newer write wins everywhere.
+    /// Concurrent calls for one key share one load (single flight). The load runs as a task of
+    /// its own: a caller that stops waiting does not cancel it for the others, and with
+    /// [soft timeouts](NamespacePolicy::soft_timeout) or
+    /// [refresh-ahead](NamespacePolicy::refresh_ahead) it may finish after every caller has its
+    /// answer; hence the `Send + 'static` bounds. When Redis is unreachable the loader's value
+    /// is served and kept in L1 only. A value loaded while another node wrote or invalidated
+    /// the key is returned to this caller but not cached, so the newer write wins everywhere.
+    ///
+    /// Returns [`Error::NotFound`] when a "not found" cached through
+    /// [`get_or_load_optional`](Self::get_or_load_optional) is in the way.
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Arc<V>>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        if let Some(v) = self.get_local(key) {
-            return Ok(v);
-        }
+        let found = self
+            .get_or_load_optional(key, move || async move { loader().await.map(Some) })
+            .await?;
+        found.ok_or(Error::NotFound)
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load), for a source that may have no value: the
+    /// loader returns `Ok(None)` for "not found", which is cached for the namespace's
+    /// [negative TTL](NamespacePolicy::negative_ttl) on both tiers, so a key that does not
+    /// exist is not looked up at the source on every call. A later write of the key replaces
+    /// it everywhere, like any value.
+    pub async fn get_or_load_optional<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let stale = match self.local(key) {
+            Lookup::Fresh(e) => return Ok(downcast(e.value)),
+            Lookup::Due(e) => {
+                let value = downcast(e.value.clone());
+                self.refresh(key_string(key), e, loader);
+                return Ok(value);
+            }
+            Lookup::Stale(e) => Some(e),
+            Lookup::Miss => None,
+        };
         self.core.metrics.l1_miss.inc();
         // Boxed for the same reason as in `get`.
-        Box::pin(self.load_once(key_string(key), loader)).await
+        Box::pin(self.load_once(key_string(key), loader, stale)).await
+    }
+
+    /// Starts one background refresh of a key due for it, unless one is running.
+    fn refresh<F, Fut, E>(&self, key: String, current: L1Entry, loader: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        if self.core.flights.is_loading(&key) {
+            return;
+        }
+        if let crate::flight::Role::Leader(leader, _) = self.core.flights.join(&key) {
+            self.core.metrics.refresh_started.inc();
+            self.spawn_flight(key, loader, Mode::Refresh { current }, leader);
+        }
+    }
+
+    fn spawn_flight<F, Fut, E>(
+        &self,
+        key: String,
+        loader: F,
+        mode: Mode,
+        leader: crate::flight::Leader,
+    ) where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let loader = move || async move { loader().await.map_err(Into::into) };
+        let task = loader::fly::<V, _, _>(
+            self.core.clone(),
+            self.cache.clone(),
+            key,
+            loader,
+            mode,
+            leader,
+        );
+        self.cache.shared().runtime.spawn(task);
     }
 
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
@@ -297,12 +538,18 @@ where
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
         let shared = self.cache.shared();
         let key = key_string(key);
-        let payload = codec::encode_payload(&value).map_err(|e| Error::Encode(Arc::new(e)))?;
+        let life = self.core.l2_life(false);
+        let encoded = codec::encode(
+            Some(&value),
+            life.expires_ms,
+            self.core.policy.compress_above,
+        )
+        .map_err(|e| Error::Encode(Arc::new(e)))?;
         let before = self.core.gens.ticket(&key);
         let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
         let payload = Payload {
-            bytes: &payload,
-            ttl: self.core.policy.l2_ttl,
+            encoded: &encoded,
+            ttl: life.keep_for,
         };
         let written = shared
             .l2
@@ -315,10 +562,12 @@ where
                 self.core.metrics.inv_sent.inc();
                 shared.observe_epoch(stamp.epoch);
                 if after.directly_follows(&before) {
-                    let entry = L1Entry {
-                        value: Arc::new(value),
-                        version: stamp.version,
-                    };
+                    let entry = self.core.l1_entry(
+                        Some(Arc::new(value)),
+                        stamp.version,
+                        Some(life.expires_ms),
+                        encoded.plain_len,
+                    );
                     self.core.insert_guarded(key, entry, &after);
                 } else {
                     // Another invalidation of this key landed meanwhile: its order against ours
@@ -384,45 +633,61 @@ where
         }
     }
 
-    /// Single flight around the miss path: one caller loads, the others share its outcome. A
-    /// waiter whose leader was cancelled or panicked goes round again and may lead itself; it
-    /// keeps its own loader for that.
-    async fn load_once<F, Fut, E>(&self, key: String, loader: F) -> Result<Arc<V>>
+    /// Single flight around the miss path: the first caller spawns the load, every caller
+    /// waits for its outcome. A waiter whose load panicked goes round again and may start one
+    /// itself with its own loader.
+    async fn load_once<F, Fut, E>(
+        &self,
+        key: String,
+        loader: F,
+        stale: Option<L1Entry>,
+    ) -> Result<Option<Arc<V>>>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         use crate::flight::{self, Role};
+        let mut loader = Some(loader);
+        let mut stale = stale;
         loop {
-            match self.core.flights.join(&key) {
-                Role::Leader(leader) => {
-                    let outcome = loader::load_through(self, key, loader).await;
-                    let shared = outcome
-                        .clone()
-                        .map(|v| v as Arc<dyn std::any::Any + Send + Sync>);
-                    leader.finish(shared);
-                    return outcome;
-                }
+            let slot = match self.core.flights.join(&key) {
+                Role::Leader(leader, slot) => match loader.take() {
+                    Some(f) => {
+                        let mode = Mode::Miss {
+                            stale: stale.take(),
+                        };
+                        self.spawn_flight(key.clone(), f, mode, leader);
+                        slot
+                    }
+                    // Our own load panicked, and nobody else is loading.
+                    None => {
+                        drop(leader);
+                        return Err(Error::Loader(Arc::new(std::io::Error::other(
+                            "the loader panicked",
+                        ))));
+                    }
+                },
                 Role::Waiter(slot) => {
                     self.core.metrics.coalesced.inc();
-                    match flight::wait(slot).await {
-                        // The value type is pinned per namespace: the downcast cannot fail.
-                        Some(Ok(v)) => return Ok(v.downcast::<V>().expect("pinned type")),
-                        Some(Err(e)) => return Err(e),
-                        None => continue,
-                    }
+                    slot
                 }
+            };
+            match flight::wait(slot).await {
+                Some(outcome) => return outcome.map(downcast),
+                None if loader.is_none() => {
+                    return Err(Error::Loader(Arc::new(std::io::Error::other(
+                        "the loader panicked",
+                    ))))
+                }
+                None => continue,
             }
         }
     }
+}
 
-    /// Puts a value read from Redis (or loaded) into L1, unless the key changed meanwhile.
-    pub(crate) fn insert_read(&self, key: String, value: &Arc<V>, version: u64, ticket: &Ticket) {
-        let entry = L1Entry {
-            value: value.clone(),
-            version,
-        };
-        self.core.insert_guarded(key, entry, ticket);
-    }
+/// Recovers a value's type: the namespace pins its value type, so this cannot fail.
+#[inline]
+fn downcast<V: Send + Sync + 'static>(value: Option<AnyValue>) -> Option<Arc<V>> {
+    value.and_then(|v| v.downcast::<V>().ok())
 }

@@ -83,16 +83,31 @@ async fn get_or_load_loads_once_then_serves_from_the_tiers() {
     let key = ("CNGN", "USD");
 
     assert_eq!(
-        *ra.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        *ra.get_or_load(&key, {
+            let c = calls.clone();
+            move || load(c)
+        })
+        .await
+        .unwrap(),
         1.2345
     );
     assert_eq!(
-        *ra.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        *ra.get_or_load(&key, {
+            let c = calls.clone();
+            move || load(c)
+        })
+        .await
+        .unwrap(),
         1.2345
     );
     // Node b finds it in Redis: the loader is not called again.
     assert_eq!(
-        *rb.get_or_load(&key, || load(calls.clone())).await.unwrap(),
+        *rb.get_or_load(&key, {
+            let c = calls.clone();
+            move || load(c)
+        })
+        .await
+        .unwrap(),
         1.2345
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
