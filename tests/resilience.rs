@@ -1,0 +1,321 @@
+//! The read path's resilience policies against a real Redis: fail-safe, loader timeouts,
+//! refresh-ahead, TTL jitter, negative caching and the fleet-wide load lock.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{await_applied, eventually, RedisServer, PATIENCE};
+use tiered_cache::{Namespace, NamespacePolicy, TieredCache};
+use tokio::sync::Semaphore;
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// A node with one namespace, `px`, under `policy`.
+async fn node(server: &RedisServer, policy: NamespacePolicy) -> TieredCache {
+    support::node_with(server, |b| b.namespace("px", policy)).await
+}
+
+fn px(cache: &TieredCache) -> Namespace<str, u64> {
+    cache.namespace::<str, u64>("px").unwrap()
+}
+
+fn stats(cache: &TieredCache) -> tiered_cache::NamespaceStats {
+    *cache.stats().namespace("px").unwrap()
+}
+
+/// A loader that counts its calls and answers `value`, or fails when `value` is `None`.
+fn loader(
+    calls: &Arc<AtomicU64>,
+    value: Option<u64>,
+) -> impl FnOnce() -> std::future::Ready<Result<u64, std::io::Error>> + Send + 'static {
+    let calls = calls.clone();
+    move || {
+        calls.fetch_add(1, SeqCst);
+        std::future::ready(value.ok_or_else(|| std::io::Error::other("source down")))
+    }
+}
+
+/// Waits until `key`'s L1 copy is past its freshness (fail-safe keeps it, unserved).
+async fn until_stale(ns: &Namespace<str, u64>, key: &str) {
+    eventually("value past its TTL", PATIENCE, || async {
+        ns.get_local(key).is_none()
+    })
+    .await;
+}
+
+fn fail_safe_policy() -> NamespacePolicy {
+    NamespacePolicy::new(MS(300))
+        .fail_safe(Duration::from_secs(30))
+        .fail_safe_throttle(MS(300))
+}
+
+#[tokio::test]
+async fn fail_safe_serves_the_expired_value_while_the_loader_is_down_then_recovers() {
+    let server = RedisServer::start();
+    let a = node(&server, fail_safe_policy()).await;
+    let b = node(&server, fail_safe_policy()).await;
+    let (na, nb) = (px(&a), px(&b));
+    let calls = Arc::new(AtomicU64::new(0));
+    assert_eq!(
+        *na.get_or_load("k", loader(&calls, Some(1))).await.unwrap(),
+        1
+    );
+    until_stale(&na, "k").await;
+
+    // The source is down: node a serves its L1 copy, node b (empty L1) the copy Redis keeps.
+    assert_eq!(*na.get_or_load("k", loader(&calls, None)).await.unwrap(), 1);
+    assert_eq!(*nb.get_or_load("k", loader(&calls, None)).await.unwrap(), 1);
+    assert_eq!(stats(&a).stale_served, 1);
+    assert_eq!(stats(&b).stale_served, 1);
+    let before = calls.load(SeqCst);
+    // Throttled: the failing source is not asked again at once.
+    assert_eq!(*na.get_or_load("k", loader(&calls, None)).await.unwrap(), 1);
+    assert_eq!(calls.load(SeqCst), before);
+
+    // Once the throttle is over and the source is back, the new value replaces the stale one.
+    eventually(
+        "source asked again and new value served",
+        PATIENCE,
+        || async { *na.get_or_load("k", loader(&calls, Some(2))).await.unwrap() == 2 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_fail_safe_a_loader_error_surfaces() {
+    let server = RedisServer::start();
+    let a = node(&server, NamespacePolicy::new(MS(300))).await;
+    let na = px(&a);
+    let calls = Arc::new(AtomicU64::new(0));
+    na.get_or_load("k", loader(&calls, Some(1))).await.unwrap();
+    until_stale(&na, "k").await;
+    let e = na.get_or_load("k", loader(&calls, None)).await.unwrap_err();
+    assert!(e.is_loader(), "{e}");
+}
+
+#[tokio::test]
+async fn fail_safe_never_serves_an_invalidated_value() {
+    let server = RedisServer::start();
+    let a = node(&server, fail_safe_policy()).await;
+    let b = node(&server, fail_safe_policy()).await;
+    let (na, nb) = (px(&a), px(&b));
+    let calls = Arc::new(AtomicU64::new(0));
+    na.get_or_load("k", loader(&calls, Some(1))).await.unwrap();
+    nb.get_or_load("k", loader(&calls, Some(1))).await.unwrap();
+    until_stale(&nb, "k").await;
+    na.invalidate("k").await.unwrap();
+    await_applied(&b, "px", 1).await;
+    // Both L1 copies and the Redis copy are gone: nothing stale is left to serve.
+    for ns in [&na, &nb] {
+        let e = ns.get_or_load("k", loader(&calls, None)).await.unwrap_err();
+        assert!(e.is_loader(), "{e}");
+    }
+    assert_eq!(stats(&a).stale_served + stats(&b).stale_served, 0);
+}
+
+#[tokio::test]
+async fn a_soft_timeout_serves_stale_and_the_load_finishes_in_the_background() {
+    let server = RedisServer::start();
+    let policy = fail_safe_policy()
+        .soft_timeout(MS(50))
+        .hard_timeout(Duration::from_secs(30));
+    let a = node(&server, policy).await;
+    let na = px(&a);
+    let calls = Arc::new(AtomicU64::new(0));
+    na.get_or_load("k", loader(&calls, Some(1))).await.unwrap();
+    until_stale(&na, "k").await;
+
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let slow = move || async move {
+        g.acquire().await.unwrap().forget();
+        Ok::<_, std::io::Error>(2u64)
+    };
+    // The loader is held at the gate: only the soft timeout can answer this call.
+    let v = tokio::time::timeout(PATIENCE, na.get_or_load("k", slow))
+        .await
+        .expect("answered at the soft timeout")
+        .unwrap();
+    assert_eq!(*v, 1);
+    assert_eq!(stats(&a).loader_timeouts, 1);
+    gate.add_permits(1);
+    eventually(
+        "the background load updated the cache",
+        PATIENCE,
+        || async { na.get_local("k").map(|v| *v) == Some(2) },
+    )
+    .await;
+    let b = node(&server, fail_safe_policy()).await;
+    assert_eq!(px(&b).get("k").await.map(|v| *v), Some(2), "and Redis");
+}
+
+#[tokio::test]
+async fn a_hard_timeout_gives_up_with_a_typed_error() {
+    let server = RedisServer::start();
+    let a = node(&server, NamespacePolicy::new(MS(300)).hard_timeout(MS(100))).await;
+    let never = || std::future::pending::<Result<u64, std::io::Error>>();
+    let e = tokio::time::timeout(PATIENCE, px(&a).get_or_load("k", never))
+        .await
+        .expect("the hard timeout answers")
+        .unwrap_err();
+    assert!(
+        matches!(e, tiered_cache::Error::LoaderTimeout(t) if t == MS(100)),
+        "{e}"
+    );
+    assert!(e.is_loader());
+    assert_eq!(stats(&a).loader_timeouts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_keeps_a_hot_key_from_ever_missing() {
+    let server = RedisServer::start();
+    let ttl = MS(600);
+    let a = node(&server, NamespacePolicy::new(ttl).refresh_ahead(0.5)).await;
+    let na = px(&a);
+    let calls = Arc::new(AtomicU64::new(0));
+    let next = |calls: &Arc<AtomicU64>| {
+        let calls = calls.clone();
+        move || async move { Ok::<_, std::io::Error>(calls.fetch_add(1, SeqCst) + 1) }
+    };
+    let deadline = std::time::Instant::now() + ttl * 5;
+    let mut seen = std::collections::BTreeSet::new();
+    while std::time::Instant::now() < deadline {
+        seen.insert(*na.get_or_load("hot", next(&calls)).await.unwrap());
+        tokio::time::sleep(MS(5)).await;
+    }
+    let s = stats(&a);
+    assert_eq!(s.l1_misses, 1, "only the very first read missed: {s:?}");
+    assert!(s.refreshes >= 3, "refreshed along the way: {s:?}");
+    assert!(
+        seen.len() >= 3,
+        "callers saw the refreshed values: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn ttl_jitter_spreads_expiry_without_exceeding_the_ttl() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_secs(20);
+    let a = node(
+        &server,
+        NamespacePolicy::new(ttl).ttl_jitter(Duration::from_secs(8)),
+    )
+    .await;
+    let na = px(&a);
+    let mut ttls = Vec::new();
+    for i in 0..100u64 {
+        let key = format!("k{i}");
+        na.set(&key, i).await.unwrap();
+        let ms: i64 = server.cmd(&[b"PTTL", format!("v1:px:{key}").as_bytes()]);
+        ttls.push(ms);
+    }
+    let (min, max) = (*ttls.iter().min().unwrap(), *ttls.iter().max().unwrap());
+    assert!(
+        max <= 20_000 && min >= 11_000,
+        "within [ttl - jitter, ttl]: {min}..{max}"
+    );
+    assert!(max - min > 4_000, "spread out: {min}..{max}");
+}
+
+#[tokio::test]
+async fn not_found_is_cached_briefly_and_a_write_replaces_it_everywhere() {
+    let server = RedisServer::start();
+    let policy = || NamespacePolicy::new(Duration::from_secs(60)).negative_ttl(MS(400));
+    let a = node(&server, policy()).await;
+    let b = node(&server, policy()).await;
+    let (na, nb) = (px(&a), px(&b));
+    let calls = Arc::new(AtomicU64::new(0));
+    let absent = |calls: &Arc<AtomicU64>| {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, SeqCst);
+            Ok::<Option<u64>, std::io::Error>(None)
+        }
+    };
+    assert!(na
+        .get_or_load_optional("ghost", absent(&calls))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(na
+        .get_or_load_optional("ghost", absent(&calls))
+        .await
+        .unwrap()
+        .is_none());
+    // Node b finds the "not found" in Redis.
+    assert!(nb
+        .get_or_load_optional("ghost", absent(&calls))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(calls.load(SeqCst), 1);
+    let e = nb
+        .get_or_load("ghost", loader(&calls, Some(9)))
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+
+    // A write replaces the negative entry on every node.
+    na.set("ghost", 5).await.unwrap();
+    await_applied(&b, "px", 1).await;
+    assert_eq!(nb.get("ghost").await.map(|v| *v), Some(5));
+
+    // And a "not found" lives only its negative TTL.
+    assert!(na
+        .get_or_load_optional("gone", absent(&calls))
+        .await
+        .unwrap()
+        .is_none());
+    let before = calls.load(SeqCst);
+    eventually("the negative entry expired", PATIENCE, || async {
+        na.get_or_load_optional("gone", absent(&calls))
+            .await
+            .unwrap();
+        calls.load(SeqCst) > before
+    })
+    .await;
+}
+
+/// `nodes` nodes, `per_node` concurrent callers each, one slow loader shared by all: how many
+/// times it ran.
+async fn fleet_stampede(policy: NamespacePolicy, nodes: usize, per_node: usize) -> u64 {
+    let server = RedisServer::start();
+    let mut caches = Vec::new();
+    for _ in 0..nodes {
+        caches.push(node(&server, policy.clone()).await);
+    }
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for cache in &caches {
+        for _ in 0..per_node {
+            let (ns, calls) = (px(cache), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                ns.get_or_load("hot", move || async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::time::sleep(MS(300)).await;
+                    Ok::<_, std::io::Error>(7)
+                })
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(*t.await.unwrap().unwrap(), 7);
+    }
+    calls.load(SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_on_four_nodes_load_once_per_node_without_the_lock() {
+    let policy = NamespacePolicy::new(Duration::from_secs(60));
+    assert_eq!(fleet_stampede(policy, 4, 250).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_on_four_nodes_load_once_with_the_fleet_lock() {
+    let policy =
+        NamespacePolicy::new(Duration::from_secs(60)).fleet_single_flight(Duration::from_secs(5));
+    assert_eq!(fleet_stampede(policy, 4, 250).await, 1);
+}
