@@ -90,17 +90,23 @@ fn env() -> Env {
 }
 
 fn cache(env: &Env, l1_capacity: u64, l1_ttl: Option<Duration>) -> TieredCache {
+    let p = NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity);
+    cache_with(
+        env,
+        "bench",
+        match l1_ttl {
+            Some(ttl) => p.l1_ttl(ttl),
+            None => p,
+        },
+    )
+}
+
+fn cache_with(env: &Env, prefix: &str, policy: NamespacePolicy) -> TieredCache {
     let _guard = env.rt.enter();
     let c = TieredCache::builder()
         .redis_url(&env.url)
-        .prefix("bench")
-        .namespace("quote", {
-            let p = NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity);
-            match l1_ttl {
-                Some(ttl) => p.l1_ttl(ttl),
-                None => p,
-            }
-        })
+        .prefix(prefix)
+        .namespace("quote", policy)
         .build()
         .unwrap();
     env.rt.block_on(async {
@@ -113,7 +119,7 @@ fn cache(env: &Env, l1_capacity: u64, l1_ttl: Option<Duration>) -> TieredCache {
 
 /// Runs the operations in turn, in batches of 256, and returns the time spent in `ops[which]`:
 /// the same pairing as the Redis groups, at a granularity where timer overhead is amortized.
-static ROTATE_TOTALS: std::sync::Mutex<[Duration; 3]> = std::sync::Mutex::new([Duration::ZERO; 3]);
+static ROTATE_TOTALS: std::sync::Mutex<[Duration; 5]> = std::sync::Mutex::new([Duration::ZERO; 5]);
 
 fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration {
     const BATCH: u64 = 256;
@@ -170,7 +176,7 @@ fn l1_hit(c: &mut Criterion) {
         let mut get_polled = |i| {
             std::hint::black_box(ns.get(at(i, 2)).now_or_never().unwrap().unwrap());
         };
-        *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 3];
+        *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
         let names = ["raw_moka_get", "get_local", "get_async_polled_once"];
         for (which, name) in names.into_iter().enumerate() {
             g.bench_function(BenchmarkId::new(name, keys), |b| {
@@ -192,6 +198,99 @@ fn l1_hit(c: &mut Criterion) {
             "l1_hit/{keys}: over the same rotations, get_local/raw = {:.2}x, get_async/raw = {:.2}x",
             r(1),
             r(2)
+        );
+    }
+    g.finish();
+}
+
+/// The cost of the resilience features on the L1 hit path: the same 16 hot keys read through
+/// a namespace with every feature off and one with every feature on, against raw moka.
+fn l1_features(c: &mut Criterion) {
+    let env = env();
+    let plain = cache(&env, 100_000, None);
+    // Its own prefix: the two caches must not evict each other's keys.
+    let all = cache_with(
+        &env,
+        "bench-all",
+        NamespacePolicy::new(Duration::from_secs(600))
+            .l1_max_bytes(64 << 20)
+            .fail_safe(Duration::from_secs(600))
+            .soft_timeout(Duration::from_millis(100))
+            .hard_timeout(Duration::from_secs(1))
+            .refresh_ahead(0.9)
+            .ttl_jitter(Duration::from_secs(1))
+            .fleet_single_flight(Duration::from_secs(1)),
+    );
+    let (off, on) = (
+        plain.namespace::<str, Quote>("quote").unwrap(),
+        all.namespace::<str, Quote>("quote").unwrap(),
+    );
+    let names: Vec<String> = (0..16).map(|i| format!("SYM{i:05}")).collect();
+    let raw: moka::sync::Cache<String, Arc<Quote>> =
+        moka::sync::Cache::builder().max_capacity(100_000).build();
+    env.rt.block_on(async {
+        for (i, k) in names.iter().enumerate() {
+            off.set(k, quote(i)).await.unwrap();
+            on.set(k, quote(i)).await.unwrap();
+            raw.insert(k.clone(), Arc::new(quote(i)));
+        }
+    });
+    let at = |i: u64| names[(i % 16) as usize].as_str();
+    let load = || async { Ok::<_, std::io::Error>(quote(0)) };
+    let mut raw_get = |i| {
+        std::hint::black_box(raw.get(at(i)).unwrap());
+    };
+    let mut local_off = |i| {
+        std::hint::black_box(off.get_local(at(i)).unwrap());
+    };
+    let mut local_on = |i| {
+        std::hint::black_box(on.get_local(at(i)).unwrap());
+    };
+    let mut load_off = |i| {
+        let v = off.get_or_load(at(i), load).now_or_never().unwrap();
+        std::hint::black_box(v.unwrap());
+    };
+    let mut load_on = |i| {
+        let v = on.get_or_load(at(i), load).now_or_never().unwrap();
+        std::hint::black_box(v.unwrap());
+    };
+    let mut g = c.benchmark_group("l1_features");
+    g.throughput(Throughput::Elements(1));
+    *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
+    let labels = [
+        "raw_moka_get",
+        "get_local_features_off",
+        "get_local_features_on",
+        "get_or_load_features_off",
+        "get_or_load_features_on",
+    ];
+    for (which, name) in labels.into_iter().enumerate() {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rotate(
+                    iters,
+                    which,
+                    &mut [
+                        &mut raw_get,
+                        &mut local_off,
+                        &mut local_on,
+                        &mut load_off,
+                        &mut load_on,
+                    ],
+                )
+            })
+        });
+    }
+    let t = *ROTATE_TOTALS.lock().unwrap();
+    if !t[0].is_zero() {
+        let r = |k: usize| t[k].as_secs_f64() / t[0].as_secs_f64();
+        eprintln!(
+            "l1_features: over the same rotations, vs raw moka: get_local off {:.2}x, on {:.2}x; \
+             get_or_load off {:.2}x, on {:.2}x",
+            r(1),
+            r(2),
+            r(3),
+            r(4)
         );
     }
     g.finish();
@@ -277,8 +376,8 @@ fn l2_hit(c: &mut Criterion) {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            // The payload the cache decodes: skip its 11-byte envelope header.
-            let q: Quote = rmp_serde::from_slice(&bytes[11..]).unwrap();
+            // The payload the cache decodes: skip its 11-byte envelope header and 8-byte expiry.
+            let q: Quote = rmp_serde::from_slice(&bytes[19..]).unwrap();
             std::hint::black_box(q);
         }
     };
@@ -376,6 +475,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(40);
-    targets = l1_hit, l2_hit, write
+    targets = l1_hit, l1_features, l2_hit, write
 }
 criterion_main!(benches);

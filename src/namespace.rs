@@ -52,10 +52,13 @@ pub(crate) struct NamespaceCore {
 impl NamespaceCore {
     pub(crate) fn new(name: String, policy: NamespacePolicy) -> Self {
         Self {
-            l1: L1Tier::new(match policy.l1_max_bytes {
-                Some(bytes) => Bound::Bytes(bytes),
-                None => Bound::Entries(policy.l1_capacity),
-            }),
+            l1: L1Tier::new(
+                match policy.l1_max_bytes {
+                    Some(bytes) => Bound::Bytes(bytes),
+                    None => Bound::Entries(policy.l1_capacity),
+                },
+                policy.l1_ttl_value() + policy.fail_safe.unwrap_or(Duration::ZERO),
+            ),
             metrics: NamespaceMetrics::new(&name),
             gens: Generations::new(),
             flights: Default::default(),
@@ -211,8 +214,10 @@ impl NamespaceCore {
     ) -> L1Entry {
         let policy = &self.policy;
         let now = Instant::now();
+        // Not jittered: L1 copies are made at different times anyway, and jitter here would
+        // make every hit read the clock. The jittered TTL in Redis spreads the reloads.
         let cap = if value.is_some() {
-            self.jittered(policy.l1_ttl_value())
+            policy.l1_ttl_value()
         } else {
             policy.negative_ttl_value()
         };
@@ -227,6 +232,9 @@ impl NamespaceCore {
         self.entry_at(value, version, now + fresh, refresh_at, weight)
     }
 
+    /// Builds an entry. Hits check `fresh_until` only where L1's own TTL would not enforce it
+    /// (fail-safe keeps entries longer; or the entry was given a shorter life).
+
     fn entry_at(
         &self,
         value: Option<AnyValue>,
@@ -235,13 +243,13 @@ impl NamespaceCore {
         refresh_at: Option<Instant>,
         weight: usize,
     ) -> L1Entry {
-        let fail_safe = self.policy.fail_safe;
-        let stale_at = fail_safe.map(|_| fresh_until);
+        let l1_ttl = self.policy.l1_ttl_value();
+        let shorter = fresh_until + Duration::from_millis(1) < Instant::now() + l1_ttl;
+        let stale_at = (self.policy.fail_safe.is_some() || shorter).then_some(fresh_until);
         L1Entry {
             value,
             version,
             fresh_until,
-            keep_until: fresh_until + fail_safe.unwrap_or(Duration::ZERO),
             watch_at: match (stale_at, refresh_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
