@@ -234,7 +234,6 @@ impl NamespaceCore {
 
     /// Builds an entry. Hits check `fresh_until` only where L1's own TTL would not enforce it
     /// (fail-safe keeps entries longer; or the entry was given a shorter life).
-
     fn entry_at(
         &self,
         value: Option<AnyValue>,
