@@ -208,6 +208,14 @@ impl Flight<'_> {
             L2Read::Miss => self.note_stamp().await,
             L2Read::Unavailable => None,
         };
+        if let (None, Some(current)) = (seen, &current) {
+            // Redis is out of reach: a refreshed value could only be kept at version 0, which
+            // L1 would not let replace the current one. Keep it until it expires instead of
+            // starting a refresh on every hit.
+            let value = current.value.clone();
+            self.insert(self.core.without_refresh(current.clone()));
+            return Ok(value);
+        }
 
         let mut lock = None;
         if let (Some(ttl), Some(_), None) = (self.core.policy.fleet_lock, seen, &current) {

@@ -667,12 +667,10 @@ where
                         self.spawn_flight(key.clone(), f, mode, leader);
                         slot
                     }
-                    // Our own load panicked, and nobody else is loading.
+                    // Our own load went away, and nobody else is loading.
                     None => {
                         drop(leader);
-                        return Err(Error::Loader(Arc::new(std::io::Error::other(
-                            "the loader panicked",
-                        ))));
+                        return Err(lost_load());
                     }
                 },
                 Role::Waiter(slot) => {
@@ -682,15 +680,18 @@ where
             };
             match flight::wait(slot).await {
                 Some(outcome) => return outcome.map(downcast),
-                None if loader.is_none() => {
-                    return Err(Error::Loader(Arc::new(std::io::Error::other(
-                        "the loader panicked",
-                    ))))
-                }
+                None if loader.is_none() => return Err(lost_load()),
                 None => continue,
             }
         }
     }
+}
+
+/// The error of a caller whose own load ended without an outcome.
+fn lost_load() -> Error {
+    Error::Loader(Arc::new(std::io::Error::other(
+        "the load ended without an answer: the loader panicked, or its runtime shut down",
+    )))
 }
 
 /// Recovers a value's type: the namespace pins its value type, so this cannot fail.
