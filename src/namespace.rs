@@ -292,7 +292,7 @@ impl NamespaceCore {
     }
 
     /// Looks a key up in L1, without counting.
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: &str) -> Lookup {
         let Some(entry) = self.l1.get(key) else {
             return Lookup::Miss;
@@ -383,14 +383,21 @@ where
     /// for a cached "not found".
     #[inline]
     pub fn get_local(&self, key: &K) -> Option<Arc<V>> {
+        self.local_value(key).and_then(downcast)
+    }
+
+    /// L1's fresh value (`Some(None)`: a cached "not found"), counting like `local`. Only the
+    /// value leaves this function, so an async caller's state stays small.
+    #[inline(always)]
+    fn local_value(&self, key: &K) -> Option<Option<AnyValue>> {
         match self.local(key) {
-            Lookup::Fresh(e) | Lookup::Due(e) => downcast(e.value),
+            Lookup::Fresh(e) | Lookup::Due(e) => Some(e.value),
             Lookup::Stale(_) | Lookup::Miss => None,
         }
     }
 
     /// L1's answer, counting hits and bypasses (a miss is counted by the caller's next step).
-    #[inline]
+    #[inline(always)]
     fn local(&self, key: &K) -> Lookup {
         let core = &*self.core;
         if core.bypass.load(Relaxed) {
@@ -414,9 +421,8 @@ where
     /// Reads a value: L1, then Redis. `None` when neither has a live value, or when Redis cannot
     /// be reached in time (counted in [`NamespaceStats::l2_errors`](crate::NamespaceStats)).
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
-        match self.local(key) {
-            Lookup::Fresh(e) | Lookup::Due(e) => return downcast(e.value),
-            Lookup::Stale(_) | Lookup::Miss => {}
+        if let Some(hit) = self.local_value(key) {
+            return downcast(hit);
         }
         // Boxed: the miss path's state stays out of this future, so an L1 hit through `get`
         // moves a few words, not the whole Redis read. The miss path allocates anyway.
