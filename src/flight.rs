@@ -95,6 +95,40 @@ pub(crate) async fn wait(mut slot: Slot) -> Option<Outcome> {
     }
 }
 
+/// Runs `lead` under single flight for `key`: the first caller runs it, the others share its
+/// outcome; a waiter whose leader was cancelled or panicked goes round again and may lead
+/// itself. `coalesced` counts the callers that shared. The value type must be the one pinned
+/// for the namespace the flights belong to. (The same loop as `Namespace::load_once`, for
+/// callers with another miss path: see `tags.rs`.)
+pub(crate) async fn run<V, Fut>(
+    flights: &Flights,
+    coalesced: &crate::metrics::Tally,
+    key: String,
+    lead: impl FnOnce(String) -> Fut,
+) -> Result<Arc<V>, Error>
+where
+    V: Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Arc<V>, Error>>,
+{
+    loop {
+        match flights.join(&key) {
+            Role::Leader(leader) => {
+                let outcome = lead(key).await;
+                leader.finish(outcome.clone().map(|v| v as Arc<dyn Any + Send + Sync>));
+                return outcome;
+            }
+            Role::Waiter(slot) => {
+                coalesced.inc();
+                match wait(slot).await {
+                    Some(Ok(v)) => return Ok(v.downcast::<V>().expect("pinned type")),
+                    Some(Err(e)) => return Err(e),
+                    None => continue,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 use crate::cache::Shared;
 use crate::codec::{self, Stored};
 use crate::error::{Error, Result};
-use crate::l2::Payload;
+use crate::guard::Ticket;
+use crate::l2::{L2Result, Payload, Stamp};
 use crate::namespace::{Namespace, NamespaceCore};
 use crate::CacheKey;
 use serde::de::DeserializeOwned;
@@ -41,7 +42,18 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
             return L2Read::Unavailable;
         }
     };
-    match codec::decode::<V>(&bytes) {
+    judge_l2(core, shared, &bytes).await
+}
+
+/// Judges bytes read from Redis under a key: a live value at or above the namespace floor is a
+/// hit; a tombstone, an older value or bytes that do not decode are (counted) misses.
+pub(crate) async fn judge_l2<V: DeserializeOwned>(
+    core: &NamespaceCore,
+    shared: &Shared,
+    bytes: &[u8],
+) -> L2Read<V> {
+    let m = &core.metrics;
+    match codec::decode::<V>(bytes) {
         Ok(Stored::Value { version, value }) if version >= core.floor() => {
             m.l2_hit.inc();
             L2Read::Hit { version, value }
@@ -142,7 +154,25 @@ where
         bytes: &bytes,
         ttl: core.policy.l2_ttl,
     };
-    match l2.fill(&core.name, &key, seen, payload).await {
+    let filled = l2.fill(&core.name, &key, seen, payload).await;
+    settle_fill(ns, key, &value, &ticket, filled);
+    Ok(value)
+}
+
+/// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
+/// refused it (the key changed while loading), and version 0 if Redis could not be asked.
+pub(crate) fn settle_fill<K, V>(
+    ns: &Namespace<K, V>,
+    key: String,
+    value: &Arc<V>,
+    ticket: &Ticket,
+    filled: L2Result<Result<Stamp, u64>>,
+) where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let (core, shared) = (&*ns.core, ns.cache.shared());
+    match filled {
         Ok(Err(epoch)) => {
             shared.observe_epoch(epoch);
             core.metrics.fill_refused.inc();
@@ -150,12 +180,11 @@ where
         Ok(Ok(stamp)) => {
             shared.observe_epoch(stamp.epoch);
             core.metrics.fill_stored.inc();
-            ns.insert_read(key, &value, stamp.version, &ticket);
+            ns.insert_read(key, value, stamp.version, ticket);
         }
         Err(e) => {
             core.metrics.l2_failed(e.kind());
-            ns.insert_read(key, &value, 0, &ticket);
+            ns.insert_read(key, value, 0, ticket);
         }
     }
-    Ok(value)
 }
