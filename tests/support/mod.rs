@@ -2,6 +2,8 @@
 //! Waiting is always a poll against a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod gate;
+pub mod listener;
 mod proxy;
 mod server;
 #[allow(unused_imports)]
