@@ -194,7 +194,7 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
     let qa = a.namespace::<str, u64>("quote").unwrap();
     let qb = b.namespace::<str, u64>("quote").unwrap();
 
-    for batch in [false, true] {
+    for (batch, tag) in [(false, "W1"), (true, "W2")] {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let reader = {
@@ -207,7 +207,7 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
                 };
                 if batch {
                     let out = qb
-                        .get_or_load_many_tagged(["b1", "b2"], &["W1"], |keys| async move {
+                        .get_or_load_many_tagged(["b1", "b2"], &[tag], |keys| async move {
                             let v = slow.await;
                             Ok::<_, std::io::Error>(keys.iter().map(|_| Some(v)).collect())
                         })
@@ -215,7 +215,7 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
                     out.into_iter().map(|r| *r.unwrap().unwrap()).collect()
                 } else {
                     let v = qb
-                        .get_or_load_tagged("s1", &["W1"], || async move {
+                        .get_or_load_tagged("s1", &[tag], || async move {
                             Ok::<_, std::io::Error>(slow.await)
                         })
                         .await;
@@ -226,7 +226,7 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
         started_rx.await.unwrap();
         // The window settles: the database changed, then the tag is invalidated.
         assert_eq!(
-            qa.invalidate_tag("W1").await.unwrap(),
+            qa.invalidate_tag(tag).await.unwrap(),
             0,
             "nothing listed yet"
         );
