@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::gate::{self, Gated};
 use support::listener::{command_calls, keys_of, BusListener, KIND_KEYS};
-use support::{await_applied, eventually, node, node_with, RedisServer, PATIENCE};
-use tiered_cache::{Error, NamespacePolicy, NamespaceStats, TieredCache};
+use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
+use tiered_cache::{Error, NamespaceStats, TieredCache};
 
 /// "Never hangs": far above the configured timeouts, not a speed claim.
 const NO_HANG: Duration = Duration::from_secs(5);
@@ -290,15 +290,7 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
 #[tokio::test]
 async fn batch_calls_degrade_when_redis_is_killed() {
     let mut server = RedisServer::start();
-    let a = node_with(&server, |b| {
-        b.namespace(
-            "fees",
-            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
-        )
-        .l2_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(300))
-    })
-    .await;
+    let a = node_with_fees(&server).await;
     let fees = a.namespace::<str, u64>("fees").unwrap();
     let rates = a.namespace::<str, u64>("rate").unwrap();
     assert!(fees

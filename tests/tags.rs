@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::gate::{self, Gated};
 use support::listener::{sections_of, BusListener, KIND_MULTI};
-use support::{await_applied, eventually, node, node_with, RedisServer, PATIENCE};
-use tiered_cache::NamespacePolicy;
+use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), f)
@@ -326,15 +325,7 @@ async fn tag_names_are_validated_before_any_io() {
 #[tokio::test]
 async fn invalidate_tag_without_redis_fails_fast_and_drops_local_copies() {
     let mut server = RedisServer::start();
-    let cache = node_with(&server, |b| {
-        b.namespace(
-            "fees",
-            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
-        )
-        .l2_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(300))
-    })
-    .await;
+    let cache = node_with_fees(&server).await;
     let fees = cache.namespace::<str, u64>("fees").unwrap();
     fees.set_tagged("x", 1, &["T"]).await.unwrap();
     fees.set("y", 2).await.unwrap();

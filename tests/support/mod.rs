@@ -60,6 +60,20 @@ pub async fn node_with(
     cache
 }
 
+/// A node with the usual namespaces plus `fees`, an `unbounded_staleness()` one (L1 keeps
+/// serving while Redis is down), and short timeouts, for tests that kill Redis.
+pub async fn node_with_fees(server: &RedisServer) -> tiered_cache::TieredCache {
+    node_with(server, |b| {
+        b.namespace(
+            "fees",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+    })
+    .await
+}
+
 /// Invalidations from other nodes that `cache` has applied in namespace `ns`.
 pub fn applied(cache: &tiered_cache::TieredCache, ns: &str) -> u64 {
     cache.stats().namespace(ns).unwrap().invalidations_applied
