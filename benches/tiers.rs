@@ -17,6 +17,9 @@
 //!   GET plus rmp-serde decode on a connection to the same server.
 //! - `write`: `set` (encode, one script: version, SET PX, PUBLISH, then the L1 update) against
 //!   a raw MULTI of SET PX + PUBLISH of the same encoded bytes.
+//! - `get_many`: one `get_many` of 100 keys against 100 sequential `get`s of 100 other keys,
+//!   all L1 misses answered by Redis (L1 entries live 1 ms, and a key comes round again only
+//!   after 50 pairs). `cargo bench --bench tiers -- get_many`.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -469,12 +472,86 @@ fn write(c: &mut Criterion) {
     g.finish();
 }
 
+fn get_many(c: &mut Criterion) {
+    const KEYS: usize = 10_000;
+    const BATCH: usize = 100;
+    let env = env();
+    let cache = cache(&env, 100_000, Some(Duration::from_millis(1)));
+    let ns = cache.namespace::<str, Quote>("quote").unwrap();
+    let names: Vec<String> = (0..KEYS).map(|i| format!("SYM{i:05}")).collect();
+    env.rt.block_on(async {
+        for chunk in names.chunks(500).enumerate() {
+            let (c, keys) = chunk;
+            let entries = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_str(), quote(c * 500 + i)));
+            assert!(ns.set_many(entries).await.iter().all(Result::is_ok));
+        }
+    });
+    // Pair i reads slot 2i sequentially and slot 2i+1 in one batch: distinct keys each side.
+    let slot = |i: u64, side: u64| {
+        let start = ((i * 2 + side) as usize * BATCH) % KEYS;
+        &names[start..start + BATCH]
+    };
+    let sequential = |i: u64| {
+        let (ns, keys) = (&ns, slot(i, 0));
+        async move {
+            for k in keys {
+                std::hint::black_box(ns.get(k).await.unwrap());
+            }
+        }
+    };
+    let batch = |i: u64| {
+        let (ns, keys) = (&ns, slot(i, 1));
+        async move {
+            let out = ns.get_many(keys.iter().map(String::as_str)).await;
+            assert!(out.iter().all(Option::is_some));
+            std::hint::black_box(out);
+        }
+    };
+    let mut g = c.benchmark_group("get_many");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    // A pair takes ~20 ms: 10 samples keep the group within seconds.
+    g.sample_size(10);
+    let before = cache.stats().namespace("quote").copied().unwrap();
+    reset_paired_totals();
+    for (name, side) in [
+        ("sequential_get_x100", Side::Raw),
+        ("get_many_x100", Side::Tiered),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&env.rt)
+                .iter_custom(|iters| paired(iters, side, sequential, batch))
+        });
+    }
+    let after = cache.stats().namespace("quote").copied().unwrap();
+    let (raw, tiered) = *PAIRED_TOTALS.lock().unwrap();
+    if !raw.is_zero() {
+        eprintln!(
+            "get_many: get_many/sequential gets over the same paired iterations = {:.2}x ({:.1}x faster)",
+            tiered.as_secs_f64() / raw.as_secs_f64(),
+            raw.as_secs_f64() / tiered.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+        let (l1, l2) = (
+            after.l1_hits - before.l1_hits,
+            after.l2_hits - before.l2_hits,
+        );
+        eprintln!(
+            "get_many: {:.1}% of reads went to Redis ({l2} of {})",
+            100.0 * l2 as f64 / (l1 + l2).max(1) as f64,
+            l1 + l2
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(40);
-    targets = l1_hit, l1_features, l2_hit, write
+    targets = l1_hit, l1_features, l2_hit, write, get_many
 }
 criterion_main!(benches);

@@ -13,6 +13,10 @@
 //! ...    count    u32, then per key: u32 length and the key's bytes
 //! ```
 //!
+//! Kind 3 (keys of several namespaces, one tag invalidation: see `l2/multi.rs`) has an empty
+//! namespace, then a u16 count of sections, each a u16-length namespace and a key list as above.
+//! A node older than kind 3 reads it as unreadable and resynchronises: safe, if costly.
+//!
 //! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is
 //! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
 //! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
@@ -33,6 +37,7 @@ const FORMAT: u8 = 1;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
+const KIND_MULTI: u8 = 3;
 
 /// The fraction of a staleness bound after which the watchdog stops trusting L1.
 pub(crate) const TRIP_AT: f64 = 0.7;
@@ -80,6 +85,21 @@ impl Outgoing {
         }
     }
 
+    /// Keys of several namespaces, listed by the script that publishes it (a tag
+    /// invalidation): after this tail it appends a u16 count of sections, and per namespace
+    /// that has keys, its [`section_head`](Self::section_head) and its key list.
+    pub(crate) fn multi(origin: u64) -> Self {
+        Self {
+            head: Self::head_bytes(KIND_MULTI, origin),
+            tail: Self::tail_start(""),
+        }
+    }
+
+    /// What precedes a namespace's key list in a [`multi`](Self::multi) message.
+    pub(crate) fn section_head(namespace: &str) -> Vec<u8> {
+        Self::tail_start(namespace)
+    }
+
     fn head_bytes(kind: u8, origin: u64) -> Vec<u8> {
         let mut h = Vec::with_capacity(VERSION_AT);
         h.extend_from_slice(&[MAGIC, FORMAT, kind]);
@@ -118,6 +138,8 @@ impl Outgoing {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Scope<'a> {
     Keys(Vec<&'a str>),
+    /// Keys of several namespaces (the message's own namespace is empty).
+    Multi(Vec<(&'a str, Vec<&'a str>)>),
     Namespace,
     /// `sent_ms` is on the sender's own clock: meaningful to the sender only.
     Heartbeat {
@@ -152,18 +174,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
         KIND_HEARTBEAT => Scope::Heartbeat {
             sent_ms: u64::from_be_bytes(r.take(8)?.try_into().ok()?),
         },
-        KIND_KEYS => {
-            let count = r.u32()? as usize;
-            // Each key needs at least its 4-byte length: bounds the allocation by the input.
-            if count > r.0.len() / 4 {
+        KIND_KEYS => Scope::Keys(r.keys()?),
+        KIND_MULTI if namespace.is_empty() => {
+            let count = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
+            // Each section needs at least 6 bytes: bounds the allocation by the input.
+            if count > r.0.len() / 6 {
                 return None;
             }
-            let mut keys = Vec::with_capacity(count);
+            let mut sections = Vec::with_capacity(count);
             for _ in 0..count {
-                let len = r.u32()? as usize;
-                keys.push(std::str::from_utf8(r.take(len)?).ok()?);
+                let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
+                let ns = std::str::from_utf8(r.take(len)?).ok()?;
+                sections.push((ns, r.keys()?));
             }
-            Scope::Keys(keys)
+            Scope::Multi(sections)
         }
         _ => return None,
     };
@@ -190,6 +214,21 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// A key list: u32 count, then per key a u32 length and its bytes.
+    fn keys(&mut self) -> Option<Vec<&'a str>> {
+        let count = self.u32()? as usize;
+        // Each key needs at least its 4-byte length: bounds the allocation by the input.
+        if count > self.0.len() / 4 {
+            return None;
+        }
+        let mut keys = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = self.u32()? as usize;
+            keys.push(std::str::from_utf8(self.take(len)?).ok()?);
+        }
+        Some(keys)
     }
 }
 
@@ -275,6 +314,13 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
     match (ns, &msg.scope) {
         (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(keys),
         (Some(ns), Scope::Namespace) => ns.apply_remote_clear(msg.version),
+        (_, Scope::Multi(sections)) => {
+            for (name, keys) in sections {
+                if let Some(ns) = shared.namespace(name) {
+                    ns.apply_remote_keys(keys);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -494,6 +540,49 @@ mod tests {
             (h.scope, h.version, h.namespace),
             (Scope::Heartbeat { sent_ms: 77 }, 9, "")
         );
+    }
+
+    /// A kind 3 message as the tag invalidation script builds it.
+    fn multi_message(origin: u64, version: u64, sections: &[(&str, &[&str])]) -> Vec<u8> {
+        let mut m = Outgoing::multi(origin).assemble(version, 5);
+        m.extend_from_slice(&(sections.len() as u16).to_be_bytes());
+        for (ns, keys) in sections {
+            m.extend(Outgoing::section_head(ns));
+            m.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+            for k in *keys {
+                m.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                m.extend_from_slice(k.as_bytes());
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn multi_round_trip_and_malformed() {
+        let m = multi_message(7, 42, &[("rate", &["a", "b:c"]), ("quote", &["é"])]);
+        let d = decode(&m).unwrap();
+        assert_eq!((d.origin, d.version, d.namespace), (7, 42, ""));
+        assert_eq!(
+            d.scope,
+            Scope::Multi(vec![("rate", vec!["a", "b:c"]), ("quote", vec!["é"])])
+        );
+        let empty = multi_message(7, 43, &[]);
+        assert_eq!(decode(&empty).unwrap().scope, Scope::Multi(vec![]));
+        for n in 0..m.len() {
+            assert!(decode(&m[..n]).is_none(), "prefix of {n} bytes accepted");
+        }
+        let mut trailing = m.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_none());
+        let mut huge = empty.clone();
+        let at = huge.len() - 2;
+        huge[at..].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(decode(&huge).is_none());
+        for i in 0..m.len() {
+            let mut bad = m.clone();
+            bad[i] ^= 0xff;
+            let _ = decode(&bad);
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum Error {
     /// A namespace was asked for that is not configured, or with other key/value types than
     /// the ones it was first opened with.
     Namespace(String),
+    /// A tag name was rejected. Tags become part of Redis key names, so they follow the
+    /// namespace rules: 1 to 64 bytes of `[A-Za-z0-9_.-]`. Nothing was read or written.
+    InvalidTag(String),
 }
 
 impl Error {
@@ -63,6 +66,11 @@ impl Error {
     /// True when a cached "not found" answered the call.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound)
+    }
+
+    /// True when a tag name was rejected (see [`Error::InvalidTag`]).
+    pub fn is_invalid_tag(&self) -> bool {
+        matches!(self, Error::InvalidTag(_))
     }
 
     /// The loader's error, when this is one.
@@ -95,6 +103,7 @@ impl fmt::Display for Error {
             Error::NotFound => f.write_str("not found (cached)"),
             Error::Encode(e) => write!(f, "value could not be encoded: {e}"),
             Error::Namespace(msg) => write!(f, "namespace error: {msg}"),
+            Error::InvalidTag(msg) => write!(f, "invalid tag: {msg}"),
         }
     }
 }

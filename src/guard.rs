@@ -68,6 +68,33 @@ impl Generations {
         }
     }
 
+    /// [`bump_key`](Self::bump_key) for every key of one batch write. Returns, per key, the
+    /// ticket as of after all the bumps, and whether the batch's own bumps are the only thing
+    /// its stripe and the namespace saw since `before` (the batch form of
+    /// [`Ticket::directly_follows`]: two keys of a batch may share a stripe).
+    pub(crate) fn bump_keys(&self, keys: &[&str], before: &[Ticket]) -> Vec<(Ticket, bool)> {
+        let mut own = std::collections::HashMap::<usize, u64>::with_capacity(keys.len());
+        for key in keys {
+            let stripe = stripe_of(key);
+            self.stripes[stripe].fetch_add(1, SeqCst);
+            *own.entry(stripe).or_default() += 1;
+        }
+        fence(SeqCst);
+        let ns_gen = self.namespace.load(SeqCst);
+        before
+            .iter()
+            .map(|b| {
+                let now = Ticket {
+                    stripe: b.stripe,
+                    key_gen: self.stripes[b.stripe].load(SeqCst),
+                    ns_gen,
+                };
+                let alone = ns_gen == b.ns_gen && now.key_gen == b.key_gen + own[&b.stripe];
+                (now, alone)
+            })
+            .collect()
+    }
+
     /// Marks every key of the namespace invalidated; call before clearing L1.
     pub(crate) fn bump_namespace(&self) {
         self.namespace.fetch_add(1, SeqCst);
@@ -121,5 +148,34 @@ mod tests {
         g.bump_key("k"); // someone else's invalidation lands first
         let after = g.bump_key("k");
         assert!(!after.directly_follows(&before));
+    }
+
+    #[test]
+    fn a_batch_counts_its_own_bumps_per_stripe() {
+        let g = Generations::new();
+        // Two keys sharing a stripe, and one elsewhere.
+        let a = "k0".to_string();
+        let b = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| stripe_of(k) == stripe_of(&a))
+            .unwrap();
+        let c = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| stripe_of(k) != stripe_of(&a))
+            .unwrap();
+        let keys = [a.as_str(), b.as_str(), c.as_str()];
+        let before: Vec<_> = keys.iter().map(|k| g.ticket(k)).collect();
+        let after = g.bump_keys(&keys, &before);
+        assert!(after.iter().all(|(t, alone)| *alone && g.is_current(t)));
+
+        let before: Vec<_> = keys.iter().map(|k| g.ticket(k)).collect();
+        g.bump_key(&b); // someone else's invalidation of b lands during the write
+        let after = g.bump_keys(&keys, &before);
+        let alone: Vec<bool> = after.iter().map(|(_, alone)| *alone).collect();
+        assert_eq!(alone, [false, false, true], "a and b share the stripe");
+
+        let before: Vec<_> = keys.iter().map(|k| g.ticket(k)).collect();
+        g.bump_namespace();
+        assert!(g.bump_keys(&keys, &before).iter().all(|(_, alone)| !alone));
     }
 }

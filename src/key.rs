@@ -258,6 +258,27 @@ impl KeySpace {
     }
 }
 
+/// Tag bookkeeping keys (see `tags.rs`). Tags follow the namespace rules, so these names stay
+/// unambiguous, and `_tc` is never a namespace.
+impl KeySpace {
+    /// `{prefix}:_tc:tag:{namespace}:{tag}`: the set of value keys written or filled with `tag`
+    /// since its last invalidation.
+    pub(crate) fn tag_key(&self, namespace: &str, tag: &str) -> String {
+        self.bookkeeping_key("tag", namespace, tag)
+    }
+
+    /// `{prefix}:_tc:tagfloor:{namespace}:{tag}`: the version and epoch of the tag's last
+    /// invalidation; a tagged fill that noted an older version is refused.
+    pub(crate) fn tag_floor_key(&self, namespace: &str, tag: &str) -> String {
+        self.bookkeeping_key("tagfloor", namespace, tag)
+    }
+
+    fn bookkeeping_key(&self, kind: &str, namespace: &str, tag: &str) -> String {
+        let prefix = &self.prefix;
+        format!("{prefix}{SEPARATOR}_tc{SEPARATOR}{kind}{SEPARATOR}{namespace}{SEPARATOR}{tag}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +312,8 @@ mod tests {
         assert_eq!(ks.channel(), "v1:_tc:inv:db0");
         assert_eq!(ks.meta_key(), "v1:_tc:meta");
         assert_eq!(KeySpace::floor_field("rate"), "floor:rate");
+        assert_eq!(ks.tag_key("rate", "W1"), "v1:_tc:tag:rate:W1");
+        assert_eq!(ks.tag_floor_key("rate", "W1"), "v1:_tc:tagfloor:rate:W1");
     }
 
     #[test]

@@ -349,7 +349,23 @@ impl L2Tier {
         replaces: Option<u64>,
         value: Payload<'_>,
     ) -> L2Result<Result<Stamp, u64>> {
-        let mut inv = self.fill.prepare_invoke();
+        self.fill_with(&self.fill, namespace, key, seen, replaces, value, |_| {})
+            .await
+    }
+
+    /// [`fill`](Self::fill) through `script` (FILL itself, or a script that wraps its text:
+    /// see `multi.rs`), with `extra` keys and arguments appended after FILL's own.
+    pub(crate) async fn fill_with(
+        &self,
+        script: &Script,
+        namespace: &str,
+        key: &str,
+        seen: Stamp,
+        replaces: Option<u64>,
+        value: Payload<'_>,
+        extra: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> L2Result<Result<Stamp, u64>> {
+        let mut inv = script.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
             .arg(new_epoch())
@@ -362,6 +378,7 @@ impl L2Tier {
             .arg(codec::unix_ms())
             // Versions start at 1 (a fill before any write takes 0, and is never replaced).
             .arg(replaces.unwrap_or(u64::MAX));
+        extra(&mut inv);
         let inv = &inv;
         let (stored, version, epoch): (u8, u64, u64) = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -520,3 +537,7 @@ fn lenient_u64(field: Option<&str>) -> u64 {
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
+
+/// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
+/// so its scripts can wrap the ones above and its calls go through `call`).
+pub(crate) mod multi;

@@ -43,6 +43,8 @@ pub mod key;
 /// Typed namespace handles: get, get_or_load, set, invalidate.
 pub mod namespace;
 
+/// Batch operations: `get_many`, `get_or_load_many`, `set_many` through both tiers.
+mod batch;
 /// Invalidation bus: message format and the subscriber task.
 mod bus;
 /// The value envelope around MessagePack.
@@ -59,6 +61,8 @@ mod l2;
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
+/// Tags: tagged writes and loads, and invalidation by tag across the fleet.
+mod tags;
 /// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
 mod tracking;
 

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::flight::{Leader, Outcome};
 use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{Payload, Stamp};
+use crate::l2::{L2Result, Payload, Stamp};
 use crate::namespace::NamespaceCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -67,15 +67,39 @@ async fn peek_l2<V: DeserializeOwned>(
     shared: &Shared,
     key: &str,
 ) -> L2Read<V> {
-    let bytes = match shared.l2.get(&core.name, key).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return L2Read::Miss,
+    match shared.l2.get(&core.name, key).await {
+        Ok(Some(bytes)) => classify(core, shared, &bytes).await,
+        Ok(None) => L2Read::Miss,
         Err(e) => {
             core.metrics.l2_failed(e.kind());
-            return L2Read::Unavailable;
+            L2Read::Unavailable
         }
-    };
-    match codec::decode::<V>(&bytes) {
+    }
+}
+
+/// Judges bytes read from Redis under a key, counting the outcome as `read_l2` does (for
+/// batch reads, which fetch many keys at once).
+pub(crate) async fn judge_l2<V: DeserializeOwned>(
+    core: &NamespaceCore,
+    shared: &Shared,
+    bytes: &[u8],
+) -> L2Read<V> {
+    let read = classify(core, shared, bytes).await;
+    match &read {
+        L2Read::Hit { .. } => core.metrics.l2_hit.inc(),
+        _ => core.metrics.l2_miss.inc(),
+    }
+    read
+}
+
+/// A live value at or above the namespace floor is a hit (or, past its expiry and kept for
+/// fail-safe, expired); a tombstone, an older value or bytes that do not decode are misses.
+async fn classify<V: DeserializeOwned>(
+    core: &NamespaceCore,
+    shared: &Shared,
+    bytes: &[u8],
+) -> L2Read<V> {
+    match codec::decode::<V>(bytes) {
         Ok(Stored::Value {
             version,
             expires_ms,
@@ -120,6 +144,39 @@ async fn peek_l2<V: DeserializeOwned>(
             L2Read::Miss
         }
     }
+}
+
+/// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
+/// refused it (the key changed while loading), and version 0 if Redis could not be asked.
+/// `encoded` is the value's expiry (unix ms) and its serialized size.
+pub(crate) fn settle_fill(
+    core: &NamespaceCore,
+    shared: &Shared,
+    key: String,
+    value: Option<AnyValue>,
+    encoded: (u64, usize),
+    ticket: &Ticket,
+    filled: L2Result<Result<Stamp, u64>>,
+) {
+    let (expires_ms, weight) = encoded;
+    let version = match filled {
+        Ok(Err(epoch)) => {
+            shared.observe_epoch(epoch);
+            core.metrics.fill_refused.inc();
+            return;
+        }
+        Ok(Ok(stamp)) => {
+            shared.observe_epoch(stamp.epoch);
+            core.metrics.fill_stored.inc();
+            stamp.version
+        }
+        Err(e) => {
+            core.metrics.l2_failed(e.kind());
+            0
+        }
+    };
+    let entry = core.l1_entry(value, version, Some(expires_ms), weight);
+    core.insert_guarded(key, entry, ticket);
 }
 
 /// Why a flight runs.
@@ -357,31 +414,20 @@ impl Flight<'_> {
             encoded: &encoded,
             ttl: life.keep_for,
         };
-        let l2 = &self.shared.l2;
-        match l2
+        let filled = (self.shared.l2)
             .fill(&core.name, &self.key, seen, replaces, payload)
-            .await
-        {
-            Ok(Err(epoch)) => {
-                self.shared.observe_epoch(epoch);
-                core.metrics.fill_refused.inc();
-            }
-            Ok(Ok(stamp)) => {
-                self.shared.observe_epoch(stamp.epoch);
-                core.metrics.fill_stored.inc();
-                let entry = core.l1_entry(
-                    value.clone(),
-                    stamp.version,
-                    Some(life.expires_ms),
-                    encoded.plain_len,
-                );
-                self.insert(entry);
-            }
-            Err(e) => {
-                core.metrics.l2_failed(e.kind());
-                self.keep_local(value.clone(), Some(life.expires_ms), encoded.plain_len);
-            }
-        }
+            .await;
+        let encoded = (life.expires_ms, encoded.plain_len);
+        let (key, ticket) = (self.key.clone(), &self.ticket);
+        settle_fill(
+            core,
+            self.shared,
+            key,
+            value.clone(),
+            encoded,
+            ticket,
+            filled,
+        );
         value
     }
 

@@ -7,74 +7,9 @@
 
 mod support;
 
-use serde::{Deserialize, Deserializer, Serialize};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use support::gate::{arm, release, wait_reading, Gated, SERIAL};
 use support::{eventually, node, RedisServer, PATIENCE};
 use tiered_cache::TieredCache;
-
-/// Tests in this file share the gate, so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Default)]
-struct GateState {
-    armed: bool,
-    reading: bool,
-    released: bool,
-}
-
-static GATE: Mutex<GateState> = Mutex::new(GateState {
-    armed: false,
-    reading: false,
-    released: false,
-});
-static GATE_CV: Condvar = Condvar::new();
-
-/// A price whose decoding waits at the gate while it is armed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct Gated(u64);
-
-impl<'de> Deserialize<'de> for Gated {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        let mut g = GATE.lock().unwrap();
-        if g.armed {
-            g.armed = false;
-            g.reading = true;
-            GATE_CV.notify_all();
-            // Hand this worker's queued tasks (the connections' drivers) to another thread.
-            let timed_out = tokio::task::block_in_place(|| {
-                let (_g, t) = GATE_CV
-                    .wait_timeout_while(g, Duration::from_secs(10), |g| !g.released)
-                    .unwrap();
-                t.timed_out()
-            });
-            assert!(!timed_out, "gate never released");
-        }
-        Ok(Gated(v))
-    }
-}
-
-fn arm() {
-    *GATE.lock().unwrap() = GateState {
-        armed: true,
-        ..Default::default()
-    };
-}
-
-async fn wait_reading() {
-    eventually(
-        "B is between its Redis read and its L1 insert",
-        PATIENCE,
-        || async { GATE.lock().unwrap().reading },
-    )
-    .await;
-}
-
-fn release() {
-    GATE.lock().unwrap().released = true;
-    GATE_CV.notify_all();
-}
 
 fn applied(cache: &TieredCache) -> u64 {
     cache

@@ -2,6 +2,8 @@
 //! Waiting is always a poll against a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod gate;
+pub mod listener;
 mod proxy;
 mod server;
 #[allow(unused_imports)]
@@ -56,6 +58,20 @@ pub async fn node_with(
     })
     .await;
     cache
+}
+
+/// A node with the usual namespaces plus `fees`, an `unbounded_staleness()` one (L1 keeps
+/// serving while Redis is down), and short timeouts, for tests that kill Redis.
+pub async fn node_with_fees(server: &RedisServer) -> tiered_cache::TieredCache {
+    node_with(server, |b| {
+        b.namespace(
+            "fees",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+    })
+    .await
 }
 
 /// Invalidations from other nodes that `cache` has applied in namespace `ns`.

@@ -1,0 +1,276 @@
+//! Batches and tags on the L2 tier: one MGET for many keys, one script writing many keys under
+//! one version and one message, tagged fills, and tag invalidation.
+//!
+//! Tags are kept in Redis as one set per namespace and tag, `{prefix}:_tc:tag:{ns}:{tag}`,
+//! listing the value keys written or filled with the tag. The write and fill scripts add to it
+//! in the same atomic step as the value, and keep it alive at least as long as the values it
+//! lists. `INVALIDATE_TAG` reads the set, replaces every listed key by a tombstone, records the
+//! version as the tag's *floor* (`{prefix}:_tc:tagfloor:{ns}:{tag}`, kept one L2 TTL), deletes
+//! the set and publishes one message, all in one script. The floor closes the race the set
+//! cannot: a load of a key no set lists yet (never cached) that started before the
+//! invalidation; its tagged fill is refused, as FILL refuses one older than a tombstone.
+//!
+//! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
+//! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
+
+use super::{codec, new_epoch, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, FILL};
+use crate::bus::Outgoing;
+use redis::Script;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+// Makes a tag set live at least `ttl` ms more, never less than it had: it must outlive every
+// value it lists (all of one namespace, so all with the same TTL).
+const TAG_HELPERS: &str = r"
+local function extend(k, ttl)
+  if redis.call('PTTL', k) < tonumber(ttl) then redis.call('PEXPIRE', k, ttl) end
+end
+";
+
+// KEYS: meta, n value keys, then the tag sets. ARGV: epoch, channel, message head, message
+// tail, n, then per key its envelope head, body and ttl ms (each value has its own flags and,
+// with jitter, its own TTL). One version for every key, one message listing them all (built
+// by the caller, as for INVALIDATE).
+const WRITE_MANY: &str = r"
+local e = epoch()
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local n = tonumber(ARGV[5])
+local ver = struct.pack('>I8', v)
+local longest = 1
+for i = 1, n do
+  local at = 3 * i + 3
+  redis.call('SET', KEYS[1 + i], ARGV[at] .. ver .. ARGV[at + 1], 'PX', ARGV[at + 2])
+  longest = math.max(longest, tonumber(ARGV[at + 2]))
+end
+for t = n + 2, #KEYS do
+  for i = 1, n do
+    redis.call('SADD', KEYS[t], KEYS[1 + i])
+  end
+  extend(KEYS[t], longest)
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. stamp(v, e) .. ARGV[4])
+return {v, e}
+";
+
+// FILL, wrapped: FILL's own keys and arguments come first, untouched, so its layout stays its
+// own. The caller appends the tag sets, then the tag floors, to KEYS, and the version and epoch
+// noted before the load, the TTL and the number of tags to ARGV; they are popped off before
+// FILL's text runs. A tag invalidated after the load began refuses the fill; a stored fill
+// joins every tag's set.
+const TAGGED_FILL_HEAD: &str = r"
+local ntags = tonumber(table.remove(ARGV))
+local ttl = table.remove(ARGV)
+local seen_e = tonumber(table.remove(ARGV))
+local seen = tonumber(table.remove(ARGV))
+local floors, sets = {}, {}
+for i = ntags, 1, -1 do floors[i] = table.remove(KEYS) end
+for i = ntags, 1, -1 do sets[i] = table.remove(KEYS) end
+for i = 1, ntags do
+  local f = redis.call('HMGET', floors[i], 'version', 'epoch')
+  if tonumber(f[2]) == seen_e and (tonumber(f[1]) or 0) > seen then
+    return {0, 0, tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0}
+  end
+end
+local function fill()
+";
+const TAGGED_FILL_TAIL: &str = r"
+end
+local r = fill()
+if r[1] == 1 then
+  for i = 1, ntags do
+    redis.call('SADD', sets[i], KEYS[2])
+    extend(sets[i], ttl)
+  end
+end
+return r
+";
+
+// KEYS: meta, then per namespace its tag set and its tag floor. ARGV: epoch, tombstone head,
+// channel, message head, message tail, then per namespace its value key prefix
+// (`{prefix}:{ns}:`), its TTL in ms and its section head. Tombstones every key the sets list
+// (as INVALIDATE does), sets each tag floor to the version, deletes the sets, publishes one
+// message. Returns {version, epoch, {keys of each namespace, without the prefix}}.
+const INVALIDATE_TAG: &str = r"
+local e = epoch()
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local tomb = ARGV[2] .. struct.pack('>I8', v)
+local parts, sections, evicted = {}, 0, {}
+for i = 1, (#KEYS - 1) / 2 do
+  local set, floor = KEYS[2 * i], KEYS[2 * i + 1]
+  local prefix, ttl, section = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local keys = {}
+  for _, m in ipairs(redis.call('SMEMBERS', set)) do
+    if string.sub(m, 1, #prefix) == prefix then
+      redis.call('SET', m, tomb, 'PX', ttl)
+      keys[#keys + 1] = string.sub(m, #prefix + 1)
+    end
+  end
+  redis.call('DEL', set)
+  redis.call('HSET', floor, 'version', v, 'epoch', e)
+  extend(floor, ttl)
+  if #keys > 0 then
+    sections = sections + 1
+    parts[#parts + 1] = section .. struct.pack('>I4', #keys)
+    for _, k in ipairs(keys) do
+      parts[#parts + 1] = struct.pack('>I4', #k) .. k
+    end
+  end
+  evicted[i] = keys
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5]
+  .. struct.pack('>I2', sections) .. table.concat(parts))
+return {v, e, evicted}
+";
+
+static WRITE_MANY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{TAG_HELPERS}{WRITE_MANY}")));
+static TAGGED_FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{TAG_HELPERS}{TAGGED_FILL_HEAD}{FILL}{TAGGED_FILL_TAIL}"
+    ))
+});
+static INVALIDATE_TAG_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{TAG_HELPERS}{INVALIDATE_TAG}")));
+
+/// What `get_many` read: the raw envelopes, in key order, and when asked, the version counter
+/// read right after them (what a load notes before calling its loader).
+pub(crate) type ManyRead = (Vec<Option<Vec<u8>>>, Option<Stamp>);
+
+impl L2Tier {
+    /// Reads many keys in one round trip (one MGET). With `stamp`, the version counter is read
+    /// in the same pipeline, after the values, as a single load reads it after its GET.
+    pub(crate) async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+        stamp: bool,
+    ) -> L2Result<ManyRead> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET");
+        for k in keys {
+            pipe.arg(self.keys.value_key(namespace, k));
+        }
+        if stamp {
+            pipe.cmd("HMGET")
+                .arg(self.keys.meta_key())
+                .arg("version")
+                .arg("epoch");
+        }
+        let pipe = &pipe;
+        self.call(|mut c| async move {
+            if stamp {
+                let (values, (v, e)): (_, (Option<String>, Option<String>)) =
+                    pipe.query_async(&mut c).await?;
+                let stamp = Stamp {
+                    version: super::lenient_u64(v.as_deref()),
+                    epoch: super::lenient_u64(e.as_deref()),
+                };
+                Ok((values, Some(stamp)))
+            } else {
+                let (values,) = pipe.query_async(&mut c).await?;
+                Ok((values, None))
+            }
+        })
+        .await
+    }
+
+    /// Stores many values (key, encoded value, how long Redis keeps it) under one version
+    /// drawn once, adds their keys to each tag's set, and publishes `message` (one
+    /// invalidation listing every key), atomically.
+    pub(crate) async fn write_many(
+        &self,
+        namespace: &str,
+        entries: &[(&str, &codec::Encoded, Duration)],
+        tags: &[&str],
+        message: &Outgoing,
+    ) -> L2Result<Stamp> {
+        let mut inv = WRITE_MANY_SCRIPT.prepare_invoke();
+        inv.key(self.keys.meta_key());
+        for (k, ..) in entries {
+            inv.key(self.keys.value_key(namespace, k));
+        }
+        for t in tags {
+            inv.key(self.keys.tag_key(namespace, t));
+        }
+        inv.arg(new_epoch())
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail())
+            .arg(entries.len());
+        for (_, encoded, keep) in entries {
+            inv.arg(&encoded.head[..])
+                .arg(&encoded.body)
+                .arg(ttl_ms(*keep));
+        }
+        self.invoke(&inv).await
+    }
+
+    /// [`fill`](L2Tier::fill), and with tags: refused as well if any tag was invalidated after
+    /// `seen`; when stored, the key joins every tag's set.
+    pub(crate) async fn fill_tagged(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen: Stamp,
+        value: Payload<'_>,
+        tags: &[&str],
+    ) -> L2Result<Result<Stamp, u64>> {
+        if tags.is_empty() {
+            return self.fill(namespace, key, seen, None, value).await;
+        }
+        let ttl = ttl_ms(value.ttl);
+        let extra = |inv: &mut redis::ScriptInvocation<'_>| {
+            for t in tags {
+                inv.key(self.keys.tag_key(namespace, t));
+            }
+            for t in tags {
+                inv.key(self.keys.tag_floor_key(namespace, t));
+            }
+            inv.arg(seen.version)
+                .arg(seen.epoch)
+                .arg(ttl)
+                .arg(tags.len());
+        };
+        self.fill_with(
+            &TAGGED_FILL_SCRIPT,
+            namespace,
+            key,
+            seen,
+            None,
+            value,
+            extra,
+        )
+        .await
+    }
+
+    /// Invalidates `tag` in each namespace (with its L2 TTL) in one script and one message.
+    /// Returns the version and, per namespace, the keys its set listed.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        namespaces: &[(&str, Duration)],
+        message: &Outgoing,
+    ) -> L2Result<(Stamp, Vec<Vec<String>>)> {
+        let mut inv = INVALIDATE_TAG_SCRIPT.prepare_invoke();
+        inv.key(self.keys.meta_key());
+        for (ns, _) in namespaces {
+            inv.key(self.keys.tag_key(ns, tag))
+                .key(self.keys.tag_floor_key(ns, tag));
+        }
+        inv.arg(new_epoch())
+            .arg(&codec::tombstone_head()[..])
+            .arg(self.keys.channel())
+            .arg(message.head())
+            .arg(message.tail());
+        for (ns, ttl) in namespaces {
+            inv.arg(self.keys.value_key(ns, ""))
+                .arg(ttl_ms(*ttl))
+                .arg(Outgoing::section_head(ns));
+        }
+        let inv = &inv;
+        let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok((Stamp { version, epoch }, keys))
+    }
+}

@@ -1,0 +1,197 @@
+//! Tags: attach names to values when they are written or loaded (a clearing window's id on all
+//! of that window's net positions, a tenant on a user's risk entries), then invalidate every
+//! value carrying a tag, on every node, in one script and one message, without `KEYS` or `SCAN`.
+//!
+//! Design and trade-off: Redis keeps, per namespace and tag, a set of the value keys written or
+//! filled with the tag (`{prefix}:_tc:tag:{ns}:{tag}`). The write and fill scripts add to it in
+//! the same atomic step as the value and keep it alive at least as long as the values it lists.
+//! [`invalidate_tag`](crate::Namespace::invalidate_tag) is one script: it tombstones every key
+//! the set lists (exactly as `invalidate` does, so slower loads cannot fill them back), records
+//! the version as the tag's floor (a tagged fill noted before it is refused, even for a key the
+//! set did not list yet), deletes the set, and publishes one message naming the keys.
+//!
+//! - Cost: one `SADD` per tag per write, and memory for the sets (each lists every distinct key
+//!   written with the tag since its last invalidation or expiry). The invalidation is O(keys
+//!   listed) inside Redis, as one atomic script, and O(1) messages: fine for thousands of keys,
+//!   a noticeable pause of the server for millions.
+//! - A listed key may have expired, or been rewritten without the tag since: it is tombstoned
+//!   anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
+//! - Tags are part of how a key is written: give a key the same tags on every write and load.
+//!   A write or fill without the tag does not join the set, so a later invalidation of the tag
+//!   would not reach that value. A tag is not removed from a key by writing without it.
+//! - The alternative, namespace-style floors per tag checked on every read, would need each
+//!   read to know its key's tags (stored beside the value and checked against per-tag floors):
+//!   more work on every read to save work on the rare invalidation.
+
+use crate::batch::Pending;
+use crate::bus::Outgoing;
+use crate::cache::TieredCache;
+use crate::error::{Error, Result};
+use crate::key::{key_string, validate_name, CacheKey};
+use crate::namespace::{Namespace, NamespaceCore};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Checks tag names: the namespace rules (1 to 64 bytes of `[A-Za-z0-9_.-]`).
+pub(crate) fn validate_tags(tags: &[&str]) -> Result<()> {
+    tags.iter()
+        .try_for_each(|t| validate_name("tag", t).map_err(Error::InvalidTag))
+}
+
+impl<K, V> Namespace<K, V>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// [`set`](Self::set), with tags: the key joins each tag's set in the same script, so a
+    /// later [`invalidate_tag`](Self::invalidate_tag) of any of them reaches this value.
+    /// `Err(InvalidTag)` before any I/O for a bad tag name.
+    pub async fn set_tagged(&self, key: &K, value: V, tags: &[&str]) -> Result<()> {
+        validate_tags(tags)?;
+        let mut out = self.write_many([(key, value)], tags).await;
+        out.pop().expect("one outcome per entry")
+    }
+
+    /// [`set_many`](Self::set_many), with the same tags on every entry. A bad tag name fails
+    /// every entry with `InvalidTag`, before any I/O.
+    pub async fn set_many_tagged<'k>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k K, V)>,
+        tags: &[&str],
+    ) -> Vec<Result<()>>
+    where
+        K: 'k,
+    {
+        if let Err(e) = validate_tags(tags) {
+            return entries.into_iter().map(|_| Err(e.clone())).collect();
+        }
+        self.write_many(entries, tags).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load), with tags: a loaded value written back to Redis
+    /// joins each tag's set, and is not written back if one of the tags was invalidated while
+    /// it loaded. A value found in either tier is returned as it is (its tags are those it was
+    /// written with). Single flight as for `get_or_load`: concurrent calls for a key share one
+    /// load. `Err(InvalidTag)` before any I/O for a bad tag name.
+    pub async fn get_or_load_tagged<F, Fut, E>(
+        &self,
+        key: &K,
+        tags: &[&str],
+        loader: F,
+    ) -> Result<Arc<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        validate_tags(tags)?;
+        if let Some(v) = self.get_local(key) {
+            return Ok(v);
+        }
+        self.core.metrics.l1_miss.inc();
+        let lead = |string: String| async move {
+            let ticket = self.core.gens.ticket(&string);
+            let pending = [Pending::one(key, string, ticket)];
+            let batch_loader = |_| async move { loader().await.map(|v| vec![Some(v)]) };
+            let mut loaded = self.load_pending(&pending, tags, batch_loader).await;
+            match loaded.pop() {
+                Some(Ok(Some(v))) => Ok(v),
+                Some(Err(e)) => Err(e),
+                // The one-key loader above always returns a value.
+                Some(Ok(None)) | None => unreachable!("a one-key load returns one value"),
+            }
+        };
+        let flights = &self.core.flights;
+        Box::pin(crate::flight::run(
+            flights,
+            &self.core.metrics.coalesced,
+            key_string(key),
+            lead,
+        ))
+        .await
+    }
+
+    /// [`get_or_load_many`](Self::get_or_load_many), with tags for the loaded values (as
+    /// [`get_or_load_tagged`](Self::get_or_load_tagged)). A bad tag name fails every key with
+    /// `InvalidTag`, before any I/O.
+    pub async fn get_or_load_many_tagged<'k, F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+        tags: &[&str],
+        loader: F,
+    ) -> Vec<Result<Option<Arc<V>>>>
+    where
+        K: 'k,
+        F: FnOnce(Vec<&'k K>) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<Option<V>>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Err(e) = validate_tags(tags) {
+            return keys.into_iter().map(|_| Err(e.clone())).collect();
+        }
+        self.load_many(keys, tags, loader).await
+    }
+
+    /// Removes every value of this namespace written or loaded with `tag`, from Redis and
+    /// from every node's L1: one script, one message, no key scan. Returns how many keys the
+    /// tag listed (each is now a tombstone; some may already have expired, or have been
+    /// rewritten without the tag: they are invalidated anyway, harmlessly).
+    ///
+    /// A tagged load that started before this call cannot write its value back afterwards,
+    /// even for a key that was not cached yet: the tag's floor refuses it (kept for the
+    /// namespace's L2 TTL, as tombstones are).
+    ///
+    /// On `Err(Unavailable)` this node's L1 of the namespace is cleared (which keys the tag
+    /// covered is unknown here), and whether Redis and the other nodes saw the invalidation is
+    /// unknown: retry once Redis is back.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
+        invalidate_tag(&self.cache, &[&self.core], tag).await
+    }
+}
+
+impl TieredCache {
+    /// [`Namespace::invalidate_tag`] in every namespace this node has configured, in one
+    /// script and one message: "the window settled, drop everything cached for it". Returns
+    /// how many keys the tag listed in all of them.
+    ///
+    /// Namespaces only other nodes configure are not covered: they are unknown here.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
+        let cores: Vec<&NamespaceCore> = self.shared().namespaces().iter().map(|c| &**c).collect();
+        invalidate_tag(self, &cores, tag).await
+    }
+}
+
+async fn invalidate_tag(cache: &TieredCache, cores: &[&NamespaceCore], tag: &str) -> Result<usize> {
+    validate_tags(&[tag])?;
+    let shared = cache.shared();
+    let targets: Vec<(&str, Duration)> = cores
+        .iter()
+        .map(|c| (c.name.as_str(), c.policy.l2_ttl))
+        .collect();
+    let message = Outgoing::multi(shared.node_id);
+    match shared.l2.invalidate_tag(tag, &targets, &message).await {
+        Ok((stamp, listed)) => {
+            shared.observe_epoch(stamp.epoch);
+            let mut count = 0;
+            // This node skips its own message: evict here (bump, then remove, as always).
+            for (core, keys) in cores.iter().zip(&listed) {
+                for key in keys {
+                    core.evict(key);
+                }
+                count += keys.len();
+                core.metrics.inv_sent.inc();
+            }
+            Ok(count)
+        }
+        Err(e) => {
+            for core in cores {
+                core.clear_l1();
+                core.metrics.l2_failed(e.kind());
+            }
+            Err(e.into_error("invalidate_tag"))
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Batch operations against a real Redis: `get_many`, `get_or_load_many` and `set_many` across
+//! the tiers, one MGET / one loader call / one script and message, per-key failures, Redis
+//! killed mid-test, and the load/invalidate race forced on a batch read.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::gate::{self, Gated};
+use support::listener::{command_calls, keys_of, BusListener, KIND_KEYS};
+use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
+use tiered_cache::{Error, NamespaceStats, TieredCache};
+
+/// "Never hangs": far above the configured timeouts, not a speed claim.
+const NO_HANG: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(NO_HANG, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+fn stats(cache: &TieredCache, ns: &str) -> NamespaceStats {
+    *cache.stats().namespace(ns).unwrap()
+}
+
+fn values(out: &[Option<Arc<u64>>]) -> Vec<Option<u64>> {
+    out.iter().map(|v| v.as_deref().copied()).collect()
+}
+
+fn loaded(out: &[tiered_cache::Result<Option<Arc<u64>>>]) -> Vec<Option<u64>> {
+    out.iter()
+        .map(|r| r.as_ref().unwrap().as_deref().copied())
+        .collect()
+}
+
+#[tokio::test]
+async fn get_many_mixes_tiers_and_asks_redis_once() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    qa.set("redis_only", 2).await.unwrap();
+    qa.set("gone", 3).await.unwrap();
+    qa.invalidate("gone").await.unwrap();
+    await_applied(&b, "quote", 2).await;
+    qb.set("local", 1).await.unwrap();
+    let _: () = server.cmd(&[b"SET", b"v1:quote:foreign", b"{\"not\":\"ours\"}"]);
+
+    let before = stats(&b, "quote");
+    let (mget, get) = (
+        command_calls(&server, "mget"),
+        command_calls(&server, "get"),
+    );
+    let keys = [
+        "local",
+        "redis_only",
+        "absent",
+        "foreign",
+        "gone",
+        "local",
+        "redis_only",
+    ];
+    let out = qb.get_many(keys).await;
+    assert_eq!(
+        values(&out),
+        [Some(1), Some(2), None, None, None, Some(1), Some(2)]
+    );
+    assert_eq!(command_calls(&server, "mget"), mget + 1, "one MGET");
+    assert_eq!(command_calls(&server, "get"), get, "no single GET");
+    let after = stats(&b, "quote");
+    assert_eq!(after.l1_hits - before.l1_hits, 2);
+    assert_eq!(after.l1_misses - before.l1_misses, 5);
+    // "redis_only", asked twice, is fetched once.
+    assert_eq!(after.l2_hits - before.l2_hits, 1);
+    assert_eq!(after.l2_misses - before.l2_misses, 3);
+    assert_eq!(
+        after.decode_errors - before.decode_errors,
+        1,
+        "foreign bytes"
+    );
+    assert_eq!(qb.get_local("redis_only").as_deref(), Some(&2), "L1 filled");
+    assert_eq!(qb.get_local("foreign"), None);
+    assert!(qb.get_many(std::iter::empty()).await.is_empty());
+}
+
+#[tokio::test]
+async fn get_or_load_many_loads_exactly_the_missing_keys_once() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    qa.set("remote", 2).await.unwrap();
+    await_applied(&b, "quote", 1).await;
+    qb.set("local", 1).await.unwrap();
+
+    let asked = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let load = |asked: Arc<Mutex<Vec<Vec<String>>>>| {
+        move |missing: Vec<&'static str>| async move {
+            asked
+                .lock()
+                .unwrap()
+                .push(missing.iter().map(|k| k.to_string()).collect());
+            let db = |k: &str| match k {
+                "m1" => Some(10),
+                "m2" => Some(20),
+                _ => None,
+            };
+            Ok::<_, std::io::Error>(missing.iter().map(|k| db(k)).collect())
+        }
+    };
+    let keys = ["local", "m1", "remote", "m2", "nope", "m1"];
+    let before = stats(&b, "quote");
+    let out = qb.get_or_load_many(keys, load(asked.clone())).await;
+    assert_eq!(
+        loaded(&out),
+        [Some(1), Some(10), Some(2), Some(20), None, Some(10)]
+    );
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [["m1", "m2", "nope"]],
+        "one loader call, with exactly the keys neither tier had"
+    );
+    let after = stats(&b, "quote");
+    assert_eq!(after.loads - before.loads, 2);
+    assert_eq!(after.fills_stored - before.fills_stored, 2);
+    // Written back to Redis: the other node reads them without a loader.
+    assert_eq!(
+        values(&qa.get_many(["m1", "m2", "nope"]).await),
+        [Some(10), Some(20), None]
+    );
+
+    // Again: only the key nobody has goes to the loader.
+    asked.lock().unwrap().clear();
+    let out = qb.get_or_load_many(keys, load(asked.clone())).await;
+    assert_eq!(
+        loaded(&out),
+        [Some(1), Some(10), Some(2), Some(20), None, Some(10)]
+    );
+    assert_eq!(*asked.lock().unwrap(), [["nope"]]);
+    // Nothing missing: no loader call at all.
+    asked.lock().unwrap().clear();
+    qb.get_or_load_many(["m1", "local"], load(asked.clone()))
+        .await;
+    assert!(asked.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn batch_loader_failures_are_per_key_outcomes() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let q = cache.namespace::<str, u64>("quote").unwrap();
+    q.set("here", 1).await.unwrap();
+
+    let out = q
+        .get_or_load_many(["here", "x", "y"], |_| async {
+            Err::<Vec<Option<u64>>, _>(std::io::Error::other("db down"))
+        })
+        .await;
+    assert_eq!(*out[0].as_ref().unwrap().as_deref().unwrap(), 1);
+    for r in &out[1..] {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.is_loader() && e.to_string().contains("db down"), "{e}");
+    }
+    // A list of the wrong length is the loader's error, for each key it was asked for.
+    let out = q
+        .get_or_load_many(["x", "here", "y"], |missing| async move {
+            assert_eq!(missing, ["x", "y"]);
+            Ok::<_, std::io::Error>(vec![Some(5)])
+        })
+        .await;
+    assert!(out[1].is_ok());
+    for r in [&out[0], &out[2]] {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.is_loader(), "{e}");
+        assert!(
+            e.to_string().contains("returned 1 values for 2 keys"),
+            "{e}"
+        );
+    }
+    assert_eq!(stats(&cache, "quote").load_errors, 4);
+    // Nothing was cached for them.
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", b"v1:quote:x"]);
+    assert_eq!(raw, None);
+    assert_eq!(values(&q.get_many(["x", "y"]).await), [None, None]);
+}
+
+/// A value whose encoding fails for 0.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Flaky(u64);
+
+impl Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 0 {
+            return Err(serde::ser::Error::custom("zero cannot be encoded"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+#[tokio::test]
+async fn set_many_fails_an_unencodable_value_alone() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, Flaky>("quote").unwrap();
+    let qb = b.namespace::<str, Flaky>("quote").unwrap();
+    let out = qa
+        .set_many([("a", Flaky(1)), ("b", Flaky(0)), ("c", Flaky(3))])
+        .await;
+    assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+    assert!(matches!(out[1], Err(Error::Encode(_))), "{out:?}");
+    let read: Vec<Option<Flaky>> = qb
+        .get_many(["a", "b", "c"])
+        .await
+        .into_iter()
+        .map(|v| v.as_deref().cloned())
+        .collect();
+    assert_eq!(read, [Some(Flaky(1)), None, Some(Flaky(3))]);
+    assert!(qa.set_many(std::iter::empty()).await.is_empty());
+}
+
+#[tokio::test]
+async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
+    const N: u64 = 50;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    let names: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    let keys = || names.iter().map(String::as_str);
+
+    assert!(qa.set_many(keys().zip(0..)).await.iter().all(Result::is_ok));
+    await_applied(&b, "quote", 1).await;
+    assert_eq!(
+        values(&qb.get_many(keys()).await),
+        (0..N).map(Some).collect::<Vec<_>>()
+    );
+    assert!(
+        keys().all(|k| qb.get_local(k).is_some()),
+        "b caches them all"
+    );
+
+    let mut bus = BusListener::start(&server).await;
+    let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    let sent = stats(&a, "quote").invalidations_sent;
+    let applied = support::applied(&b, "quote");
+    let out = qa.set_many(keys().zip(100..)).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    qa.invalidate("marker").await.unwrap();
+
+    let messages = bus.until(b"marker").await;
+    assert_eq!(messages.len(), 2, "one message for the batch, one marker");
+    let (ns, listed) = keys_of(&messages[0]);
+    assert_eq!((messages[0][2], ns.as_str()), (KIND_KEYS, "quote"));
+    assert_eq!(listed, names);
+    let after: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    assert_eq!(
+        after,
+        version + 2,
+        "one version for the batch, one for the marker"
+    );
+    for k in keys() {
+        let raw: Vec<u8> = server.cmd(&[b"GET", format!("v1:quote:{k}").as_bytes()]);
+        assert_eq!(
+            raw[3..11],
+            (version + 1).to_be_bytes(),
+            "{k}: the batch's version"
+        );
+    }
+    assert_eq!(stats(&a, "quote").invalidations_sent, sent + 2);
+
+    // Node b evicted every key on the one message, and reads the new values.
+    await_applied(&b, "quote", applied + 2).await;
+    assert!(keys().all(|k| qb.get_local(k).is_none()), "b evicted them");
+    let expected: Vec<_> = (100..100 + N).map(Some).collect();
+    assert_eq!(values(&qb.get_many(keys()).await), expected);
+    // The writer's own L1 holds the new values, at the batch's version.
+    assert!(keys()
+        .zip(100..)
+        .all(|(k, v)| qa.get_local(k).as_deref() == Some(&v)));
+    assert_eq!(qa.local_version("k7"), Some(version + 1));
+}
+
+#[tokio::test]
+async fn batch_calls_degrade_when_redis_is_killed() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let fees = a.namespace::<str, u64>("fees").unwrap();
+    let rates = a.namespace::<str, u64>("rate").unwrap();
+    assert!(fees
+        .set_many([("x", 1), ("y", 2)])
+        .await
+        .iter()
+        .all(Result::is_ok));
+
+    server.kill();
+    // Strict namespace: L1 is bypassed within the bound; the loader answers.
+    eventually("rate bypasses L1", PATIENCE, || async {
+        stats(&a, "rate").l1_bypassed
+    })
+    .await;
+    let calls = Arc::new(Mutex::new(0));
+    let load = |calls: Arc<Mutex<u32>>| {
+        move |missing: Vec<&'static str>| async move {
+            *calls.lock().unwrap() += 1;
+            Ok::<_, std::io::Error>(missing.iter().map(|_| Some(7)).collect())
+        }
+    };
+    let out = bounded(
+        "get_or_load_many",
+        rates.get_or_load_many(["p", "q"], load(calls.clone())),
+    )
+    .await;
+    assert_eq!(loaded(&out), [Some(7), Some(7)]);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert_eq!(rates.get_local("p"), None, "nothing enters a bypassed L1");
+    assert_eq!(
+        values(&bounded("get_many", rates.get_many(["p"])).await),
+        [None]
+    );
+
+    // Availability first: L1 keeps answering, loads are kept in L1.
+    let out = bounded("get_many", fees.get_many(["x", "y", "z"])).await;
+    assert_eq!(values(&out), [Some(1), Some(2), None]);
+    let out = bounded(
+        "get_or_load_many",
+        fees.get_or_load_many(["x", "z"], load(calls.clone())),
+    )
+    .await;
+    assert_eq!(loaded(&out), [Some(1), Some(7)]);
+    assert_eq!(fees.get_local("z").as_deref(), Some(&7));
+
+    let out = bounded("set_many", fees.set_many([("x", 5), ("w", 6)])).await;
+    for r in &out {
+        assert!(r.as_ref().unwrap_err().is_unavailable(), "{out:?}");
+    }
+    assert_eq!(
+        fees.get_local("x"),
+        None,
+        "an unpropagated write leaves no local copy"
+    );
+    assert!(stats(&a, "fees").l2_errors > 0);
+
+    server.restart();
+    eventually("resubscribed", PATIENCE, || async { a.is_subscribed() }).await;
+    eventually("writes go through again", PATIENCE, || async {
+        fees.set_many([("x", 8)]).await[0].is_ok()
+    })
+    .await;
+    assert_eq!(values(&fees.get_many(["x"]).await), [Some(8)]);
+}
+
+/// The load/invalidate race on a batch read: B holds between its MGET and its L1 insert while
+/// A's `set_many` is applied on B. B may answer with what it read, but must not keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_racing_a_set_many_keeps_no_stale_value() {
+    let _serial = gate::SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, Gated>("quote").unwrap();
+    let qb = b.namespace::<str, Gated>("quote").unwrap();
+    qa.set_many([("K", Gated(1)), ("L", Gated(1))]).await;
+    await_applied(&b, "quote", 1).await;
+
+    gate::arm();
+    let reader = {
+        let qb = qb.clone();
+        tokio::spawn(async move { qb.get_many(["K", "L"]).await })
+    };
+    gate::wait_reading().await;
+    let before = support::applied(&b, "quote");
+    qa.set_many([("K", Gated(2)), ("L", Gated(2))]).await;
+    await_applied(&b, "quote", before + 1).await;
+    gate::release();
+    let read = reader.await.unwrap();
+    assert_eq!(read[0].as_deref(), Some(&Gated(1)), "read before the write");
+    assert_eq!(qb.get_local("K"), None, "stale value left in B's L1");
+    assert_eq!(qb.get_local("L"), None, "stale value left in B's L1");
+    let fresh: Vec<_> = qb
+        .get_many(["K", "L"])
+        .await
+        .into_iter()
+        .map(|v| v.as_deref().cloned())
+        .collect();
+    assert_eq!(fresh, [Some(Gated(2)), Some(Gated(2))]);
+}

@@ -1,0 +1,360 @@
+//! Tags against a real Redis: tagged writes and loads, invalidation by tag across nodes in one
+//! message (per namespace and cache-wide), loads and reads racing a tag invalidation, tag name
+//! validation, and Redis unreachable.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use support::gate::{self, Gated};
+use support::listener::{sections_of, BusListener, KIND_MULTI};
+use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+fn values(out: &[Option<Arc<u64>>]) -> Vec<Option<u64>> {
+    out.iter().map(|v| v.as_deref().copied()).collect()
+}
+
+fn members(server: &RedisServer, set: &str) -> BTreeSet<String> {
+    server.cmd(&[b"SMEMBERS", set.as_bytes()])
+}
+
+fn set_of(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+#[tokio::test]
+async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    qa.set_tagged("p1", 1, &["W1"]).await.unwrap();
+    let out = qa
+        .set_many_tagged([("p2", 2), ("p3", 3)], &["W1", "T9"])
+        .await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    qa.set("u1", 4).await.unwrap();
+    qa.set_tagged("p4", 5, &["W2"]).await.unwrap();
+    // Tagged, then rewritten without the tag: still listed (a spurious invalidation later).
+    qa.set_tagged("p5", 6, &["W1"]).await.unwrap();
+    qa.set("p5", 7).await.unwrap();
+    await_applied(&b, "quote", 6).await;
+    let all = ["p1", "p2", "p3", "u1", "p4", "p5"];
+    assert_eq!(
+        values(&qb.get_many(all).await),
+        [Some(1), Some(2), Some(3), Some(4), Some(5), Some(7)]
+    );
+    assert!(
+        all.iter().all(|k| qb.get_local(k).is_some()),
+        "b caches them"
+    );
+
+    // The bookkeeping in Redis: value keys per tag, living at least as long as the values.
+    assert_eq!(
+        members(&server, "v1:_tc:tag:quote:W1"),
+        set_of(&["v1:quote:p1", "v1:quote:p2", "v1:quote:p3", "v1:quote:p5"])
+    );
+    assert_eq!(
+        members(&server, "v1:_tc:tag:quote:T9"),
+        set_of(&["v1:quote:p2", "v1:quote:p3"])
+    );
+    let set_ttl: i64 = server.cmd(&[b"PTTL", b"v1:_tc:tag:quote:W1"]);
+    let value_ttl: i64 = server.cmd(&[b"PTTL", b"v1:quote:p1"]);
+    assert!(
+        set_ttl >= value_ttl && set_ttl <= 60_000,
+        "{set_ttl} vs {value_ttl}"
+    );
+
+    let mut bus = BusListener::start(&server).await;
+    let applied = support::applied(&b, "quote");
+    let sent = a.stats().namespace("quote").unwrap().invalidations_sent;
+    assert_eq!(qa.invalidate_tag("W1").await.unwrap(), 4);
+    qa.invalidate("marker").await.unwrap();
+    let messages = bus.until(b"marker").await;
+    assert_eq!(messages.len(), 2, "one message for the tag, one marker");
+    assert_eq!(messages[0][2], KIND_MULTI);
+    let sections = sections_of(&messages[0]);
+    assert_eq!(sections.len(), 1);
+    assert_eq!(sections[0].0, "quote");
+    let listed: BTreeSet<String> = sections[0].1.iter().cloned().collect();
+    assert_eq!(listed, set_of(&["p1", "p2", "p3", "p5"]));
+    assert_eq!(
+        a.stats().namespace("quote").unwrap().invalidations_sent,
+        sent + 2
+    );
+
+    // Node b: the tagged keys are gone from L1 and from Redis; the others stay.
+    await_applied(&b, "quote", applied + 2).await;
+    for k in ["p1", "p2", "p3", "p5"] {
+        assert_eq!(qb.get_local(k), None, "{k} still in b's L1");
+    }
+    assert_eq!(qb.get_local("u1").as_deref(), Some(&4));
+    assert_eq!(qb.get_local("p4").as_deref(), Some(&5));
+    assert_eq!(
+        values(&qb.get_many(all).await),
+        [None, None, None, Some(4), Some(5), None]
+    );
+    // The writer skips its own message: its L1 was evicted from the script's answer.
+    assert!(["p1", "p2", "p3", "p5"]
+        .iter()
+        .all(|k| qa.get_local(k).is_none()));
+    assert_eq!(qa.get_local("u1").as_deref(), Some(&4));
+
+    // The set is gone; the tag's floor stays for the namespace's L2 TTL.
+    let exists: u64 = server.cmd(&[b"EXISTS", b"v1:_tc:tag:quote:W1"]);
+    assert_eq!(exists, 0);
+    let floor_ttl: i64 = server.cmd(&[b"PTTL", b"v1:_tc:tagfloor:quote:W1"]);
+    assert!(floor_ttl > 0 && floor_ttl <= 60_000, "{floor_ttl}");
+    // Another tag of p2 and p3 still lists them: tombstoning them again is harmless.
+    assert_eq!(qa.invalidate_tag("T9").await.unwrap(), 2);
+    assert_eq!(qa.invalidate_tag("never-used").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn cache_wide_invalidate_tag_covers_every_namespace_in_one_message() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let (qa, ra) = (
+        a.namespace::<str, u64>("quote").unwrap(),
+        a.namespace::<str, u64>("rate").unwrap(),
+    );
+    let (qb, rb) = (
+        b.namespace::<str, u64>("quote").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    qa.set_tagged("q1", 1, &["S1"]).await.unwrap();
+    assert!(ra
+        .set_many_tagged([("r1", 1), ("r2", 2)], &["S1"])
+        .await
+        .iter()
+        .all(Result::is_ok));
+    ra.set("r3", 3).await.unwrap();
+    await_applied(&b, "rate", 2).await;
+    await_applied(&b, "quote", 1).await;
+    assert_eq!(values(&qb.get_many(["q1"]).await), [Some(1)]);
+    assert_eq!(
+        values(&rb.get_many(["r1", "r2", "r3"]).await),
+        [Some(1), Some(2), Some(3)]
+    );
+
+    let mut bus = BusListener::start(&server).await;
+    let (applied_q, applied_r) = (support::applied(&b, "quote"), support::applied(&b, "rate"));
+    assert_eq!(a.invalidate_tag("S1").await.unwrap(), 3);
+    qa.invalidate("marker").await.unwrap();
+    let messages = bus.until(b"marker").await;
+    assert_eq!(
+        messages.len(),
+        2,
+        "one message for every namespace, one marker"
+    );
+    let mut sections = sections_of(&messages[0]);
+    for (_, keys) in &mut sections {
+        keys.sort();
+    }
+    sections.sort();
+    assert_eq!(
+        sections,
+        [
+            ("quote".to_string(), vec!["q1".to_string()]),
+            ("rate".to_string(), vec!["r1".to_string(), "r2".to_string()])
+        ]
+    );
+
+    await_applied(&b, "rate", applied_r + 1).await;
+    await_applied(&b, "quote", applied_q + 2).await;
+    assert_eq!(qb.get_local("q1"), None);
+    assert_eq!((rb.get_local("r1"), rb.get_local("r2")), (None, None));
+    assert_eq!(rb.get_local("r3").as_deref(), Some(&3));
+    assert_eq!(
+        values(&rb.get_many(["r1", "r2", "r3"]).await),
+        [None, None, Some(3)]
+    );
+    assert_eq!(values(&qb.get_many(["q1"]).await), [None]);
+}
+
+/// B loads keys nobody has cached yet (no tag set lists them) while A invalidates their tag:
+/// B's loader read the database before the change, so its fill must be refused by the tag's
+/// floor, on the single-key path and on the batch path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+
+    for (batch, tag) in [(false, "W1"), (true, "W2")] {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let reader = {
+            let qb = qb.clone();
+            tokio::spawn(async move {
+                let slow = async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    1 // what the database held when the load began
+                };
+                if batch {
+                    let out = qb
+                        .get_or_load_many_tagged(["b1", "b2"], &[tag], |keys| async move {
+                            let v = slow.await;
+                            Ok::<_, std::io::Error>(keys.iter().map(|_| Some(v)).collect())
+                        })
+                        .await;
+                    out.into_iter().map(|r| *r.unwrap().unwrap()).collect()
+                } else {
+                    let v = qb
+                        .get_or_load_tagged("s1", &[tag], || async move {
+                            Ok::<_, std::io::Error>(slow.await)
+                        })
+                        .await;
+                    vec![*v.unwrap()]
+                }
+            })
+        };
+        started_rx.await.unwrap();
+        // The window settles: the database changed, then the tag is invalidated.
+        assert_eq!(
+            qa.invalidate_tag(tag).await.unwrap(),
+            0,
+            "nothing listed yet"
+        );
+        release_tx.send(()).unwrap();
+        let read = reader.await.unwrap();
+        assert!(read.iter().all(|v| *v == 1), "answered with what it loaded");
+    }
+    for k in ["s1", "b1", "b2"] {
+        let raw: Option<Vec<u8>> = server.cmd(&[b"GET", format!("v1:quote:{k}").as_bytes()]);
+        assert_eq!(raw, None, "{k}: stale value written back to Redis");
+        assert_eq!(qb.get_local(k), None, "{k}: stale value kept in L1");
+    }
+    let s = b.stats();
+    assert_eq!(s.namespace("quote").unwrap().fills_refused, 3);
+
+    // Loads that start after the invalidation are cached, and join the tag again.
+    let v = qb
+        .get_or_load_tagged("s1", &["W1"], || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 2);
+    assert_eq!(qa.get("s1").await.as_deref(), Some(&2), "written back");
+    assert_eq!(
+        members(&server, "v1:_tc:tag:quote:W1"),
+        set_of(&["v1:quote:s1"])
+    );
+    // And the next invalidation of the tag reaches them.
+    let applied = support::applied(&b, "quote");
+    assert_eq!(qa.invalidate_tag("W1").await.unwrap(), 1);
+    await_applied(&b, "quote", applied + 1).await;
+    assert_eq!(qb.get_local("s1"), None);
+}
+
+/// The load/invalidate race on the read path, through a tag: B holds between its Redis read and
+/// its L1 insert while A's tag invalidation is applied on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_a_tag_invalidation_keeps_no_stale_value() {
+    let _serial = gate::SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    let qa = a.namespace::<str, Gated>("quote").unwrap();
+    let qb = b.namespace::<str, Gated>("quote").unwrap();
+    qa.set_tagged("K", Gated(1), &["T"]).await.unwrap();
+    await_applied(&b, "quote", 1).await;
+
+    gate::arm();
+    let reader = {
+        let qb = qb.clone();
+        tokio::spawn(async move { qb.get("K").await })
+    };
+    gate::wait_reading().await;
+    assert_eq!(qa.invalidate_tag("T").await.unwrap(), 1);
+    await_applied(&b, "quote", 2).await;
+    gate::release();
+    assert_eq!(reader.await.unwrap().as_deref(), Some(&Gated(1)));
+    assert_eq!(qb.get_local("K"), None, "stale value left in B's L1");
+    assert_eq!(qb.get("K").await, None);
+}
+
+#[tokio::test]
+async fn tag_names_are_validated_before_any_io() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let q = cache.namespace::<str, u64>("quote").unwrap();
+    let long = "n".repeat(65);
+    for bad in ["a:b", "", "a b", "x{y}", long.as_str()] {
+        let e = q.set_tagged("k", 1, &["ok", bad]).await.unwrap_err();
+        assert!(e.is_invalid_tag(), "{bad:?}: {e}");
+        assert!(q.invalidate_tag(bad).await.unwrap_err().is_invalid_tag());
+        assert!(cache
+            .invalidate_tag(bad)
+            .await
+            .unwrap_err()
+            .is_invalid_tag());
+        let e = q
+            .get_or_load_tagged("k", &[bad], || async {
+                Err::<u64, _>(std::io::Error::other("loader called despite a bad tag"))
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_invalid_tag());
+        let out = q.set_many_tagged([("k", 1), ("l", 2)], &[bad]).await;
+        assert!(out.iter().all(|r| r.as_ref().unwrap_err().is_invalid_tag()));
+        let out = q
+            .get_or_load_many_tagged(["k"], &[bad], |_| async {
+                Ok::<_, std::io::Error>(vec![Some(0)])
+            })
+            .await;
+        assert!(out[0].as_ref().unwrap_err().is_invalid_tag());
+    }
+    let written: u64 = server.cmd(&[b"EXISTS", b"v1:quote:k", b"v1:quote:l"]);
+    assert_eq!(written, 0, "nothing was written");
+    assert!(q.set_tagged("k", 1, &["W-2025.11.21_a"]).await.is_ok());
+}
+
+#[tokio::test]
+async fn invalidate_tag_without_redis_fails_fast_and_drops_local_copies() {
+    let mut server = RedisServer::start();
+    let cache = node_with_fees(&server).await;
+    let fees = cache.namespace::<str, u64>("fees").unwrap();
+    fees.set_tagged("x", 1, &["T"]).await.unwrap();
+    fees.set("y", 2).await.unwrap();
+    server.kill();
+    assert_eq!(
+        fees.get_local("x").as_deref(),
+        Some(&1),
+        "unbounded: L1 serves"
+    );
+    let e = bounded("invalidate_tag", fees.invalidate_tag("T"))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    // Which keys the tag covered is unknown here: the namespace's L1 is dropped.
+    assert_eq!((fees.get_local("x"), fees.get_local("y")), (None, None));
+    let e = bounded("cache-wide", cache.invalidate_tag("T"))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    let e = bounded("set_tagged", fees.set_tagged("x", 3, &["T"]))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(fees.get_local("x"), None);
+
+    server.restart();
+    eventually("resubscribed", PATIENCE, || async { cache.is_subscribed() }).await;
+    eventually("tag invalidation goes through again", PATIENCE, || async {
+        fees.invalidate_tag("T").await.is_ok()
+    })
+    .await;
+}
