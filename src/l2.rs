@@ -349,7 +349,7 @@ impl L2Tier {
         replaces: Option<u64>,
         value: Payload<'_>,
     ) -> L2Result<Result<Stamp, u64>> {
-        self.fill_with(&self.fill, namespace, key, seen, replaces, value, |_| {})
+        self.fill_with(&self.fill, namespace, key, (seen, replaces), value, |_| {})
             .await
     }
 
@@ -360,8 +360,7 @@ impl L2Tier {
         script: &Script,
         namespace: &str,
         key: &str,
-        seen: Stamp,
-        replaces: Option<u64>,
+        (seen, replaces): (Stamp, Option<u64>),
         value: Payload<'_>,
         extra: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> L2Result<Result<Stamp, u64>> {
