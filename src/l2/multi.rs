@@ -235,8 +235,7 @@ impl L2Tier {
             &TAGGED_FILL_SCRIPT,
             namespace,
             key,
-            seen,
-            None,
+            (seen, None),
             value,
             extra,
         )
