@@ -43,6 +43,8 @@ pub mod key;
 /// Typed namespace handles: get, get_or_load, set, invalidate.
 pub mod namespace;
 
+/// The circuit breaker in front of every Redis call.
+mod breaker;
 /// Invalidation bus: message format and the subscriber task.
 mod bus;
 /// The value envelope around MessagePack.
@@ -59,6 +61,8 @@ mod l2;
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
+/// Writes and invalidations made while Redis is unreachable, replayed when it is back.
+mod outbox;
 /// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
 mod tracking;
 
@@ -67,6 +71,7 @@ mod tracking;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use breaker::BreakerState;
 pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};
