@@ -38,6 +38,8 @@ pub mod cache;
 pub mod config;
 /// Errors, with predicates for the caller's decision.
 pub mod error;
+/// Bit-exact serde forms (`Decimal` as 16 bytes), and what the default forms keep.
+pub mod exact;
 /// Keys: the `CacheKey` trait and the Redis key layout.
 pub mod key;
 /// Typed namespace handles: get, get_or_load, set, invalidate.
