@@ -250,7 +250,9 @@ impl L2Tier {
     ///
     /// A call that finds its connection dropped (Redis restarted since the last call) is
     /// retried once on the connection the manager re-opens. Every call here is safe to repeat:
-    /// a repeated write or tombstone changes nothing visible, a repeated fill is refused.
+    /// a repeated write or tombstone changes nothing visible, a repeated fill is refused. A
+    /// call that timed out is not repeated: Redis may be slow, and the breaker should hear of
+    /// it rather than Redis get the command twice.
     async fn call<T, F, Fut>(&self, f: F) -> L2Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -261,7 +263,7 @@ impl L2Tier {
         };
         let attempt = async {
             match f(self.conn.clone()).await {
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                Err(e) if (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
                     f(self.conn.clone()).await
                 }
                 other => other,
