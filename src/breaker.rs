@@ -120,6 +120,17 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a call now would be let through (without asking for leave): the replayer does
+    /// not bother while the breaker would refuse it.
+    pub(crate) fn would_admit(&self) -> bool {
+        let inner = self.lock();
+        match inner.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => inner.opened_at.elapsed() >= self.cooldown,
+            BreakerState::HalfOpen => !inner.probing,
+        }
+    }
+
     /// Asks to make a call now; `None` means answer without Redis.
     pub(crate) fn acquire(&self) -> Option<Permit<'_>> {
         self.acquire_at(Instant::now())

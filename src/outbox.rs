@@ -19,8 +19,9 @@
 //!
 //! Each degradation is counted (`dropped`) and this node's L1 is made to agree with it.
 //!
-//! **Replay** runs when the breaker closes, when the subscriber has resubscribed, and every
-//! cool-down while anything is queued. One operation is in flight at a time; within a
+//! **Replay** is tried when something is queued, when the breaker closes, when the subscriber
+//! has resubscribed, and every cool-down while anything is queued, whenever the breaker would
+//! let a call through. One operation is in flight at a time; within a
 //! namespace a queued clear goes first. A replay that finds Redis unreachable again puts the
 //! operation back unless something newer replaced it meanwhile. A replayed write keeps what
 //! was left of its L2 TTL; one older than the TTL is replayed as an invalidation.
@@ -222,8 +223,8 @@ pub(crate) struct Outbox {
     /// Held by the replayer for each operation it replays, and by a strict call around its
     /// own: one operation in flight at a time.
     replays: tokio::sync::Mutex<()>,
-    /// Wakes the replayer: the breaker closed, the subscriber resubscribed, or something was
-    /// queued while the breaker was closed.
+    /// Wakes the replayer: something was queued, the breaker closed, or the subscriber
+    /// resubscribed.
     pub(crate) wake: Arc<Notify>,
     capacity: usize,
     max_bytes: usize,
@@ -413,6 +414,7 @@ impl Outbox {
                 "outbox full: queuing a clear of the namespace instead of its keys");
             core.clear_l1();
             self.publish_len(st);
+            self.wake.notify_one();
             return;
         } else {
             st.keys += 1;
@@ -433,6 +435,7 @@ impl Outbox {
             core.insert_guarded(key, entry, &ticket);
         }
         self.publish_len(st);
+        self.wake.notify_one();
     }
 
     /// Queues a clear of the namespace: it supersedes every key of it queued so far.
@@ -460,6 +463,7 @@ impl Outbox {
         });
         core.clear_l1();
         self.publish_len(st);
+        self.wake.notify_one();
     }
 
     /// Takes the next operation to replay: a namespace's clear before its keys; invalidations
@@ -663,7 +667,9 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
                 shared.observe_epoch(stamp.epoch);
                 core.raise_floor(stamp.version);
             }
-            core.clear_l1();
+            if landed_or_refused(&done) {
+                core.clear_l1();
+            }
             done
         }
         Taken::Write {
@@ -678,7 +684,9 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
                 let payload = Payload { bytes, ttl: left };
                 l2.write(ns, key, payload, &message).await
             };
-            core.evict(key);
+            if landed_or_refused(&done) {
+                core.evict(key);
+            }
             done
         }
         Taken::Invalidate { ns, keys } => {
@@ -686,8 +694,10 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
             let done = l2
                 .invalidate(ns, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
                 .await;
-            for k in &ks {
-                core.evict(k);
+            if landed_or_refused(&done) {
+                for k in &ks {
+                    core.evict(k);
+                }
             }
             done
         }
@@ -699,7 +709,10 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
             Ok(expired)
         }
         Err(e) => {
-            core.metrics.l2_failed(e.kind());
+            if !matches!(e, L2Error::Skipped) {
+                // (A skipped retry is not news: the operation was counted when it failed.)
+                core.metrics.l2_failed(e.kind());
+            }
             if !e.is_unreachable() {
                 tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, error = %e,
                     "redis refused a queued operation on replay; given up");
@@ -707,6 +720,13 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
             Err(e)
         }
     }
+}
+
+/// Whether a replay's local effects apply: it landed, or Redis refused it for good. One that
+/// could not reach Redis changes nothing here: the operation goes back into the queue, and a
+/// queued write's read-your-writes copy stays.
+fn landed_or_refused<T>(done: &Result<T, L2Error>) -> bool {
+    !matches!(done, Err(e) if e.is_unreachable())
 }
 
 /// Replays everything queued, one operation at a time, until the outbox is empty or Redis is
@@ -736,7 +756,7 @@ pub(crate) async fn run_replayer(shared: Arc<Shared>, retry: Duration) {
             _ = shared.outbox.wake.notified() => {}
             _ = tokio::time::sleep(retry), if !idle => {}
         }
-        if shared.outbox.len() > 0 {
+        if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
             let before = shared.outbox.len();
             drain(&shared).await;
             let after = shared.outbox.len();

@@ -111,9 +111,13 @@ async fn breaker_opens_as_redis_dies_and_closes_after_restart_with_no_caller_err
     assert_ne!(h.breaker, BreakerState::Closed, "{h:?}");
     // Newest per key: three keys queued however often they were written.
     assert_eq!(h.outbox_entries, 3, "{h:?}");
-    let s = a.stats();
-    assert_eq!(s.namespace("rate").unwrap().outbox_queued, 20);
-    assert_eq!(s.namespace("rate").unwrap().outbox_superseded, 18);
+    assert_eq!(a.stats().namespace("rate").unwrap().outbox_queued, 20);
+    // (A replay attempt may hold one operation for a moment; a newer one replaces it when it
+    // is put back.)
+    eventually("older writes superseded", PATIENCE, || async {
+        a.stats().namespace("rate").unwrap().outbox_superseded == 18
+    })
+    .await;
     // Availability first: `fees` reads its own queued write on a, and b (no bus) keeps its
     // copy; `rate` serves neither.
     assert_eq!(fa.get_local("k").map(|v| *v), Some(2));
@@ -319,6 +323,58 @@ async fn a_replayed_write_reaches_other_nodes_l1() {
     );
 }
 
+/// A write that times out while the breaker is still closed (a high threshold) is queued too,
+/// retried every cool-down, and each failed retry leaves the writer's read-your-writes copy
+/// alone; once Redis answers, the retry lands and the other node follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_is_retried_and_keeps_its_local_copy_meanwhile() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let a = builder(&proxy.url())
+        .breaker_threshold(1_000)
+        .build()
+        .unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (fa, fb) = (
+        a.namespace::<str, u64>("fees").unwrap(),
+        b.namespace::<str, u64>("fees").unwrap(),
+    );
+    fa.set("k", 1).await.unwrap();
+    await_applied(&b, "fees", 1).await;
+    assert_eq!(fb.get("k").await.map(|v| *v), Some(1));
+
+    proxy.set(Fault::Swallow, Target::Data);
+    let t = Instant::now();
+    fa.set("k", 2).await.expect("queued, not failed");
+    assert!(
+        t.elapsed() >= L2_TIMEOUT,
+        "the breaker is closed: the write waited"
+    );
+    assert_eq!(a.stats().breaker, BreakerState::Closed);
+    let errors = || a.stats().namespace("fees").unwrap().l2_errors;
+    eventually("a retry failed too", PATIENCE, || async { errors() >= 3 }).await;
+    assert_eq!(
+        fa.get_local("k").map(|v| *v),
+        Some(2),
+        "failed retries keep the queued write's local copy"
+    );
+    assert_eq!(a.stats().outbox_entries, 1);
+
+    proxy.heal();
+    proxy.reset();
+    eventually("b follows the retried write", PATIENCE, || async {
+        fb.get("k").await.map(|v| *v) == Some(2)
+    })
+    .await;
+    assert_eq!(in_redis::<u64>(&server, "v1:fees:k"), Some(2));
+    eventually("a's outbox empty", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+}
+
 /// Sets up a writer `a` behind a proxy and a reader `b` holding `keys` = "old" in L1, then
 /// hangs `a`'s data link until its breaker opens.
 async fn partitioned_writer(
@@ -371,9 +427,16 @@ async fn a_clear_while_down_supersedes_the_keys_queued_before_it() {
     ra.set("k2", "new".into()).await.unwrap();
     ra.invalidate_namespace().await.unwrap();
     ra.set("k3", "after".into()).await.unwrap();
-    let s = a.stats();
-    assert_eq!(s.outbox_entries, 2, "the clear and k3");
-    assert_eq!(s.namespace("rate").unwrap().outbox_superseded, 2);
+    // (Settles once a replay attempt in flight, if any, is put back.)
+    eventually(
+        "the clear and k3 queued, k1 and k2 superseded",
+        PATIENCE,
+        || async {
+            let s = a.stats();
+            s.outbox_entries == 2 && s.namespace("rate").unwrap().outbox_superseded == 2
+        },
+    )
+    .await;
 
     heal(&proxy, &a).await;
     eventually("b follows the replayed clear and k3", PATIENCE, || async {
@@ -420,14 +483,19 @@ async fn the_outbox_bound_degrades_to_invalidations_never_to_stale_reads() {
     }
     assert_eq!(entries(), CAPACITY);
     ra.set("k3", "new".into()).await.unwrap();
-    assert_eq!(
-        entries(),
-        1,
-        "full: the namespace's keys folded into one clear"
-    );
-    assert_eq!(dropped(), 1 + 3 + 1, "big, k0..k2 and k3 given up");
+    assert!(entries() <= CAPACITY);
+    // (A write a replay attempt held at that moment is superseded by the clear when it is
+    // put back, rather than folded into it.)
+    eventually(
+        "full: the namespace's keys folded into one clear",
+        PATIENCE,
+        || async { entries() == 1 },
+    )
+    .await;
+    // big, k3, and k0..k2 (all three, or two if one was in flight).
+    assert!(dropped() >= 4, "given up: {}", dropped());
     ra.set("k4", "newer".into()).await.unwrap();
-    assert_eq!(entries(), 2);
+    assert!(entries() <= 2);
 
     heal(&proxy, &a).await;
     eventually("b follows the replay", PATIENCE, || async {
