@@ -444,6 +444,8 @@ async fn session(
     shared.resync().await.map_err(|e| format!("resync: {e}"))?;
     shared.bus.subscribed.store(true, Relaxed);
     shared.bus.metrics.subscribed.inc();
+    // Redis is back for this node: replay what was queued while it was not.
+    shared.outbox.wake.notify_one();
     tracing::info!(target: "tiered_cache::bus", channel = shared.l2.keys().channel(), "subscribed");
 
     // The PING runs beside the message loop, never blocking it: a slow link must not hold

@@ -1,5 +1,6 @@
 //! The cache handle, what it shares with its background task, and `build()`.
 
+use crate::breaker::{Breaker, BreakerState};
 use crate::bus::{self, BusConfig};
 use crate::config::TieredCacheBuilder;
 use crate::error::{Error, Result};
@@ -7,6 +8,7 @@ use crate::key::{CacheKey, KeySpace};
 use crate::l2::{L2Error, L2Tier};
 use crate::metrics::{BusMetrics, NamespaceStats};
 use crate::namespace::{Namespace, NamespaceCore};
+use crate::outbox::{self, Outbox};
 use crate::tracking;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -140,6 +142,10 @@ pub(crate) struct Shared {
     epoch: AtomicU64,
     /// Raised when another path sees a new epoch; the subscriber resynchronises.
     pub(crate) resync_wanted: tokio::sync::Notify,
+    /// Writes and invalidations made while Redis was unreachable, to replay.
+    pub(crate) outbox: Outbox,
+    /// The builder's `strict_writes`: fail instead of queuing.
+    pub(crate) strict_writes: bool,
     namespaces: Vec<Arc<NamespaceCore>>,
     by_name: HashMap<String, Arc<NamespaceCore>>,
 }
@@ -285,6 +291,10 @@ pub struct Health {
     /// Namespaces whose L1 is bypassed right now: the bus cannot vouch for their staleness
     /// bound.
     pub bypassing: Vec<String>,
+    /// The circuit breaker in front of Redis, after this call's PING.
+    pub breaker: BreakerState,
+    /// Writes and invalidations queued (or being replayed) while Redis was unreachable.
+    pub outbox_entries: usize,
 }
 
 /// Counts per namespace, since the cache was built.
@@ -301,6 +311,12 @@ pub struct Stats {
     pub bus_malformed: u64,
     /// Holes found in the message sequence (each caused a resync).
     pub bus_gaps: u64,
+    /// The circuit breaker in front of Redis, now (read without a call).
+    pub breaker: BreakerState,
+    /// Breaker transitions (to any state) since the cache was built.
+    pub breaker_transitions: u64,
+    /// Writes and invalidations queued (or being replayed) while Redis was unreachable.
+    pub outbox_entries: usize,
 }
 
 impl Stats {
@@ -347,11 +363,15 @@ impl TieredCache {
         self.shared().bus.subscribed.load(Relaxed)
     }
 
-    /// Checks Redis now (one PING, bounded by the L2 timeout) and reports the subscriber.
+    /// Checks Redis now (one PING, bounded by the L2 timeout, through the breaker: while it is
+    /// open, Redis is reported unreachable without being asked) and reports the subscriber.
     pub async fn health(&self) -> Health {
         let shared = self.shared();
+        let redis_reachable = shared.l2.ping().await;
         Health {
-            redis_reachable: shared.l2.ping().await,
+            redis_reachable,
+            breaker: shared.l2.breaker().state(),
+            outbox_entries: shared.outbox.len(),
             subscribed: self.is_subscribed(),
             last_heartbeat_age: shared.bus.last_alive_age(),
             last_delivery_age: shared.bus.delivery_age(),
@@ -383,6 +403,9 @@ impl TieredCache {
             bus_own_skipped: shared.bus.metrics.own_skipped.get(),
             bus_malformed: shared.bus.metrics.malformed.get(),
             bus_gaps: shared.bus.metrics.gaps.get(),
+            breaker: shared.l2.breaker().state(),
+            breaker_transitions: shared.l2.breaker().transitions(),
+            outbox_entries: shared.outbox.len(),
         }
     }
 }
@@ -413,12 +436,19 @@ impl TieredCacheBuilder {
             .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
         let db = client.get_connection_info().redis_settings().db();
         let keys = KeySpace::new(&self.prefix, db);
+        let replay_wanted = Arc::new(tokio::sync::Notify::new());
+        let breaker = Breaker::new(
+            self.breaker_threshold,
+            self.reconnect_backoff,
+            replay_wanted.clone(),
+        );
         let l2 = L2Tier::new(
             &client,
             keys,
             self.l2_timeout,
             self.connect_timeout,
             self.reconnect_backoff,
+            breaker,
         )
         .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
 
@@ -438,6 +468,8 @@ impl TieredCacheBuilder {
             bus: BusState::new(),
             epoch: AtomicU64::new(0),
             resync_wanted: tokio::sync::Notify::new(),
+            outbox: Outbox::new(self.outbox_capacity, self.outbox_max_bytes, replay_wanted),
+            strict_writes: self.strict_writes,
             namespaces,
             by_name,
         });
@@ -447,7 +479,10 @@ impl TieredCacheBuilder {
             heartbeat: self.heartbeat,
             max_backoff: self.reconnect_backoff.max(Duration::from_millis(100)),
         };
-        let mut tasks = vec![runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat))];
+        let mut tasks = vec![
+            runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
+            runtime.spawn(outbox::run_replayer(shared.clone(), self.reconnect_backoff)),
+        ];
         if self.track_external_writes {
             shared.bus.tracking_ok.store(false, SeqCst);
             let resp3 = tracking_client(&client)?;

@@ -305,6 +305,10 @@ pub struct TieredCacheBuilder {
     pub(crate) reconnect_backoff: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) track_external_writes: bool,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) outbox_capacity: usize,
+    pub(crate) outbox_max_bytes: usize,
+    pub(crate) strict_writes: bool,
 }
 
 impl Default for TieredCacheBuilder {
@@ -318,11 +322,22 @@ impl Default for TieredCacheBuilder {
             reconnect_backoff: Duration::from_millis(500),
             heartbeat: Duration::from_millis(100),
             track_external_writes: false,
+            breaker_threshold: Self::DEFAULT_BREAKER_THRESHOLD,
+            outbox_capacity: Self::DEFAULT_OUTBOX_CAPACITY,
+            outbox_max_bytes: Self::DEFAULT_OUTBOX_MAX_BYTES,
+            strict_writes: false,
         }
     }
 }
 
 impl TieredCacheBuilder {
+    /// Default for [`breaker_threshold`](Self::breaker_threshold).
+    pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
+    /// Default for [`outbox_capacity`](Self::outbox_capacity).
+    pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
+    /// Default for [`outbox_max_bytes`](Self::outbox_max_bytes): 16 MiB.
+    pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 16 << 20;
+
     /// The Redis server. Default: the `REDIS_URL` environment variable, else
     /// `redis://127.0.0.1:6379`. Add `/N` to select database N.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
@@ -355,10 +370,48 @@ impl TieredCacheBuilder {
         self
     }
 
-    /// After a failed Redis call, how long calls skip Redis (answering from L1 or the loader at
-    /// once) before one is let through to probe it again. Default: 500 ms.
+    /// The circuit breaker's cool-down: once open, how long calls skip Redis (reads answered
+    /// from L1 or the loader, writes queued, at once) before one probe is let through. Also
+    /// the outbox's retry interval and the subscriber's longest reconnect delay.
+    /// Default: 500 ms.
     pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
         self.reconnect_backoff = backoff;
+        self
+    }
+
+    /// How many consecutive Redis calls must time out or fail at the connection level before
+    /// the circuit breaker opens. A dead or hung Redis then costs callers at most this many
+    /// L2 timeouts; an error reply, or a success, resets the count. At least 1.
+    /// Default: 3 (one lost packet or slow call does not cut a node off Redis).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// The most keys the outbox holds: writes and invalidations made while Redis is
+    /// unreachable, newest per key, replayed when it is back. When full, an operation on a key
+    /// not yet queued turns into a clear of its namespace that replaces that namespace's queued
+    /// keys (safe: every node drops the namespace; counted as `dropped`). At least 1.
+    /// Default: 10 000 keys.
+    pub fn outbox_capacity(mut self, keys: usize) -> Self {
+        self.outbox_capacity = keys;
+        self
+    }
+
+    /// The most bytes of encoded values the outbox holds. A write that would go over is queued
+    /// as an invalidation of its key instead (safe: every node drops the key; counted as
+    /// `dropped`). 0 queues invalidations only. Default: 16 MiB.
+    pub fn outbox_max_bytes(mut self, bytes: usize) -> Self {
+        self.outbox_max_bytes = bytes;
+        self
+    }
+
+    /// Fail `set`, `invalidate` and `invalidate_namespace` with `Err(Unavailable)` when Redis
+    /// is unreachable, instead of queuing them in the outbox and returning `Ok`. Per handle:
+    /// [`Namespace::strict_writes`](crate::Namespace::strict_writes). Default: off (degrade,
+    /// do not fail: callers of a cache rarely have anything better to do with the error).
+    pub fn strict_writes(mut self, strict: bool) -> Self {
+        self.strict_writes = strict;
         self
     }
 
@@ -417,6 +470,14 @@ impl TieredCacheBuilder {
                 return Err(config(format!("{what} must be greater than zero")));
             }
         }
+        if self.breaker_threshold == 0 {
+            return Err(config("breaker_threshold must be at least 1".into()));
+        }
+        if self.outbox_capacity == 0 {
+            return Err(config(
+                "outbox_capacity must be at least 1 (use strict_writes to queue nothing)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -464,6 +525,9 @@ mod tests {
                 .contains("capacity")
         );
         assert!(err(ok().l2_timeout(s(0))).contains("l2_timeout"));
+        assert!(err(ok().breaker_threshold(0)).contains("breaker_threshold"));
+        assert!(err(ok().outbox_capacity(0)).contains("outbox_capacity"));
+        assert!(ok().outbox_max_bytes(0).validate().is_ok());
         let ms = Duration::from_millis;
         let tight = NamespacePolicy::new(s(5)).staleness_bound(ms(150));
         assert!(err(ok().namespace("z", tight)).contains("2.5 times the heartbeat"));

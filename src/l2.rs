@@ -11,10 +11,12 @@
 //! live value (someone else wrote or filled it), a tombstone newer than that note, or if the
 //! namespace was cleared after it.
 //!
-//! Every call is bounded by the L2 timeout. After a connection-level failure, calls skip Redis
-//! for the reconnect back-off and answer `Unavailable` at once, so a dead server costs callers
-//! nothing but the first timeout.
+//! Every call is bounded by the L2 timeout and passes the circuit breaker (`breaker.rs`): after
+//! N consecutive timeouts or connection failures, calls skip Redis and answer at once until one
+//! probe, after the cool-down, finds it answering again. A dead server costs callers nothing
+//! but the first N timeouts.
 
+use crate::breaker::Breaker;
 use crate::bus::Outgoing;
 use crate::codec;
 use crate::error::{Error, SharedError};
@@ -22,9 +24,8 @@ use crate::key::KeySpace;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // KEYS[1] is always the meta hash (see `KeySpace::meta_key`): field `version` is the counter
 // every published write draws from (and only those: a fill takes the current version without
@@ -149,7 +150,8 @@ fn script(body: &str) -> Script {
 /// Why an L2 call did not produce an answer.
 #[derive(Debug)]
 pub(crate) enum L2Error {
-    /// Skipped: Redis failed recently and the back-off has not elapsed.
+    /// Skipped: the breaker is open (Redis failed repeatedly), or half-open with its one probe
+    /// already out.
     Skipped,
     /// No answer within the L2 timeout.
     Timeout,
@@ -177,6 +179,13 @@ impl L2Error {
         }
     }
 
+    /// True when Redis could not be reached or did not answer: skipped by the breaker, timed
+    /// out, or failed at the connection level. (An error *reply* is not: Redis is there.) Such
+    /// a call counts against the breaker, and a write that fails so is queued in the outbox.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(self.kind(), "skipped" | "timeout" | "connection")
+    }
+
     pub(crate) fn into_error(self, op: &'static str) -> Error {
         let source: Option<SharedError> = match self {
             L2Error::Skipped => None,
@@ -202,10 +211,7 @@ pub(crate) struct L2Tier {
     conn: ConnectionManager,
     keys: KeySpace,
     timeout: Duration,
-    backoff: Duration,
-    started: Instant,
-    /// Milliseconds since `started` before which calls skip Redis.
-    down_until_ms: AtomicU64,
+    breaker: Breaker,
     write: Script,
     invalidate: Script,
     clear_namespace: Script,
@@ -223,11 +229,12 @@ impl L2Tier {
         timeout: Duration,
         connect_timeout: Duration,
         backoff: Duration,
+        breaker: Breaker,
     ) -> redis::RedisResult<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(timeout))
-            // Reconnection is retried per call, under our own back-off, rather than inside
+            // Reconnection is retried per call, under our own breaker, rather than inside
             // one long-lived future every caller would queue behind.
             .set_number_of_retries(1)
             .set_max_delay(backoff);
@@ -235,9 +242,7 @@ impl L2Tier {
             conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
             keys,
             timeout,
-            backoff,
-            started: Instant::now(),
-            down_until_ms: AtomicU64::new(0),
+            breaker,
             write: script(WRITE),
             invalidate: script(INVALIDATE),
             clear_namespace: script(CLEAR_NAMESPACE),
@@ -251,44 +256,44 @@ impl L2Tier {
         &self.keys
     }
 
-    /// Runs one Redis call under the timeout and the back-off.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Runs one Redis call under the timeout and the breaker.
     ///
     /// A call that finds its connection dropped (Redis restarted since the last call) is
     /// retried once on the connection the manager re-opens. Every call here is safe to repeat:
-    /// a repeated write or tombstone changes nothing visible, a repeated fill is refused.
+    /// a repeated write or tombstone changes nothing visible, a repeated fill is refused. A
+    /// call that timed out is not repeated: Redis may be slow, and the breaker should hear of
+    /// it rather than Redis get the command twice.
     async fn call<T, F, Fut>(&self, f: F) -> L2Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let now = self.started.elapsed().as_millis() as u64;
-        if now < self.down_until_ms.load(Relaxed) {
+        let Some(permit) = self.breaker.acquire() else {
             return Err(L2Error::Skipped);
-        }
+        };
         let attempt = async {
             match f(self.conn.clone()).await {
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                Err(e) if (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
                     f(self.conn.clone()).await
                 }
                 other => other,
             }
         };
         let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(v)) => {
-                // Redis answered: whatever failed before, calls need not skip it any more.
-                if self.down_until_ms.load(Relaxed) != 0 {
-                    self.down_until_ms.store(0, Relaxed);
-                }
-                return Ok(v);
-            }
-            Ok(Err(e)) => L2Error::Redis(e),
-            Err(_) => L2Error::Timeout,
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(L2Error::Redis(e)),
+            Err(_) => Err(L2Error::Timeout),
         };
-        if matches!(result.kind(), "timeout" | "connection") {
-            let until = self.started.elapsed() + self.backoff;
-            self.down_until_ms.store(until.as_millis() as u64, Relaxed);
-        }
-        Err(result)
+        permit.record(
+            result
+                .as_ref()
+                .map_or_else(|e| !e.is_unreachable(), |_| true),
+        );
+        result
     }
 
     /// Reads the raw envelope stored under a key.

@@ -38,6 +38,8 @@ pub mod cache;
 pub mod config;
 /// Errors, with predicates for the caller's decision.
 pub mod error;
+/// Bit-exact serde forms (`Decimal` as 16 bytes), and what the default forms keep.
+pub mod exact;
 /// Keys: the `CacheKey` trait and the Redis key layout.
 pub mod key;
 /// Typed namespace handles: get, get_or_load, set, invalidate.
@@ -45,6 +47,8 @@ pub mod namespace;
 
 /// Batch operations: `get_many`, `get_or_load_many`, `set_many` through both tiers.
 mod batch;
+/// The circuit breaker in front of every Redis call.
+mod breaker;
 /// Invalidation bus: message format and the subscriber task.
 mod bus;
 /// The value envelope around MessagePack.
@@ -61,6 +65,8 @@ mod l2;
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
+/// Writes and invalidations made while Redis is unreachable, replayed when it is back.
+mod outbox;
 /// Tags: tagged writes and loads, and invalidation by tag across the fleet.
 mod tags;
 /// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
@@ -71,6 +77,7 @@ mod tracking;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use breaker::BreakerState;
 pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};

@@ -21,6 +21,10 @@
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
 //! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
+//! | `tiered_cache_breaker_state` (gauge) | | the breaker in front of Redis: 0 closed, 1 half-open, 2 open |
+//! | `tiered_cache_breaker_transitions_total` | to (`closed`, `half_open`, `open`) | breaker transitions |
+//! | `tiered_cache_outbox_total` | namespace, event (`queued`, `replayed`, `superseded`, `dropped`) | writes and invalidations queued while Redis was unreachable, and their fate |
+//! | `tiered_cache_outbox_entries` (gauge) | | entries queued or being replayed |
 
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -78,6 +82,8 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) lock_gave_up: Tally,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
+    /// Writes and invalidations queued while Redis was unreachable, and their fate.
+    pub(crate) outbox: OutboxMetrics,
     l2_error_kinds: [Counter; 4],
 }
 
@@ -129,6 +135,7 @@ impl NamespaceMetrics {
             l1_bypass: Tally::new(counter!("tiered_cache_l1_bypass_total",
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
+            outbox: OutboxMetrics::new(&ns),
             l2_error_kinds: [
                 l2_kind("skipped"),
                 l2_kind("timeout"),
@@ -174,6 +181,10 @@ impl NamespaceMetrics {
             l1_entries: 0,
             l1_weight: 0,
             l1_bypassed: false,
+            outbox_queued: self.outbox.queued.get(),
+            outbox_replayed: self.outbox.replayed.get(),
+            outbox_superseded: self.outbox.superseded.get(),
+            outbox_dropped: self.outbox.dropped.get(),
         }
     }
 }
@@ -252,4 +263,74 @@ pub struct NamespaceStats {
     pub l1_weight: u64,
     /// True while L1 is bypassed (the bus cannot vouch for the staleness bound).
     pub l1_bypassed: bool,
+    /// Writes and invalidations (a namespace clear counts as one) queued because Redis was
+    /// unreachable, instead of failing the caller.
+    pub outbox_queued: u64,
+    /// Queued operations that reached Redis (and so every node) once it was back.
+    pub outbox_replayed: u64,
+    /// Queued operations replaced by a newer one on the same key, or by a namespace clear,
+    /// before being replayed: nothing was lost.
+    pub outbox_superseded: u64,
+    /// Queued values given up: replaced by an invalidation of their key (queue over its byte
+    /// budget, or older than the L2 TTL when replayed), folded into a namespace clear (queue
+    /// full), or refused by Redis on replay. Other nodes still drop their copies.
+    pub outbox_dropped: u64,
+}
+
+/// One namespace's outbox counts.
+pub(crate) struct OutboxMetrics {
+    pub(crate) queued: Tally,
+    pub(crate) replayed: Tally,
+    pub(crate) superseded: Tally,
+    pub(crate) dropped: Tally,
+}
+
+impl OutboxMetrics {
+    fn new(ns: &str) -> Self {
+        let ev = |event: &'static str| {
+            Tally::new(counter!("tiered_cache_outbox_total",
+                "namespace" => ns.to_owned(), "event" => event))
+        };
+        Self {
+            queued: ev("queued"),
+            replayed: ev("replayed"),
+            superseded: ev("superseded"),
+            dropped: ev("dropped"),
+        }
+    }
+}
+
+/// The breaker's state gauge and transition counts.
+pub(crate) struct BreakerMetrics {
+    pub(crate) state: Gauge,
+    /// To closed, half-open, open.
+    to: [Counter; 3],
+    total: AtomicU64,
+}
+
+impl BreakerMetrics {
+    pub(crate) fn new() -> Self {
+        let to =
+            |state: &'static str| counter!("tiered_cache_breaker_transitions_total", "to" => state);
+        Self {
+            state: gauge!("tiered_cache_breaker_state"),
+            to: [to("closed"), to("half_open"), to("open")],
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn transition(&self, to: crate::breaker::BreakerState) {
+        use crate::breaker::BreakerState;
+        let i = match to {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        self.to[i].increment(1);
+        self.total.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn transitions(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
 }

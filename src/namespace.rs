@@ -15,6 +15,7 @@ use crate::l1::{AnyValue, Bound, L1Entry, L1Tier};
 use crate::l2::{Payload, Stamp};
 use crate::loader::{self, L2Read, Mode};
 use crate::metrics::NamespaceMetrics;
+use crate::outbox::Route;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::{type_name, TypeId};
@@ -338,6 +339,8 @@ enum Lookup {
 pub struct Namespace<K: ?Sized, V> {
     pub(crate) core: Arc<NamespaceCore>,
     pub(crate) cache: TieredCache,
+    /// Overrides the cache's `strict_writes` for this handle.
+    strict: Option<bool>,
     _types: PhantomData<fn(&K) -> V>,
 }
 
@@ -346,6 +349,7 @@ impl<K: ?Sized, V> Clone for Namespace<K, V> {
         Self {
             core: self.core.clone(),
             cache: self.cache.clone(),
+            strict: self.strict,
             _types: PhantomData,
         }
     }
@@ -369,6 +373,7 @@ where
         Ok(Self {
             core,
             cache,
+            strict: None,
             _types: PhantomData,
         })
     }
@@ -543,11 +548,25 @@ where
         self.cache.shared().runtime.spawn(task);
     }
 
+    /// The L1 entry of a write Redis has not taken yet: version 0, so any value read from
+    /// Redis later replaces it.
+    fn local_only(&self, value: V, life: &Life, encoded: &codec::Encoded) -> L1Entry {
+        let value = Some(Arc::new(value) as AnyValue);
+        (self.core).l1_entry(value, 0, Some(life.expires_ms), encoded.plain_len)
+    }
+
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
     ///
-    /// On `Err(Unavailable)` this node's L1 no longer holds the key, and whether Redis and the
-    /// other nodes saw the write is unknown (a timeout may come after the write ran): retry, or
-    /// invalidate once Redis is back.
+    /// When Redis is unreachable (the breaker is open, or the call timed out or failed at the
+    /// connection level) the write is queued in this node's outbox and replayed when Redis is
+    /// back, and `set` returns `Ok`; this node's L1 keeps the new value only in a namespace
+    /// built with [`unbounded_staleness`](crate::NamespacePolicy::unbounded_staleness), and
+    /// drops its copy elsewhere. See the README's degraded mode for the conflict rule.
+    ///
+    /// With [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead: this
+    /// node's L1 no longer holds the key, and whether Redis and the other nodes saw the write
+    /// is unknown (a timeout may come after the write ran): retry, or invalidate once Redis is
+    /// back.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
         let shared = self.cache.shared();
         let key = key_string(key);
@@ -558,16 +577,40 @@ where
             self.core.policy.compress_above,
         )
         .map_err(|e| Error::Encode(Arc::new(e)))?;
+        let strict = self.is_strict();
+        let route = match shared
+            .outbox
+            .route(shared, &self.core, Some(&key), strict)
+            .await
+        {
+            Ok(Route::Queue) => {
+                let entry = self.local_only(value, &life, &encoded);
+                shared
+                    .outbox
+                    .enqueue_write(&self.core, key, encoded, Some(entry));
+                return Ok(());
+            }
+            Ok(route) => route,
+            Err(e) => {
+                self.core.evict(&key);
+                return Err(e.into_error("set"));
+            }
+        };
         let before = self.core.gens.ticket(&key);
         let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
-        let payload = Payload {
-            encoded: &encoded,
-            ttl: life.keep_for,
-        };
         let written = shared
             .l2
-            .write(&self.core.name, &key, payload, &message)
+            .write(
+                &self.core.name,
+                &key,
+                Payload {
+                    encoded: &encoded,
+                    ttl: life.keep_for,
+                },
+                &message,
+            )
             .await;
+        route.landed(shared, written.is_ok());
         // Fences loads that read Redis before the write landed.
         let after = self.core.gens.bump_key(&key);
         match written {
@@ -589,6 +632,14 @@ where
                 }
                 Ok(())
             }
+            Err(e) if e.is_unreachable() && !strict => {
+                self.core.metrics.l2_failed(e.kind());
+                let entry = self.local_only(value, &life, &encoded);
+                shared
+                    .outbox
+                    .enqueue_write(&self.core, key, encoded, Some(entry));
+                Ok(())
+            }
             Err(e) => {
                 self.core.l1.remove(&key);
                 self.core.metrics.l2_failed(e.kind());
@@ -600,43 +651,107 @@ where
     /// Removes a key from Redis and from every node's L1.
     ///
     /// Redis keeps a small tombstone for the namespace's L2 TTL, so a load that started before
-    /// this call cannot write its older value back.
+    /// this call cannot write its older value back. While Redis is unreachable the invalidation
+    /// is queued and replayed (always safe) and this returns `Ok`, unless writes are
+    /// [strict](Self::strict_writes).
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let shared = self.cache.shared();
         let key = key_string(key);
+        let strict = self.is_strict();
+        let route = match shared
+            .outbox
+            .route(shared, &self.core, Some(&key), strict)
+            .await
+        {
+            Ok(Route::Queue) => {
+                shared.outbox.enqueue_invalidate(&self.core, key);
+                return Ok(());
+            }
+            Ok(route) => route,
+            Err(e) => {
+                self.core.evict(&key);
+                return Err(e.into_error("invalidate"));
+            }
+        };
         let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
         let done = shared
             .l2
             .invalidate(&self.core.name, &[&key], self.core.policy.l2_ttl, &message)
             .await;
+        route.landed(shared, done.is_ok());
         self.core.evict(&key);
-        self.finish_invalidation(done, "invalidate")
+        if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+            shared.outbox.enqueue_invalidate(&self.core, key);
+        }
+        self.finish_invalidation(done, "invalidate", strict)
     }
 
     /// Removes every key of the namespace from Redis and from every node's L1, in O(1): no key
     /// is scanned. Values written before the call are marked dead by the namespace's floor and
     /// expire with their TTL.
+    ///
+    /// While Redis is unreachable the clear is queued (it supersedes this namespace's queued
+    /// keys) and replayed, and this returns `Ok`, unless writes are
+    /// [strict](Self::strict_writes).
     pub async fn invalidate_namespace(&self) -> Result<()> {
         let shared = self.cache.shared();
+        let strict = self.is_strict();
+        let route = match shared.outbox.route(shared, &self.core, None, strict).await {
+            Ok(Route::Queue) => {
+                shared.outbox.enqueue_clear(&self.core);
+                return Ok(());
+            }
+            Ok(route) => route,
+            Err(e) => {
+                self.core.clear_l1();
+                return Err(e.into_error("invalidate_namespace"));
+            }
+        };
         let message = Outgoing::namespace(shared.node_id, &self.core.name);
         let done = shared.l2.clear_namespace(&self.core.name, &message).await;
+        route.landed(shared, done.is_ok());
         if let Ok(stamp) = &done {
             shared.observe_epoch(stamp.epoch);
             self.core.raise_floor(stamp.version);
         }
         self.core.clear_l1();
-        self.finish_invalidation(done, "invalidate_namespace")
+        if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+            shared.outbox.enqueue_clear(&self.core);
+        }
+        self.finish_invalidation(done, "invalidate_namespace", strict)
+    }
+
+    /// A handle whose writes and invalidations fail with `Err(Unavailable)` when Redis is
+    /// unreachable (`true`), or are queued and replayed when it is back (`false`), whatever
+    /// the cache's [`strict_writes`](crate::TieredCacheBuilder::strict_writes) default says.
+    /// Cheap: a clone of this handle.
+    pub fn strict_writes(&self, strict: bool) -> Self {
+        Self {
+            strict: Some(strict),
+            ..self.clone()
+        }
+    }
+
+    fn is_strict(&self) -> bool {
+        self.strict
+            .unwrap_or_else(|| self.cache.shared().strict_writes)
     }
 
     fn finish_invalidation(
         &self,
         done: crate::l2::L2Result<Stamp>,
         op: &'static str,
+        strict: bool,
     ) -> Result<()> {
         match done {
             Ok(stamp) => {
                 self.cache.shared().observe_epoch(stamp.epoch);
                 self.core.metrics.inv_sent.inc();
+                Ok(())
+            }
+            Err(e) if e.is_unreachable() && !strict => {
+                // Queued by the caller: degraded, not failed.
+                self.core.metrics.l2_failed(e.kind());
                 Ok(())
             }
             Err(e) => {

@@ -63,19 +63,41 @@ async fn serves_without_redis(cache: &TieredCache) {
     assert!(fees.get_local("USD:EUR").is_some());
 
     assert_eq!(bounded("get", rates.get("other")).await, None);
-    let e = bounded("set", fees.set("USD:EUR", 0.93)).await.unwrap_err();
+    // Writes degrade rather than fail: queued in the outbox, replayed once Redis is back.
+    bounded("set", fees.set("USD:EUR", 0.93)).await.unwrap();
+    assert_eq!(
+        fees.get_local("USD:EUR").map(|v| *v),
+        Some(0.93),
+        "availability first: this node reads its own queued write"
+    );
+    bounded("invalidate", rates.invalidate("USD:EUR"))
+        .await
+        .unwrap();
+    assert_eq!(cache.stats().outbox_entries, 2);
+    // Strict writes fail instead, and leave no local copy.
+    let e = bounded("set", fees.strict_writes(true).set("USD:EUR", 0.94))
+        .await
+        .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert_eq!(
         fees.get_local("USD:EUR"),
         None,
         "an unpropagated write leaves no local copy"
     );
-    let e = bounded("invalidate", rates.invalidate("USD:EUR"))
-        .await
-        .unwrap_err();
+    let e = bounded(
+        "invalidate",
+        rates.strict_writes(true).invalidate("USD:EUR"),
+    )
+    .await
+    .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     let h = bounded("health", cache.health()).await;
     assert!(!h.redis_reachable && !h.subscribed, "{h:?}");
+    assert_ne!(h.breaker, tiered_cache::BreakerState::Closed, "{h:?}");
+    assert_eq!(
+        h.outbox_entries, 2,
+        "strict calls leave the outbox as it was"
+    );
     assert_eq!(h.bypassing, vec!["rate".to_string()]);
     assert!(cache.stats().namespace("rate").unwrap().l2_errors > 0);
 }
@@ -134,7 +156,7 @@ async fn redis_killed_mid_test_then_restarted() {
     .await
     .unwrap();
     assert_eq!(*v, 0.79);
-    assert!(bounded("set", ra.set("USD:EUR", 0.95))
+    assert!(bounded("set", ra.strict_writes(true).set("USD:EUR", 0.95))
         .await
         .unwrap_err()
         .is_unavailable());

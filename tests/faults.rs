@@ -106,7 +106,7 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
     }
 
     proxy.set(Fault::CutAfter(0), Target::Data);
-    let e = w.set("k", 2).await.unwrap_err();
+    let e = w.strict_writes(true).set("k", 2).await.unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     proxy.heal();
     // The script ran: Redis has 2, the others were told, the writer dropped its copy.
@@ -220,7 +220,13 @@ async fn sigkill_for(outage: Duration) {
         } else {
             assert!(*v == 1 || *v == 7);
         }
-        assert!(r.set("k", 8).await.unwrap_err().is_unavailable());
+        r.set("k", 8).await.unwrap(); // queued in the outbox, not failed
+        assert!(r
+            .strict_writes(true)
+            .set("k", 8)
+            .await
+            .unwrap_err()
+            .is_unavailable());
         assert!(
             t.elapsed() < Duration::from_secs(2),
             "a call hung for {:?}",
@@ -243,7 +249,7 @@ async fn sigkill_for(outage: Duration) {
     // The first calls after the return may still fail fast while the data connection is
     // re-established (a degraded answer, by design); writes go through again promptly.
     eventually("a write goes through", PATIENCE, || async {
-        r.set("k", 2).await.is_ok()
+        r.strict_writes(true).set("k", 2).await.is_ok()
     })
     .await;
     let r1 = nodes[1].namespace::<str, u64>("rate").unwrap();

@@ -4,6 +4,7 @@
 //! `SUBSCRIBE` it sends), the data connections, or all. A fault set later applies to existing
 //! connections too; `Fault::None` heals them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,11 @@ pub enum Fault {
     StopReading,
     /// Forward this many more bytes (server to client), then reset both sides.
     CutAfter(usize),
+    /// Read what clients send and forward none of it, nor anything back: a server that takes
+    /// requests and never answers. What was swallowed is kept (`swallowed`), so a test can
+    /// count the requests that reached "Redis". The connection's request/reply pairing is lost
+    /// for good: `reset` after healing.
+    Swallow,
 }
 
 /// Which connections a fault applies to.
@@ -48,7 +54,11 @@ pub struct FaultProxy {
     setting: watch::Sender<Setting>,
     accept: tokio::task::JoinHandle<()>,
     open: Arc<AtomicUsize>,
+    swallowed: Swallowed,
 }
+
+/// Bytes swallowed per connection.
+type Swallowed = Arc<Mutex<HashMap<usize, Vec<u8>>>>;
 
 impl FaultProxy {
     /// Listens on a free loopback port and forwards to `127.0.0.1:upstream`.
@@ -61,13 +71,17 @@ impl FaultProxy {
             resets: 0,
         });
         let open = Arc::new(AtomicUsize::new(0));
-        let (tx, o) = (setting.clone(), open.clone());
+        let swallowed = Swallowed::default();
+        let (tx, o, sw) = (setting.clone(), open.clone(), swallowed.clone());
         let accept = tokio::spawn(async move {
+            let mut id = 0;
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     continue; // upstream down: the client sees its connection closed
                 };
-                tokio::spawn(relay(client, server, tx.subscribe(), o.clone()));
+                id += 1;
+                let record = (id, sw.clone());
+                tokio::spawn(relay(client, server, tx.subscribe(), o.clone(), record));
             }
         });
         Self {
@@ -75,6 +89,7 @@ impl FaultProxy {
             setting,
             accept,
             open,
+            swallowed,
         }
     }
 
@@ -102,6 +117,17 @@ impl FaultProxy {
     pub fn open_connections(&self) -> usize {
         self.open.load(SeqCst)
     }
+
+    /// How many times `needle` occurs in what `Fault::Swallow` has swallowed so far, each
+    /// connection's bytes taken whole (a request split across reads still counts once).
+    pub fn swallowed_count(&self, needle: &[u8]) -> usize {
+        self.swallowed
+            .lock()
+            .unwrap()
+            .values()
+            .map(|bytes| bytes.windows(needle.len()).filter(|w| *w == needle).count())
+            .sum()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -116,6 +142,7 @@ async fn relay(
     server: TcpStream,
     mut setting: watch::Receiver<Setting>,
     open: Arc<AtomicUsize>,
+    record: (usize, Swallowed),
 ) {
     open.fetch_add(1, SeqCst);
     // Every close the proxy makes is abortive (RST), like a reset link, never a polite FIN.
@@ -131,6 +158,7 @@ async fn relay(
         setting.clone(),
         is_subscriber.clone(),
         Dir::Up,
+        record.clone(),
     );
     let down = pump(
         server_r,
@@ -138,6 +166,7 @@ async fn relay(
         setting.clone(),
         is_subscriber,
         Dir::Down,
+        record,
     );
     let reset = async {
         while setting.changed().await.is_ok() {
@@ -177,6 +206,7 @@ async fn pump(
     mut setting: watch::Receiver<Setting>,
     is_subscriber: Arc<Mutex<bool>>,
     dir: Dir,
+    record: (usize, Swallowed),
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut cut_budget: Option<usize> = None;
@@ -186,7 +216,7 @@ async fn pump(
             let fault = applies(&setting.borrow(), *is_subscriber.lock().unwrap());
             let hold = match fault {
                 Fault::Blackhole => true,
-                Fault::StopReading => dir == Dir::Down,
+                Fault::StopReading | Fault::Swallow => dir == Dir::Down,
                 _ => false,
             };
             if !hold {
@@ -214,6 +244,16 @@ async fn pump(
         match fault {
             Fault::Delay(d) => tokio::time::sleep(d).await,
             Fault::Blackhole => continue, // arrived just as the link died: dropped
+            Fault::Swallow => {
+                let (id, swallowed) = &record;
+                swallowed
+                    .lock()
+                    .unwrap()
+                    .entry(*id)
+                    .or_default()
+                    .extend_from_slice(&buf[..n]);
+                continue;
+            }
             Fault::CutAfter(budget) if dir == Dir::Down => {
                 let left = cut_budget.get_or_insert(budget);
                 if n >= *left {

@@ -1,0 +1,547 @@
+//! The circuit breaker and the outbox against a real redis-server: the breaker opens when
+//! Redis dies or hangs and answers calls at once while open, lets exactly one probe through
+//! when half-open, and closes when Redis answers again; writes and invalidations made
+//! meanwhile are queued (newest per key, a clear superseding its namespace's keys, bounded)
+//! and replayed through the normal scripts, so every other node's L1 follows.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
+use tiered_cache::{BreakerState, NamespacePolicy, TieredCache, TieredCacheBuilder};
+
+/// "Never hangs": far above every configured timeout; a functional bound, not a speed claim.
+const NO_HANG: Duration = Duration::from_secs(2);
+const L2_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// `rate` is strict about staleness (the default), `fees` keeps serving L1 without the bus.
+fn builder(url: &str) -> TieredCacheBuilder {
+    TieredCache::builder()
+        .redis_url(url)
+        .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
+        .namespace(
+            "fees",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .heartbeat(Duration::from_millis(50))
+        .l2_timeout(L2_TIMEOUT)
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(100))
+}
+
+async fn subscribed(c: &TieredCache) {
+    eventually("subscribed", PATIENCE, || async { c.is_subscribed() }).await;
+}
+
+async fn breaker_is(c: &TieredCache, want: BreakerState) {
+    eventually(&format!("breaker {want:?}"), PATIENCE, || async {
+        c.stats().breaker == want
+    })
+    .await;
+}
+
+/// The value Redis itself holds under `key` (a library envelope: 11 header bytes, then
+/// MessagePack), or `None` for no key or a tombstone.
+fn in_redis<T: serde::de::DeserializeOwned>(server: &RedisServer, key: &str) -> Option<T> {
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", key.as_bytes()]);
+    let raw = raw?;
+    assert_eq!(raw[0], 0xC1, "not a library envelope");
+    if raw[2] & 1 == 1 {
+        return None;
+    }
+    assert_eq!(
+        raw[2] & 0b10,
+        0,
+        "test values are too small to be compressed"
+    );
+    // After the header, an 8-byte expiry when flag bit 2 says so (see `codec.rs`).
+    let payload = if raw[2] & 0b100 != 0 { 19 } else { 11 };
+    Some(rmp_serde::from_slice(&raw[payload..]).expect("payload decodes"))
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    let t = Instant::now();
+    let v = tokio::time::timeout(NO_HANG, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"));
+    assert!(t.elapsed() < NO_HANG, "{what} took {:?}", t.elapsed());
+    v
+}
+
+/// Redis SIGKILLed: the breaker opens by itself, no caller sees an error (reads answered by
+/// L1 or the loader, writes queued), and after the restart the breaker closes, every node
+/// resyncs, and the queued writes reach the empty Redis and every other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_as_redis_dies_and_closes_after_restart_with_no_caller_error() {
+    let mut server = RedisServer::start();
+    let a = builder(&server.url()).build().unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (ra, fa) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        a.namespace::<str, u64>("fees").unwrap(),
+    );
+    let (rb, fb) = (
+        b.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("fees").unwrap(),
+    );
+    ra.set("k", 1).await.unwrap();
+    fa.set("k", 1).await.unwrap();
+    await_applied(&b, "fees", 1).await;
+    assert_eq!(fb.get("k").await.map(|v| *v), Some(1));
+    assert_eq!(fb.get_local("k").map(|v| *v), Some(1));
+    assert_eq!(a.stats().breaker, BreakerState::Closed);
+
+    server.kill();
+    // No application call needed: the heartbeat's calls fail and open it.
+    breaker_is(&a, BreakerState::Open).await;
+    breaker_is(&b, BreakerState::Open).await;
+    for i in 0..10 {
+        assert_eq!(timed("get", ra.get("nothing")).await, None);
+        let v = timed(
+            "get_or_load",
+            ra.get_or_load(&format!("x{i}"), || async { Ok::<_, std::io::Error>(7) }),
+        )
+        .await
+        .expect("get_or_load answered by the loader");
+        assert_eq!(*v, 7);
+        timed("set", fa.set("k", 2)).await.expect("set is queued");
+        timed("set", ra.set("j", 5)).await.expect("set is queued");
+        timed("invalidate", ra.invalidate("k"))
+            .await
+            .expect("invalidate is queued");
+    }
+    let h = a.health().await;
+    assert!(!h.redis_reachable, "{h:?}");
+    assert_ne!(h.breaker, BreakerState::Closed, "{h:?}");
+    // Newest per key: three keys queued however often they were written.
+    assert_eq!(h.outbox_entries, 3, "{h:?}");
+    assert_eq!(a.stats().namespace("rate").unwrap().outbox_queued, 20);
+    // (A replay attempt may hold one operation for a moment; a newer one replaces it when it
+    // is put back.)
+    eventually("older writes superseded", PATIENCE, || async {
+        a.stats().namespace("rate").unwrap().outbox_superseded == 18
+    })
+    .await;
+    // Availability first: `fees` reads its own queued write on a, and b (no bus) keeps its
+    // copy; `rate` serves neither.
+    assert_eq!(fa.get_local("k").map(|v| *v), Some(2));
+    assert_eq!(fb.get_local("k").map(|v| *v), Some(1));
+    assert_eq!(ra.get_local("j"), None);
+
+    server.restart();
+    breaker_is(&a, BreakerState::Closed).await;
+    eventually("both resubscribed", PATIENCE, || async {
+        a.is_subscribed() && b.is_subscribed()
+    })
+    .await;
+    eventually("a's outbox replayed", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+    // The empty Redis holds the queued writes, and b, whose L1 the resync cleared, follows.
+    assert_eq!(in_redis::<u64>(&server, "v1:fees:k"), Some(2));
+    assert_eq!(in_redis::<u64>(&server, "v1:rate:j"), Some(5));
+    assert_eq!(in_redis::<u64>(&server, "v1:rate:k"), None);
+    eventually(
+        "b serves the replayed write, never its old copy",
+        PATIENCE,
+        || async {
+            let v = fb.get("k").await.map(|v| *v);
+            assert_ne!(
+                v,
+                Some(1),
+                "b served its pre-outage copy after Redis returned"
+            );
+            v == Some(2)
+        },
+    )
+    .await;
+    assert_eq!(rb.get("j").await.map(|v| *v), Some(5));
+    assert_eq!(rb.get("k").await, None);
+    let s = a.stats();
+    assert_eq!(s.namespace("rate").unwrap().outbox_replayed, 2);
+    assert_eq!(s.namespace("fees").unwrap().outbox_replayed, 1);
+    // closed -> open, then half-open/open rounds while down, and finally closed.
+    assert!(s.breaker_transitions >= 3, "{s:?}");
+}
+
+/// A Redis that takes requests and never answers (the proxy swallows them): once open, calls
+/// answer at once and reach nothing; after the cool-down exactly one of 50 concurrent calls
+/// is let through as the probe, its failure re-opens the breaker, and a successful probe
+/// closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_breaker_answers_at_once_and_half_open_lets_exactly_one_probe_through() {
+    const COOL_DOWN: Duration = Duration::from_secs(1);
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let a = TieredCache::builder()
+        .redis_url(proxy.url())
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        // The heartbeat sends once at start, then not within this test: it must not be the
+        // probe the test counts.
+        .heartbeat(Duration::from_secs(600))
+        .l2_timeout(L2_TIMEOUT)
+        .reconnect_backoff(COOL_DOWN)
+        .breaker_threshold(2)
+        .build()
+        .unwrap();
+    subscribed(&a).await;
+    let ra = a.namespace::<str, u64>("rate").unwrap();
+    ra.set("warm", 1).await.unwrap();
+
+    proxy.set(Fault::Swallow, Target::Data);
+    for i in 0..2 {
+        let t = Instant::now();
+        assert_eq!(ra.get(&format!("opening-{i}")).await, None);
+        assert!(
+            t.elapsed() >= L2_TIMEOUT,
+            "closed: the call waited for Redis"
+        );
+    }
+    assert_eq!(a.stats().breaker, BreakerState::Open);
+    assert_eq!(proxy.swallowed_count(b"opening-"), 2);
+
+    // Open: answered at once, nothing reaches Redis.
+    let t = Instant::now();
+    for i in 0..50 {
+        assert_eq!(ra.get(&format!("open-{i}")).await, None);
+        let v = ra
+            .get_or_load(&format!("open-load-{i}"), || async {
+                Ok::<_, std::io::Error>(3)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*v, 3);
+    }
+    let took = t.elapsed();
+    assert!(
+        took < L2_TIMEOUT,
+        "100 calls while open took {took:?}: they waited on Redis"
+    );
+    assert_eq!(proxy.swallowed_count(b"open-"), 0, "Redis was contacted");
+    assert_eq!(a.stats().breaker, BreakerState::Open);
+
+    // Half-open: 50 concurrent calls, one probe.
+    tokio::time::sleep(COOL_DOWN).await; // the configured cool-down, not a hope
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let (ra, barrier) = (ra.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let t = Instant::now();
+                assert_eq!(ra.get(&format!("half-{i}")).await, None);
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut took = Vec::new();
+    for c in calls {
+        took.push(c.await.unwrap());
+    }
+    assert_eq!(
+        proxy.swallowed_count(b"half-"),
+        1,
+        "exactly one probe reaches Redis"
+    );
+    let waited = took.iter().filter(|d| **d >= L2_TIMEOUT).count();
+    assert_eq!(waited, 1, "only the probe waits for Redis: {took:?}");
+    assert_eq!(
+        a.stats().breaker,
+        BreakerState::Open,
+        "a failed probe re-opens"
+    );
+
+    // Redis answers again: the next probe closes the breaker.
+    proxy.heal();
+    proxy.reset(); // the swallowed requests broke the old connection's reply pairing
+    tokio::time::sleep(COOL_DOWN).await;
+    eventually("a probe closes the breaker", PATIENCE, || async {
+        a.health().await.redis_reachable
+    })
+    .await;
+    assert_eq!(a.stats().breaker, BreakerState::Closed);
+    assert_eq!(ra.get("cold").await, None);
+    assert_eq!(
+        proxy.swallowed_count(b"cold"),
+        0,
+        "healed: nothing swallowed"
+    );
+}
+
+/// Two nodes, the writer's data link hung (its bus still up): the writer's write is queued,
+/// the other node keeps its old copy meanwhile (the fleet agrees), and when the link heals the
+/// replayed write's broadcast evicts that copy, without any resync on the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_write_reaches_other_nodes_l1() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let a = builder(&proxy.url()).build().unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (ra, rb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    ra.set("k", 1).await.unwrap();
+    await_applied(&b, "rate", 1).await;
+    assert_eq!(rb.get("k").await.map(|v| *v), Some(1));
+    let subscriptions = b.stats().bus_subscriptions;
+
+    proxy.set(Fault::Swallow, Target::Data);
+    breaker_is(&a, BreakerState::Open).await;
+    ra.set("k", 2).await.expect("queued, not failed");
+    assert_eq!(a.stats().outbox_entries, 1);
+    assert_eq!(
+        ra.get_local("k"),
+        None,
+        "a bounded namespace drops its copy"
+    );
+    assert_eq!(
+        rb.get_local("k").map(|v| *v),
+        Some(1),
+        "b never heard of it"
+    );
+
+    proxy.heal();
+    proxy.reset();
+    breaker_is(&a, BreakerState::Closed).await;
+    eventually("b evicts on the replayed write", PATIENCE, || async {
+        rb.get_local("k").is_none()
+    })
+    .await;
+    assert_eq!(rb.get("k").await.map(|v| *v), Some(2));
+    assert_eq!(in_redis::<u64>(&server, "v1:rate:k"), Some(2));
+    eventually("a's outbox empty", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+    assert_eq!(
+        b.stats().bus_subscriptions,
+        subscriptions,
+        "b did not resync: the replay's own broadcast did it"
+    );
+}
+
+/// A write that times out while the breaker is still closed (a high threshold) is queued too,
+/// retried every cool-down, and each failed retry leaves the writer's read-your-writes copy
+/// alone; once Redis answers, the retry lands and the other node follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_is_retried_and_keeps_its_local_copy_meanwhile() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let a = builder(&proxy.url())
+        .breaker_threshold(1_000)
+        .build()
+        .unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (fa, fb) = (
+        a.namespace::<str, u64>("fees").unwrap(),
+        b.namespace::<str, u64>("fees").unwrap(),
+    );
+    fa.set("k", 1).await.unwrap();
+    await_applied(&b, "fees", 1).await;
+    assert_eq!(fb.get("k").await.map(|v| *v), Some(1));
+
+    proxy.set(Fault::Swallow, Target::Data);
+    let t = Instant::now();
+    fa.set("k", 2).await.expect("queued, not failed");
+    assert!(
+        t.elapsed() >= L2_TIMEOUT,
+        "the breaker is closed: the write waited"
+    );
+    assert_eq!(a.stats().breaker, BreakerState::Closed);
+    let errors = || a.stats().namespace("fees").unwrap().l2_errors;
+    eventually("a retry failed too", PATIENCE, || async { errors() >= 3 }).await;
+    assert_eq!(
+        fa.get_local("k").map(|v| *v),
+        Some(2),
+        "failed retries keep the queued write's local copy"
+    );
+    assert_eq!(a.stats().outbox_entries, 1);
+
+    proxy.heal();
+    proxy.reset();
+    eventually("b follows the retried write", PATIENCE, || async {
+        fb.get("k").await.map(|v| *v) == Some(2)
+    })
+    .await;
+    assert_eq!(in_redis::<u64>(&server, "v1:fees:k"), Some(2));
+    eventually("a's outbox empty", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+}
+
+/// Sets up a writer `a` behind a proxy and a reader `b` holding `keys` = "old" in L1, then
+/// hangs `a`'s data link until its breaker opens.
+async fn partitioned_writer(
+    server: &RedisServer,
+    tweak: impl FnOnce(TieredCacheBuilder) -> TieredCacheBuilder,
+    keys: &[&str],
+) -> (FaultProxy, TieredCache, TieredCache) {
+    let proxy = FaultProxy::start(server.port()).await;
+    let a = tweak(builder(&proxy.url())).build().unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (ra, rb) = (
+        a.namespace::<str, String>("rate").unwrap(),
+        b.namespace::<str, String>("rate").unwrap(),
+    );
+    for k in keys {
+        ra.set(k, "old".into()).await.unwrap();
+    }
+    await_applied(&b, "rate", keys.len() as u64).await;
+    for k in keys {
+        assert_eq!(rb.get(k).await.as_deref().map(String::as_str), Some("old"));
+        assert!(rb.get_local(k).is_some());
+    }
+    proxy.set(Fault::Swallow, Target::Data);
+    breaker_is(&a, BreakerState::Open).await;
+    (proxy, a, b)
+}
+
+async fn heal(proxy: &FaultProxy, a: &TieredCache) {
+    proxy.heal();
+    proxy.reset();
+    eventually("a's outbox replayed", PATIENCE, || async {
+        a.stats().breaker == BreakerState::Closed && a.stats().outbox_entries == 0
+    })
+    .await;
+}
+
+/// A namespace clear made while Redis is unreachable supersedes the keys queued before it,
+/// and is replayed before the keys queued after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_while_down_supersedes_the_keys_queued_before_it() {
+    let server = RedisServer::start();
+    let (proxy, a, b) = partitioned_writer(&server, |b| b, &["k1", "k2", "k3"]).await;
+    let (ra, rb) = (
+        a.namespace::<str, String>("rate").unwrap(),
+        b.namespace::<str, String>("rate").unwrap(),
+    );
+    ra.set("k1", "new".into()).await.unwrap();
+    ra.set("k2", "new".into()).await.unwrap();
+    ra.invalidate_namespace().await.unwrap();
+    ra.set("k3", "after".into()).await.unwrap();
+    // (Settles once a replay attempt in flight, if any, is put back.)
+    eventually(
+        "the clear and k3 queued, k1 and k2 superseded",
+        PATIENCE,
+        || async {
+            let s = a.stats();
+            s.outbox_entries == 2 && s.namespace("rate").unwrap().outbox_superseded == 2
+        },
+    )
+    .await;
+
+    heal(&proxy, &a).await;
+    eventually("b follows the replayed clear and k3", PATIENCE, || async {
+        rb.get("k3").await.as_deref().map(String::as_str) == Some("after")
+    })
+    .await;
+    for k in ["k1", "k2"] {
+        assert_eq!(rb.get(k).await, None, "{k}: written before the clear");
+        assert_eq!(ra.get(k).await, None, "{k}: written before the clear");
+    }
+    assert_eq!(
+        in_redis::<String>(&server, "v1:rate:k3").as_deref(),
+        Some("after")
+    );
+}
+
+/// The outbox's bounds: a value over the byte budget is queued as an invalidation of its key,
+/// and a key that does not fit turns its namespace's queue into one clear. The outbox never
+/// holds more than its capacity, and what it gave up still reaches every node as an
+/// invalidation: no node serves an old value afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_bound_degrades_to_invalidations_never_to_stale_reads() {
+    const CAPACITY: usize = 4;
+    let server = RedisServer::start();
+    let keys = ["big", "k0", "k1", "k2", "k3", "k4", "untouched"];
+    let (proxy, a, b) = partitioned_writer(
+        &server,
+        |b| b.outbox_capacity(CAPACITY).outbox_max_bytes(64),
+        &keys,
+    )
+    .await;
+    let (ra, rb) = (
+        a.namespace::<str, String>("rate").unwrap(),
+        b.namespace::<str, String>("rate").unwrap(),
+    );
+    let entries = || a.stats().outbox_entries;
+    let dropped = || a.stats().namespace("rate").unwrap().outbox_dropped;
+
+    ra.set("big", "x".repeat(100)).await.unwrap();
+    assert_eq!((entries(), dropped()), (1, 1), "over the byte budget");
+    for k in ["k0", "k1", "k2"] {
+        ra.set(k, "new".into()).await.unwrap();
+        assert!(entries() <= CAPACITY);
+    }
+    assert_eq!(entries(), CAPACITY);
+    ra.set("k3", "new".into()).await.unwrap();
+    assert!(entries() <= CAPACITY);
+    // (A write a replay attempt held at that moment is superseded by the clear when it is
+    // put back, rather than folded into it.)
+    eventually(
+        "full: the namespace's keys folded into one clear",
+        PATIENCE,
+        || async { entries() == 1 },
+    )
+    .await;
+    // big, k3, and k0..k2 (all three, or two if one was in flight).
+    assert!(dropped() >= 4, "given up: {}", dropped());
+    ra.set("k4", "newer".into()).await.unwrap();
+    assert!(entries() <= 2);
+
+    heal(&proxy, &a).await;
+    eventually("b follows the replay", PATIENCE, || async {
+        rb.get("k4").await.as_deref().map(String::as_str) == Some("newer")
+    })
+    .await;
+    for k in ["big", "k0", "k1", "k2", "k3", "untouched"] {
+        assert_eq!(rb.get(k).await, None, "{k}: b serves an old value");
+        assert_eq!(ra.get(k).await, None, "{k}: a serves an old value");
+    }
+}
+
+/// Strict writes (the builder's option, or a per-handle override) fail with the typed error
+/// and queue nothing; a lenient handle on a strict cache queues.
+#[tokio::test]
+async fn strict_writes_return_the_typed_error_and_queue_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // released at once: nothing listens there
+    let cache = builder(&format!("redis://127.0.0.1:{port}"))
+        .strict_writes(true)
+        .build()
+        .unwrap();
+    let fees = cache.namespace::<str, u64>("fees").unwrap();
+    let e = timed("set", fees.set("k", 1)).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(fees.get_local("k"), None);
+    let e = timed("invalidate", fees.invalidate("k")).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    let e = timed("invalidate_namespace", fees.invalidate_namespace())
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(cache.stats().outbox_entries, 0);
+
+    let lenient = fees.strict_writes(false);
+    timed("set", lenient.set("k", 2)).await.unwrap();
+    assert_eq!(cache.stats().outbox_entries, 1);
+    assert_eq!(lenient.get_local("k").map(|v| *v), Some(2));
+}
