@@ -51,7 +51,7 @@ mod batch;
 mod breaker;
 /// Invalidation bus: message format and the subscriber task.
 mod bus;
-/// The value envelope around MessagePack.
+/// The value envelope around MessagePack: expiry, compression, "not found" entries.
 mod codec;
 /// Single flight: one load per key at a time in this process.
 mod flight;
@@ -61,7 +61,7 @@ mod guard;
 mod l1;
 /// L2 tier: Redis, versioned envelopes, write+publish scripts.
 mod l2;
-/// The miss path: L2 read, loader, guarded fill.
+/// The miss path: L2 read, loader, guarded fill; fail-safe, timeouts, refresh-ahead, fleet lock.
 mod loader;
 /// Metric handles and local counts.
 mod metrics;
