@@ -25,5 +25,35 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .set_buckets(LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
         .install()
-        .map_err(|e| format!("could not serve metrics on {addr}: {e}"))
+        .map_err(|e| format!("could not serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+/// `# HELP` text for the library's metrics (the README's Metrics table), as (name, help).
+pub const DESCRIBED: &[(&str, &str)] = &[
+    ("tiered_cache_requests_total", "Lookups per tier (l1, l2, loader) and result (hit, miss, error)."),
+    ("tiered_cache_decode_errors_total", "Values in Redis that could not be decoded (served as misses)."),
+    ("tiered_cache_l2_errors_total", "Failed Redis calls by kind (skipped, timeout, connection, server)."),
+    ("tiered_cache_fills_total", "Loaded values written back to Redis (stored) or refused because the key changed while loading."),
+    ("tiered_cache_invalidations_total", "Invalidations sent, applied from other nodes, or reported by CLIENT TRACKING (tracked)."),
+    ("tiered_cache_loads_coalesced_total", "get_or_load calls that shared another caller's load (single flight)."),
+    ("tiered_cache_stale_served_total", "Stale values served by fail-safe."),
+    ("tiered_cache_loader_timeouts_total", "Loads past the soft or the hard timeout."),
+    ("tiered_cache_refreshes_total", "Refresh-ahead loads started or failed."),
+    ("tiered_cache_fleet_locks_total", "Fleet-wide single flight: lock acquired, another node's value waited for, or gave up waiting."),
+    ("tiered_cache_l1_bypass_total", "Reads that skipped L1 while the bus could not vouch for the staleness bound."),
+    ("tiered_cache_l1_bypassed", "1 while L1 is bypassed (the bus cannot vouch for the staleness bound)."),
+    ("tiered_cache_bus_events_total", "Invalidation bus subscriber events (subscribed, disconnected, own_skipped, malformed, gap)."),
+];
+
+/// Registers the `# HELP` lines of [`DESCRIBED`] with the installed recorder.
+pub fn describe() {
+    for (name, help) in DESCRIBED {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
 }
