@@ -859,7 +859,12 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
         }
     }
     stop.store(true, Relaxed);
-    let _ = rt.block_on(workload);
+    if let Err(e) = rt.block_on(workload) {
+        panic!(
+            "the workload failed after {} rounds: {e}",
+            rounds.load(Relaxed)
+        );
+    }
     let failed: Vec<String> = pending
         .iter()
         .map(|(k, (_, last))| format!("{k}\n    last result: {last}"))
