@@ -6,11 +6,19 @@
 //! Redis: `REDIS_URL` if set; else a private `redis-server` started for the run; else L1-only
 //! (loaders and local copies, no sharing), with a warning.
 //!
+//! Metrics: Prometheus text format at `http://{METRICS_ADDR}/metrics` (default
+//! `127.0.0.1:9898`; `METRICS_ADDR=off` for none) while the demo runs. `DEMO_HOLD_SECS=N`
+//! keeps a paced workload going for N more seconds after the table, so Prometheus can scrape
+//! it (default 0: exit at once).
+//!
 //! ```text
 //! cargo run --release --example demo            # or ./scripts/demo.sh, which installs Redis
 //! DEMO_READS=50000 cargo run --release --example demo
+//! DEMO_HOLD_SECS=600 cargo run --release --example demo   # then scrape 127.0.0.1:9898/metrics
 //! ```
 
+#[path = "../tests/support/exporter.rs"]
+mod exporter;
 #[path = "../tests/support/server.rs"]
 mod server;
 
@@ -312,6 +320,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let hold = Duration::from_secs(
+        std::env::var("DEMO_HOLD_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    // Before any cache is built: metric handles are resolved at `build()`.
+    serve_metrics();
 
     let mode = find_redis();
     let url = match &mode {
@@ -482,7 +498,80 @@ async fn main() {
             stopped.elapsed().as_secs_f64() * 1e3
         );
     }
+    if !hold.is_zero() {
+        println!(
+            "holding for {} s: writer and paced readers keep running for the scrapers",
+            hold.as_secs()
+        );
+        hold_workload(&nodes, &db, &acks, hold).await;
+        println!("hold over");
+    }
     if disagreements > 0 {
         std::process::exit(1);
     }
+}
+
+/// Installs the Prometheus exporter on `METRICS_ADDR` (default 127.0.0.1:9898). A busy port or
+/// a bad address is a warning, not a failure: the demo's point is the table.
+fn serve_metrics() {
+    let addr = std::env::var("METRICS_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| exporter::DEFAULT_METRICS_ADDR.to_string());
+    if addr == "off" {
+        return;
+    }
+    match addr
+        .parse()
+        .map_err(|e| format!("METRICS_ADDR={addr}: {e}"))
+        .and_then(exporter::install)
+    {
+        Ok(()) => println!("Metrics: http://{addr}/metrics (Prometheus text format)"),
+        Err(e) => println!("WARNING: no metrics endpoint: {e}"),
+    }
+}
+
+/// The workload again, paced (batches of reads per node, then a pause) until `hold` is over,
+/// so a scraper sees every rate move. Bounded: it stops by itself.
+async fn hold_workload(
+    nodes: &[TieredCache],
+    db: &Arc<Database>,
+    acks: &Arc<Acks>,
+    hold: Duration,
+) {
+    let until = Instant::now() + hold;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(
+        nodes[0].namespace("rate").unwrap(),
+        nodes[0].namespace("quote").unwrap(),
+        db.clone(),
+        acks.clone(),
+        stop.clone(),
+    ));
+    let mut readers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (n, db, acks) = (n.clone(), db.clone(), acks.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seed = 0xB0B + i as u64;
+            while Instant::now() < until {
+                seed = rng(&mut seed);
+                reader(
+                    n.clone(),
+                    n.namespace("rate").unwrap(),
+                    n.namespace("quote").unwrap(),
+                    db.clone(),
+                    acks.clone(),
+                    100,
+                    seed,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    stop.store(true, Relaxed);
+    let _ = w.await;
 }

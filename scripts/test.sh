@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: installs redis-server if needed, then runs every test (unit, integration,
-# doc tests including the README's examples). Each integration test starts its own private
-# redis-server on a free loopback port and stops it when done.
+# The test command: installs redis-server and prometheus (for tests/dashboard.rs) if needed,
+# then runs every test (unit, integration, doc tests including the README's examples). Each
+# integration test starts its own private redis-server (and prometheus) on a free loopback
+# port and stops it when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-redis.sh
+scripts/ensure-prometheus.sh
 
 cargo test --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then

@@ -52,7 +52,7 @@ pub(crate) struct NamespaceCore {
 
 impl NamespaceCore {
     pub(crate) fn new(name: String, policy: NamespacePolicy) -> Self {
-        Self {
+        let core = Self {
             l1: L1Tier::new(
                 match policy.l1_max_bytes {
                     Some(bytes) => Bound::Bytes(bytes),
@@ -69,7 +69,13 @@ impl NamespaceCore {
             bypass: AtomicBool::new(policy.staleness_bound.is_some()),
             name,
             policy,
+        };
+        // The gauge follows changes only: a namespace that starts bypassed (and may stay so,
+        // Redis being down) must say so from the start.
+        if core.bypass.load(Relaxed) {
+            core.metrics.bypassing.set(1.0);
         }
+        core
     }
 
     /// Pins the namespace's types on first use; later uses must match.
