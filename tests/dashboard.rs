@@ -885,6 +885,13 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
         "the demo's lookups reached Prometheus\n{}",
         logs()
     );
+    // A namespace that never reached Redis is bypassed from the start, and says so.
+    let cold = query("tiered_cache_l1_bypassed{namespace=\"cold\"} == 1").unwrap();
+    assert!(
+        !cold.is_empty(),
+        "the never-connected node's bypass gauge is 1\n{}",
+        logs()
+    );
     for s in &skipped {
         eprintln!("note: not checked live: {s}");
     }
