@@ -403,6 +403,9 @@ where
             .await;
         // Fences loads that read Redis before the write landed.
         let after = core.gens.bump_keys(&keys, &before);
+        for k in &keys {
+            core.flights.detach(k);
+        }
         match written {
             Ok(stamp) => {
                 core.metrics.inv_sent.inc();

@@ -152,6 +152,28 @@ pub(crate) fn encode<V: Serialize + ?Sized>(
     })
 }
 
+/// What an envelope weighs in L1: its serialized payload before compression (read from the
+/// lz4 length prefix), never less than the stored bytes.
+pub(crate) fn plain_len(bytes: &[u8]) -> usize {
+    let compressed = bytes.get(2).is_some_and(|f| f & FLAG_COMPRESSED != 0);
+    let at = HEADER_LEN + 8;
+    match bytes.get(at..at + 4) {
+        Some(prefix) if compressed => {
+            let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+            len.max(bytes.len())
+        }
+        _ => bytes.len(),
+    }
+}
+
+impl Encoded {
+    /// When the value stops being fresh (unix ms), if it says.
+    pub(crate) fn expires_ms(&self) -> Option<u64> {
+        let at = self.body.first_chunk::<8>()?;
+        (self.head[2] & FLAG_EXPIRY != 0).then(|| u64::from_be_bytes(*at))
+    }
+}
+
 /// The three bytes a tombstone starts with.
 pub(crate) fn tombstone_head() -> [u8; 3] {
     [MAGIC, FORMAT, FLAG_TOMBSTONE]

@@ -86,7 +86,7 @@ impl NamespacePolicy {
         self
     }
 
-    /// Shortens each stored value's TTL (on both tiers) by a random amount up to `jitter`, so
+    /// Shortens each stored value's TTL in Redis by a random amount up to `jitter`, so
     /// keys loaded together do not all expire, and reload, together. A value never lives
     /// longer than its configured TTL. Must be shorter than the L1 TTL. Default: zero.
     pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
@@ -137,7 +137,8 @@ impl NamespacePolicy {
     /// Loader soft timeout: when a stale value is at hand (see [`fail_safe`](Self::fail_safe))
     /// and the loader has not answered within `timeout`, callers get the stale value and the
     /// load goes on in the background, updating the cache when it completes. Without a stale
-    /// value callers keep waiting, up to the hard timeout. Default: off.
+    /// value callers keep waiting, up to the hard timeout, which must be set too (a load that
+    /// never ends would otherwise keep the stale value served forever). Default: off.
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.soft_timeout = Some(timeout);
         self
@@ -272,6 +273,27 @@ impl NamespacePolicy {
         if zero(self.soft_timeout) || zero(self.hard_timeout) || zero(self.fleet_lock) {
             return Err(format!(
                 "namespace {name:?}: timeouts and the lock TTL must be greater than zero"
+            ));
+        }
+        if self.soft_timeout.is_some() && self.hard_timeout.is_none() {
+            return Err(format!(
+                "namespace {name:?}: a soft timeout needs a hard timeout too"
+            ));
+        }
+        // Far beyond any sensible setting, and short of what `Instant` arithmetic and moka's
+        // TTL (at most 1000 years) can hold.
+        const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let durations = [
+            Some(self.l2_ttl),
+            self.fail_safe,
+            Some(self.fail_safe_throttle),
+            self.soft_timeout,
+            self.hard_timeout,
+            self.fleet_lock,
+        ];
+        if durations.into_iter().flatten().any(|d| d > LONGEST) {
+            return Err(format!(
+                "namespace {name:?}: TTLs, windows and timeouts must be under 100 years"
             ));
         }
         if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
@@ -537,6 +559,10 @@ mod tests {
         assert!(err(ok().namespace("z", p().ttl_jitter(s(5)))).contains("jitter"));
         assert!(err(ok().namespace("z", p().negative_ttl(s(6)))).contains("negative"));
         assert!(err(ok().namespace("z", p().fail_safe(s(0)))).contains("fail-safe"));
+        assert!(err(ok().namespace("z", p().soft_timeout(s(1)))).contains("hard timeout"));
+        assert!(
+            err(ok().namespace("z", p().fail_safe_throttle(Duration::MAX))).contains("100 years")
+        );
         let inverted = p().soft_timeout(s(2)).hard_timeout(s(1));
         assert!(err(ok().namespace("z", inverted)).contains("soft timeout"));
         assert!(err(ok().namespace("z", p().refresh_ahead(1.0))).contains("refresh-ahead"));

@@ -57,6 +57,18 @@ impl Flights {
         }
     }
 
+    /// Detaches the flight of `key`, if any: its load may have read the source before an
+    /// invalidation of the key, so callers arriving from now on must not share it. Its own
+    /// waiters (who asked before the invalidation) still get its outcome.
+    pub(crate) fn detach(&self, key: &str) {
+        self.inflight.remove(key);
+    }
+
+    /// Detaches every flight (a whole-namespace invalidation).
+    pub(crate) fn detach_all(&self) {
+        self.inflight.clear();
+    }
+
     /// Whether a load of `key` is in flight.
     pub(crate) fn is_loading(&self, key: &str) -> bool {
         self.inflight.contains_key(key)
@@ -89,7 +101,7 @@ impl Leader {
         if let Some(tx) = self.tx.take() {
             // Remove first: a caller arriving from now on starts afresh (and will find the
             // value in L1 if it was cached); the waiters already holding the slot get this.
-            self.flights.remove(&self.key);
+            self.release(&tx);
             tx.send_replace(Some(outcome));
         }
     }
@@ -97,9 +109,18 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        if self.tx.take().is_some() {
-            self.flights.remove(&self.key);
+        if let Some(tx) = self.tx.take() {
+            self.release(&tx);
         }
+    }
+}
+
+impl Leader {
+    /// Removes this flight from the map, unless an invalidation already detached it and a
+    /// newer flight for the key took its place.
+    fn release(&self, tx: &watch::Sender<Option<Outcome>>) {
+        self.flights
+            .remove_if(&self.key, |_, slot| slot.same_channel(&tx.subscribe()));
     }
 }
 

@@ -92,6 +92,21 @@ impl L1Tier {
         )
     }
 
+    /// Replaces the entry of `key` only if it holds `entry`'s very version; does nothing if
+    /// the key is absent (an invalidation removed it) or holds another version. Returns
+    /// whether it replaced.
+    pub(crate) fn replace_same_version(&self, key: &str, entry: L1Entry) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().version == entry.version => Op::Put(entry),
+                _ => Op::Nop,
+            });
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+
     pub(crate) fn remove(&self, key: &str) {
         self.cache.invalidate(key)
     }

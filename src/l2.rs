@@ -105,8 +105,11 @@ if cur and string.byte(cur, 1) == 193 then
       local expired = bit.band(flags, 4) == 4 and string.len(cur) >= 19
         and struct.unpack('>I8', cur, 12) <= tonumber(ARGV[8])
       local replaceable = ver == tonumber(ARGV[9])
+      -- An expired value is replaced only if it is older than the load: a write that landed
+      -- during the load (a replay, say) wins even if it is past its expiry.
+      local stale = expired and ver <= seen
       -- A live value, even one this node cannot decode (a newer schema?), is kept.
-      if not expired and not replaceable then return {0, 0, cur_e} end
+      if not stale and not replaceable then return {0, 0, cur_e} end
     end
   end
 end

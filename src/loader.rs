@@ -105,7 +105,7 @@ async fn classify<V: DeserializeOwned>(
             expires_ms,
             value,
         }) if version >= core.floor() => {
-            let weight = bytes.len();
+            let weight = codec::plain_len(bytes);
             match expires_ms {
                 Some(at) if core.policy.fail_safe.is_some() && at <= codec::unix_ms() => {
                     L2Read::Expired {
@@ -226,8 +226,10 @@ impl Flight<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Loaded<V>>,
     {
+        // A fallback and whether it came from L1 (read before this flight's ticket was taken,
+        // so only L1 itself can tell whether it was invalidated since: see `put_back`).
         let (mut fallback, current) = match mode {
-            Mode::Miss { stale } => (stale, None),
+            Mode::Miss { stale } => (stale.map(|e| (e, true)), None),
             Mode::Refresh { current } => (None, Some(current)),
         };
         // `seen` is the version counter noted before the loader runs: the fill is refused if
@@ -256,9 +258,10 @@ impl Flight<'_> {
                 value,
                 weight,
             } => {
-                if fallback.as_ref().is_none_or(|f| f.version <= version) {
+                if fallback.as_ref().is_none_or(|(f, _)| f.version <= version) {
                     let value = value.map(|v| Arc::new(v) as AnyValue);
-                    fallback = Some(self.core.l1_entry(value, version, Some(0), weight));
+                    let entry = self.core.l1_entry(value, version, Some(0), weight);
+                    fallback = Some((entry, false));
                 }
                 self.note_stamp().await
             }
@@ -270,8 +273,10 @@ impl Flight<'_> {
             // L1 would not let replace the current one. Keep it until it expires instead of
             // starting a refresh on every hit.
             let value = current.value.clone();
-            self.insert(self.core.without_refresh(current.clone()));
-            return Ok(value);
+            if self.put_back(self.core.without_refresh(current.clone()), true) {
+                return Ok(value);
+            }
+            return Err(Error::unavailable("refresh", None));
         }
 
         let mut lock = None;
@@ -290,8 +295,11 @@ impl Flight<'_> {
                 tracing::debug!(target: "tiered_cache::loader", namespace = %self.core.name,
                     error = %e, "refresh-ahead failed; the current value stays until it expires");
                 let value = current.value.clone();
-                self.insert(self.core.without_refresh(current));
-                Ok(value)
+                if self.put_back(self.core.without_refresh(current), true) {
+                    Ok(value)
+                } else {
+                    Err(e)
+                }
             }
             (Err(e), None) => self.fail_safe(e, fallback),
         };
@@ -327,7 +335,7 @@ impl Flight<'_> {
     async fn call_loader<V, F, Fut>(
         &self,
         loader: F,
-        fallback: Option<&L1Entry>,
+        fallback: Option<&(L1Entry, bool)>,
     ) -> Result<Option<V>, Error>
     where
         F: FnOnce() -> Fut,
@@ -350,13 +358,17 @@ impl Flight<'_> {
         };
         let mut load = std::pin::pin!(load);
         let result = match (policy.soft_timeout, fallback) {
-            (Some(soft), Some(stale)) if policy.fail_safe.is_some() => {
+            (Some(soft), Some((stale, from_l1))) if policy.fail_safe.is_some() => {
                 match tokio::time::timeout(soft, load.as_mut()).await {
                     Ok(r) => r,
                     Err(_) => {
                         m.loader_soft_timeout.inc();
-                        m.stale_served.inc();
-                        self.leader.interim(Ok(stale.value.clone()));
+                        // Only a fallback nobody invalidated meanwhile; an invalidation also
+                        // detaches this flight, so no later caller sees the interim.
+                        if self.still_valid(stale, *from_l1) {
+                            m.stale_served.inc();
+                            self.leader.interim(Ok(stale.value.clone()));
+                        }
                         load.await
                     }
                 }
@@ -371,17 +383,50 @@ impl Flight<'_> {
     }
 
     /// The loader failed: serve the stale value if fail-safe holds one, else the error.
-    fn fail_safe(&self, error: Error, fallback: Option<L1Entry>) -> Outcome {
-        let Some(stale) = fallback.filter(|_| self.core.policy.fail_safe.is_some()) else {
+    fn fail_safe(&self, error: Error, fallback: Option<(L1Entry, bool)>) -> Outcome {
+        let Some((stale, from_l1)) = fallback.filter(|_| self.core.policy.fail_safe.is_some())
+        else {
             return Err(error);
         };
+        let value = stale.value.clone();
+        // Served as fresh for the throttle, so a failing source is not asked on every read;
+        // and served at all only if nobody invalidated it meanwhile.
+        if !self.put_back(self.core.throttled(stale), from_l1) {
+            return Err(error);
+        }
         self.core.metrics.stale_served.inc();
         tracing::debug!(target: "tiered_cache::loader", namespace = %self.core.name,
             %error, "loader failed; fail-safe serves the stale value");
-        let value = stale.value.clone();
-        // Served as fresh for the throttle, so a failing source is not asked on every read.
-        self.insert(self.core.throttled(stale));
         Ok(value)
+    }
+
+    /// Whether a fallback may still be served: one read from L1 before this flight's ticket
+    /// was taken only while L1 still holds that very version (every invalidation removes it);
+    /// one read from Redis during the flight only while its ticket is current.
+    fn still_valid(&self, fallback: &L1Entry, from_l1: bool) -> bool {
+        let held = || self.core.l1.get(&self.key).map(|e| e.version) == Some(fallback.version);
+        self.core.gens.is_current(&self.ticket) && (!from_l1 || held())
+    }
+
+    /// Writes a fallback (or the current value of a failed refresh) back into L1 and says
+    /// whether it may be served (see `still_valid`). A copy from L1 is only put back over
+    /// that same version, never into a key an invalidation emptied.
+    fn put_back(&self, entry: L1Entry, from_l1: bool) -> bool {
+        let core = self.core;
+        if from_l1 {
+            if !core.l1.replace_same_version(&self.key, entry) {
+                return false;
+            }
+        } else {
+            self.insert(entry);
+        }
+        // As in `insert_guarded`: an invalidation that raced the write-back takes it out.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if core.gens.is_current(&self.ticket) {
+            return true;
+        }
+        core.l1.remove(&self.key);
+        false
     }
 
     /// Caches a loaded value on both tiers (unless the key changed meanwhile) and returns it.

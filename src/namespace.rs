@@ -142,6 +142,7 @@ impl NamespaceCore {
     pub(crate) fn evict(&self, key: &str) {
         self.gens.bump_key(key);
         self.l1.remove(key);
+        self.flights.detach(key);
     }
 
     /// Evicts keys another node invalidated.
@@ -184,6 +185,7 @@ impl NamespaceCore {
     pub(crate) fn clear_l1(&self) {
         self.gens.bump_namespace();
         self.l1.clear();
+        self.flights.detach_all();
     }
 
     /// A TTL shortened by the namespace's jitter (never below 1 ms).
@@ -199,11 +201,12 @@ impl NamespaceCore {
     /// How long a value written now stays fresh, and how long Redis keeps it.
     pub(crate) fn l2_life(&self, negative: bool) -> Life {
         let policy = &self.policy;
-        let ttl = self.jittered(if negative {
+        // "Not found" entries are short-lived already: jitter is for values.
+        let ttl = if negative {
             policy.negative_ttl_value()
         } else {
-            policy.l2_ttl
-        });
+            self.jittered(policy.l2_ttl)
+        };
         Life {
             expires_ms: codec::unix_ms() + ttl.as_millis() as u64,
             keep_for: ttl + policy.fail_safe.unwrap_or(Duration::ZERO),
@@ -619,6 +622,8 @@ where
         route.landed(shared, written.is_ok());
         // Fences loads that read Redis before the write landed.
         let after = self.core.gens.bump_key(&key);
+        // A load that started before this write must not be shared with later callers.
+        self.core.flights.detach(&key);
         match written {
             Ok(stamp) => {
                 self.core.metrics.inv_sent.inc();

@@ -678,7 +678,11 @@ async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
         } => {
             let message = Outgoing::keys(shared.node_id, ns, &[key]);
             let left = ttl.saturating_sub(at.elapsed());
-            let done = if left < Duration::from_millis(1) {
+            // Past its TTL (jittered, as the envelope says) it goes out as an invalidation.
+            let past = bytes
+                .expires_ms()
+                .is_some_and(|at| at <= crate::codec::unix_ms());
+            let done = if past || left < Duration::from_millis(1) {
                 expired = true;
                 l2.invalidate(ns, &[key], ttl, &message).await
             } else {

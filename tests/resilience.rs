@@ -319,3 +319,81 @@ async fn a_thousand_callers_on_four_nodes_load_once_with_the_fleet_lock() {
         NamespacePolicy::new(Duration::from_secs(60)).fleet_single_flight(Duration::from_secs(5));
     assert_eq!(fleet_stampede(policy, 4, 250).await, 1);
 }
+
+/// A loader that counts its start, waits at `gate`, then answers `value` (or fails on `None`).
+fn gated(
+    started: &Arc<AtomicU64>,
+    gate: &Arc<Semaphore>,
+    value: Option<u64>,
+) -> impl FnOnce() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send>,
+> + Send
+       + 'static {
+    let (started, gate) = (started.clone(), gate.clone());
+    move || {
+        Box::pin(async move {
+            started.fetch_add(1, SeqCst);
+            gate.acquire().await.unwrap().forget();
+            value.ok_or_else(|| std::io::Error::other("source down"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_does_not_serve_a_value_invalidated_while_its_loader_ran() {
+    let server = RedisServer::start();
+    let a = node(&server, fail_safe_policy()).await;
+    let b = node(&server, fail_safe_policy()).await;
+    let (na, nb) = (px(&a), px(&b));
+    let calls = Arc::new(AtomicU64::new(0));
+    na.get_or_load("k", loader(&calls, Some(1))).await.unwrap();
+    until_stale(&na, "k").await;
+
+    let (started, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
+    let load = {
+        let (na, f) = (na.clone(), gated(&started, &gate, None));
+        tokio::spawn(async move { na.get_or_load("k", f).await })
+    };
+    eventually("loader running", PATIENCE, || async {
+        started.load(SeqCst) == 1
+    })
+    .await;
+    nb.invalidate("k").await.unwrap();
+    await_applied(&a, "px", 1).await;
+    gate.add_permits(1);
+    let e = load.await.unwrap().unwrap_err();
+    assert!(e.is_loader(), "the error, not the invalidated value: {e}");
+    assert!(na.get_local("k").is_none());
+    assert_eq!(stats(&a).stale_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_started_before_a_write_is_not_shared_with_later_callers() {
+    let server = RedisServer::start();
+    let policy = || NamespacePolicy::new(Duration::from_secs(60));
+    let a = node(&server, policy()).await;
+    let b = node(&server, policy()).await;
+    let (na, nb) = (px(&a), px(&b));
+    let (started, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(Semaphore::new(0)));
+    let first = {
+        let (na, f) = (na.clone(), gated(&started, &gate, Some(1)));
+        tokio::spawn(async move { na.get_or_load("k", f).await })
+    };
+    eventually("first load running", PATIENCE, || async {
+        started.load(SeqCst) == 1
+    })
+    .await;
+    nb.set("k", 2).await.unwrap();
+    await_applied(&a, "px", 1).await;
+
+    // Asked after the write: must not wait for, or get, the load that read the source before.
+    let calls = Arc::new(AtomicU64::new(0));
+    let later = tokio::time::timeout(PATIENCE, na.get_or_load("k", loader(&calls, Some(3))))
+        .await
+        .expect("not held behind the older load")
+        .unwrap();
+    assert_eq!(*later, 2);
+    gate.add_permits(1);
+    assert_eq!(*first.await.unwrap().unwrap(), 1, "asked before the write");
+    assert_ne!(na.get_local("k").map(|v| *v), Some(1), "and not cached");
+}
