@@ -17,6 +17,10 @@
 //!   GET plus rmp-serde decode on a connection to the same server.
 //! - `write`: `set` (encode, one script: version, SET PX, PUBLISH, then the L1 update) against
 //!   a raw MULTI of SET PX + PUBLISH of the same encoded bytes.
+//! - `l1_features`: the cost of the resilience policies on an L1 hit: `get_local` and
+//!   `get_or_load` on 16 hot keys of a namespace with every policy off and one with every
+//!   policy on (fail-safe, timeouts, refresh-ahead, jitter, fleet lock, byte bound), against
+//!   a raw moka get.
 //! - `get_many`: one `get_many` of 100 keys against 100 sequential `get`s of 100 other keys,
 //!   all L1 misses answered by Redis (L1 entries live 1 ms, and a key comes round again only
 //!   after 50 pairs). `cargo bench --bench tiers -- get_many`.

@@ -127,7 +127,10 @@ where
     ///
     /// ```no_run
     /// # use std::collections::HashMap;
-    /// # async fn db_prices(symbols: &[&str]) -> Result<HashMap<String, f64>, std::io::Error> { unimplemented!() }
+    /// # async fn db_prices(symbols: &[&str]) -> Result<HashMap<String, f64>, std::io::Error> {
+    /// #     let table = [("AAPL", 189.5), ("MSFT", 415.2)];
+    /// #     Ok(table.iter().filter(|(s, _)| symbols.contains(s)).map(|(s, p)| (s.to_string(), *p)).collect())
+    /// # }
     /// # async fn run(quotes: tiered_cache::Namespace<str, f64>) {
     /// let prices = quotes
     ///     .get_or_load_many(["AAPL", "MSFT", "NVDA"], |missing| async move {

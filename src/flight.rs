@@ -69,11 +69,6 @@ impl Flights {
         self.inflight.clear();
     }
 
-    /// Whether a load of `key` is in flight.
-    pub(crate) fn is_loading(&self, key: &str) -> bool {
-        self.inflight.contains_key(key)
-    }
-
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inflight.len()

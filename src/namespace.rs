@@ -525,9 +525,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        if self.core.flights.is_loading(&key) {
-            return;
-        }
+        // A load already in flight (a refresh or a miss) will do: join only to lead.
         if let crate::flight::Role::Leader(leader, _) = self.core.flights.join(&key) {
             self.core.metrics.refresh_started.inc();
             self.spawn_flight(key, loader, Mode::Refresh { current }, leader);
