@@ -19,9 +19,10 @@
 
 #[path = "../tests/support/exporter.rs"]
 mod exporter;
-#[path = "../tests/support/server.rs"]
-mod server;
+#[path = "common/redis.rs"]
+mod redis_discovery;
 
+use redis_discovery::RedisMode;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -119,24 +120,6 @@ struct Latencies {
     loader: Vec<Duration>,
     stale: u64,
     max_stale_after_ack: Duration,
-}
-
-enum RedisMode {
-    External(String),
-    Private(server::RedisServer),
-    None(String),
-}
-
-fn find_redis() -> RedisMode {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        if !url.is_empty() {
-            return RedisMode::External(url);
-        }
-    }
-    match server::RedisServer::try_start() {
-        Ok(s) => RedisMode::Private(s),
-        Err(e) => RedisMode::None(e),
-    }
 }
 
 fn symbol(i: usize) -> String {
@@ -329,22 +312,8 @@ async fn main() {
     // Before any cache is built: metric handles are resolved at `build()`.
     serve_metrics();
 
-    let mode = find_redis();
-    let url = match &mode {
-        RedisMode::External(url) => {
-            println!("Redis: {url} (from REDIS_URL)");
-            url.clone()
-        }
-        RedisMode::Private(s) => {
-            println!("Redis: private redis-server on {} for this run", s.url());
-            s.url()
-        }
-        RedisMode::None(why) => {
-            println!("WARNING: no Redis: {why}");
-            println!("WARNING: running L1-only: each node caches alone, nothing is shared or invalidated across nodes.");
-            "redis://127.0.0.1:1".to_string()
-        }
-    };
+    let mode = RedisMode::discover();
+    let url = mode.url();
 
     let db = Arc::new(Database::default());
     for (i, p) in PAIRS.iter().enumerate() {
@@ -369,9 +338,9 @@ async fn main() {
 
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(build_node(&url, matches!(mode, RedisMode::None(_))).await);
+        nodes.push(build_node(&url, mode.is_none()).await);
     }
-    if !matches!(mode, RedisMode::None(_)) {
+    if !mode.is_none() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !nodes.iter().all(|n| n.is_subscribed()) {
             assert!(
@@ -483,7 +452,7 @@ async fn main() {
 
     // After the writes stop, every node must agree with the database: poll until they do.
     let mut disagreements = 0;
-    if !matches!(mode, RedisMode::None(_)) {
+    if !mode.is_none() {
         let stopped = Instant::now();
         loop {
             disagreements = count_disagreements(&nodes, &db).await;
