@@ -53,7 +53,9 @@ async fn a_profile_update_on_one_node_is_read_and_metrics_recomputed_on_another(
     let (a, b) = (node(&server, &store).await, node(&server, &store).await);
     let tenants = scenario::tenants();
     let user = UserId::new("user-123");
-    scenario::seed(&a, &tenants, &[user.clone()]).await.unwrap();
+    scenario::seed(&a, &tenants, std::slice::from_ref(&user))
+        .await
+        .unwrap();
     let (ta, tb) = (a.tenant(&tenants[0]), b.tenant(&tenants[0]));
     let old_profile = tb.get_risk_profile(&user).await.unwrap();
     let old = tb.calculate_risk_metrics(&user).await.unwrap();
@@ -102,7 +104,7 @@ async fn creating_updating_and_deleting_a_limit_drops_metrics_on_every_node() {
     ];
     let tenants = scenario::tenants();
     let user = UserId::new("user-7");
-    scenario::seed(&nodes[0], &tenants, &[user.clone()])
+    scenario::seed(&nodes[0], &tenants, std::slice::from_ref(&user))
         .await
         .unwrap();
 
