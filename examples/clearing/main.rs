@@ -45,12 +45,14 @@ fn pct(n: usize, of: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let mode = RedisMode::discover();
+    // Without Redis every node warns that it cannot reach it, over and over: errors only then.
+    let quiet = if mode.is_none() { "error" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()),
         )
         .init();
-    let mode = RedisMode::discover();
     let url = mode.url();
     let plan = Plan::default();
     let store = ClearingStore::new(scenario::BackendCosts::scaled(plan.backend_divisor));

@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -501,6 +502,25 @@ pub fn build_cache(url: &str, l1_only: bool) -> TieredCache {
         .expect("valid configuration")
 }
 
+/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
+/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
+/// value and the next read loads the new row from the database.
+async fn write_through<K, V>(
+    ns: &Namespace<K, V>,
+    key: &K,
+    value: V,
+    tags: &[&str],
+) -> tiered_cache::Result<()>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    match ns.set_tagged(key, value, tags).await {
+        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
+        done => done,
+    }
+}
+
 impl ClearingNode {
     pub fn new(cache: TieredCache, store: Arc<ClearingStore>) -> Self {
         let ns = "namespace configured in build_cache";
@@ -533,7 +553,7 @@ impl ClearingNode {
     /// tagged with the window so a settlement drops it too.
     pub async fn publish_window(&self, w: &ClearingWindow) -> tiered_cache::Result<()> {
         let tag = window_tag(&w.id);
-        self.windows.set_tagged(&w.region, w.clone(), &[&tag]).await
+        write_through(&self.windows, &w.region, w.clone(), &[&tag]).await
     }
 
     /// Scheduled → Open → InProgress → Completed: database, then cache.

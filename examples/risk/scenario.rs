@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -411,6 +412,25 @@ pub struct Presence {
     pub profile_exists: bool,
 }
 
+/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
+/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
+/// value and the next read loads the new row from the database.
+async fn write_through<K, V>(
+    ns: &Namespace<K, V>,
+    key: &K,
+    value: V,
+    tags: &[&str],
+) -> tiered_cache::Result<()>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    match ns.set_tagged(key, value, tags).await {
+        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
+        done => done,
+    }
+}
+
 impl TenantRisk {
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
@@ -469,9 +489,7 @@ impl TenantRisk {
         let p = self
             .store
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
-        self.profiles
-            .set_tagged(&self.key(user), p.clone(), &[&self.tag])
-            .await?;
+        write_through(&self.profiles, &self.key(user), p.clone(), &[&self.tag]).await?;
         Ok(p)
     }
 
@@ -486,9 +504,7 @@ impl TenantRisk {
             .store
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
         let key = self.key(user);
-        self.profiles
-            .set_tagged(&key, p.clone(), &[&self.tag])
-            .await?;
+        write_through(&self.profiles, &key, p.clone(), &[&self.tag]).await?;
         self.metrics.invalidate(&key).await?;
         Ok(p)
     }
