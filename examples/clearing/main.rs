@@ -98,7 +98,7 @@ async fn main() {
 
     for (window, w) in &out.warmups {
         println!(
-            "warm-up of {window}: {} bilateral + {} multilateral positions, {} + {} netting pass(es), one fill script each, {} failed",
+            "warm-up of {window}: {} bilateral + {} multilateral positions, {} + {} netting pass(es), {} failed",
             w.bilateral_keys, w.multilateral_keys, w.bilateral_passes, w.multilateral_passes, w.failed
         );
     }

@@ -125,6 +125,10 @@ async fn main() {
     scenario::seed(&nodes[0], &tenants, &users)
         .await
         .expect("seed");
+    // A cold start (a deploy, say): nothing cached. Warm-up of the active users, on node 0.
+    if shared {
+        nodes[0].clear_all_cache().await.expect("clear");
+    }
 
     // Then node 1's first reads.
     for t in &tenants {
@@ -234,12 +238,12 @@ async fn main() {
             .await,
         );
         for t in [a, b] {
+            // Both cached on node 1 first, so "dropped" below means something.
+            let h = nodes[1].tenant(t);
             for u in &users {
-                nodes[1]
-                    .tenant(t)
-                    .calculate_risk_metrics(u)
-                    .await
-                    .expect("metrics");
+                h.calculate_risk_metrics(u).await.expect("metrics");
+                h.get_risk_profile(u).await.expect("profile");
+                ok &= h.cache_presence(u).metrics_exists && h.cache_presence(u).profile_exists;
             }
         }
         let batch: Vec<UserId> = users[..5].to_vec();
