@@ -811,15 +811,109 @@ fn tier(before: &NamespaceStats, after: &NamespaceStats) -> Option<u8> {
     }
 }
 
-/// One node's share of the run: reads of the active window, of net positions of the region's
-/// window, and of recent messages; every so often an obligation is posted (database, then its
-/// event) and a message received. Node 0 also walks EMEA's window through its lifecycle and
-/// settles it half-way through.
+/// The recent messages every node reads, with the window each belongs to.
+type Inbox = Arc<Mutex<Vec<(String, MessageKey)>>>;
+
+/// One read of the workload, chosen before the clock starts.
+enum Read {
+    Window(&'static str),
+    Bilateral(BilateralKey),
+    Multilateral(MultilateralKey),
+    Message(String, MessageKey),
+}
+
+impl Read {
+    fn namespace(&self) -> &'static str {
+        match self {
+            Read::Window(_) => "window",
+            Read::Bilateral(_) => "net_bilateral",
+            Read::Multilateral(_) => "net_multilateral",
+            Read::Message(..) => "iso20022",
+        }
+    }
+}
+
+/// Half the reads are of a region's active window, a third of net positions of the region's
+/// window (hot corridors most), the rest of recent messages. The window id of a netting read
+/// comes from the database here, outside the timed call (a real engine holds it already).
+fn choose_read(store: &ClearingStore, x: u64, inbox: &Inbox) -> Option<Read> {
+    let region = REGIONS[skewed(REGIONS.len(), x >> 4)];
+    let pick = x % 100;
+    if pick < 50 {
+        return Some(Read::Window(region));
+    }
+    if pick < 85 {
+        let window = store.active_now(region)?.id;
+        let a = skewed(BANKS.len(), x >> 20);
+        let b = (a + 1 + skewed(BANKS.len() - 1, x >> 28)) % BANKS.len();
+        let ccy = CURRENCIES[skewed(CURRENCIES.len(), x >> 36)];
+        if pick < 78 {
+            return Some(Read::Bilateral(bilateral_key(
+                &window, ccy, BANKS[a], BANKS[b],
+            )));
+        }
+        return Some(Read::Multilateral(MultilateralKey {
+            window,
+            currency: ccy.into(),
+            bank: BANKS[a].into(),
+        }));
+    }
+    let m = inbox.lock().unwrap();
+    // Recent messages are read most (validation, routing, settlement).
+    let (window, key) = m.get(m.len().checked_sub(1 + skewed(m.len().min(60), x >> 12))?)?;
+    Some(Read::Message(window.clone(), key.clone()))
+}
+
+/// Runs one read through the cache; false when it failed.
+async fn perform(node: &ClearingNode, read: &Read) -> bool {
+    match read {
+        Read::Window(region) => node.active_window(region).await.is_ok(),
+        Read::Bilateral(k) => node.bilateral_net(k).await.is_ok(),
+        Read::Multilateral(k) => node.multilateral_net(k).await.is_ok(),
+        Read::Message(window, k) => node.message(window, k).await.is_ok(),
+    }
+}
+
+/// The obligation engine posts (or amends) an obligation: database first, then the event.
+async fn post_obligation(
+    node: &ClearingNode,
+    x: u64,
+    seed: &mut u64,
+) -> tiered_cache::Result<usize> {
+    let region = REGIONS[(x % REGIONS.len() as u64) as usize];
+    let w = node.store.active_now(region).expect("seeded");
+    let event = if x % 3 == 0 {
+        let amount = Decimal::new((x % 1_000_000) as i64, 2);
+        node.store
+            .update_obligation(&w.id, (x >> 5) as usize, amount)
+    } else {
+        node.store.add_obligation(&w.id, obligation(rng(seed)))
+    };
+    node.handle_obligation_event(&event).await
+}
+
+/// A pacs.008 arrives at the gateway for a region's window; every node will read it.
+fn receive_message(store: &ClearingStore, txn: String, x: u64, inbox: &Inbox) {
+    let window = store
+        .active_now(REGIONS[(x % 3) as usize])
+        .expect("seeded")
+        .id;
+    let (d, c) = (BANKS[(x % 6) as usize], BANKS[((x >> 3) % 6) as usize]);
+    store.receive_message(&txn, d, c, Decimal::new((x % 10_000_000) as i64, 2));
+    let key = MessageKey {
+        message_type: "pacs.008".into(),
+        transaction_id: txn,
+    };
+    inbox.lock().unwrap().push((window, key));
+}
+
+/// One node's share of the run: reads, and every so often an obligation posted and a message
+/// received. Node 0 also walks EMEA's window through its lifecycle and settles it half-way.
 async fn node_run(
     node: ClearingNode,
     index: usize,
     plan: Plan,
-    messages: Arc<Mutex<Vec<(String, MessageKey)>>>,
+    inbox: Inbox,
 ) -> (HashMap<&'static str, Reads>, Outcome) {
     let mut reads: HashMap<&'static str, Reads> = HashMap::new();
     let mut out = Outcome::default();
@@ -830,44 +924,16 @@ async fn node_run(
         }
         let x = rng(&mut seed);
         if op % plan.obligation_every == plan.obligation_every / 2 {
-            let region = REGIONS[(x % REGIONS.len() as u64) as usize];
-            let w = node.store.active_now(region).expect("seeded");
-            let event = if x % 3 == 0 {
-                node.store.update_obligation(
-                    &w.id,
-                    (x >> 5) as usize,
-                    Decimal::new((x % 1_000_000) as i64, 2),
-                )
-            } else {
-                node.store.add_obligation(&w.id, obligation(rng(&mut seed)))
-            };
             out.obligation_events += 1;
-            out.write_errors += u64::from(node.handle_obligation_event(&event).await.is_err());
+            out.write_errors += u64::from(post_obligation(&node, x, &mut seed).await.is_err());
         }
         if op % plan.message_every == 0 {
-            let txn = format!("txn-{index}-{op}");
-            let region = REGIONS[(x % 3) as usize];
-            let window = node.store.active_now(region).expect("seeded").id;
-            let (d, c) = (BANKS[(x % 6) as usize], BANKS[((x >> 3) % 6) as usize]);
-            node.store
-                .receive_message(&txn, d, c, Decimal::new((x % 10_000_000) as i64, 2));
-            let key = MessageKey {
-                message_type: "pacs.008".into(),
-                transaction_id: txn,
-            };
-            messages.lock().unwrap().push((window, key));
+            receive_message(&node.store, format!("txn-{index}-{op}"), x, &inbox);
         }
-        let region = REGIONS[skewed(REGIONS.len(), x >> 4)];
-        let pick = x % 100;
-        let ns: &'static str = if pick < 50 {
-            "window"
-        } else if pick < 78 {
-            "net_bilateral"
-        } else if pick < 85 {
-            "net_multilateral"
-        } else {
-            "iso20022"
+        let Some(read) = choose_read(&node.store, x, &inbox) else {
+            continue;
         };
+        let ns = read.namespace();
         let before = node
             .cache
             .stats()
@@ -875,49 +941,7 @@ async fn node_run(
             .copied()
             .unwrap_or_default();
         let started = Instant::now();
-        let ok = match ns {
-            "window" => node.active_window(region).await.is_ok(),
-            "net_bilateral" | "net_multilateral" => {
-                let Some(w) = node.store.active_now(region) else {
-                    continue;
-                };
-                let a = BANKS[skewed(BANKS.len(), x >> 20)];
-                let b = BANKS[(BANKS.iter().position(|b| *b == a).unwrap()
-                    + 1
-                    + skewed(BANKS.len() - 1, x >> 28))
-                    % BANKS.len()];
-                let ccy = CURRENCIES[skewed(CURRENCIES.len(), x >> 36)];
-                // Timed from here: the lookup of the window id above is the database's, not
-                // the cache's (a real engine holds it from its window read).
-                let started = Instant::now();
-                let ok = if ns == "net_bilateral" {
-                    node.bilateral_net(&bilateral_key(&w.id, ccy, a, b))
-                        .await
-                        .is_ok()
-                } else {
-                    let k = MultilateralKey {
-                        window: w.id.clone(),
-                        currency: ccy.into(),
-                        bank: a.into(),
-                    };
-                    node.multilateral_net(&k).await.is_ok()
-                };
-                record(&mut reads, ns, &node, &before, started, ok);
-                continue;
-            }
-            _ => {
-                let picked = {
-                    let m = messages.lock().unwrap();
-                    // Recent messages are read most (validation, routing, settlement).
-                    (!m.is_empty())
-                        .then(|| m[m.len() - 1 - skewed(m.len().min(60), x >> 12)].clone())
-                };
-                let Some((window, key)) = picked else {
-                    continue;
-                };
-                node.message(&window, &key).await.is_ok()
-            }
-        };
+        let ok = perform(&node, &read).await;
         record(&mut reads, ns, &node, &before, started, ok);
     }
     (reads, out)
@@ -1013,15 +1037,10 @@ pub async fn run(nodes: &[ClearingNode], plan: Plan, shared_redis: bool) -> Outc
             Err(_) => out.write_errors += 1,
         }
     }
-    let messages = Arc::new(Mutex::new(Vec::new()));
+    let inbox: Inbox = Arc::default();
     let mut tasks = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        tasks.push(tokio::spawn(node_run(
-            node.clone(),
-            i,
-            plan,
-            messages.clone(),
-        )));
+        tasks.push(tokio::spawn(node_run(node.clone(), i, plan, inbox.clone())));
     }
     for t in tasks {
         let (reads, o) = t.await.expect("node task");
