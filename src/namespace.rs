@@ -25,6 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Keys per script and message in [`Namespace::invalidate_many`]: bounds one Lua call's run
+/// time (Redis serves nothing else meanwhile) and one message's size.
+pub const INVALIDATE_BATCH: usize = 1000;
+
 /// The key and value types a namespace was first opened with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Types {
@@ -664,35 +668,98 @@ where
     /// is queued and replayed (always safe) and this returns `Ok`, unless writes are
     /// [strict](Self::strict_writes).
     pub async fn invalidate(&self, key: &K) -> Result<()> {
+        self.invalidate_strings(vec![key_string(key)], "invalidate")
+            .await
+    }
+
+    /// Removes many keys from Redis and from every node's L1: one script and one message per
+    /// [`INVALIDATE_BATCH`] keys (duplicates removed), instead of one per key. Same guarantees
+    /// as [`invalidate`](Self::invalidate), including the queue while Redis is unreachable.
+    ///
+    /// ```no_run
+    /// # async fn run(metrics: tiered_cache::Namespace<str, f64>) -> tiered_cache::Result<()> {
+    /// // A tenant's risk limits changed: drop the metrics of every user it applies to.
+    /// metrics.invalidate_many(["tenant-7:alice", "tenant-7:bob"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<()>
+    where
+        K: 'k,
+    {
+        let mut keys: Vec<String> = keys.into_iter().map(|k| key_string(k)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(INVALIDATE_BATCH) {
+            self.invalidate_strings(chunk.to_vec(), "invalidate_many")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Invalidates keys in one script and message; a strict call that finds operations queued
+    /// for this namespace goes key by key, so each lands behind what is queued for it.
+    async fn invalidate_strings(&self, keys: Vec<String>, op: &'static str) -> Result<()> {
+        if let Some(keys) = self.invalidate_batch(keys, op).await? {
+            for key in keys {
+                self.invalidate_batch(vec![key], op).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Invalidates keys in one script and message. `Some(keys)`, untouched, when they must go
+    /// one by one instead (several keys, a strict call, and operations queued).
+    async fn invalidate_batch(
+        &self,
+        keys: Vec<String>,
+        op: &'static str,
+    ) -> Result<Option<Vec<String>>> {
         let shared = self.cache.shared();
-        let key = key_string(key);
         let strict = self.is_strict();
+        // With several keys, `route` is only asked to choose between direct and queue: given
+        // no key, a strict call would take it for a namespace clear.
+        let routed_key = match keys.as_slice() {
+            [one] => Some(one.as_str()),
+            [] => return Ok(None),
+            _ => None,
+        };
         let route = match shared
             .outbox
-            .route(shared, &self.core, Some(&key), strict)
+            .route(
+                shared,
+                &self.core,
+                routed_key,
+                strict && routed_key.is_some(),
+            )
             .await
         {
+            Ok(Route::Queue) if strict => return Ok(Some(keys)),
             Ok(Route::Queue) => {
-                shared.outbox.enqueue_invalidate(&self.core, key);
-                return Ok(());
+                for key in keys {
+                    shared.outbox.enqueue_invalidate(&self.core, key);
+                }
+                return Ok(None);
             }
             Ok(route) => route,
             Err(e) => {
-                self.core.evict(&key);
-                return Err(e.into_error("invalidate"));
+                keys.iter().for_each(|k| self.core.evict(k));
+                return Err(e.into_error(op));
             }
         };
-        let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let message = Outgoing::keys(shared.node_id, &self.core.name, &refs);
         let done = shared
             .l2
-            .invalidate(&self.core.name, &[&key], self.core.policy.l2_ttl, &message)
+            .invalidate(&self.core.name, &refs, self.core.policy.l2_ttl, &message)
             .await;
         route.landed(shared, done.is_ok());
-        self.core.evict(&key);
+        keys.iter().for_each(|k| self.core.evict(k));
         if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
-            shared.outbox.enqueue_invalidate(&self.core, key);
+            for key in keys {
+                shared.outbox.enqueue_invalidate(&self.core, key);
+            }
         }
-        self.finish_invalidation(done, "invalidate", strict)
+        self.finish_invalidation(done, op, strict).map(|()| None)
     }
 
     /// Removes every key of the namespace from Redis and from every node's L1, in O(1): no key

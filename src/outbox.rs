@@ -260,7 +260,7 @@ impl Outbox {
         self.entries.load(SeqCst)
     }
 
-    fn has_pending(&self, ns: &str) -> bool {
+    pub(crate) fn has_pending(&self, ns: &str) -> bool {
         if self.len() == 0 {
             return false;
         }

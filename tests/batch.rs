@@ -391,3 +391,99 @@ async fn get_many_racing_a_set_many_keeps_no_stale_value() {
         .collect();
     assert_eq!(fresh, [Some(Gated(2)), Some(Gated(2))]);
 }
+
+#[tokio::test]
+async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    let keys = || names.iter().map(String::as_str);
+    assert!(qa.set_many(keys().zip(0..)).await.iter().all(Result::is_ok));
+    await_applied(&b, "quote", 1).await;
+    qb.get_many(keys()).await;
+    assert!(
+        keys().all(|k| qb.get_local(k).is_some()),
+        "b caches them all"
+    );
+
+    let mut bus = BusListener::start(&server).await;
+    let applied = support::applied(&b, "quote");
+    let sent = stats(&a, "quote").invalidations_sent;
+    let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    // Duplicates are invalidated once.
+    qa.invalidate_many(["k1", "k3", "k5", "k3"]).await.unwrap();
+    qa.invalidate("marker").await.unwrap();
+
+    let messages = bus.until(b"marker").await;
+    assert_eq!(messages.len(), 2, "one message for the batch, one marker");
+    let (ns, listed) = keys_of(&messages[0]);
+    assert_eq!((messages[0][2], ns.as_str()), (KIND_KEYS, "quote"));
+    assert_eq!(listed, ["k1", "k3", "k5"]);
+    let after: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    assert_eq!(after, version + 2, "one version for the batch");
+    assert_eq!(stats(&a, "quote").invalidations_sent, sent + 2);
+
+    await_applied(&b, "quote", applied + 2).await;
+    for (i, k) in keys().enumerate() {
+        assert_eq!(
+            qb.get_local(k).is_some(),
+            i % 2 == 0,
+            "{k}: only the listed keys leave b's L1"
+        );
+    }
+    // Redis holds tombstones: a node with an empty L1 finds nothing for the listed keys.
+    let c = node(&server).await;
+    let qc = c.namespace::<str, u64>("quote").unwrap();
+    assert_eq!(
+        values(&qc.get_many(keys()).await),
+        [Some(0), None, Some(2), None, Some(4), None]
+    );
+
+    // Redis down: queued like single invalidations, and the local copies go at once.
+    let fees_a = a.namespace::<str, u64>("fees").unwrap();
+    let fees_b = b.namespace::<str, u64>("fees").unwrap();
+    assert!(fees_a
+        .set_many([("x", 1), ("y", 2), ("z", 3)])
+        .await
+        .iter()
+        .all(Result::is_ok));
+    await_applied(&b, "fees", 1).await;
+    fees_b.get_many(["x", "y", "z"]).await;
+    assert!(fees_b.get_local("y").is_some());
+    server.kill();
+    let queued = stats(&a, "fees").outbox_queued;
+    bounded("invalidate_many", fees_a.invalidate_many(["x", "y"]))
+        .await
+        .unwrap();
+    assert_eq!(stats(&a, "fees").outbox_queued, queued + 2);
+    assert_eq!(fees_a.get_local("x"), None);
+    // A strict handle refuses instead of queuing.
+    let strict = fees_a.strict_writes(true);
+    let err = bounded("strict invalidate_many", strict.invalidate_many(["z", "w"]))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+
+    // Back up: the queue is replayed, and b drops its copies of the queued keys.
+    server.restart();
+    eventually("b drops the queued keys", PATIENCE, || async {
+        fees_b.get_local("x").is_none() && fees_b.get_local("y").is_none()
+    })
+    .await;
+    eventually("outbox drained", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+    // The restarted Redis kept nothing: the tombstones there are the replayed invalidations.
+    for k in ["x", "y"] {
+        let raw: Vec<u8> = server.cmd(&[b"GET", format!("v1:fees:{k}").as_bytes()]);
+        assert_eq!(
+            raw.get(2).map(|f| f & 1),
+            Some(1),
+            "{k}: a tombstone in Redis"
+        );
+    }
+}
