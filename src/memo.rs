@@ -33,29 +33,35 @@ use crate::namespace::Namespace;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
-use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// An async function whose results are cached by key. Cheap to clone (two `Arc`s).
 ///
-/// Made by [`TieredCache::memoize`].
-pub struct Memoized<K, V, F, Fut, E> {
+/// Made by [`TieredCache::memoize`]. The function's type is erased (it is called through a
+/// pointer, and its future boxed, on misses only), so a `Memoized<K, V>` can be a struct field.
+pub struct Memoized<K, V> {
     namespace: Namespace<K, V>,
-    f: Arc<F>,
-    _fn: PhantomData<fn() -> (Fut, E)>,
+    f: Arc<SourceFn<K, V>>,
 }
 
-impl<K, V, F, Fut, E> Clone for Memoized<K, V, F, Fut, E> {
+/// The memoized function, its future boxed and its error converted.
+type SourceFn<K, V> = dyn Fn(K) -> Pin<Box<dyn Future<Output = std::result::Result<V, BoxError>> + Send>>
+    + Send
+    + Sync;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<K, V> Clone for Memoized<K, V> {
     fn clone(&self) -> Self {
         Self {
             namespace: self.namespace.clone(),
             f: self.f.clone(),
-            _fn: PhantomData,
         }
     }
 }
 
-impl<K, V, F, Fut, E> std::fmt::Debug for Memoized<K, V, F, Fut, E> {
+impl<K, V> std::fmt::Debug for Memoized<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memoized")
             .field("namespace", &self.namespace)
@@ -70,33 +76,29 @@ impl TieredCache {
     /// again for a key once its value expires or is invalidated. Fails as
     /// [`namespace`](Self::namespace) does: the namespace must be configured, and its types
     /// are pinned to `K` and `V`.
-    pub fn memoize<K, V, F, Fut, E>(
-        &self,
-        namespace: &str,
-        f: F,
-    ) -> Result<Memoized<K, V, F, Fut, E>>
+    pub fn memoize<K, V, F, Fut, E>(&self, namespace: &str, f: F) -> Result<Memoized<K, V>>
     where
         K: CacheKey + Clone + Send + 'static,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+        E: Into<BoxError> + 'static,
     {
+        let f: Arc<SourceFn<K, V>> = Arc::new(move |key: K| {
+            let fut = f(key);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
         Ok(Memoized {
             namespace: self.namespace(namespace)?,
-            f: Arc::new(f),
-            _fn: PhantomData,
+            f,
         })
     }
 }
 
-impl<K, V, F, Fut, E> Memoized<K, V, F, Fut, E>
+impl<K, V> Memoized<K, V>
 where
     K: CacheKey + Clone + Send + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
-    F: Fn(K) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     /// The function's result for `key`: from L1, else Redis, else by calling the function
     /// (once per key at a time in this process) and caching what it returns on both tiers.
@@ -104,9 +106,7 @@ where
     pub async fn get(&self, key: &K) -> Result<Arc<V>> {
         let f = self.f.clone();
         let arg = key.clone();
-        self.namespace
-            .get_or_load(key, move || async move { f(arg).await })
-            .await
+        self.namespace.get_or_load(key, move || f(arg)).await
     }
 
     /// The namespace the results are cached in: to invalidate a key when its source changed,
