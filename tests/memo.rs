@@ -93,7 +93,11 @@ async fn memoized_errors_are_returned_not_cached() {
     assert!(err.is_loader(), "{err:?}");
     assert_eq!(*memo.get(&"X".to_string()).await.unwrap(), 7);
     assert_eq!(*memo.get(&"X".to_string()).await.unwrap(), 7);
-    assert_eq!(calls.load(SeqCst), 2, "the error was cached, or the value was not");
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "the error was cached, or the value was not"
+    );
     // A namespace of other types cannot be memoized into.
     assert!(a
         .memoize::<String, String, _, _, _>("price", |s: String| async move {
@@ -131,7 +135,11 @@ async fn touched_session_outlives_its_ttl_untouched_one_expires() {
     assert!(pttl(&server, "kept") > 1000);
     assert_eq!(sb.get("kept").await.as_deref(), Some(&"user_1".to_string()));
     // The untouched one is gone everywhere.
-    assert_eq!(pttl(&server, "idle"), -2, "the idle session is still in Redis");
+    assert_eq!(
+        pttl(&server, "idle"),
+        -2,
+        "the idle session is still in Redis"
+    );
     assert!(sb.get("idle").await.is_none());
     assert!(sa.get("idle").await.is_none());
     // A dead session is not revived by a touch.

@@ -3,9 +3,9 @@
 //! the store is written before the cache is told, and the whole thing keeps working with Redis
 //! killed mid-scenario, converging once it is back.
 
-mod support;
 #[path = "../examples/payments/scenario.rs"]
 mod scenario;
+mod support;
 
 use rust_decimal::Decimal;
 use scenario::{BalanceKey, ConversionKey, CurrencyPairKey, Fleet, PaymentsConfig};
@@ -92,12 +92,16 @@ async fn rate_update_drops_that_pairs_conversions_only() {
     };
     assert!(b.conversions.get_local(&conv(amounts[0], &cngn)).is_some());
     let seq = a.upsert_rate(&cngn, dec("0.00070")).await.unwrap();
-    eventually("B drops CNGN:USD's rate and conversions", PATIENCE, || async {
-        b.rates.get_local(&cngn).is_none()
-            && amounts
-                .iter()
-                .all(|m| b.conversions.get_local(&conv(*m, &cngn)).is_none())
-    })
+    eventually(
+        "B drops CNGN:USD's rate and conversions",
+        PATIENCE,
+        || async {
+            b.rates.get_local(&cngn).is_none()
+                && amounts
+                    .iter()
+                    .all(|m| b.conversions.get_local(&conv(*m, &cngn)).is_none())
+        },
+    )
     .await;
     // One message dropped them all: NGN:USD's are untouched.
     for m in amounts {
@@ -144,7 +148,10 @@ async fn keeps_working_with_redis_down_and_converges_after() {
     for n in [a, b, c] {
         assert_eq!(n.balance(&w1).await.unwrap().amount, dec("990.00"));
         assert_eq!(n.balance(&w2).await.unwrap().amount, dec("1010.00"));
-        assert_eq!(n.convert(dec("250.00"), &pair).await.unwrap().converted, dec("0.15"));
+        assert_eq!(
+            n.convert(dec("250.00"), &pair).await.unwrap().converted,
+            dec("0.15")
+        );
         assert!(n.has_trustline(&w1, "USD").await.unwrap());
         n.fee("transfer").await.unwrap();
     }
@@ -179,10 +186,20 @@ async fn keeps_working_with_redis_down_and_converges_after() {
         .await;
     }
     // And the cache is in use again: a second read is an L1 hit.
-    let before = b_after.cache.stats().namespace("wallet.balance").unwrap().l1_hits;
+    let before = b_after
+        .cache
+        .stats()
+        .namespace("wallet.balance")
+        .unwrap()
+        .l1_hits;
     b_after.balance(&w1).await.unwrap();
     b_after.balance(&w1).await.unwrap();
-    let after = b_after.cache.stats().namespace("wallet.balance").unwrap().l1_hits;
+    let after = b_after
+        .cache
+        .stats()
+        .namespace("wallet.balance")
+        .unwrap()
+        .l1_hits;
     assert!(after > before, "L1 not serving after recovery");
     // A write after recovery reaches the other nodes through Redis again.
     c.complete_transfer(&w1, &w2, dec("1.00")).await.unwrap();
@@ -199,7 +216,10 @@ async fn workload_runs_and_agrees_with_the_store() {
     let f = fleet(&server, 3).await;
     let report = scenario::run_fleet(&f, WALLETS, 600).await;
     assert_eq!(report.reads + report.writes, 1800);
-    assert!(report.hit.0.len() as u64 > report.store_reads, "the cache barely served");
+    assert!(
+        report.hit.0.len() as u64 > report.store_reads,
+        "the cache barely served"
+    );
     for n in &f.nodes {
         for i in 0..WALLETS {
             let w = scenario::wallet_id(i);

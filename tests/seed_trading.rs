@@ -4,9 +4,9 @@
 //! namespace only), a memoized function called once across nodes, and a session kept alive by
 //! use past its TTL.
 
-mod support;
 #[path = "../examples/trading/scenario.rs"]
 mod scenario;
+mod support;
 
 use rust_decimal::Decimal;
 use scenario::{Fleet, PortfolioId, Quote, RiskFigures, RiskKey, Session, Symbol, TradingConfig};
@@ -51,7 +51,10 @@ async fn decimals_and_timestamps_round_trip_exactly_through_redis() {
         volume: 1_000_000,
         timestamp: UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789),
     };
-    a.market.set(&Symbol("AAPL".into()), q.clone()).await.unwrap();
+    a.market
+        .set(&Symbol("AAPL".into()), q.clone())
+        .await
+        .unwrap();
     let before = b.cache.stats().namespace(scenario::MARKET).unwrap().l2_hits;
     let got = b.market.get(&Symbol("AAPL".into())).await.unwrap();
     assert_eq!(
@@ -61,7 +64,11 @@ async fn decimals_and_timestamps_round_trip_exactly_through_redis() {
     );
     assert_eq!(*got, q);
     for (sent, back) in [(q.price, got.price), (q.bid, got.bid), (q.ask, got.ask)] {
-        assert_eq!(sent.serialize(), back.serialize(), "{sent} came back as {back}");
+        assert_eq!(
+            sent.serialize(),
+            back.serialize(),
+            "{sent} came back as {back}"
+        );
     }
     assert_eq!(got.price.to_string(), "150.0000");
     assert!(got.bid.is_sign_negative(), "negative zero lost its sign");
@@ -92,7 +99,11 @@ async fn big_valuation_is_stored_compressed() {
     let stored: Vec<u8> = server.cmd(&[b"GET", b"trading:portfolio:portfolio_123"]);
     assert_eq!(stored[0], 0xC1, "not an envelope");
     assert_eq!(stored[2] & 0b10, 0b10, "compressed flag not set");
-    assert!(stored.len() < plain, "{} bytes stored for {plain}", stored.len());
+    assert!(
+        stored.len() < plain,
+        "{} bytes stored for {plain}",
+        stored.len()
+    );
     // And it decompresses on the other node, exactly.
     let on_b = f.nodes[1].valuation.get(&id).await.unwrap();
     assert_eq!(*on_b, *value);
@@ -115,12 +126,19 @@ async fn batch_set_on_a_is_a_batch_get_on_b() {
     const N: usize = 250;
     let quotes: Vec<Quote> = (0..N).map(|i| scenario::quote(i, 7)).collect();
     let batches = a.publish_quotes(quotes.clone(), 100).await;
-    assert_eq!(batches.iter().map(|(n, _)| n).collect::<Vec<_>>(), [&100, &100, &50]);
+    assert_eq!(
+        batches.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        [&100, &100, &50]
+    );
     let keys: Vec<Symbol> = (0..N).map(scenario::symbol).collect();
     let before = *b.cache.stats().namespace(scenario::MARKET).unwrap();
     let got = b.market.get_many(keys.iter()).await;
     let after = *b.cache.stats().namespace(scenario::MARKET).unwrap();
-    assert_eq!(after.l2_hits - before.l2_hits, N as u64, "not all from Redis");
+    assert_eq!(
+        after.l2_hits - before.l2_hits,
+        N as u64,
+        "not all from Redis"
+    );
     for (q, g) in quotes.iter().zip(&got) {
         assert_eq!(g.as_deref(), Some(q));
     }
@@ -150,7 +168,12 @@ async fn clearing_a_namespace_on_a_empties_it_on_b_only_there() {
     a.risk.set(&key, risk).await.unwrap();
     await_applied(&b.cache, scenario::RISK, 1).await;
     let keys: Vec<Symbol> = (0..20).map(scenario::symbol).collect();
-    assert!(b.market.get_many(keys.iter()).await.iter().all(Option::is_some));
+    assert!(b
+        .market
+        .get_many(keys.iter())
+        .await
+        .iter()
+        .all(Option::is_some));
     assert!(b.risk.get(&key).await.is_some());
     assert!(keys.iter().all(|k| b.market.get_local(k).is_some()));
 
@@ -159,9 +182,17 @@ async fn clearing_a_namespace_on_a_empties_it_on_b_only_there() {
         keys.iter().all(|k| b.market.get_local(k).is_none())
     })
     .await;
-    assert!(b.risk.get_local(&key).is_some(), "another namespace was cleared");
+    assert!(
+        b.risk.get_local(&key).is_some(),
+        "another namespace was cleared"
+    );
     // Redis no longer serves them either.
-    assert!(b.market.get_many(keys.iter()).await.iter().all(Option::is_none));
+    assert!(b
+        .market
+        .get_many(keys.iter())
+        .await
+        .iter()
+        .all(Option::is_none));
 }
 
 #[tokio::test]
@@ -180,14 +211,22 @@ async fn memoized_fetch_runs_once_across_nodes() {
     for c in calls {
         assert_eq!(*c.await.unwrap(), scenario::quote(42, 0));
     }
-    assert_eq!(f.sources.price_fetches.load(Relaxed), 1, "fetched more than once");
+    assert_eq!(
+        f.sources.price_fetches.load(Relaxed),
+        1,
+        "fetched more than once"
+    );
     // Later callers on any node: no fetch either.
     for n in &f.nodes {
         n.price.get(&sym).await.unwrap();
     }
     assert_eq!(f.sources.price_fetches.load(Relaxed), 1);
     // Another symbol is another fetch.
-    f.nodes[2].price.get(&Symbol("SYM0043".into())).await.unwrap();
+    f.nodes[2]
+        .price
+        .get(&Symbol("SYM0043".into()))
+        .await
+        .unwrap();
     assert_eq!(f.sources.price_fetches.load(Relaxed), 2);
 }
 
@@ -204,14 +243,18 @@ async fn a_session_in_use_outlives_its_ttl() {
     a.sessions.set("active", session("trader_1")).await.unwrap();
     a.sessions.set("idle", session("trader_2")).await.unwrap();
     let start = Instant::now();
-    let pttl = |k: &str| -> i64 { server.cmd(&[b"PTTL", format!("trading:session:{k}").as_bytes()]) };
+    let pttl =
+        |k: &str| -> i64 { server.cmd(&[b"PTTL", format!("trading:session:{k}").as_bytes()]) };
     while start.elapsed() < ttl * 2 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let before = pttl("active");
         assert!(a.sessions.get_and_touch("active").await.is_some());
         assert!(pttl("active") > before, "PTTL did not grow");
     }
-    assert!(b.sessions.get("active").await.is_some(), "B lost the session in use");
+    assert!(
+        b.sessions.get("active").await.is_some(),
+        "B lost the session in use"
+    );
     eventually("the idle session expires", PATIENCE, || async {
         b.sessions.get("idle").await.is_none() && pttl("idle") == -2
     })

@@ -164,7 +164,10 @@ async fn main() {
             disagree += usize::from(cached != fleet.store.balance(&w).expect("store"));
         }
     }
-    println!("balances disagreeing with the store after the run: {disagree} of {}", 20 * NODES);
+    println!(
+        "balances disagreeing with the store after the run: {disagree} of {}",
+        20 * NODES
+    );
     let health = fleet.nodes[0].cache.health().await;
     println!(
         "health: redis reachable {}, subscribed {}, breaker {:?}",

@@ -98,7 +98,12 @@ pub struct ConversionKey {
 impl CacheKey for ConversionKey {
     fn write_key(&self, out: &mut String) {
         let amount = self.amount.to_string();
-        (amount.as_str(), self.pair.base.as_str(), self.pair.quote.as_str()).write_key(out)
+        (
+            amount.as_str(),
+            self.pair.base.as_str(),
+            self.pair.quote.as_str(),
+        )
+            .write_key(out)
     }
 }
 payment_key!(ConversionKey, "rate.convert");
@@ -357,9 +362,11 @@ impl Store {
 
     pub fn tx_status(&self, id: u64) -> DbResult<String> {
         self.with(|db| {
-            db.query_row("SELECT status FROM tx WHERE id = ?1", params![id as i64], |r| {
-                r.get(0)
-            })
+            db.query_row(
+                "SELECT status FROM tx WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
         })
     }
 
@@ -543,9 +550,8 @@ impl PaymentsConfig {
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("unix://")) {
             return Err(ConfigError::BadUrl(redis_url));
         }
-        let secs = |var, default, range| {
-            number(var, get(var), default, range).map(Duration::from_secs)
-        };
+        let secs =
+            |var, default, range| number(var, get(var), default, range).map(Duration::from_secs);
         let max_connections = number(
             "REDIS_MAX_CONNECTIONS",
             get("REDIS_MAX_CONNECTIONS"),
@@ -668,7 +674,11 @@ impl Payments {
 
     /// `amount` of the pair's base in its quote currency, cached with the pair's tag so a
     /// rate update drops every conversion of that pair (and only those).
-    pub async fn convert(&self, amount: Decimal, pair: &CurrencyPairKey) -> RepoResult<Arc<Conversion>> {
+    pub async fn convert(
+        &self,
+        amount: Decimal,
+        pair: &CurrencyPairKey,
+    ) -> RepoResult<Arc<Conversion>> {
         let rate = self.rate(pair).await?;
         let key = ConversionKey {
             amount,
@@ -918,7 +928,14 @@ pub async fn run_node(node: Payments, wallets: usize, ops: usize, mut seed: u64)
             continue;
         }
         if roll < 35 {
-            let rate = Decimal::from_str(PAIRS.iter().find(|p| p.0 == pair.base && p.1 == pair.quote).unwrap().2).unwrap()
+            let rate = Decimal::from_str(
+                PAIRS
+                    .iter()
+                    .find(|p| p.0 == pair.base && p.1 == pair.quote)
+                    .unwrap()
+                    .2,
+            )
+            .unwrap()
                 + Decimal::new((x % 7) as i64, 6);
             node.upsert_rate(pair, rate).await.expect("rate update");
             r.write.0.push(started.elapsed());
@@ -930,10 +947,15 @@ pub async fn run_node(node: Payments, wallets: usize, ops: usize, mut seed: u64)
             35..=499 => drop(node.balance(&wallet).await.expect("balance")),
             500..=749 => drop(node.rate(pair).await.expect("rate")),
             750..=849 => {
-                let amount = Decimal::from_str(AMOUNTS[(x >> 40) as usize % AMOUNTS.len()]).unwrap();
+                let amount =
+                    Decimal::from_str(AMOUNTS[(x >> 40) as usize % AMOUNTS.len()]).unwrap();
                 drop(node.convert(amount, pair).await.expect("conversion"))
             }
-            850..=949 => drop(node.has_trustline(&wallet, "CNGN").await.expect("trustline")),
+            850..=949 => drop(
+                node.has_trustline(&wallet, "CNGN")
+                    .await
+                    .expect("trustline"),
+            ),
             _ => drop(node.fee("transfer").await.expect("fee")),
         }
         let took = started.elapsed();
@@ -956,7 +978,14 @@ pub async fn run_fleet(fleet: &Fleet, wallets: usize, ops_per_node: usize) -> Re
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| tokio::spawn(run_node(n.clone(), wallets, ops_per_node, 0xFEE5 + i as u64)))
+        .map(|(i, n)| {
+            tokio::spawn(run_node(
+                n.clone(),
+                wallets,
+                ops_per_node,
+                0xFEE5 + i as u64,
+            ))
+        })
         .collect();
     let mut total = Report::default();
     for t in tasks {
@@ -1012,7 +1041,10 @@ mod config_tests {
         );
         assert!(matches!(
             parse(&[("REDIS_CONNECTION_TIMEOUT", "0")]),
-            Err(ConfigError::OutOfRange { var: "REDIS_CONNECTION_TIMEOUT", .. })
+            Err(ConfigError::OutOfRange {
+                var: "REDIS_CONNECTION_TIMEOUT",
+                ..
+            })
         ));
         assert!(matches!(
             parse(&[("REDIS_MAX_CONNECTIONS", "-1")]),
@@ -1042,7 +1074,10 @@ mod config_tests {
             BalanceKey("GA123456789".into()).to_string(),
             "v1:wallet.balance:GA123456789"
         );
-        assert_eq!(CurrencyPairKey::cngn_rate("USD").to_string(), "v1:rate:CNGN:USD");
+        assert_eq!(
+            CurrencyPairKey::cngn_rate("USD").to_string(),
+            "v1:rate:CNGN:USD"
+        );
         let conv = ConversionKey {
             amount: Decimal::from_str("100.50").unwrap(),
             pair: CurrencyPairKey::cngn_rate("USD"),

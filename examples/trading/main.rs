@@ -49,7 +49,12 @@ fn print_report(config: &TradingConfig, fleet: &Fleet, report: &Report) {
     line("set (single key)", &report.set, ms_(2), Some(ms_(10)));
     let per_key = Duration::from_micros(100);
     line("batch get, per key", &report.batch_per_key, per_key, None);
-    line("batch set, per key", &report.batch_set_per_key, per_key, None);
+    line(
+        "batch set, per key",
+        &report.batch_set_per_key,
+        per_key,
+        None,
+    );
     if config.log_slow_ops {
         let t = config.slow_op_threshold;
         let slow = report.get.slower_than(t) + report.set.slower_than(t);
@@ -67,7 +72,12 @@ fn print_report(config: &TradingConfig, fleet: &Fleet, report: &Report) {
         "\n{:<10} {:>9} {:>9} {:>8} {:>9} {:>8}",
         "namespace", "L1 hits", "L2 hits", "loads", "L2 miss", "hit %"
     );
-    for ns in [scenario::MARKET, scenario::PRICE, scenario::PORTFOLIO, scenario::SESSION] {
+    for ns in [
+        scenario::MARKET,
+        scenario::PRICE,
+        scenario::PORTFOLIO,
+        scenario::SESSION,
+    ] {
         let (mut l1, mut l2, mut loads, mut l2m, mut lookups) = (0, 0, 0, 0, 0);
         for n in &fleet.nodes {
             let s = *n.cache.stats().namespace(ns).unwrap();
@@ -92,7 +102,11 @@ async fn compression(
     let value = fleet.nodes[0].valuation.get(&id).await.ok()?;
     let plain = rmp_serde::to_vec_named(&*value).ok()?.len();
     let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
-    let key = format!("{}:{}:portfolio_123", config.key_prefix, scenario::PORTFOLIO);
+    let key = format!(
+        "{}:{}:portfolio_123",
+        config.key_prefix,
+        scenario::PORTFOLIO
+    );
     let stored: Vec<u8> = redis::cmd("GET").arg(key).query(&mut conn).ok()?;
     // Envelope byte 2 holds the flags; bit 1: compressed.
     Some((plain, stored.len(), stored.get(2)? & 0b10 != 0))
@@ -149,7 +163,8 @@ async fn main() {
     let report = scenario::run(&fleet, SYMBOLS, reads, config.max_batch_size).await;
     println!("ran in {:.2} s", started.elapsed().as_secs_f64());
     print_report(&config, &fleet, &report);
-    if let Some((plain, stored, compressed)) = compression(&config.redis_url, &config, &fleet).await {
+    if let Some((plain, stored, compressed)) = compression(&config.redis_url, &config, &fleet).await
+    {
         println!(
             "portfolio valuation: {plain} bytes serialized, {stored} bytes in Redis (compressed: {compressed})"
         );
@@ -172,7 +187,11 @@ async fn main() {
     }
     let left: usize = fleet.nodes[1..]
         .iter()
-        .map(|n| ids.iter().filter(|s| n.market.get_local(s).is_some()).count())
+        .map(|n| {
+            ids.iter()
+                .filter(|s| n.market.get_local(s).is_some())
+                .count()
+        })
         .sum();
     println!(
         "cleared `market` on node 0: the other nodes' L1s held {left} quotes after {:.1} ms",

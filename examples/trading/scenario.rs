@@ -131,7 +131,10 @@ pub enum ConfigError {
     /// `CACHE_KEY_PREFIX` is not 1 to 64 characters of `[A-Za-z0-9_.-]`.
     BadPrefix(String),
     /// A setting this build cannot honour.
-    Unsupported { var: &'static str, why: &'static str },
+    Unsupported {
+        var: &'static str,
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -203,7 +206,13 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             .filter(|v| !v.is_empty())
     }
 
-    fn number(&self, var: &'static str, default: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
+    fn number(
+        &self,
+        var: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> Result<f64, ConfigError> {
         let value = match self.raw(var) {
             None => default,
             Some(s) => s
@@ -223,7 +232,13 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         Ok(value)
     }
 
-    fn whole(&self, var: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    fn whole(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         if let Some(s) = self.raw(var) {
             if s.parse::<u64>().is_err() {
                 return Err(ConfigError::NotANumber { var, value: s });
@@ -234,7 +249,8 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     }
 
     fn ttl(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.whole(var, default, 1, 30 * 86_400).map(Duration::from_secs)
+        self.whole(var, default, 1, 30 * 86_400)
+            .map(Duration::from_secs)
     }
 
     fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -274,7 +290,9 @@ impl TradingConfig {
         let redis_url = v
             .raw("REDIS_URL")
             .unwrap_or_else(|| format!("redis://{auth}{host}:{port}/{db}"));
-        let key_prefix = v.raw("CACHE_KEY_PREFIX").unwrap_or_else(|| "trading".into());
+        let key_prefix = v
+            .raw("CACHE_KEY_PREFIX")
+            .unwrap_or_else(|| "trading".into());
         let name_ok = (1..=64).contains(&key_prefix.len())
             && key_prefix
                 .chars()
@@ -368,7 +386,11 @@ impl Sources {
     pub async fn fetch_price(&self, sym: &Symbol) -> Result<Quote, std::io::Error> {
         self.price_fetches.fetch_add(1, Relaxed);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let i: usize = sym.0.trim_start_matches("SYM").parse().map_err(std::io::Error::other)?;
+        let i: usize = sym
+            .0
+            .trim_start_matches("SYM")
+            .parse()
+            .map_err(std::io::Error::other)?;
         Ok(quote(i, 0))
     }
 
@@ -437,7 +459,11 @@ impl Node {
     }
 
     /// Writes quotes in batches of at most `max_batch`; returns the time each batch took.
-    pub async fn publish_quotes(&self, quotes: Vec<Quote>, max_batch: usize) -> Vec<(usize, Duration)> {
+    pub async fn publish_quotes(
+        &self,
+        quotes: Vec<Quote>,
+        max_batch: usize,
+    ) -> Vec<(usize, Duration)> {
         let mut out = Vec::new();
         let mut quotes = quotes.into_iter().peekable();
         while quotes.peek().is_some() {
@@ -574,12 +600,17 @@ pub async fn run(fleet: &Fleet, symbols: usize, reads_per_node: usize, batch: us
                             .collect();
                         let started = Instant::now();
                         let got = node.market.get_many(keys.iter()).await;
-                        r.batch_per_key.0.push(started.elapsed() / keys.len() as u32);
+                        r.batch_per_key
+                            .0
+                            .push(started.elapsed() / keys.len() as u32);
                         r.batch_keys += got.iter().filter(|v| v.is_some()).count() as u64;
                     } else if i == 0 && op % 20 == 0 {
                         let s = (x as usize) % symbols;
                         let started = Instant::now();
-                        node.market.set(&symbol(s), quote(s, op as u64)).await.expect("set");
+                        node.market
+                            .set(&symbol(s), quote(s, op as u64))
+                            .await
+                            .expect("set");
                         r.set.0.push(started.elapsed());
                     } else {
                         let s = symbol((x as usize >> 3) % symbols);
@@ -596,13 +627,19 @@ pub async fn run(fleet: &Fleet, symbols: usize, reads_per_node: usize, batch: us
                     .expect("valuation");
                 let sid = format!("session_{i}");
                 node.sessions
-                    .set(&sid, Session {
-                        user: format!("trader_{i}"),
-                        started: SystemTime::now(),
-                    })
+                    .set(
+                        &sid,
+                        Session {
+                            user: format!("trader_{i}"),
+                            started: SystemTime::now(),
+                        },
+                    )
                     .await
                     .expect("session");
-                node.sessions.get_and_touch(&sid).await.expect("session read");
+                node.sessions
+                    .get_and_touch(&sid)
+                    .await
+                    .expect("session read");
                 r
             })
         })
@@ -683,11 +720,17 @@ mod config_tests {
     fn bad_values_are_typed_errors() {
         assert!(matches!(
             parse(&[("CACHE_MARKET_DATA_TTL", "1m")]),
-            Err(ConfigError::NotANumber { var: "CACHE_MARKET_DATA_TTL", .. })
+            Err(ConfigError::NotANumber {
+                var: "CACHE_MARKET_DATA_TTL",
+                ..
+            })
         ));
         assert!(matches!(
             parse(&[("CACHE_SESSION_TTL", "0")]),
-            Err(ConfigError::OutOfRange { var: "CACHE_SESSION_TTL", .. })
+            Err(ConfigError::OutOfRange {
+                var: "CACHE_SESSION_TTL",
+                ..
+            })
         ));
         assert!(matches!(
             parse(&[("CACHE_RISK_TTL", "1.5")]),
@@ -703,7 +746,10 @@ mod config_tests {
         ));
         assert!(matches!(
             parse(&[("REDIS_SSL", "true")]),
-            Err(ConfigError::Unsupported { var: "REDIS_SSL", .. })
+            Err(ConfigError::Unsupported {
+                var: "REDIS_SSL",
+                ..
+            })
         ));
         assert!(matches!(
             parse(&[("CACHE_KEY_PREFIX", "trading:prod")]),
@@ -722,11 +768,15 @@ mod config_tests {
             Err(ConfigError::OutOfRange { .. })
         ));
         assert_eq!(
-            parse(&[("CACHE_COMPRESS_THRESHOLD", "0")]).unwrap().compress_threshold,
+            parse(&[("CACHE_COMPRESS_THRESHOLD", "0")])
+                .unwrap()
+                .compress_threshold,
             None
         );
         assert_eq!(
-            parse(&[("REDIS_URL", "redis://10.0.0.5:6380/2")]).unwrap().redis_url,
+            parse(&[("REDIS_URL", "redis://10.0.0.5:6380/2")])
+                .unwrap()
+                .redis_url,
             "redis://10.0.0.5:6380/2"
         );
     }
