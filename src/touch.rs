@@ -38,6 +38,10 @@ where
     /// Extends whichever version is live when the script runs: a write that landed just
     /// before is the value extended; one that lands after brings its own TTL. Returns
     /// `Err(Unavailable)` when Redis cannot be reached: the value keeps its old expiry.
+    ///
+    /// Other nodes are not told: their L1 copies expire at the time they were read with, and
+    /// the next read there finds the extended value in Redis (one Redis read, never a wrong
+    /// answer).
     pub async fn touch(&self, key: &K) -> Result<bool> {
         self.extend(&key_string(key), None).await
     }
