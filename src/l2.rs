@@ -548,3 +548,5 @@ fn ttl_ms(ttl: Duration) -> u64 {
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones above and its calls go through `call`).
 pub(crate) mod multi;
+/// Sliding expiry: extending a live value's TTL and envelope expiry in one script.
+pub(crate) mod touch;

@@ -63,12 +63,16 @@ mod l1;
 mod l2;
 /// The miss path: L2 read, loader, guarded fill; fail-safe, timeouts, refresh-ahead, fleet lock.
 mod loader;
+/// Memoized async functions: a namespace plus the function that fills it.
+pub mod memo;
 /// Metric handles and local counts.
 mod metrics;
 /// Writes and invalidations made while Redis is unreachable, replayed when it is back.
 mod outbox;
 /// Tags: tagged writes and loads, and invalidation by tag across the fleet.
 mod tags;
+/// Sliding expiry: `touch` and `get_and_touch` extend a live value's TTL.
+mod touch;
 /// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
 mod tracking;
 
@@ -82,5 +86,6 @@ pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};
 pub use key::CacheKey;
+pub use memo::Memoized;
 pub use metrics::NamespaceStats;
 pub use namespace::Namespace;
