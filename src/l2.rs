@@ -548,3 +548,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones above and its calls go through `call`).
 pub(crate) mod multi;
+
+/// Server figures for [`TieredCache::redis_info`](crate::TieredCache::redis_info), and the
+/// reads, census and bus listener of the `admin` feature's tooling.
+pub(crate) mod admin;
