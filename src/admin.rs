@@ -100,15 +100,19 @@ impl TieredCache {
     /// # Ok(()) }
     /// ```
     pub async fn redis_info(&self) -> Result<RedisInfo> {
-        let l2 = &self.shared().l2;
-        let text = l2.info().await.map_err(|e| e.into_error("redis_info"))?;
-        let mut info = RedisInfo::parse(&text);
-        info.slowlog_len = l2
-            .slowlog_len()
-            .await
-            .map_err(|e| e.into_error("redis_info"))?;
-        Ok(info)
+        read_info(&self.shared().l2).await
     }
+}
+
+/// `INFO` and `SLOWLOG LEN` through an L2 tier (the cache's, or a tool's).
+pub(crate) async fn read_info(l2: &crate::l2::L2Tier) -> Result<RedisInfo> {
+    let text = l2.info().await.map_err(|e| e.into_error("redis_info"))?;
+    let mut info = RedisInfo::parse(&text);
+    info.slowlog_len = l2
+        .slowlog_len()
+        .await
+        .map_err(|e| e.into_error("redis_info"))?;
+    Ok(info)
 }
 
 #[cfg(test)]

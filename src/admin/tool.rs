@@ -223,6 +223,16 @@ impl Admin {
         }
     }
 
+    /// What Redis reports about itself, as [`TieredCache::redis_info`] does.
+    pub async fn redis_info(&self) -> Result<super::RedisInfo> {
+        super::read_info(self.link.l2()).await
+    }
+
+    /// The bus channel [`watch`](Self::watch) subscribes to (`{prefix}:_tc:inv:db{N}`).
+    pub fn channel(&self) -> &str {
+        self.keys().channel()
+    }
+
     /// Subscribes to the invalidation bus. Returns once Redis has confirmed the subscription:
     /// every message published from then on is yielded by [`Watch::next`].
     pub async fn watch(&self) -> Result<Watch> {
