@@ -293,6 +293,7 @@ pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
         Order::InSequence => {}
         Order::Gap(missed) => {
             shared.bus.metrics.gaps.inc();
+            shared.bus.metrics.lost.add(missed);
             tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
                 "invalidation messages were lost; resynchronising");
             shared.suspect();
@@ -332,13 +333,21 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
         }
         return;
     }
+    let now_ms = wall_clock_ms();
     match (ns, &msg.scope) {
-        (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(keys),
-        (Some(ns), Scope::Namespace) => ns.apply_remote_clear(msg.version),
+        (Some(ns), Scope::Keys(keys)) => {
+            ns.apply_remote_keys(keys);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
+        (Some(ns), Scope::Namespace) => {
+            ns.apply_remote_clear(msg.version);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
         (_, Scope::Multi(sections)) => {
             for (name, keys) in sections {
                 if let Some(ns) = shared.namespace(name) {
                     ns.apply_remote_keys(keys);
+                    ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
                 }
             }
         }
@@ -352,6 +361,10 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The gauges that follow state, not events, move with the heartbeat.
+        for ns in shared.namespaces() {
+            ns.refresh_gauges();
+        }
         // Read the clock before sending: the proof covers what was published up to here.
         let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
         if let Ok(stamp) = shared.l2.heartbeat(&message).await {
@@ -421,6 +434,7 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
     loop {
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
+        shared.bus.metrics.connected.set(0.0);
         // The link is known lost: stop trusting L1 now, not when the watchdog notices, and
         // not again before a resync.
         shared.suspect();
@@ -464,6 +478,7 @@ async fn session(
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     shared.resync().await.map_err(|e| format!("resync: {e}"))?;
     shared.bus.subscribed.store(true, Relaxed);
+    shared.bus.metrics.connected.set(1.0);
     shared.bus.metrics.subscribed.inc();
     // Redis is back for this node: replay what was queued while it was not.
     shared.outbox.wake.notify_one();
