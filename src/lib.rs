@@ -87,5 +87,5 @@ pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};
 pub use key::CacheKey;
-pub use metrics::NamespaceStats;
+pub use metrics::{LagPercentiles, NamespaceStats};
 pub use namespace::Namespace;
