@@ -98,10 +98,7 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     let ttl = seen["ttl_ms"].as_u64().expect("a TTL");
     assert!(ttl > 0 && ttl <= 90_000, "ttl {ttl}");
     let expires = seen["expires_at_ms"].as_u64().expect("an expiry");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = unix_ms();
     assert!(expires > now && expires <= now + 90_000, "{expires} vs {now}");
 
     // Over 1 KiB: stored compressed, shown as it was written.
@@ -348,9 +345,11 @@ async fn watch_prints_each_invalidation_with_its_lag() {
         .unwrap_or_default();
     assert_eq!(first, "watching v1:_tc:inv:db0");
 
+    let before = unix_ms();
     rates.set("CNGN:USD", 0.00065).await.unwrap();
     rates.invalidate("CNGN:USD").await.unwrap();
     rates.invalidate_namespace().await.unwrap();
+    let after = unix_ms();
     let out = tokio::time::timeout(HANG, child.wait_with_output())
         .await
         .expect("watch stops after --count events")
@@ -368,13 +367,24 @@ async fn watch_prints_each_invalidation_with_its_lag() {
     for e in &events {
         assert_eq!(e["origin"], origin.as_str());
         assert_eq!(e["targets"][0]["namespace"], "rate");
-        let lag = &e["lag_ms"];
-        assert!(lag.is_null() || lag.as_f64().is_some_and(|l| l >= 0.0), "{e}");
+        // Same host, same clock: sent during the calls, received after, lag between.
+        let sent = e["sent_ms"].as_u64().unwrap();
+        let received = e["received_ms"].as_u64().unwrap();
+        assert!((before..=after).contains(&sent), "{before} {e} {after}");
+        assert!(received >= sent, "{e}");
+        assert_eq!(e["lag_ms"], received - sent, "{e}");
     }
     assert_eq!(events[0]["targets"][0]["keys"], json!(["CNGN:USD"]));
     assert_eq!(events[2]["targets"][0]["keys"], Value::Null);
     let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
     assert_eq!(versions, [1, 2, 3]);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -744,10 +744,14 @@ pub struct BusEvent {
     pub epoch: u64,
     /// Per namespace, what it invalidates (empty for a heartbeat).
     pub targets: Vec<EventTarget>,
-    /// When it was received, unix milliseconds.
+    /// When the publisher built it: its wall clock, unix milliseconds (a replayed write
+    /// carries its replay time).
+    pub sent_ms: u64,
+    /// When it was received here, unix milliseconds.
     pub received_ms: u64,
-    /// Time from publication to reception, when the message says when it was sent.
-    pub lag: Option<Duration>,
+    /// `received_ms - sent_ms`: the invalidation's lag, as good as the clock sync between
+    /// the publisher's host and this one. Zero when the publisher's clock is ahead.
+    pub lag: Duration,
 }
 
 impl BusEvent {
@@ -786,8 +790,9 @@ impl BusEvent {
             version: msg.version,
             epoch: msg.epoch,
             targets,
+            sent_ms: msg.sent_ms,
             received_ms,
-            lag: None,
+            lag: Duration::from_millis(received_ms.saturating_sub(msg.sent_ms)),
         }
     }
 }

@@ -239,9 +239,12 @@ fn event_json(e: &BusEvent) -> Value {
         "version": e.version,
         "epoch": e.epoch,
         "targets": targets,
+        "sent_ms": e.sent_ms,
+        "sent_at": rfc3339(e.sent_ms),
+        "received_ms": e.received_ms,
         "received_at": rfc3339(e.received_ms),
-        // null: the message does not say when it was sent.
-        "lag_ms": e.lag.map(|d| d.as_secs_f64() * 1000.0),
+        // Receiver's clock minus the publisher's: as good as the hosts' clock sync.
+        "lag_ms": e.lag.as_millis() as u64,
     })
 }
 
