@@ -177,7 +177,9 @@ mod tests {
         }
         // A value with a colon in it keeps everything after the first one.
         assert_eq!(
-            RedisInfo::parse("maxmemory_policy:a:b").maxmemory_policy.as_deref(),
+            RedisInfo::parse("maxmemory_policy:a:b")
+                .maxmemory_policy
+                .as_deref(),
             Some("a:b")
         );
     }

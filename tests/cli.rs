@@ -89,7 +89,10 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     let seen = ok_json(&cli(&server, &["inspect", "rate", "CNGN:USD"]).await);
     assert_eq!(seen["value"], json!(0.00065));
     assert_eq!(seen["redis_key"], "v1:rate:CNGN:USD");
-    assert_eq!(seen["version"], json!(rates.local_version("CNGN:USD").unwrap()));
+    assert_eq!(
+        seen["version"],
+        json!(rates.local_version("CNGN:USD").unwrap())
+    );
     assert_eq!(seen["format"], 1);
     assert_eq!(seen["flags"]["expiry"], true);
     assert_eq!(seen["flags"]["compressed"], false);
@@ -99,11 +102,16 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     assert!(ttl > 0 && ttl <= 90_000, "ttl {ttl}");
     let expires = seen["expires_at_ms"].as_u64().expect("an expiry");
     let now = unix_ms();
-    assert!(expires > now && expires <= now + 90_000, "{expires} vs {now}");
+    assert!(
+        expires > now && expires <= now + 90_000,
+        "{expires} vs {now}"
+    );
 
     // Over 1 KiB: stored compressed, shown as it was written.
     let docs = a.namespace::<str, Vec<String>>("doc").unwrap();
-    let big: Vec<String> = (0..300).map(|i| format!("line {i} of the report")).collect();
+    let big: Vec<String> = (0..300)
+        .map(|i| format!("line {i} of the report"))
+        .collect();
     docs.set("report", big.clone()).await.unwrap();
     let seen = ok_json(&cli(&server, &["inspect", "doc", "report"]).await);
     assert_eq!(seen["flags"]["compressed"], true);
@@ -141,9 +149,15 @@ async fn foreign_missing_and_unknown_are_clear_errors() {
     let _: () = server.cmd(&[b"SET", b"v1:rate:foreign", b"{\"json\":true}"]);
 
     let err = error_line(&cli(&server, &["inspect", "rate", "foreign"]).await);
-    assert!(err.contains("foreign value") && err.contains("v1:rate:foreign"), "{err}");
+    assert!(
+        err.contains("foreign value") && err.contains("v1:rate:foreign"),
+        "{err}"
+    );
     let err = error_line(&cli(&server, &["inspect", "rate", "absent"]).await);
-    assert!(err.contains("no such key") && err.contains("v1:rate:absent"), "{err}");
+    assert!(
+        err.contains("no such key") && err.contains("v1:rate:absent"),
+        "{err}"
+    );
     let err = error_line(&cli(&server, &["inspect", "ratez", "known"]).await);
     assert!(err.contains("unknown namespace \"ratez\""), "{err}");
     assert!(err.contains("known: rate"), "{err}");
@@ -161,15 +175,25 @@ async fn foreign_missing_and_unknown_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_url_and_unreachable_redis_fail_with_one_line() {
     let err = error_line(&cli_at("not a url", &["stats"]).await);
-    assert!(err.contains("redis URL \"not a url\" is not valid"), "{err}");
+    assert!(
+        err.contains("redis URL \"not a url\" is not valid"),
+        "{err}"
+    );
 
     // A port nobody listens on: refused.
     let mut server = RedisServer::start();
     let url = server.url();
     server.kill();
-    for args in [&["stats"][..], &["inspect", "rate", "x"], &["watch", "--count", "1"]] {
+    for args in [
+        &["stats"][..],
+        &["inspect", "rate", "x"],
+        &["watch", "--count", "1"],
+    ] {
         let err = error_line(&cli_at(&url, args).await);
-        assert!(err.contains(&format!("cannot reach Redis at {url}")), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("cannot reach Redis at {url}")),
+            "{args:?}: {err}"
+        );
     }
     let out = cli_at(&url, &["health"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -279,9 +303,11 @@ async fn flush_namespace_reaches_other_nodes_l1() {
     let out = ok_json(&cli(&server, &["flush", "--namespace", "rate"]).await);
     assert_eq!(out, json!({ "flushed": "namespace", "namespace": "rate" }));
     for (name, ns) in [("a", &ra), ("b", &rb)] {
-        eventually(&format!("node {name} drops its L1 copy"), PATIENCE, || async {
-            ns.get_local("CNGN:USD").is_none()
-        })
+        eventually(
+            &format!("node {name} drops its L1 copy"),
+            PATIENCE,
+            || async { ns.get_local("CNGN:USD").is_none() },
+        )
         .await;
     }
     // And Redis's copy is dead for every node: read through, nothing.
@@ -302,7 +328,9 @@ async fn flush_tag_reaches_other_nodes_l1() {
         a.namespace::<str, f64>("rate").unwrap(),
         b.namespace::<str, f64>("rate").unwrap(),
     );
-    da.set_tagged("d1", vec!["one".into()], &["W1"]).await.unwrap();
+    da.set_tagged("d1", vec!["one".into()], &["W1"])
+        .await
+        .unwrap();
     ra.set_tagged("r1", 1.0, &["W1"]).await.unwrap();
     ra.set_tagged("r2", 2.0, &["W2"]).await.unwrap();
     support::await_applied(&b, "rate", 2).await;
@@ -312,13 +340,19 @@ async fn flush_tag_reaches_other_nodes_l1() {
     // In one namespace only.
     let out = ok_json(&cli(&server, &["flush", "--tag", "W1", "--namespace", "doc"]).await);
     assert_eq!(out["keys"], 1, "{out}");
-    eventually("b drops d1", PATIENCE, || async { db.get_local("d1").is_none() }).await;
+    eventually("b drops d1", PATIENCE, || async {
+        db.get_local("d1").is_none()
+    })
+    .await;
     assert!(rb.get_local("r1").is_some(), "rate was not asked for");
 
     // In every namespace Redis knows.
     let out = ok_json(&cli(&server, &["flush", "--tag", "W1"]).await);
     assert_eq!(out["keys"], 1, "{out}");
-    eventually("b drops r1", PATIENCE, || async { rb.get_local("r1").is_none() }).await;
+    eventually("b drops r1", PATIENCE, || async {
+        rb.get_local("r1").is_none()
+    })
+    .await;
     assert!(rb.get_local("r2").is_some(), "another tag is untouched");
     assert_eq!(rb.get("r1").await, None);
 }
@@ -330,7 +364,15 @@ async fn watch_prints_each_invalidation_with_its_lag() {
     let rates = a.namespace::<str, f64>("rate").unwrap();
 
     let mut child = Command::new(BIN)
-        .args(["--url", &server.url(), "watch", "--count", "3", "--for", "30"])
+        .args([
+            "--url",
+            &server.url(),
+            "watch",
+            "--count",
+            "3",
+            "--for",
+            "30",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -376,7 +418,10 @@ async fn watch_prints_each_invalidation_with_its_lag() {
     }
     assert_eq!(events[0]["targets"][0]["keys"], json!(["CNGN:USD"]));
     assert_eq!(events[2]["targets"][0]["keys"], Value::Null);
-    let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    let versions: Vec<u64> = events
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
     assert_eq!(versions, [1, 2, 3]);
 }
 

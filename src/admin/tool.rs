@@ -340,7 +340,10 @@ impl Admin {
             let number = value.parse::<u64>().ok();
             match field.split_once(SEPARATOR) {
                 Some(("floor", ns)) if check_namespace(ns).is_ok() => {
-                    by_ns.entry(ns.to_owned()).or_insert_with(|| named(ns)).floor = number;
+                    by_ns
+                        .entry(ns.to_owned())
+                        .or_insert_with(|| named(ns))
+                        .floor = number;
                 }
                 _ if field == "version" => census.version = number,
                 _ if field == "epoch" => census.epoch = number,
