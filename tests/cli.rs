@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::process::{Output, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
-use support::{eventually, node_with, RedisServer, PATIENCE};
+use support::{eventually, RedisServer, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -30,15 +30,21 @@ struct Quote {
     ask: Decimal,
 }
 
-/// A node with `rate` (f64), `quote` (Quote), `doc` (Vec<String>, compressed over 1 KiB).
+/// A node with `rate` (f64), `quote` (Quote), `doc` (Vec<String>, compressed over 1 KiB), all
+/// `unbounded_staleness()`: what L1 holds changes only by invalidation, never by a bypass on a
+/// busy machine, so "B dropped its copy" means the flush reached B.
 async fn node(server: &RedisServer) -> TieredCache {
-    node_with(server, |b| {
-        b.namespace(
-            "doc",
-            NamespacePolicy::new(Duration::from_secs(90)).compress_above(Some(1024)),
-        )
-    })
-    .await
+    let policy = || NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness();
+    let a = TieredCache::builder()
+        .redis_url(server.url())
+        .namespace("rate", policy())
+        .namespace("quote", policy())
+        .namespace("doc", policy().compress_above(Some(1024)))
+        .heartbeat(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    eventually("subscribed", PATIENCE, || async { a.is_subscribed() }).await;
+    a
 }
 
 async fn cli(server: &RedisServer, args: &[&str]) -> Output {
@@ -260,7 +266,22 @@ async fn stats_count_what_was_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_info_reports_the_servers_figures() {
     let server = RedisServer::start();
-    let a = node(&server).await;
+    // Keyspace counts are server-wide: a node whose heartbeat (a script reading the meta
+    // hash) waits an hour, so that only the test's own lookups count after RESETSTAT.
+    let a = TieredCache::builder()
+        .redis_url(server.url())
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .heartbeat(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    eventually("subscribed, first heartbeat sent", PATIENCE, || async {
+        let sent: bool = server.cmd(&[b"HEXISTS", b"v1:_tc:meta", b"epoch"]);
+        a.is_subscribed() && sent
+    })
+    .await;
     let _: () = server.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lfu"]);
     let _: () = server.cmd(&[b"CONFIG", b"RESETSTAT"]);
     let _: Option<String> = server.cmd(&[b"GET", b"absent"]);
