@@ -135,6 +135,17 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     assert_eq!(seen["value"]["bid"], "-1.500");
     assert_eq!(seen["value"]["ask"], json!(q.ask.serialize().to_vec()));
 
+    // A cached "not found": flagged absent, no value.
+    let none = rates
+        .get_or_load_optional("delisted", || async { Ok::<_, std::io::Error>(None) })
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    let seen = ok_json(&cli(&server, &["inspect", "rate", "delisted"]).await);
+    assert_eq!(seen["flags"]["absent"], true);
+    assert_eq!(seen["value"], Value::Null);
+    assert_eq!(seen["problem"], Value::Null);
+
     // A tombstone is shown as one, with its version.
     rates.invalidate("CNGN:USD").await.unwrap();
     let seen = ok_json(&cli(&server, &["inspect", "rate", "CNGN:USD"]).await);
@@ -444,6 +455,18 @@ async fn watch_prints_each_invalidation_with_its_lag() {
         .map(|e| e["version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2, 3]);
+
+    // `--for` ends a quiet watch; the nodes' heartbeats (every 50 ms) are not printed.
+    let out = cli(&server, &["watch", "--for", "0.5"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let out = cli(&server, &["watch", "--for", "0.5", "--heartbeats"]).await;
+    let beats = String::from_utf8(out.stdout).unwrap();
+    assert!(beats.lines().count() >= 2, "{beats}");
+    assert!(
+        beats.lines().all(|l| l.contains("\"kind\":\"heartbeat\"")),
+        "{beats}"
+    );
 }
 
 fn unix_ms() -> u64 {

@@ -62,7 +62,7 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
-        /// Stop after this many seconds.
+        /// Stop after this many seconds of listening (from the confirmed subscription).
         #[arg(long = "for", value_name = "SECS")]
         for_secs: Option<f64>,
         /// Print heartbeats too.
@@ -194,8 +194,8 @@ async fn watch(
     for_secs: Option<f64>,
     heartbeats: bool,
 ) -> tiered_cache::Result<()> {
-    let deadline = match for_secs {
-        Some(s) if s.is_finite() && s >= 0.0 => Some(Instant::now() + Duration::from_secs_f64(s)),
+    let span = match for_secs {
+        Some(s) if s.is_finite() && (0.0..1e9).contains(&s) => Some(Duration::from_secs_f64(s)),
         Some(s) => {
             return Err(Error::Config(format!(
                 "--for {s}: expected a number of seconds"
@@ -205,6 +205,8 @@ async fn watch(
     };
     let mut watch = admin.watch().await?;
     eprintln!("watching {}", admin.channel());
+    // Counted from the confirmed subscription: SECS of listening, whatever connecting took.
+    let deadline = span.map(|s| Instant::now() + s);
     let mut seen = 0;
     while count.is_none_or(|n| seen < n) {
         let next = async {
