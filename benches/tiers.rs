@@ -318,9 +318,8 @@ fn metrics_cost(c: &mut Criterion) {
         .set_buckets(&[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0])
         .unwrap()
         .build_recorder();
-    let recorded = metrics::with_local_recorder(&recorder, || {
-        cache_with(&env, "bench-recorded", policy())
-    });
+    let recorded =
+        metrics::with_local_recorder(&recorder, || cache_with(&env, "bench-recorded", policy()));
     let (off, on) = (
         bare.namespace::<str, Quote>("quote").unwrap(),
         recorded.namespace::<str, Quote>("quote").unwrap(),

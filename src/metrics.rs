@@ -612,7 +612,10 @@ mod tests {
         for ms in (0..5000).chain([u32::MAX as u64 - 1, u32::MAX as u64, u64::MAX]) {
             let b = LagRecord::bucket(ms);
             assert!(b < LAG_BUCKETS, "{ms} -> {b}");
-            assert!(ms.min(LAG_CAP_MS) <= LagRecord::upper(b), "{ms} above its bucket {b}");
+            assert!(
+                ms.min(LAG_CAP_MS) <= LagRecord::upper(b),
+                "{ms} above its bucket {b}"
+            );
             if b > 0 {
                 assert!(ms > LagRecord::upper(b - 1), "{ms} belongs below {b}");
             }

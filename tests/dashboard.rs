@@ -532,9 +532,7 @@ async fn round(i: u64, a: &TieredCache, b: &TieredCache, c: &TieredCache, redis:
     let _ = ra.set(&format!("k{}", i % 20), i).await;
     // One message carrying three keys: two coalesced on b.
     let batch: Vec<String> = (0..3).map(|j| format!("k{}", (i + j) % 20)).collect();
-    let _ = ra
-        .set_many(batch.iter().map(|k| (k.as_str(), i)))
-        .await;
+    let _ = ra.set_many(batch.iter().map(|k| (k.as_str(), i))).await;
     // A message from a node whose clock is 5 s behind (or whose delivery took that long): the
     // lag alert's condition, on a small share of the messages applied.
     lagged_message(redis, "rate", &format!("k{}", i % 20));
@@ -853,7 +851,11 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
     let emitted: BTreeSet<String> = query("count by (__name__) ({__name__=~\"tiered_cache_.+\"})")
         .unwrap()
         .iter()
-        .filter_map(|s| s["metric"]["__name__"].as_str().map(|n| base_name(n).to_owned()))
+        .filter_map(|s| {
+            s["metric"]["__name__"]
+                .as_str()
+                .map(|n| base_name(n).to_owned())
+        })
         .collect();
     let documented = documented_metrics();
     let mut pending: BTreeMap<String, (Expr, String)> = BTreeMap::new();

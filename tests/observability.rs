@@ -78,7 +78,10 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
         assert!(ra.get_local("in-redis").is_some());
     }
     let timed = count("l1").unwrap() - before;
-    assert!((99.0..=101.0).contains(&timed), "{timed} of 6400 hits timed");
+    assert!(
+        (99.0..=101.0).contains(&timed),
+        "{timed} of 6400 hits timed"
+    );
 
     // Gauges: the bus, the epoch, L1's size (refreshed by the heartbeat).
     assert_eq!(
@@ -87,7 +90,11 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
     );
     assert!(value(&recorder, "tiered_cache_bus_epoch", &[]).unwrap() >= 1.0);
     eventually("L1 size exported", PATIENCE, || async {
-        value(&recorder, "tiered_cache_l1_entries", &[r#"namespace="rate""#]) == Some(2.0)
+        value(
+            &recorder,
+            "tiered_cache_l1_entries",
+            &[r#"namespace="rate""#],
+        ) == Some(2.0)
             && value(
                 &recorder,
                 "tiered_cache_l1_weighted_size",
@@ -181,7 +188,10 @@ async fn lost_messages_are_counted_from_the_hole_in_the_sequence() {
     })
     .await;
     let after = b.stats();
-    assert_eq!(after.bus_invalidations_lost - before.bus_invalidations_lost, 3);
+    assert_eq!(
+        after.bus_invalidations_lost - before.bus_invalidations_lost,
+        3
+    );
     assert!(after.bus_gaps > before.bus_gaps);
 }
 
