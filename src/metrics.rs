@@ -29,7 +29,7 @@
 //! | `tiered_cache_invalidation_lag_seconds` (histogram) | namespace | receiver's wall clock minus the publisher's, per message from another node applied here (negative skew counts as 0): only as good as the nodes' clock sync |
 //! | `tiered_cache_invalidations_coalesced_total` | namespace | keys beyond the first carried by one applied message (batch and tag invalidations): keys evicted = applied key messages + this |
 //! | `tiered_cache_invalidations_lost_total` | | messages known lost: the holes in the version sequence (each hole also counts a `gap` event and causes a resync) |
-//! | `tiered_cache_l1_bypass_seconds_total` (gauge, only grows) | namespace | time spent with L1 bypassed (a gauge: the `metrics` facade's counters are integers) |
+//! | `tiered_cache_l1_bypass_seconds_total` | namespace | time spent with L1 bypassed, in whole seconds (the facade's counters are integers), refreshed on every change, every heartbeat and by `stats()` |
 //! | `tiered_cache_l1_entries` (gauge) | namespace | L1 entries (approximate), refreshed every heartbeat and by `stats()` |
 //! | `tiered_cache_l1_weighted_size` (gauge) | namespace | L1's summed weight (bytes under `l1_max_bytes`, else entries), refreshed with the above |
 //! | `tiered_cache_bus_connected` (gauge) | | 1 while the invalidation subscriber is listening |
@@ -212,17 +212,19 @@ impl LagRecord {
     }
 }
 
-/// Time spent with L1 bypassed, exported as a gauge that only grows.
+/// Time spent with L1 bypassed, exported in whole seconds (the facade's counters are
+/// integers; `stats()` has it to the nanosecond).
 pub(crate) struct BypassTime {
     /// When the current bypass began, if one is on; and the total of the finished ones.
     state: Mutex<(Option<Instant>, Duration)>,
-    exported: Gauge,
+    exported: Counter,
 }
 
 impl BypassTime {
     fn new(ns: &str) -> Self {
-        let exported = gauge!("tiered_cache_l1_bypass_seconds_total", "namespace" => ns.to_owned());
-        exported.set(0.0);
+        let exported =
+            counter!("tiered_cache_l1_bypass_seconds_total", "namespace" => ns.to_owned());
+        exported.absolute(0);
         Self {
             state: Mutex::new((None, Duration::ZERO)),
             exported,
@@ -241,14 +243,15 @@ impl BypassTime {
             }
             _ => {}
         }
-        self.exported.set((st.1 + st.0.map_or(Duration::ZERO, |s| s.elapsed())).as_secs_f64());
+        self.exported
+            .absolute((st.1 + st.0.map_or(Duration::ZERO, |s| s.elapsed())).as_secs());
     }
 
     /// Total time bypassed, the current bypass included; refreshes the gauge.
     pub(crate) fn total(&self) -> Duration {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let total = st.1 + st.0.map_or(Duration::ZERO, |s| s.elapsed());
-        self.exported.set(total.as_secs_f64());
+        self.exported.absolute(total.as_secs());
         total
     }
 }
@@ -609,7 +612,10 @@ mod tests {
         for ms in (0..5000).chain([u32::MAX as u64 - 1, u32::MAX as u64, u64::MAX]) {
             let b = LagRecord::bucket(ms);
             assert!(b < LAG_BUCKETS, "{ms} -> {b}");
-            assert!(ms.min(LAG_CAP_MS) <= LagRecord::upper(b), "{ms} above its bucket {b}");
+            assert!(
+                ms.min(LAG_CAP_MS) <= LagRecord::upper(b),
+                "{ms} above its bucket {b}"
+            );
             if b > 0 {
                 assert!(ms > LagRecord::upper(b - 1), "{ms} belongs below {b}");
             }

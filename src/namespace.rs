@@ -185,9 +185,7 @@ impl NamespaceCore {
             return;
         }
         self.metrics.bypassing.set(if bypass { 1.0 } else { 0.0 });
-        self.metrics
-            .bypass_time
-            .follow(|| self.bypass.load(SeqCst));
+        self.metrics.bypass_time.follow(|| self.bypass.load(SeqCst));
         if bypass {
             tracing::warn!(target: "tiered_cache::bus", namespace = %self.name, ?delivery_age,
                 bound = ?self.policy.staleness_bound, "bus cannot vouch for L1: bypassing it");

@@ -78,7 +78,10 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
         assert!(ra.get_local("in-redis").is_some());
     }
     let timed = count("l1").unwrap() - before;
-    assert!((99.0..=101.0).contains(&timed), "{timed} of 6400 hits timed");
+    assert!(
+        (99.0..=101.0).contains(&timed),
+        "{timed} of 6400 hits timed"
+    );
 
     // Gauges: the bus, the epoch, L1's size (refreshed by the heartbeat).
     assert_eq!(
@@ -87,7 +90,11 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
     );
     assert!(value(&recorder, "tiered_cache_bus_epoch", &[]).unwrap() >= 1.0);
     eventually("L1 size exported", PATIENCE, || async {
-        value(&recorder, "tiered_cache_l1_entries", &[r#"namespace="rate""#]) == Some(2.0)
+        value(
+            &recorder,
+            "tiered_cache_l1_entries",
+            &[r#"namespace="rate""#],
+        ) == Some(2.0)
             && value(
                 &recorder,
                 "tiered_cache_l1_weighted_size",
@@ -181,7 +188,10 @@ async fn lost_messages_are_counted_from_the_hole_in_the_sequence() {
     })
     .await;
     let after = b.stats();
-    assert_eq!(after.bus_invalidations_lost - before.bus_invalidations_lost, 3);
+    assert_eq!(
+        after.bus_invalidations_lost - before.bus_invalidations_lost,
+        3
+    );
     assert!(after.bus_gaps > before.bus_gaps);
 }
 
@@ -205,4 +215,45 @@ async fn time_bypassed_grows_while_the_bus_cannot_vouch() {
     // Not bypassed: the total stands still.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ns(&a).l1_bypass_time, done);
+}
+
+/// A message stamped 5 s ago (a publisher whose clock is behind, or a slow delivery) counts
+/// 5 s of lag; one stamped in the future counts none.
+#[tokio::test]
+async fn lag_is_the_receivers_clock_minus_the_senders() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let meta = |f: &[u8]| -> u64 { server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", f]) };
+    // A write first, so the counter and its epoch exist.
+    a.namespace::<str, u64>("rate")
+        .unwrap()
+        .set("k", 1)
+        .await
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for sent_ms in [now_ms - 5_000, now_ms + 60_000] {
+        let mut m = vec![0xC1, 2, 0];
+        m.extend_from_slice(&0x1A66_u64.to_be_bytes());
+        m.extend_from_slice(&meta(b"version").to_be_bytes());
+        m.extend_from_slice(&meta(b"epoch").to_be_bytes());
+        m.extend_from_slice(&sent_ms.to_be_bytes());
+        m.extend_from_slice(&4u16.to_be_bytes());
+        m.extend_from_slice(b"rate");
+        m.extend_from_slice(&1u32.to_be_bytes());
+        m.extend_from_slice(&1u32.to_be_bytes());
+        m.extend_from_slice(b"k");
+        server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", &m]);
+    }
+    await_applied(&a, "rate", 2).await;
+    let lag = a.stats().namespace("rate").unwrap().invalidation_lag;
+    assert_eq!(lag.samples, 2);
+    assert!(
+        lag.max >= Duration::from_secs(5) && lag.max < Duration::from_secs(6),
+        "{lag:?}"
+    );
+    assert_eq!(lag.p50, Duration::ZERO, "a sender ahead counts as no lag");
+    assert_eq!(a.stats().bus_resyncs, 1, "applied in sequence, no resync");
 }

@@ -136,7 +136,10 @@ async fn a_miss_is_traced_through_l2_and_the_loader_without_its_key_or_value() {
         .unwrap();
     assert_eq!(*got, VALUE);
     // Another node reads it from Redis: an L2 hit.
-    assert_eq!(rb.get(KEY).await.as_deref().map(String::as_str), Some(VALUE));
+    assert_eq!(
+        rb.get(KEY).await.as_deref().map(String::as_str),
+        Some(VALUE)
+    );
     let seen = capture.take();
 
     let hash = fnv1a(KEY).to_string();
