@@ -487,3 +487,30 @@ async fn health_reports_ping_subscription_and_listeners() {
     assert_eq!(health["listeners"], 2, "two nodes listen: {health}");
     assert!(health["ping_ms"].as_f64().unwrap() >= 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_with_an_error_when_redis_goes_away() {
+    let mut server = RedisServer::start();
+    let mut child = Command::new(BIN)
+        .args(["--url", &server.url(), "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(HANG, stderr.next_line())
+        .await
+        .expect("watch says when it listens")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("watching v1:_tc:inv:db0"));
+    server.kill();
+    let status = tokio::time::timeout(HANG, child.wait())
+        .await
+        .expect("watch ends when its connection is lost")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let err = stderr.next_line().await.unwrap().unwrap_or_default();
+    assert!(err.contains("cannot reach Redis"), "{err}");
+    assert_eq!(stderr.next_line().await.unwrap(), None, "one line");
+}
