@@ -1,5 +1,5 @@
 //! Figures and tooling for operators: what Redis says about itself
-//! ([`TieredCache::redis_info`]), and, with the `admin` feature, the [`Admin`] handle behind
+//! ([`TieredCache::redis_info`]), and, with the `admin` feature, the `Admin` handle behind
 //! the `tiered-cache-admin` binary (inspect a stored value, count keys per namespace, flush a
 //! namespace or a tag through the library's own invalidation path, watch the bus).
 
