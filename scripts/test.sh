@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 scripts/ensure-redis.sh
 scripts/ensure-prometheus.sh
 
-cargo test --doc --quiet
+# --all-features: the admin tooling and the `tiered-cache-admin` binary (feature `cli`) are
+# tested too (tests/cli.rs runs the built binary).
+cargo test --doc --all-features --quiet
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast
+  cargo nextest run --all-features --no-fail-fast
 else
   echo "(cargo-nextest not found: using cargo test)" >&2
-  cargo test --no-fail-fast
+  cargo test --all-features --no-fail-fast
 fi

@@ -9,9 +9,14 @@
 //! 3-10   origin   node id of the writer (a node skips its own messages: its L1 is already right)
 //! 11-18  version  the write's version, spliced in by the script
 //! 19-26  epoch    the incarnation of Redis's version counter (see `l2.rs`)
-//! 19-20  ns len   then the namespace's bytes
+//! 27-34  sent     the publisher's wall clock when it built the message, unix ms
+//! 35-36  ns len   then the namespace's bytes
 //! ...    count    u32, then per key: u32 length and the key's bytes
 //! ```
+//!
+//! `sent` feeds the invalidation lag metric only (receiver's wall clock minus `sent`): it is
+//! as good as the clock sync between nodes, and never decides what is applied. A message the
+//! outbox replays is built at replay time and carries that time.
 //!
 //! Kind 3 (keys of several namespaces, one tag invalidation: see `l2/multi.rs`) has an empty
 //! namespace, then a u16 count of sections, each a u16-length namespace and a key list as above.
@@ -33,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MAGIC: u8 = 0xC1;
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
@@ -97,7 +102,10 @@ impl Outgoing {
 
     /// What precedes a namespace's key list in a [`multi`](Self::multi) message.
     pub(crate) fn section_head(namespace: &str) -> Vec<u8> {
-        Self::tail_start(namespace)
+        let mut t = Vec::with_capacity(2 + namespace.len());
+        t.extend_from_slice(&(namespace.len() as u16).to_be_bytes());
+        t.extend_from_slice(namespace.as_bytes());
+        t
     }
 
     fn head_bytes(kind: u8, origin: u64) -> Vec<u8> {
@@ -107,8 +115,10 @@ impl Outgoing {
         h
     }
 
+    /// The send time, then the namespace.
     fn tail_start(namespace: &str) -> Vec<u8> {
-        let mut t = Vec::with_capacity(2 + namespace.len() + 4);
+        let mut t = Vec::with_capacity(8 + 2 + namespace.len() + 4);
+        t.extend_from_slice(&wall_clock_ms().to_be_bytes());
         t.extend_from_slice(&(namespace.len() as u16).to_be_bytes());
         t.extend_from_slice(namespace.as_bytes());
         t
@@ -147,12 +157,21 @@ pub(crate) enum Scope<'a> {
     },
 }
 
+/// This machine's wall clock, unix ms (0 if it reads before 1970).
+pub(crate) fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A parsed message.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Incoming<'a> {
     pub(crate) origin: u64,
     pub(crate) version: u64,
     pub(crate) epoch: u64,
+    /// The publisher's wall clock when it built the message, unix ms.
+    pub(crate) sent_ms: u64,
     pub(crate) namespace: &'a str,
     pub(crate) scope: Scope<'a>,
 }
@@ -167,6 +186,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     let origin = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let version = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let epoch = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let sent_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let ns_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
     let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
     let scope = match kind {
@@ -195,6 +215,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
         origin,
         version,
         epoch,
+        sent_ms,
         namespace,
         scope,
     })
@@ -272,6 +293,7 @@ pub(crate) fn apply(shared: &Shared, payload: &[u8]) -> After {
         Order::InSequence => {}
         Order::Gap(missed) => {
             shared.bus.metrics.gaps.inc();
+            shared.bus.metrics.lost.add(missed);
             tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
                 "invalidation messages were lost; resynchronising");
             shared.suspect();
@@ -311,13 +333,21 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
         }
         return;
     }
+    let now_ms = wall_clock_ms();
     match (ns, &msg.scope) {
-        (Some(ns), Scope::Keys(keys)) => ns.apply_remote_keys(keys),
-        (Some(ns), Scope::Namespace) => ns.apply_remote_clear(msg.version),
+        (Some(ns), Scope::Keys(keys)) => {
+            ns.apply_remote_keys(keys);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
+        (Some(ns), Scope::Namespace) => {
+            ns.apply_remote_clear(msg.version);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
         (_, Scope::Multi(sections)) => {
             for (name, keys) in sections {
                 if let Some(ns) = shared.namespace(name) {
                     ns.apply_remote_keys(keys);
+                    ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
                 }
             }
         }
@@ -331,6 +361,10 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The gauges that follow state, not events, move with the heartbeat.
+        for ns in shared.namespaces() {
+            ns.refresh_gauges();
+        }
         // Read the clock before sending: the proof covers what was published up to here.
         let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
         if let Ok(stamp) = shared.l2.heartbeat(&message).await {
@@ -400,6 +434,7 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Shared>, c
     loop {
         let outcome = session(&client, &shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
+        shared.bus.metrics.connected.set(0.0);
         // The link is known lost: stop trusting L1 now, not when the watchdog notices, and
         // not again before a resync.
         shared.suspect();
@@ -443,6 +478,7 @@ async fn session(
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     shared.resync().await.map_err(|e| format!("resync: {e}"))?;
     shared.bus.subscribed.store(true, Relaxed);
+    shared.bus.metrics.connected.set(1.0);
     shared.bus.metrics.subscribed.inc();
     // Redis is back for this node: replay what was queued while it was not.
     shared.outbox.wake.notify_one();
@@ -518,18 +554,51 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
+        let before = wall_clock_ms();
         let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42, 5);
+        let after = wall_clock_ms();
         let d = decode(&m).unwrap();
+        assert!(
+            (before..=after).contains(&d.sent_ms),
+            "send time {} not within [{before}, {after}]",
+            d.sent_ms
+        );
         assert_eq!(
             d,
             Incoming {
                 origin: 7,
                 version: 42,
                 epoch: 5,
+                sent_ms: d.sent_ms,
                 namespace: "rate",
                 scope: Scope::Keys(vec!["CNGN:USD", "", "é"])
             }
         );
+    }
+
+    #[test]
+    fn every_kind_carries_its_send_time_after_the_epoch() {
+        let before = wall_clock_ms();
+        let messages = [
+            Outgoing::keys(7, "rate", &["a"]).assemble(1, 5),
+            Outgoing::namespace(7, "rate").assemble(2, 5),
+            Outgoing::heartbeat(7, 77).assemble(3, 5),
+            multi_message(7, 4, &[("rate", &["a"])]),
+        ];
+        let after = wall_clock_ms();
+        for m in &messages {
+            assert_eq!(m[1], 2, "format");
+            let at = u64::from_be_bytes(m[27..35].try_into().unwrap());
+            assert!((before..=after).contains(&at), "kind {}: {at}", m[2]);
+            assert_eq!(decode(m).unwrap().sent_ms, at);
+        }
+    }
+
+    #[test]
+    fn a_format_1_message_is_unreadable() {
+        let mut m = Outgoing::keys(7, "rate", &["a"]).assemble(1, 5);
+        m[1] = 1;
+        assert!(decode(&m).is_none());
     }
 
     #[test]

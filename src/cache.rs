@@ -190,6 +190,7 @@ impl Shared {
             return false;
         }
         let prev = self.epoch.swap(epoch, SeqCst);
+        self.bus.metrics.epoch.set(epoch as f64);
         if prev == 0 || prev == epoch {
             return false;
         }
@@ -211,11 +212,22 @@ impl Shared {
     /// After (re)subscribing: learn the namespace floors set while away, and forget every L1
     /// entry, since invalidations sent while away were lost.
     pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("resync", outcome = tracing::field::Empty);
+        let result = self.resync_inner().instrument(span.clone()).await;
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        result
+    }
+
+    async fn resync_inner(&self) -> std::result::Result<(), L2Error> {
+        self.bus.metrics.resyncs.inc();
         let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
         let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
         let (stamp, floors) = self.l2.floors(&names).await?;
         if stamp.epoch != 0 {
             self.epoch.store(stamp.epoch, SeqCst);
+            // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
+            self.bus.metrics.epoch.set(stamp.epoch as f64);
         }
         // Everything published up to here is either already delivered or on its way, behind
         // the subscription just confirmed: the sequence continues from this version.
@@ -317,6 +329,12 @@ pub struct Stats {
     pub breaker_transitions: u64,
     /// Writes and invalidations queued (or being replayed) while Redis was unreachable.
     pub outbox_entries: usize,
+    /// Resynchronisations (L1 cleared, floors reloaded): after every subscription, hole in the
+    /// sequence, unreadable message or new epoch of Redis's version counter.
+    pub bus_resyncs: u64,
+    /// Invalidation messages known lost: the sum of the holes in the version sequence (each
+    /// hole caused a resync, so nothing stale was served because of them).
+    pub bus_invalidations_lost: u64,
 }
 
 impl Stats {
@@ -393,8 +411,7 @@ impl TieredCache {
                 .iter()
                 .map(|ns| {
                     let mut s = ns.metrics.snapshot();
-                    s.l1_entries = ns.l1.entry_count();
-                    s.l1_weight = ns.l1.weighted_size();
+                    (s.l1_entries, s.l1_weight) = ns.refresh_gauges();
                     s.l1_bypassed = ns.bypass.load(Relaxed);
                     (ns.name.clone(), s)
                 })
@@ -406,6 +423,8 @@ impl TieredCache {
             breaker: shared.l2.breaker().state(),
             breaker_transitions: shared.l2.breaker().transitions(),
             outbox_entries: shared.outbox.len(),
+            bus_resyncs: shared.bus.metrics.resyncs.get(),
+            bus_invalidations_lost: shared.bus.metrics.lost.get(),
         }
     }
 }

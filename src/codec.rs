@@ -212,7 +212,7 @@ pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<V>, Dec
 }
 
 /// Decompresses a length-prefixed lz4 block, refusing a prefix no real block could have.
-fn decompress(packed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decompress(packed: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let Some((len, block)) = packed.split_first_chunk::<4>() else {
         return Err(DecodeError::Truncated);
     };

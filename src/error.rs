@@ -45,6 +45,13 @@ pub enum Error {
     /// A tag name was rejected. Tags become part of Redis key names, so they follow the
     /// namespace rules: 1 to 64 bytes of `[A-Za-z0-9_.-]`. Nothing was read or written.
     InvalidTag(String),
+    /// The Redis key (named here) holds bytes this crate did not write: no envelope magic byte.
+    /// Returned by tooling that reads raw values (`Admin::inspect`); the cache itself reads such
+    /// a value as a miss.
+    ForeignValue(String),
+    /// Nothing is stored under the Redis key named here. Returned by tooling that reads raw
+    /// values (`Admin::inspect`).
+    NoSuchKey(String),
 }
 
 impl Error {
@@ -71,6 +78,16 @@ impl Error {
     /// True when a tag name was rejected (see [`Error::InvalidTag`]).
     pub fn is_invalid_tag(&self) -> bool {
         matches!(self, Error::InvalidTag(_))
+    }
+
+    /// True when a value read by tooling was not written by this crate.
+    pub fn is_foreign_value(&self) -> bool {
+        matches!(self, Error::ForeignValue(_))
+    }
+
+    /// True when tooling found nothing stored under a key.
+    pub fn is_no_such_key(&self) -> bool {
+        matches!(self, Error::NoSuchKey(_))
     }
 
     /// The loader's error, when this is one.
@@ -104,6 +121,11 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "value could not be encoded: {e}"),
             Error::Namespace(msg) => write!(f, "namespace error: {msg}"),
             Error::InvalidTag(msg) => write!(f, "invalid tag: {msg}"),
+            Error::ForeignValue(key) => write!(
+                f,
+                "foreign value at {key:?}: not written by tiered-cache (no envelope magic byte)"
+            ),
+            Error::NoSuchKey(key) => write!(f, "no such key: {key:?}"),
         }
     }
 }

@@ -550,3 +550,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 pub(crate) mod multi;
 /// Sliding expiry: extending a live value's TTL and envelope expiry in one script.
 pub(crate) mod touch;
+
+/// Server figures for [`TieredCache::redis_info`](crate::TieredCache::redis_info), and the
+/// reads, census and bus listener of the `admin` feature's tooling.
+pub(crate) mod admin;

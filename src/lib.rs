@@ -32,6 +32,8 @@
 
 #![warn(missing_docs)]
 
+/// Figures and tooling for operators: `redis_info`, and the `Admin` handle (feature `admin`).
+pub mod admin;
 /// The handle, its builder's `build()`, health and stats.
 pub mod cache;
 /// Configuration: the builder and per-namespace policies.
@@ -81,11 +83,14 @@ mod tracking;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "admin")]
+pub use admin::Admin;
+pub use admin::RedisInfo;
 pub use breaker::BreakerState;
 pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};
 pub use key::CacheKey;
 pub use memo::Memoized;
-pub use metrics::NamespaceStats;
+pub use metrics::{LagPercentiles, NamespaceStats};
 pub use namespace::Namespace;

@@ -13,12 +13,15 @@ use crate::flight::{Leader, Outcome};
 use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
 use crate::l2::{L2Result, Payload, Stamp};
+use crate::metrics::key_hash;
 use crate::namespace::NamespaceCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 /// What a loader returns: the value, `None` for "not found", or its error.
 pub(crate) type Loaded<V> = Result<Option<V>, Box<dyn std::error::Error + Send + Sync>>;
@@ -61,18 +64,45 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
     read
 }
 
-/// Reads one key from Redis without counting a hit or miss (errors are still counted).
+/// Reads one key from Redis without counting a hit or miss (errors are still counted), timed
+/// with its decode, under a span `l2_read`.
 async fn peek_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
     shared: &Shared,
     key: &str,
 ) -> L2Read<V> {
-    match shared.l2.get(&core.name, key).await {
-        Ok(Some(bytes)) => classify(core, shared, &bytes).await,
-        Ok(None) => L2Read::Miss,
-        Err(e) => {
-            core.metrics.l2_failed(e.kind());
-            L2Read::Unavailable
+    let span = tracing::debug_span!("l2_read", namespace = %core.name, tier = "l2",
+        key_hash = key_hash(key), outcome = Empty);
+    let read = async {
+        let start = Instant::now();
+        let (read, asked) = match shared.l2.get(&core.name, key).await {
+            Ok(Some(bytes)) => (classify(core, shared, &bytes).await, true),
+            Ok(None) => (L2Read::Miss, true),
+            Err(e) => {
+                core.metrics.l2_failed(e.kind());
+                // Skipped by the open breaker: Redis was not asked, no latency to speak of.
+                (L2Read::Unavailable, e.kind() != "skipped")
+            }
+        };
+        if asked {
+            core.metrics.latency.l2.record(start.elapsed());
+        }
+        read
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("outcome", read.outcome());
+    read
+}
+
+impl<V> L2Read<V> {
+    /// The outcome's name in spans.
+    fn outcome(&self) -> &'static str {
+        match self {
+            L2Read::Hit { .. } => "hit",
+            L2Read::Expired { .. } => "expired",
+            L2Read::Miss => "miss",
+            L2Read::Unavailable => "unavailable",
         }
     }
 }
@@ -343,19 +373,25 @@ impl Flight<'_> {
     {
         let policy = &self.core.policy;
         let m = &self.core.metrics;
+        let span = tracing::debug_span!("load", namespace = %self.core.name, tier = "loader",
+            key_hash = key_hash(&self.key), outcome = Empty);
         let load = async {
+            let start = Instant::now();
             let result = match policy.hard_timeout {
                 Some(hard) => match tokio::time::timeout(hard, loader()).await {
                     Ok(r) => r,
                     Err(_) => {
+                        m.latency.loader.record(start.elapsed());
                         m.loader_hard_timeout.inc();
                         return Err(Error::LoaderTimeout(hard));
                     }
                 },
                 None => loader().await,
             };
+            m.latency.loader.record(start.elapsed());
             result.map_err(|e| Error::Loader(Arc::from(e)))
-        };
+        }
+        .instrument(span.clone());
         let mut load = std::pin::pin!(load);
         let result = match (policy.soft_timeout, fallback) {
             (Some(soft), Some((stale, from_l1))) if policy.fail_safe.is_some() => {
@@ -379,6 +415,15 @@ impl Flight<'_> {
             Ok(_) => m.loader_ok.inc(),
             Err(_) => m.loader_error.inc(),
         }
+        span.record(
+            "outcome",
+            match &result {
+                Ok(Some(_)) => "value",
+                Ok(None) => "not_found",
+                Err(Error::LoaderTimeout(_)) => "timeout",
+                Err(_) => "error",
+            },
+        );
         result
     }
 
@@ -459,9 +504,20 @@ impl Flight<'_> {
             encoded: &encoded,
             ttl: life.keep_for,
         };
+        let span = tracing::debug_span!("l2_fill", namespace = %core.name, tier = "l2",
+            key_hash = key_hash(&self.key), outcome = Empty);
         let filled = (self.shared.l2)
             .fill(&core.name, &self.key, seen, replaces, payload)
+            .instrument(span.clone())
             .await;
+        span.record(
+            "outcome",
+            match &filled {
+                Ok(Ok(_)) => "stored",
+                Ok(Err(_)) => "refused",
+                Err(_) => "error",
+            },
+        );
         let encoded = (life.expires_ms, encoded.plain_len);
         let (key, ticket) = (self.key.clone(), &self.ticket);
         settle_fill(

@@ -20,14 +20,53 @@
 //! | `tiered_cache_fleet_locks_total` | namespace, result (`acquired`, `waited`, `gave_up`) | fleet-wide single flight: lock taken, another node's value waited for, waited too long |
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
-//! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`) | subscriber life |
+//! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`, `resync`) | subscriber life |
 //! | `tiered_cache_breaker_state` (gauge) | | the breaker in front of Redis: 0 closed, 1 half-open, 2 open |
 //! | `tiered_cache_breaker_transitions_total` | to (`closed`, `half_open`, `open`) | breaker transitions |
 //! | `tiered_cache_outbox_total` | namespace, event (`queued`, `replayed`, `superseded`, `dropped`) | writes and invalidations queued while Redis was unreachable, and their fate |
 //! | `tiered_cache_outbox_entries` (gauge) | | entries queued or being replayed |
+//! | `tiered_cache_request_duration_seconds` (histogram) | namespace, tier (`l1`, `l2`, `loader`) | `l2`: one Redis read with its decode, every call; `loader`: one loader call, every call; `l1`: a hit, timed on 1 lookup in [`L1_SAMPLE`] per thread |
+//! | `tiered_cache_invalidation_lag_seconds` (histogram) | namespace | receiver's wall clock minus the publisher's, per message from another node applied here (negative skew counts as 0): only as good as the nodes' clock sync |
+//! | `tiered_cache_invalidations_coalesced_total` | namespace | keys beyond the first carried by one applied message (batch and tag invalidations): keys evicted = applied key messages + this |
+//! | `tiered_cache_invalidations_lost_total` | | messages known lost: the holes in the version sequence (each hole also counts a `gap` event and causes a resync) |
+//! | `tiered_cache_l1_bypass_seconds_total` | namespace | time spent with L1 bypassed, in whole seconds (the facade's counters are integers), refreshed on every change, every heartbeat and by `stats()` |
+//! | `tiered_cache_l1_entries` (gauge) | namespace | L1 entries (approximate), refreshed every heartbeat and by `stats()` |
+//! | `tiered_cache_l1_weighted_size` (gauge) | namespace | L1's summed weight (bytes under `l1_max_bytes`, else entries), refreshed with the above |
+//! | `tiered_cache_bus_connected` (gauge) | | 1 while the invalidation subscriber is listening |
+//! | `tiered_cache_bus_epoch` (gauge) | | the epoch of Redis's version counter this node follows (changes when Redis lost it) |
+//!
+//! The bus-wide gauges carry no namespace: several caches in one process share them, last
+//! writer wins (as for the breaker's). Histogram buckets are the exporter's choice; the demo's
+//! start at 1 µs so L1 hits do not all land in the first one.
+//!
+//! The L1 hit path reads no clock: a thread-local countdown picks 1 lookup in [`L1_SAMPLE`] to
+//! time (measured in `benches/tiers.rs`, group `metrics`). The local lag record behind
+//! [`LagPercentiles`] is a fixed log-linear histogram of atomics (4 sub-buckets per power of
+//! two of milliseconds: a percentile is the bucket's upper bound, within 25 %), so recording
+//! never locks.
 
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One L1 lookup in this many (per thread) is timed for the `l1` latency histogram.
+pub const L1_SAMPLE: u32 = 64;
+
+thread_local! {
+    static L1_TICK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// True for one call in [`L1_SAMPLE`] on this thread: a thread-local add, no shared cache line.
+#[inline(always)]
+pub(crate) fn sample_l1() -> bool {
+    L1_TICK.with(|t| {
+        let n = t.get().wrapping_add(1);
+        t.set(n);
+        n % L1_SAMPLE == 0
+    })
+}
 
 /// One count, kept locally and exported.
 pub(crate) struct Tally {
@@ -49,8 +88,171 @@ impl Tally {
         self.exported.increment(1);
     }
 
+    pub(crate) fn add(&self, n: u64) {
+        self.local.fetch_add(n, Relaxed);
+        self.exported.increment(n);
+    }
+
     pub(crate) fn get(&self) -> u64 {
         self.local.load(Relaxed)
+    }
+}
+
+/// A key as tracing fields show it: FNV-1a, stable across runs and builds, so the same key
+/// can be followed across spans and nodes without its text (possibly personal or unbounded)
+/// ever reaching a log.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Latency histograms of one namespace, one per tier.
+pub(crate) struct Latency {
+    pub(crate) l1: Histogram,
+    pub(crate) l2: Histogram,
+    pub(crate) loader: Histogram,
+}
+
+impl Latency {
+    fn new(ns: &str) -> Self {
+        let tier = |tier: &'static str| {
+            histogram!("tiered_cache_request_duration_seconds",
+                "namespace" => ns.to_owned(), "tier" => tier)
+        };
+        Self {
+            l1: tier("l1"),
+            l2: tier("l2"),
+            loader: tier("loader"),
+        }
+    }
+}
+
+/// Invalidation lag percentiles of one namespace (see [`NamespaceStats::invalidation_lag`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LagPercentiles {
+    /// Messages from other nodes applied here.
+    pub samples: u64,
+    /// Median lag (upper bound of its bucket, within 25 %).
+    pub p50: Duration,
+    /// 99th percentile lag (upper bound of its bucket, within 25 %).
+    pub p99: Duration,
+    /// Largest lag seen (exact, to the millisecond).
+    pub max: Duration,
+}
+
+/// Lag values at and above this many milliseconds (about 49 days) share the last bucket.
+const LAG_CAP_MS: u64 = u32::MAX as u64;
+/// 4 exact buckets (0-3 ms), then 4 per power of two up to 2^31.
+const LAG_BUCKETS: usize = 4 + 4 * 30;
+
+/// A fixed log-linear histogram of milliseconds, recorded with relaxed atomics.
+pub(crate) struct LagRecord {
+    buckets: [AtomicU64; LAG_BUCKETS],
+    max_ms: AtomicU64,
+}
+
+impl LagRecord {
+    pub(crate) fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn bucket(ms: u64) -> usize {
+        let ms = ms.min(LAG_CAP_MS);
+        if ms < 4 {
+            return ms as usize;
+        }
+        let e = 63 - ms.leading_zeros() as usize; // 2..=31
+        let sub = (ms >> (e - 2)) as usize & 3;
+        4 + (e - 2) * 4 + sub
+    }
+
+    /// The largest value a bucket holds.
+    fn upper(b: usize) -> u64 {
+        if b < 4 {
+            return b as u64;
+        }
+        let (e, sub) = ((b - 4) / 4 + 2, (b - 4) % 4);
+        ((4 + sub as u64 + 1) << (e - 2)) - 1
+    }
+
+    pub(crate) fn record(&self, ms: u64) {
+        self.buckets[Self::bucket(ms)].fetch_add(1, Relaxed);
+        self.max_ms.fetch_max(ms, Relaxed);
+    }
+
+    pub(crate) fn percentiles(&self) -> LagPercentiles {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let samples: u64 = counts.iter().sum();
+        let max = self.max_ms.load(Relaxed);
+        let at = |q: f64| {
+            let rank = ((q * samples as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (b, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Duration::from_millis(Self::upper(b).min(max));
+                }
+            }
+            Duration::from_millis(max)
+        };
+        if samples == 0 {
+            return LagPercentiles::default();
+        }
+        LagPercentiles {
+            samples,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: Duration::from_millis(max),
+        }
+    }
+}
+
+/// Time spent with L1 bypassed, exported in whole seconds (the facade's counters are
+/// integers; `stats()` has it to the nanosecond).
+pub(crate) struct BypassTime {
+    /// When the current bypass began, if one is on; and the total of the finished ones.
+    state: Mutex<(Option<Instant>, Duration)>,
+    exported: Counter,
+}
+
+impl BypassTime {
+    fn new(ns: &str) -> Self {
+        let exported =
+            counter!("tiered_cache_l1_bypass_seconds_total", "namespace" => ns.to_owned());
+        exported.absolute(0);
+        Self {
+            state: Mutex::new((None, Duration::ZERO)),
+            exported,
+        }
+    }
+
+    /// Brings the clock in line with the bypass flag as it is now (called after a transition,
+    /// with the flag re-read under the lock, so racing transitions settle on the last one).
+    pub(crate) fn follow(&self, bypassed: impl FnOnce() -> bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (bypassed(), st.0) {
+            (true, None) => st.0 = Some(Instant::now()),
+            (false, Some(since)) => {
+                st.1 += since.elapsed();
+                st.0 = None;
+            }
+            _ => {}
+        }
+        self.exported
+            .absolute((st.1 + st.0.map_or(Duration::ZERO, |s| s.elapsed())).as_secs());
+    }
+
+    /// Total time bypassed, the current bypass included; refreshes the gauge.
+    pub(crate) fn total(&self) -> Duration {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let total = st.1 + st.0.map_or(Duration::ZERO, |s| s.elapsed());
+        self.exported.absolute(total.as_secs());
+        total
     }
 }
 
@@ -82,6 +284,14 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) lock_gave_up: Tally,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
+    pub(crate) bypass_time: BypassTime,
+    pub(crate) latency: Latency,
+    /// Keys beyond the first in one applied message.
+    pub(crate) inv_coalesced: Tally,
+    lag_exported: Histogram,
+    lag: LagRecord,
+    pub(crate) l1_entries: Gauge,
+    pub(crate) l1_weighted_size: Gauge,
     /// Writes and invalidations queued while Redis was unreachable, and their fate.
     pub(crate) outbox: OutboxMetrics,
     l2_error_kinds: [Counter; 4],
@@ -135,6 +345,15 @@ impl NamespaceMetrics {
             l1_bypass: Tally::new(counter!("tiered_cache_l1_bypass_total",
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
+            bypass_time: BypassTime::new(&ns),
+            latency: Latency::new(&ns),
+            inv_coalesced: Tally::new(counter!("tiered_cache_invalidations_coalesced_total",
+                "namespace" => ns.clone())),
+            lag_exported: histogram!("tiered_cache_invalidation_lag_seconds",
+                "namespace" => ns.clone()),
+            lag: LagRecord::new(),
+            l1_entries: gauge!("tiered_cache_l1_entries", "namespace" => ns.clone()),
+            l1_weighted_size: gauge!("tiered_cache_l1_weighted_size", "namespace" => ns.clone()),
             outbox: OutboxMetrics::new(&ns),
             l2_error_kinds: [
                 l2_kind("skipped"),
@@ -155,6 +374,14 @@ impl NamespaceMetrics {
             _ => 3,
         };
         self.l2_error_kinds[i].increment(1);
+    }
+
+    /// Records the lag of a message from another node: `now_ms` minus `sent_ms`, both wall
+    /// clocks (unix ms); a sender's clock ahead of ours counts as no lag.
+    pub(crate) fn invalidation_lag(&self, sent_ms: u64, now_ms: u64) {
+        let lag = now_ms.saturating_sub(sent_ms);
+        self.lag.record(lag);
+        self.lag_exported.record(lag as f64 / 1000.0);
     }
 
     pub(crate) fn snapshot(&self) -> NamespaceStats {
@@ -185,6 +412,9 @@ impl NamespaceMetrics {
             outbox_replayed: self.outbox.replayed.get(),
             outbox_superseded: self.outbox.superseded.get(),
             outbox_dropped: self.outbox.dropped.get(),
+            invalidations_coalesced: self.inv_coalesced.get(),
+            invalidation_lag: self.lag.percentiles(),
+            l1_bypass_time: self.bypass_time.total(),
         }
     }
 }
@@ -196,6 +426,12 @@ pub(crate) struct BusMetrics {
     pub(crate) own_skipped: Tally,
     pub(crate) malformed: Tally,
     pub(crate) gaps: Tally,
+    /// Resynchronisations (after any subscription, gap, unreadable message, new epoch).
+    pub(crate) resyncs: Tally,
+    /// Messages known lost: the sum of the holes in the version sequence.
+    pub(crate) lost: Tally,
+    pub(crate) connected: Gauge,
+    pub(crate) epoch: Gauge,
 }
 
 impl BusMetrics {
@@ -209,6 +445,14 @@ impl BusMetrics {
             own_skipped: ev("own_skipped"),
             malformed: ev("malformed"),
             gaps: ev("gap"),
+            resyncs: ev("resync"),
+            lost: Tally::new(counter!("tiered_cache_invalidations_lost_total")),
+            connected: {
+                let g = gauge!("tiered_cache_bus_connected");
+                g.set(0.0);
+                g
+            },
+            epoch: gauge!("tiered_cache_bus_epoch"),
         }
     }
 }
@@ -275,6 +519,30 @@ pub struct NamespaceStats {
     /// budget, or older than the L2 TTL when replayed), folded into a namespace clear (queue
     /// full), or refused by Redis on replay. Other nodes still drop their copies.
     pub outbox_dropped: u64,
+    /// Keys beyond the first carried by one applied invalidation message (batch and tag
+    /// invalidations): keys evicted on other nodes' word = applied key messages + this.
+    pub invalidations_coalesced: u64,
+    /// How long messages from other nodes took to be applied here: this node's wall clock
+    /// minus the publisher's, so only as good as the clocks' sync (a sender ahead counts as
+    /// 0). Per namespace; a tag invalidation counts in each namespace it lists.
+    pub invalidation_lag: LagPercentiles,
+    /// Time spent with L1 bypassed since the cache was built, the current bypass included.
+    pub l1_bypass_time: Duration,
+}
+
+impl NamespaceStats {
+    /// Lookups answered by either tier, over lookups (`None` before the first). A lookup is
+    /// one L1 check: bypassed reads count as L1 misses, loader results are not hits.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let lookups = self.l1_hits + self.l1_misses;
+        (lookups > 0).then(|| (self.l1_hits + self.l2_hits) as f64 / lookups as f64)
+    }
+
+    /// Lookups answered by L1, over lookups (`None` before the first).
+    pub fn l1_hit_ratio(&self) -> Option<f64> {
+        let lookups = self.l1_hits + self.l1_misses;
+        (lookups > 0).then(|| self.l1_hits as f64 / lookups as f64)
+    }
 }
 
 /// One namespace's outbox counts.
@@ -332,5 +600,60 @@ impl BreakerMetrics {
 
     pub(crate) fn transitions(&self) -> u64 {
         self.total.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_buckets_are_contiguous_and_hold_their_values() {
+        for ms in (0..5000).chain([u32::MAX as u64 - 1, u32::MAX as u64, u64::MAX]) {
+            let b = LagRecord::bucket(ms);
+            assert!(b < LAG_BUCKETS, "{ms} -> {b}");
+            assert!(
+                ms.min(LAG_CAP_MS) <= LagRecord::upper(b),
+                "{ms} above its bucket {b}"
+            );
+            if b > 0 {
+                assert!(ms > LagRecord::upper(b - 1), "{ms} belongs below {b}");
+            }
+            // Within 25 %.
+            let ms = ms.min(LAG_CAP_MS);
+            assert!(LagRecord::upper(b) as f64 <= (ms as f64 * 1.25).max(ms as f64 + 1.0));
+        }
+    }
+
+    #[test]
+    fn lag_percentiles() {
+        let r = LagRecord::new();
+        assert_eq!(r.percentiles(), LagPercentiles::default());
+        for ms in 1..=100 {
+            r.record(ms);
+        }
+        let p = r.percentiles();
+        assert_eq!((p.samples, p.max), (100, Duration::from_millis(100)));
+        assert!((50..=63).contains(&p.p50.as_millis()), "{p:?}");
+        assert!((99..=100).contains(&p.p99.as_millis()), "{p:?}");
+    }
+
+    #[test]
+    fn ratios() {
+        let s = NamespaceStats {
+            l1_hits: 6,
+            l1_misses: 4,
+            l2_hits: 2,
+            ..Default::default()
+        };
+        assert_eq!(s.hit_ratio(), Some(0.8));
+        assert_eq!(s.l1_hit_ratio(), Some(0.6));
+        assert_eq!(NamespaceStats::default().hit_ratio(), None);
+    }
+
+    #[test]
+    fn one_lookup_in_sample_is_timed() {
+        let n = (0..L1_SAMPLE * 10).filter(|_| sample_l1()).count();
+        assert_eq!(n, 10);
     }
 }

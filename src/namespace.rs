@@ -78,6 +78,7 @@ impl NamespaceCore {
         // Redis being down) must say so from the start.
         if core.bypass.load(Relaxed) {
             core.metrics.bypassing.set(1.0);
+            core.metrics.bypass_time.follow(|| true);
         }
         core
     }
@@ -155,6 +156,18 @@ impl NamespaceCore {
             self.evict(k);
         }
         self.metrics.inv_applied.inc();
+        if keys.len() > 1 {
+            self.metrics.inv_coalesced.add(keys.len() as u64 - 1);
+        }
+    }
+
+    /// Refreshes the gauges that follow state rather than events (L1 size, time bypassed).
+    pub(crate) fn refresh_gauges(&self) -> (u64, u64) {
+        let (entries, weight) = (self.l1.entry_count(), self.l1.weighted_size());
+        self.metrics.l1_entries.set(entries as f64);
+        self.metrics.l1_weighted_size.set(weight as f64);
+        self.metrics.bypass_time.total();
+        (entries, weight)
     }
 
     /// Evicts a key Redis reported modified (see `tracking.rs`).
@@ -176,6 +189,7 @@ impl NamespaceCore {
             return;
         }
         self.metrics.bypassing.set(if bypass { 1.0 } else { 0.0 });
+        self.metrics.bypass_time.follow(|| self.bypass.load(SeqCst));
         if bypass {
             tracing::warn!(target: "tiered_cache::bus", namespace = %self.name, ?delivery_age,
                 bound = ?self.policy.staleness_bound, "bus cannot vouch for L1: bypassing it");
@@ -422,9 +436,14 @@ where
             core.metrics.l1_bypass.inc();
             return Lookup::Miss;
         }
+        // One lookup in L1_SAMPLE is timed: reading the clock on every hit would double it.
+        let timed = crate::metrics::sample_l1().then(Instant::now);
         let found = with_key_str(key, |k| core.lookup(k));
         if let Lookup::Fresh(_) | Lookup::Due(_) = found {
             core.metrics.l1_hit.inc();
+            if let Some(start) = timed {
+                core.metrics.latency.l1.record(start.elapsed());
+            }
         }
         found
     }

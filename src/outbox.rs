@@ -768,7 +768,8 @@ pub(crate) async fn run_replayer(shared: Arc<Shared>, retry: Duration) {
         }
         if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
             let before = shared.outbox.len();
-            drain(&shared).await;
+            let span = tracing::info_span!("outbox_replay", entries = before);
+            tracing::Instrument::instrument(drain(&shared), span).await;
             let after = shared.outbox.len();
             if after < before {
                 tracing::info!(target: "tiered_cache::outbox", replayed_or_superseded = before - after,

@@ -22,10 +22,11 @@ fn record_clear_in_redis(server: &RedisServer, floor: u64) {
 
 /// A whole-namespace message as the clear script publishes it.
 fn namespace_message(origin: u64, version: u64, epoch: u64, ns: &str) -> Vec<u8> {
-    let mut m = vec![0xC1, 1, 1];
+    let mut m = vec![0xC1, 2, 1];
     m.extend_from_slice(&origin.to_be_bytes());
     m.extend_from_slice(&version.to_be_bytes());
     m.extend_from_slice(&epoch.to_be_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes()); // send time: feeds the lag metric only
     m.extend_from_slice(&(ns.len() as u16).to_be_bytes());
     m.extend_from_slice(ns.as_bytes());
     m
@@ -75,7 +76,7 @@ async fn an_unreadable_message_reloads_the_floors() {
     // A clear this node never heard of (say, its message was the unreadable one).
     let floor = meta_u64(&server, "version") + 1;
     record_clear_in_redis(&server, floor);
-    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x02from a newer build"]);
+    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x09from a newer build"]);
     eventually("L1 cleared", PATIENCE, || async {
         ra.get_local("k").is_none()
     })

@@ -54,6 +54,14 @@ impl BusListener {
     }
 }
 
+/// Where the namespace starts: after magic, format, kind, origin, version, epoch, send time.
+const NAMESPACE_AT: usize = 35;
+
+/// The publisher's wall clock (unix ms) a message carries.
+pub fn sent_ms(msg: &[u8]) -> u64 {
+    u64::from_be_bytes(msg[27..35].try_into().unwrap())
+}
+
 /// The version a message carries.
 pub fn version(msg: &[u8]) -> u64 {
     u64::from_be_bytes(msg[11..19].try_into().unwrap())
@@ -62,7 +70,7 @@ pub fn version(msg: &[u8]) -> u64 {
 /// The keys of a kind 0 message, with its namespace.
 pub fn keys_of(msg: &[u8]) -> (String, Vec<String>) {
     assert_eq!(msg[2], KIND_KEYS, "not a keys message");
-    let mut at = 27;
+    let mut at = NAMESPACE_AT;
     let ns = section(msg, &mut at);
     (ns, key_list(msg, &mut at))
 }
@@ -70,7 +78,7 @@ pub fn keys_of(msg: &[u8]) -> (String, Vec<String>) {
 /// The sections (namespace, keys) of a kind 3 message.
 pub fn sections_of(msg: &[u8]) -> Vec<(String, Vec<String>)> {
     assert_eq!(msg[2], KIND_MULTI, "not a multi-namespace message");
-    let mut at = 27;
+    let mut at = NAMESPACE_AT;
     assert_eq!(
         section(msg, &mut at),
         "",
