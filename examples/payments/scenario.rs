@@ -744,12 +744,14 @@ impl Payments {
     ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         let id = self.store.transfer(from, to, amount)?;
         self.log.push(format!("store:transfer:{id}"));
-        for wallet in [from, to] {
-            let key = BalanceKey(wallet.into());
-            self.balances.invalidate(&key).await?;
+        // One script and one message per namespace for both wallets.
+        let balances = [BalanceKey(from.into()), BalanceKey(to.into())];
+        self.balances.invalidate_many(&balances).await?;
+        for key in &balances {
             self.log.push(format!("cache:invalidate:{key}"));
-            self.recent.invalidate(&RecentTxKey(wallet.into())).await?;
         }
+        let recent = [RecentTxKey(from.into()), RecentTxKey(to.into())];
+        self.recent.invalidate_many(&recent).await?;
         Ok(id)
     }
 

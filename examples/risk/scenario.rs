@@ -562,22 +562,17 @@ impl TenantRisk {
         self.invalidate_profile(user).await
     }
 
-    /// `batchInvalidate`: many users of this tenant, on every node. The crate has no batch
-    /// invalidation of listed keys, so these are concurrent single-key invalidations (one
-    /// script and one message each, over one multiplexed connection). Returns how many
+    /// `batchInvalidate`: many users of this tenant, on every node: one script and one message
+    /// per namespace (`invalidate_many`), whatever the number of users. Returns how many
     /// entries were invalidated.
     pub async fn batch_invalidate(&self, users: &[UserId]) -> tiered_cache::Result<usize> {
         let keys: Vec<RiskKey> = users.iter().map(|u| self.key(u)).collect();
-        let metrics = keys.iter().map(|k| self.metrics.invalidate(k));
-        let profiles = keys.iter().map(|k| self.profiles.invalidate(k));
         let (m, p) = futures_util::future::join(
-            futures_util::future::join_all(metrics),
-            futures_util::future::join_all(profiles),
+            self.metrics.invalidate_many(&keys),
+            self.profiles.invalidate_many(&keys),
         )
         .await;
-        m.into_iter()
-            .chain(p)
-            .collect::<tiered_cache::Result<Vec<()>>>()?;
+        m.and(p)?;
         Ok(keys.len() * 2)
     }
 
