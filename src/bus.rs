@@ -20,6 +20,8 @@
 //!
 //! Kind 3 (keys of several namespaces, one tag invalidation: see `l2/multi.rs`) has an empty
 //! namespace, then a u16 count of sections, each a u16-length namespace and a key list as above.
+//! Its script appends the sections after the tail it is handed, so the send time (built here,
+//! into the tail) sits at the same offset as in every other kind.
 //! A node older than kind 3 reads it as unreadable and resynchronises: safe, if costly.
 //!
 //! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is

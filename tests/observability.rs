@@ -210,11 +210,21 @@ async fn time_bypassed_grows_while_the_bus_cannot_vouch() {
     .await;
     server.restart();
     eventually("trusted again", PATIENCE, || async { !ns(&a).l1_bypassed }).await;
-    let done = ns(&a).l1_bypass_time;
-    assert!(done > idle, "{done:?} > {idle:?}");
-    // Not bypassed: the total stands still.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(ns(&a).l1_bypass_time, done);
+    // The clock stops once trusted (the flag flips an instant before it does): two reads
+    // 20 ms apart agree.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let done = loop {
+        let t = ns(&a).l1_bypass_time;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if ns(&a).l1_bypass_time == t {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bypass clock never stopped"
+        );
+    };
+    assert!(done > t1 && t1 >= idle, "{idle:?} <= {t1:?} < {done:?}");
 }
 
 /// A message stamped 5 s ago (a publisher whose clock is behind, or a slow delivery) counts
