@@ -145,7 +145,7 @@ impl NamespacePolicy {
     }
 
     /// Loader hard timeout: a load running longer is abandoned, and callers get
-    /// [`Error::LoaderTimeout`](crate::Error::LoaderTimeout) (or a stale value, with fail-safe).
+    /// [`Error::LoaderTimeout`] (or a stale value, with fail-safe).
     /// Default: off (a loader may run as long as it likes).
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);

@@ -6,7 +6,7 @@
 //! | type | default serde form | round trip |
 //! |---|---|---|
 //! | `rust_decimal::Decimal` | its string, e.g. `"-1.500"` | exact (mantissa, scale, trailing zeros) for every value **except negative zero**: `-0.00` comes back as `0.00` (same scale, equal by `==`, sign bit lost: `Decimal`'s parser drops it) |
-//! | `Decimal` with [`exact::decimal`](decimal) | its 16-byte binary form (`Decimal::serialize`) | exact for every value, negative zero included; smaller and cheaper to decode |
+//! | `Decimal` with [`exact::decimal`](crate::exact::decimal) | its 16-byte binary form (`Decimal::serialize`) | exact for every value, negative zero included; smaller and cheaper to decode |
 //! | `std::time::SystemTime` | `{secs_since_epoch, nanos_since_epoch}` | exact to the nanosecond from the Unix epoch on; a time before the epoch cannot be encoded (`set` returns `Error::Encode`, nothing is cached) |
 //! | `i64` Unix nanoseconds | a MessagePack integer | exact |
 //!
