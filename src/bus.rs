@@ -18,6 +18,10 @@
 //! as good as the clock sync between nodes, and never decides what is applied. A message the
 //! outbox replays is built at replay time and carries that time.
 //!
+//! Format 1 (before the send time) is still read, without a lag sample. A format 1 node reads
+//! format 2 as unreadable and resynchronises on every message, heartbeats included: safe, but
+//! its L1 is as good as off until it is upgraded, so upgrade a fleet's nodes together.
+//!
 //! Kind 3 (keys of several namespaces, one tag invalidation: see `l2/multi.rs`) has an empty
 //! namespace, then a u16 count of sections, each a u16-length namespace and a key list as above.
 //! Its script appends the sections after the tail it is handed, so the send time (built here,
@@ -41,6 +45,9 @@ use std::time::Duration;
 
 const MAGIC: u8 = 0xC1;
 const FORMAT: u8 = 2;
+/// The format before the send time: still read (without a lag sample), so nodes of this
+/// version tolerate older ones during a rolling upgrade.
+const FORMAT_1: u8 = 1;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
@@ -172,8 +179,9 @@ pub(crate) struct Incoming<'a> {
     pub(crate) origin: u64,
     pub(crate) version: u64,
     pub(crate) epoch: u64,
-    /// The publisher's wall clock when it built the message, unix ms.
-    pub(crate) sent_ms: u64,
+    /// The publisher's wall clock when it built the message, unix ms (`None` from a format 1
+    /// publisher, which did not send it).
+    pub(crate) sent_ms: Option<u64>,
     pub(crate) namespace: &'a str,
     pub(crate) scope: Scope<'a>,
 }
@@ -181,14 +189,19 @@ pub(crate) struct Incoming<'a> {
 /// Parses a message; `None` for anything malformed. Never panics.
 pub(crate) fn decode(bytes: &[u8]) -> Option<Incoming<'_>> {
     let mut r = Reader(bytes);
-    if r.take(2)? != [MAGIC, FORMAT] {
-        return None;
-    }
+    let format = match r.take(2)? {
+        [MAGIC, f @ (FORMAT_1 | FORMAT)] => *f,
+        _ => return None,
+    };
     let kind = r.take(1)?[0];
     let origin = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let version = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
     let epoch = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
-    let sent_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let sent_ms = if format == FORMAT_1 {
+        None
+    } else {
+        Some(u64::from_be_bytes(r.take(8)?.try_into().ok()?))
+    };
     let ns_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
     let namespace = std::str::from_utf8(r.take(ns_len)?).ok()?;
     let scope = match kind {
@@ -361,16 +374,22 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
 pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The gauges that follow state, not events (L1 sizes need a moka maintenance pass), move
+    // about once a second, and after the heartbeat is out: they never delay the proof.
+    let gauges_every = (Duration::from_secs(1).as_millis() / interval.as_millis().max(1)).max(1);
+    let mut ticks: u128 = 0;
     loop {
         tick.tick().await;
-        // The gauges that follow state, not events, move with the heartbeat.
-        for ns in shared.namespaces() {
-            ns.refresh_gauges();
-        }
         // Read the clock before sending: the proof covers what was published up to here.
         let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
         if let Ok(stamp) = shared.l2.heartbeat(&message).await {
             shared.observe_epoch(stamp.epoch);
+        }
+        ticks += 1;
+        if ticks % gauges_every == 0 {
+            for ns in shared.namespaces() {
+                ns.refresh_gauges();
+            }
         }
     }
 }
@@ -560,10 +579,10 @@ mod tests {
         let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42, 5);
         let after = wall_clock_ms();
         let d = decode(&m).unwrap();
+        let sent = d.sent_ms.unwrap();
         assert!(
-            (before..=after).contains(&d.sent_ms),
-            "send time {} not within [{before}, {after}]",
-            d.sent_ms
+            (before..=after).contains(&sent),
+            "send time {sent} not within [{before}, {after}]"
         );
         assert_eq!(
             d,
@@ -592,15 +611,23 @@ mod tests {
             assert_eq!(m[1], 2, "format");
             let at = u64::from_be_bytes(m[27..35].try_into().unwrap());
             assert!((before..=after).contains(&at), "kind {}: {at}", m[2]);
-            assert_eq!(decode(m).unwrap().sent_ms, at);
+            assert_eq!(decode(m).unwrap().sent_ms, Some(at));
         }
     }
 
     #[test]
-    fn a_format_1_message_is_unreadable() {
-        let mut m = Outgoing::keys(7, "rate", &["a"]).assemble(1, 5);
+    fn a_format_1_message_is_read_without_a_send_time() {
+        // Format 1 is format 2 without the 8 bytes of send time after the epoch.
+        let mut m = Outgoing::keys(7, "rate", &["a", "b"]).assemble(1, 5);
         m[1] = 1;
-        assert!(decode(&m).is_none());
+        m.drain(27..35);
+        let d = decode(&m).unwrap();
+        assert_eq!(
+            (d.sent_ms, d.version, d.namespace, d.scope),
+            (None, 1, "rate", Scope::Keys(vec!["a", "b"]))
+        );
+        m[1] = 3;
+        assert!(decode(&m).is_none(), "an unknown format is unreadable");
     }
 
     #[test]

@@ -220,10 +220,11 @@ impl Shared {
     }
 
     async fn resync_inner(&self) -> std::result::Result<(), L2Error> {
-        self.bus.metrics.resyncs.inc();
         let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
         let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
         let (stamp, floors) = self.l2.floors(&names).await?;
+        // Counted once it happens: an attempt Redis did not answer cleared nothing.
+        self.bus.metrics.resyncs.inc();
         if stamp.epoch != 0 {
             self.epoch.store(stamp.epoch, SeqCst);
             // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
@@ -332,8 +333,9 @@ pub struct Stats {
     /// Resynchronisations (L1 cleared, floors reloaded): after every subscription, hole in the
     /// sequence, unreadable message or new epoch of Redis's version counter.
     pub bus_resyncs: u64,
-    /// Invalidation messages known lost: the sum of the holes in the version sequence (each
-    /// hole caused a resync, so nothing stale was served because of them).
+    /// Invalidation messages known lost: the sum of the holes in the version sequence. Each
+    /// hole caused a resync once found (by the next message or heartbeat): stale reads were
+    /// possible only until then, within the staleness bound where one is set.
     pub bus_invalidations_lost: u64,
 }
 

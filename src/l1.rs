@@ -116,15 +116,9 @@ impl L1Tier {
         self.cache.invalidate_all()
     }
 
-    /// Approximate: moka applies some bookkeeping lazily.
-    pub(crate) fn entry_count(&self) -> u64 {
+    /// Entries and summed weight, after one maintenance pass.
+    pub(crate) fn size(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
-        self.cache.entry_count()
-    }
-
-    /// The summed weight of the entries (bytes, for a byte-bounded L1; else entries).
-    pub(crate) fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 }

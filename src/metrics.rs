@@ -29,8 +29,8 @@
 //! | `tiered_cache_invalidation_lag_seconds` (histogram) | namespace | receiver's wall clock minus the publisher's, per message from another node applied here (negative skew counts as 0): only as good as the nodes' clock sync |
 //! | `tiered_cache_invalidations_coalesced_total` | namespace | keys beyond the first carried by one applied message (batch and tag invalidations): keys evicted = applied key messages + this |
 //! | `tiered_cache_invalidations_lost_total` | | messages known lost: the holes in the version sequence (each hole also counts a `gap` event and causes a resync) |
-//! | `tiered_cache_l1_bypass_seconds_total` | namespace | time spent with L1 bypassed, in whole seconds (the facade's counters are integers), refreshed on every change, every heartbeat and by `stats()` |
-//! | `tiered_cache_l1_entries` (gauge) | namespace | L1 entries (approximate), refreshed every heartbeat and by `stats()` |
+//! | `tiered_cache_l1_bypass_seconds_total` | namespace | time spent with L1 bypassed, in whole seconds (the facade's counters are integers), refreshed on every change, about once a second and by `stats()` |
+//! | `tiered_cache_l1_entries` (gauge) | namespace | L1 entries (approximate), refreshed about once a second (after a heartbeat) and by `stats()` |
 //! | `tiered_cache_l1_weighted_size` (gauge) | namespace | L1's summed weight (bytes under `l1_max_bytes`, else entries), refreshed with the above |
 //! | `tiered_cache_bus_connected` (gauge) | | 1 while the invalidation subscriber is listening |
 //! | `tiered_cache_bus_epoch` (gauge) | | the epoch of Redis's version counter this node follows (changes when Redis lost it) |
@@ -378,7 +378,9 @@ impl NamespaceMetrics {
 
     /// Records the lag of a message from another node: `now_ms` minus `sent_ms`, both wall
     /// clocks (unix ms); a sender's clock ahead of ours counts as no lag.
-    pub(crate) fn invalidation_lag(&self, sent_ms: u64, now_ms: u64) {
+    /// Records a message's lag; nothing for a message without a send time (format 1).
+    pub(crate) fn invalidation_lag(&self, sent_ms: Option<u64>, now_ms: u64) {
+        let Some(sent_ms) = sent_ms else { return };
         let lag = now_ms.saturating_sub(sent_ms);
         self.lag.record(lag);
         self.lag_exported.record(lag as f64 / 1000.0);

@@ -163,7 +163,7 @@ impl NamespaceCore {
 
     /// Refreshes the gauges that follow state rather than events (L1 size, time bypassed).
     pub(crate) fn refresh_gauges(&self) -> (u64, u64) {
-        let (entries, weight) = (self.l1.entry_count(), self.l1.weighted_size());
+        let (entries, weight) = self.l1.size();
         self.metrics.l1_entries.set(entries as f64);
         self.metrics.l1_weighted_size.set(weight as f64);
         self.metrics.bypass_time.total();
@@ -694,6 +694,8 @@ where
     /// Removes many keys from Redis and from every node's L1: one script and one message per
     /// [`INVALIDATE_BATCH`] keys (duplicates removed), instead of one per key. Same guarantees
     /// as [`invalidate`](Self::invalidate), including the queue while Redis is unreachable.
+    /// On an error every listed key has left this node's L1, and the batches before the failed
+    /// one have been invalidated everywhere.
     ///
     /// ```no_run
     /// # async fn run(metrics: tiered_cache::Namespace<str, f64>) -> tiered_cache::Result<()> {
@@ -709,8 +711,14 @@ where
         keys.sort_unstable();
         keys.dedup();
         for chunk in keys.chunks(INVALIDATE_BATCH) {
-            self.invalidate_strings(chunk.to_vec(), "invalidate_many")
-                .await?;
+            if let Err(e) = self
+                .invalidate_strings(chunk.to_vec(), "invalidate_many")
+                .await
+            {
+                // What Redis did not get must not be served from here either.
+                keys.iter().for_each(|k| self.core.evict(k));
+                return Err(e);
+            }
         }
         Ok(())
     }

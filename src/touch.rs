@@ -47,9 +47,10 @@ where
     }
 
     /// Reads a value as [`get`](Self::get) does and, if there is one, extends it as
-    /// [`touch`](Self::touch) does, but only if Redis still holds the very version read: a
-    /// write that landed in between wins with its own TTL, and the value returned is the one
-    /// read. When Redis cannot be reached the value is returned unextended (the failure is
+    /// [`touch`](Self::touch) does: the version this node's L1 holds after the read (the one
+    /// read, unless a newer one arrived meanwhile), so a write that landed in Redis after that
+    /// keeps its own TTL. When the read left nothing in L1 (bypassed, or raced by an
+    /// invalidation), whichever version is live is extended, as `touch` does. When Redis cannot be reached the value is returned unextended (the failure is
     /// counted in [`NamespaceStats::l2_errors`](crate::NamespaceStats)).
     pub async fn get_and_touch(&self, key: &K) -> Option<Arc<V>> {
         let value = self.get(key).await?;

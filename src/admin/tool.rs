@@ -748,13 +748,14 @@ pub struct BusEvent {
     /// Per namespace, what it invalidates (empty for a heartbeat).
     pub targets: Vec<EventTarget>,
     /// When the publisher built it: its wall clock, unix milliseconds (a replayed write
-    /// carries its replay time).
-    pub sent_ms: u64,
+    /// carries its replay time). `None` from a publisher of the older format without it.
+    pub sent_ms: Option<u64>,
     /// When it was received here, unix milliseconds.
     pub received_ms: u64,
     /// `received_ms - sent_ms`: the invalidation's lag, as good as the clock sync between
-    /// the publisher's host and this one. Zero when the publisher's clock is ahead.
-    pub lag: Duration,
+    /// the publisher's host and this one. Zero when the publisher's clock is ahead; `None`
+    /// without a send time.
+    pub lag: Option<Duration>,
 }
 
 impl BusEvent {
@@ -795,7 +796,9 @@ impl BusEvent {
             targets,
             sent_ms: msg.sent_ms,
             received_ms,
-            lag: Duration::from_millis(received_ms.saturating_sub(msg.sent_ms)),
+            lag: msg
+                .sent_ms
+                .map(|sent| Duration::from_millis(received_ms.saturating_sub(sent))),
         }
     }
 }

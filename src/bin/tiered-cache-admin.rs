@@ -242,11 +242,11 @@ fn event_json(e: &BusEvent) -> Value {
         "epoch": e.epoch,
         "targets": targets,
         "sent_ms": e.sent_ms,
-        "sent_at": rfc3339(e.sent_ms),
+        "sent_at": e.sent_ms.map(rfc3339),
         "received_ms": e.received_ms,
         "received_at": rfc3339(e.received_ms),
         // Receiver's clock minus the publisher's: as good as the hosts' clock sync.
-        "lag_ms": e.lag.as_millis() as u64,
+        "lag_ms": e.lag.map(|l| l.as_millis() as u64),
     })
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 // KEYS: meta, value key. ARGV: expected version ('' for whichever is live), new expiry (unix
 // ms), how long Redis keeps the key (ms), now (unix ms), floor field.
 // Returns {1, version, expiry} when extended (expiry: the later of the old and the new one),
-// {0, version or 0, 0} when refused. Refused: no key, foreign bytes, an envelope format this
-// build does not know, a tombstone, a cached "not found", an entry without expiry, another
+// {0, version or 0, 0} when refused. Refused: no key, foreign bytes, an envelope format or
+// flag this build does not know (`codec::decode` refuses the same), a tombstone, a cached "not found", an entry without expiry, another
 // version than expected, a value below the namespace floor (cleared), or one already past its
 // expiry (kept only for fail-safe: a touch does not revive it).
 const TOUCH: &str = r"
@@ -28,6 +28,7 @@ if not cur or string.len(cur) < 19 or string.byte(cur, 1) ~= 193 or string.byte(
   return {0, 0, 0}
 end
 local flags = string.byte(cur, 3)
+if bit.band(flags, 240) ~= 0 then return {0, 0, 0} end
 if bit.band(flags, 1) == 1 or bit.band(flags, 8) == 8 or bit.band(flags, 4) == 0 then
   return {0, 0, 0}
 end

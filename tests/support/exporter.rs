@@ -49,7 +49,7 @@ pub const DESCRIBED: &[(&str, &str)] = &[
     ("tiered_cache_invalidations_coalesced_total", "Keys beyond the first carried by one applied invalidation message."),
     ("tiered_cache_invalidations_lost_total", "Invalidation messages known lost (holes in the version sequence; each caused a resync)."),
     ("tiered_cache_l1_bypass_seconds_total", "Time spent with L1 bypassed, in whole seconds."),
-    ("tiered_cache_l1_entries", "L1 entries (approximate), refreshed every heartbeat."),
+    ("tiered_cache_l1_entries", "L1 entries (approximate), refreshed about once a second."),
     ("tiered_cache_l1_weighted_size", "L1's summed weight: bytes under l1_max_bytes, else entries."),
     ("tiered_cache_bus_connected", "1 while the invalidation subscriber is listening."),
     ("tiered_cache_bus_epoch", "Epoch of Redis's version counter this node follows."),
