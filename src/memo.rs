@@ -36,10 +36,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// An async function whose results are cached by key. Cheap to clone (two `Arc`s).
+/// An async function whose results are cached by key. Cheap to clone (a few `Arc`s).
 ///
 /// Made by [`TieredCache::memoize`]. The function's type is erased (it is called through a
 /// pointer, and its future boxed, on misses only), so a `Memoized<K, V>` can be a struct field.
+/// A hit is a `get_or_load` hit: nothing is allocated, the key is not copied.
 pub struct Memoized<K, V> {
     namespace: Namespace<K, V>,
     f: Arc<SourceFn<K, V>>,
@@ -104,9 +105,13 @@ where
     /// (once per key at a time in this process) and caching what it returns on both tiers.
     /// Its error comes back as [`Error::Loader`](crate::Error::Loader) and is not cached.
     pub async fn get(&self, key: &K) -> Result<Arc<V>> {
-        let f = self.f.clone();
-        let arg = key.clone();
-        self.namespace.get_or_load(key, move || f(arg)).await
+        // The call (and the key's copy it owns) is made only on a miss: a hit allocates nothing.
+        let make = || {
+            let (f, arg) = (self.f.clone(), key.clone());
+            move || async move { f(arg).await.map(Some) }
+        };
+        let found = self.namespace.get_or_load_with(key, make).await?;
+        found.ok_or(crate::Error::NotFound)
     }
 
     /// The namespace the results are cached in: to invalidate a key when its source changed,

@@ -526,11 +526,28 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        self.get_or_load_with(key, move || loader).await
+    }
+
+    /// `get_or_load_optional` with a loader made only when one is needed: a fresh L1 hit
+    /// makes none, so a caller whose loader must own a copy of the key (`Memoized`) does not
+    /// pay for the copy on a hit.
+    pub(crate) async fn get_or_load_with<M, F, Fut, E>(
+        &self,
+        key: &K,
+        make_loader: M,
+    ) -> Result<Option<Arc<V>>>
+    where
+        M: FnOnce() -> F,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
         let stale = match self.local(key) {
             Lookup::Fresh(e) => return Ok(downcast(e.value)),
             Lookup::Due(e) => {
                 let value = downcast(e.value.clone());
-                self.refresh(key_string(key), e, loader);
+                self.refresh(key_string(key), e, make_loader());
                 return Ok(value);
             }
             Lookup::Stale(e) => Some(e),
@@ -538,7 +555,7 @@ where
         };
         self.core.metrics.l1_miss.inc();
         // Boxed for the same reason as in `get`.
-        Box::pin(self.load_once(key_string(key), loader, stale)).await
+        Box::pin(self.load_once(key_string(key), make_loader(), stale)).await
     }
 
     /// Starts one background refresh of a key due for it, unless one is running.
