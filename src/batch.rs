@@ -158,9 +158,12 @@ where
     /// Redis, one invalidation message listing every key, then this node's L1 updated.
     ///
     /// One outcome per entry, in order. A value that cannot be encoded fails alone
-    /// (`Error::Encode`) and is not written; if Redis cannot be reached, every other entry
-    /// fails with `Error::Unavailable`, as [`set`](Self::set) does, and this node's L1 no
-    /// longer holds those keys.
+    /// (`Error::Encode`) and is not written. If Redis cannot be reached, or writes of this
+    /// namespace are still queued from an outage, every entry is queued in the outbox and
+    /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`; with
+    /// [strict writes](Self::strict_writes) they fail with `Error::Unavailable` instead (and
+    /// this node's L1 no longer holds those keys). Tagged batch writes are never queued (a
+    /// replay would lose the tags): they fail with `Unavailable`.
     pub async fn set_many<'k>(
         &self,
         entries: impl IntoIterator<Item = (&'k K, V)>,
@@ -393,6 +396,10 @@ where
         if batch.is_empty() {
             return out;
         }
+        if tags.is_empty() && shared.outbox.has_pending(&core.name) {
+            // Operations of this namespace are queued: these writes must land after them.
+            return self.write_behind_queue(out, batch).await;
+        }
         let keys: Vec<&str> = batch.iter().map(|(_, k, ..)| k.as_str()).collect();
         let before: Vec<Ticket> = keys.iter().map(|k| core.gens.ticket(k)).collect();
         let message = Outgoing::keys(shared.node_id, &core.name, &keys);
@@ -430,6 +437,11 @@ where
                     }
                 }
             }
+            Err(e) if e.is_unreachable() && tags.is_empty() && !self.is_strict() => {
+                // Degraded, not failed: each write queued as `set` queues it.
+                core.metrics.l2_failed(e.kind());
+                self.enqueue_writes(batch);
+            }
             Err(e) => {
                 core.metrics.l2_failed(e.kind());
                 let err = e.into_error("set_many");
@@ -441,4 +453,36 @@ where
         }
         out
     }
+
+    /// Writes that must land behind what the outbox holds for the namespace: queued behind it,
+    /// or for a strict handle, written one by one as `set` orders them.
+    async fn write_behind_queue(
+        &self,
+        mut out: Vec<Result<()>>,
+        batch: Vec<Encoded<V>>,
+    ) -> Vec<Result<()>> {
+        if !self.is_strict() {
+            self.enqueue_writes(batch);
+            return out;
+        }
+        for (i, key, _, value) in batch {
+            out[i] = self.set_key(key, value).await;
+        }
+        out
+    }
+
+    /// Queues each write in the outbox, as `set` does while Redis is unreachable.
+    fn enqueue_writes(&self, batch: Vec<Encoded<V>>) {
+        let shared = self.cache.shared();
+        for (_, key, (encoded, life), value) in batch {
+            let entry = self.local_only(value, &life, &encoded);
+            shared
+                .outbox
+                .enqueue_write(&self.core, key, encoded, Some(entry));
+        }
+    }
 }
+
+/// One entry of a batch write: its place in the caller's list, its key, its encoded form and
+/// life, and its value.
+type Encoded<V> = (usize, String, (codec::Encoded, crate::namespace::Life), V);

@@ -597,7 +597,7 @@ where
 
     /// The L1 entry of a write Redis has not taken yet: version 0, so any value read from
     /// Redis later replaces it.
-    fn local_only(&self, value: V, life: &Life, encoded: &codec::Encoded) -> L1Entry {
+    pub(crate) fn local_only(&self, value: V, life: &Life, encoded: &codec::Encoded) -> L1Entry {
         let value = Some(Arc::new(value) as AnyValue);
         (self.core).l1_entry(value, 0, Some(life.expires_ms), encoded.plain_len)
     }
@@ -615,8 +615,12 @@ where
     /// is unknown (a timeout may come after the write ran): retry, or invalidate once Redis is
     /// back.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
+        self.set_key(key_string(key), value).await
+    }
+
+    /// `set`, for a key already in its string form.
+    pub(crate) async fn set_key(&self, key: String, value: V) -> Result<()> {
         let shared = self.cache.shared();
-        let key = key_string(key);
         let life = self.core.l2_life(false);
         let encoded = codec::encode(
             Some(&value),
@@ -852,7 +856,7 @@ where
         }
     }
 
-    fn is_strict(&self) -> bool {
+    pub(crate) fn is_strict(&self) -> bool {
         self.strict
             .unwrap_or_else(|| self.cache.shared().strict_writes)
     }
