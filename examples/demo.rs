@@ -467,6 +467,7 @@ async fn main() {
             stopped.elapsed().as_secs_f64() * 1e3
         );
     }
+    print_health(&nodes, mode.is_none()).await;
     if !hold.is_zero() {
         println!(
             "holding for {} s: writer and paced readers keep running for the scrapers",
@@ -477,6 +478,39 @@ async fn main() {
     }
     if disagreements > 0 {
         std::process::exit(1);
+    }
+}
+
+/// What `health()`, `stats()` and `redis_info()` report: the figures an operator would watch.
+async fn print_health(nodes: &[TieredCache], l1_only: bool) {
+    println!();
+    for (i, node) in nodes.iter().enumerate() {
+        let h = node.health().await;
+        let lag = node.stats().namespace("rate").map(|s| s.invalidation_lag);
+        let lag = lag.map_or("-".to_string(), |l| {
+            format!(
+                "p50 {:?} p99 {:?} max {:?} over {} messages",
+                l.p50, l.p99, l.max, l.samples
+            )
+        });
+        println!(
+            "node {i}: redis reachable {}, subscribed {}, breaker {:?}, last heartbeat {:?} ago; rate invalidation lag {lag}",
+            h.redis_reachable, h.subscribed, h.breaker, h.last_heartbeat_age.unwrap_or_default()
+        );
+    }
+    if l1_only {
+        return;
+    }
+    match nodes[0].redis_info().await {
+        Ok(info) => println!(
+            "redis: keyspace hit ratio {}, used memory {} bytes, slow log {} entries, version {}",
+            info.hit_ratio()
+                .map_or("-".into(), |r| format!("{:.1} %", r * 100.0)),
+            info.used_memory.map_or("-".into(), |m| m.to_string()),
+            info.slowlog_len.map_or("-".into(), |n| n.to_string()),
+            info.redis_version.as_deref().unwrap_or("-"),
+        ),
+        Err(e) => println!("redis: INFO failed: {e}"),
     }
 }
 
