@@ -11,7 +11,9 @@
 //!   connection: one round trip, and each goes through the same timeout and back-off as every
 //!   other Redis call.
 //! - **Writes** are one script: one version drawn for the whole batch, every value stored,
-//!   one invalidation message listing every key.
+//!   one invalidation message listing every key. While writes of the namespace are queued in
+//!   the outbox (Redis unreachable, or not yet replayed), a batch joins the queue (or, strict,
+//!   goes key by key) instead: its keys then get versions of their own.
 //!
 //! Outcomes are per key, in the caller's order. A key asked twice is fetched and loaded once.
 //! Counts are per key too (a batch of 100 counts like 100 single calls), except Redis errors,
@@ -35,6 +37,7 @@ use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// A key of a batch that L1 could not answer.
 pub(crate) struct Pending<'k, K: ?Sized> {
@@ -160,10 +163,12 @@ where
     /// One outcome per entry, in order. A value that cannot be encoded fails alone
     /// (`Error::Encode`) and is not written. If Redis cannot be reached, or writes of this
     /// namespace are still queued from an outage, every entry is queued in the outbox and
-    /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`; with
-    /// [strict writes](Self::strict_writes) they fail with `Error::Unavailable` instead (and
-    /// this node's L1 no longer holds those keys). Tagged batch writes are never queued (a
-    /// replay would lose the tags): they fail with `Unavailable`.
+    /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`. With
+    /// [strict writes](Self::strict_writes), Redis unreachable fails them with
+    /// `Error::Unavailable` (and this node's L1 no longer holds those keys), and writes still
+    /// queued make them go key by key, each behind what is queued for it, as `set` does.
+    /// Tagged batch writes are never queued (a replay would lose the tags): with Redis
+    /// unreachable they fail with `Unavailable`.
     pub async fn set_many<'k>(
         &self,
         entries: impl IntoIterator<Item = (&'k K, V)>,
@@ -218,7 +223,16 @@ where
     ) -> (Vec<Option<Arc<V>>>, Option<Stamp>) {
         let (core, shared) = (&*self.core, self.cache.shared());
         let keys: Vec<&str> = pending.iter().map(|p| p.string.as_str()).collect();
-        let (values, seen) = match shared.l2.get_many(&core.name, &keys, stamp).await {
+        let span = tracing::debug_span!("l2_read_many", namespace = %core.name, tier = "l2",
+            keys = keys.len(), hits = tracing::field::Empty);
+        // One latency observation per MGET, with the decodes, as `get` has one per GET.
+        let start = std::time::Instant::now();
+        let read = shared
+            .l2
+            .get_many(&core.name, &keys, stamp)
+            .instrument(span.clone())
+            .await;
+        let (values, seen) = match read {
             Ok(read) => read,
             Err(e) => {
                 core.metrics.l2_failed(e.kind());
@@ -258,6 +272,8 @@ where
                 | L2Read::Unavailable => None,
             });
         }
+        core.metrics.latency.l2.record(start.elapsed());
+        span.record("hits", found.iter().filter(|f| f.is_some()).count());
         (found, seen)
     }
 

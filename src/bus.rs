@@ -370,14 +370,17 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
     }
 }
 
+/// How often the heartbeat task refreshes the state gauges (L1 size, time bypassed), at most:
+/// with a heartbeat slower than this, every heartbeat.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
 /// Publishes this node's heartbeat every `interval`, until aborted.
 pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The gauges that follow state, not events (L1 sizes need a moka maintenance pass), move
-    // about once a second, and after the heartbeat is out: they never delay the proof.
-    let gauges_every = (Duration::from_secs(1).as_millis() / interval.as_millis().max(1)).max(1);
-    let mut ticks: u128 = 0;
+    // at most once a second, and after the heartbeat is out: they never delay the proof.
+    let mut gauges_at = std::time::Instant::now();
     loop {
         tick.tick().await;
         // Read the clock before sending: the proof covers what was published up to here.
@@ -385,8 +388,8 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
         if let Ok(stamp) = shared.l2.heartbeat(&message).await {
             shared.observe_epoch(stamp.epoch);
         }
-        ticks += 1;
-        if ticks % gauges_every == 0 {
+        if gauges_at.elapsed() >= GAUGES_EVERY {
+            gauges_at = std::time::Instant::now();
             for ns in shared.namespaces() {
                 ns.refresh_gauges();
             }

@@ -40,7 +40,8 @@ use std::sync::Arc;
 ///
 /// Made by [`TieredCache::memoize`]. The function's type is erased (it is called through a
 /// pointer, and its future boxed, on misses only), so a `Memoized<K, V>` can be a struct field.
-/// A hit is a `get_or_load` hit: nothing is allocated, the key is not copied.
+/// A fresh hit is a `get_or_load` hit: nothing is allocated, the key is not copied (a hit due
+/// for refresh-ahead copies it for the refresh).
 pub struct Memoized<K, V> {
     namespace: Namespace<K, V>,
     f: Arc<SourceFn<K, V>>,
@@ -105,7 +106,8 @@ where
     /// (once per key at a time in this process) and caching what it returns on both tiers.
     /// Its error comes back as [`Error::Loader`](crate::Error::Loader) and is not cached.
     pub async fn get(&self, key: &K) -> Result<Arc<V>> {
-        // The call (and the key's copy it owns) is made only on a miss: a hit allocates nothing.
+        // The call (and the key's copy it owns) is made only when a load or refresh starts: a
+        // fresh hit allocates nothing.
         let make = || {
             let (f, arg) = (self.f.clone(), key.clone());
             move || async move { f(arg).await.map(Some) }

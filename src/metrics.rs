@@ -25,7 +25,7 @@
 //! | `tiered_cache_breaker_transitions_total` | to (`closed`, `half_open`, `open`) | breaker transitions |
 //! | `tiered_cache_outbox_total` | namespace, event (`queued`, `replayed`, `superseded`, `dropped`) | writes and invalidations queued while Redis was unreachable, and their fate |
 //! | `tiered_cache_outbox_entries` (gauge) | | entries queued or being replayed |
-//! | `tiered_cache_request_duration_seconds` (histogram) | namespace, tier (`l1`, `l2`, `loader`) | `l2`: one Redis read with its decode, every call; `loader`: one loader call, every call; `l1`: a hit, timed on 1 lookup in [`L1_SAMPLE`] per thread |
+//! | `tiered_cache_request_duration_seconds` (histogram) | namespace, tier (`l1`, `l2`, `loader`) | `l2`: one Redis read with its decode, every call (a batch read: one for its MGET); `loader`: one loader call, every call; `l1`: a hit, timed on 1 lookup in [`L1_SAMPLE`] per thread |
 //! | `tiered_cache_invalidation_lag_seconds` (histogram) | namespace | receiver's wall clock minus the publisher's, per message from another node applied here (negative skew counts as 0): only as good as the nodes' clock sync |
 //! | `tiered_cache_invalidations_coalesced_total` | namespace | keys beyond the first carried by one applied message (batch and tag invalidations): keys evicted = applied key messages + this |
 //! | `tiered_cache_invalidations_lost_total` | | messages known lost: the holes in the version sequence (each hole also counts a `gap` event and causes a resync) |

@@ -358,6 +358,7 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     )
     .await;
     assert!(out[0].as_ref().unwrap_err().is_unavailable(), "{out:?}");
+    assert_eq!(fees.get_local("t"), None);
     assert!(stats(&a, "fees").l2_errors > 0);
 
     server.restart();
@@ -577,4 +578,31 @@ async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_que
     assert_eq!(fb.get("x").await, None, "the invalidation is the last word");
     let raw: Vec<u8> = server.cmd(&[b"GET", b"v1:fees:x"]);
     assert_eq!(raw.get(2).map(|f| f & 1), Some(1), "a tombstone in Redis");
+}
+
+#[tokio::test]
+async fn a_failed_invalidate_many_evicts_every_listed_key_locally() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let fees = a.namespace::<str, u64>("fees").unwrap();
+    let names: Vec<String> = (0..1500).map(|i| format!("k{i:04}")).collect();
+    let keys = || names.iter().map(String::as_str);
+    assert!(fees
+        .set_many(keys().zip(0..))
+        .await
+        .iter()
+        .all(Result::is_ok));
+    assert!(keys().all(|k| fees.get_local(k).is_some()));
+    server.kill();
+    // Strict: the first batch of 1000 fails, and the keys of the second batch, never sent,
+    // must not stay in L1 either.
+    let err = bounded(
+        "strict invalidate_many",
+        fees.strict_writes(true).invalidate_many(keys()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(fees.get_local("k1499"), None, "a key of the second batch");
+    assert!(keys().all(|k| fees.get_local(k).is_none()));
 }

@@ -71,6 +71,9 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
     };
     assert_eq!(count("l2"), Some(2.0), "one per Redis read");
     assert_eq!(count("loader"), Some(1.0), "one per loader call");
+    // A batch read of three keys L1 lacks: one Redis read (one MGET), one observation.
+    assert_eq!(ra.get_many(["b1", "b2", "b3"]).await, [None, None, None]);
+    assert_eq!(count("l2"), Some(3.0), "one per MGET");
     // L1 hits on this thread: one in 64 is timed (the thread's countdown may be anywhere, and
     // the reads above advanced it too).
     let before = count("l1").unwrap_or(0.0);

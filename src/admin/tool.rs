@@ -282,6 +282,10 @@ impl Admin {
     /// ones.
     async fn require_known(&self, namespace: &str) -> Result<()> {
         check_namespace(namespace)?;
+        if self.has_trace_of(namespace).await? {
+            return Ok(());
+        }
+        // Unknown: the full scan, to name the namespaces that do exist.
         let known = self.known_namespaces().await?;
         if known.iter().any(|n| n == namespace) {
             return Ok(());
@@ -296,6 +300,32 @@ impl Admin {
              tag of it (known: {list})",
             self.prefix
         )))
+    }
+
+    /// The cheap proofs that Redis knows a namespace, first: its floor in the meta hash, or any
+    /// value key (a `SCAN` of the namespace's pattern that stops at the first key found).
+    async fn has_trace_of(&self, namespace: &str) -> Result<bool> {
+        let floor = KeySpace::floor_field(namespace);
+        let meta = self.link.meta().await.map_err(|e| e.into_error("admin"))?;
+        if meta.iter().any(|(field, _)| *field == floor) {
+            return Ok(true);
+        }
+        let pattern = format!("{}{SEPARATOR}{namespace}{SEPARATOR}*", self.prefix);
+        let mut cursor = 0;
+        loop {
+            let page = self
+                .link
+                .scan(cursor, &pattern)
+                .await
+                .map_err(|e| e.into_error("admin"))?;
+            if !page.keys.is_empty() {
+                return Ok(true);
+            }
+            cursor = page.cursor;
+            if cursor == 0 {
+                return Ok(false);
+            }
+        }
     }
 
     /// One full `SCAN` of the prefix plus the meta hash; keeps up to `sample` value keys per

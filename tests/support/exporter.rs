@@ -44,7 +44,7 @@ pub const DESCRIBED: &[(&str, &str)] = &[
     ("tiered_cache_l1_bypass_total", "Reads that skipped L1 while the bus could not vouch for the staleness bound."),
     ("tiered_cache_l1_bypassed", "1 while L1 is bypassed (the bus cannot vouch for the staleness bound)."),
     ("tiered_cache_bus_events_total", "Invalidation bus subscriber events (subscribed, disconnected, own_skipped, malformed, gap, resync)."),
-    ("tiered_cache_request_duration_seconds", "Latency per tier: l2 one Redis read with its decode, loader one loader call (every call), l1 a hit (1 lookup in 64 timed)."),
+    ("tiered_cache_request_duration_seconds", "Latency per tier: l2 one Redis read (or a batch's MGET) with its decode, loader one loader call (every call), l1 a hit (1 lookup in 64 timed)."),
     ("tiered_cache_invalidation_lag_seconds", "Receiver's wall clock minus the publisher's, per message from another node applied (as good as clock sync; negative skew counts as 0)."),
     ("tiered_cache_invalidations_coalesced_total", "Keys beyond the first carried by one applied invalidation message."),
     ("tiered_cache_invalidations_lost_total", "Invalidation messages known lost (holes in the version sequence; each caused a resync)."),
