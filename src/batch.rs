@@ -12,8 +12,9 @@
 //!   other Redis call.
 //! - **Writes** are one script: one version drawn for the whole batch, every value stored,
 //!   one invalidation message listing every key. While writes of the namespace are queued in
-//!   the outbox (Redis unreachable, or not yet replayed), a batch joins the queue (or, strict,
-//!   goes key by key) instead: its keys then get versions of their own.
+//!   the outbox (Redis unreachable, or not yet replayed), an untagged batch joins the queue
+//!   (its keys then get versions of their own); a strict or tagged one takes its keys' queued
+//!   operations out of the queue and lands after them, in one script.
 //!
 //! Outcomes are per key, in the caller's order. A key asked twice is fetched and loaded once.
 //! Counts are per key too (a batch of 100 counts like 100 single calls), except Redis errors,
@@ -165,10 +166,10 @@ where
     /// namespace are still queued from an outage, every entry is queued in the outbox and
     /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`. With
     /// [strict writes](Self::strict_writes), Redis unreachable fails them with
-    /// `Error::Unavailable` (and this node's L1 no longer holds those keys), and writes still
-    /// queued make them go key by key, each behind what is queued for it, as `set` does.
-    /// Tagged batch writes are never queued (a replay would lose the tags): with Redis
-    /// unreachable they fail with `Unavailable`.
+    /// `Error::Unavailable` (and this node's L1 no longer holds those keys), and with writes
+    /// still queued the batch lands after what is queued for its keys, as `set` does. Tagged
+    /// batch writes are never queued (a replay would lose the tags): they land after what is
+    /// queued for their keys too, and with Redis unreachable fail with `Unavailable`.
     pub async fn set_many<'k>(
         &self,
         entries: impl IntoIterator<Item = (&'k K, V)>,
@@ -412,11 +413,27 @@ where
         if batch.is_empty() {
             return out;
         }
-        if tags.is_empty() && shared.outbox.has_pending(&core.name) {
-            // Operations of this namespace are queued: these writes must land after them.
-            return self.write_behind_queue(out, batch).await;
+        let strict = self.is_strict();
+        if tags.is_empty() && !strict && shared.outbox.has_pending(&core.name) {
+            // Writes of this namespace are queued: these join them, to land after them.
+            self.enqueue_writes(batch);
+            return out;
         }
         let keys: Vec<&str> = batch.iter().map(|(_, k, ..)| k.as_str()).collect();
+        // A strict or tagged batch (a replay would lose the tags) cannot be queued: it lands
+        // behind whatever is queued for its keys instead (usually nothing).
+        let route = match shared.outbox.route_keys(shared, core, &keys).await {
+            Ok(route) => route,
+            Err(e) => {
+                core.metrics.l2_failed(e.kind());
+                let err = e.into_error("set_many");
+                for (i, key, ..) in &batch {
+                    core.evict(key);
+                    out[*i] = Err(err.clone());
+                }
+                return out;
+            }
+        };
         let before: Vec<Ticket> = keys.iter().map(|k| core.gens.ticket(k)).collect();
         let message = Outgoing::keys(shared.node_id, &core.name, &keys);
         let entries: Vec<_> = batch
@@ -427,6 +444,7 @@ where
             .l2
             .write_many(&core.name, &entries, tags, &message)
             .await;
+        route.landed(shared, written.is_ok());
         // Fences loads that read Redis before the write landed.
         let after = core.gens.bump_keys(&keys, &before);
         for k in &keys {
@@ -453,7 +471,7 @@ where
                     }
                 }
             }
-            Err(e) if e.is_unreachable() && tags.is_empty() && !self.is_strict() => {
+            Err(e) if e.is_unreachable() && tags.is_empty() && !strict => {
                 // Degraded, not failed: each write queued as `set` queues it.
                 core.metrics.l2_failed(e.kind());
                 self.enqueue_writes(batch);
@@ -466,23 +484,6 @@ where
                     out[i] = Err(err.clone());
                 }
             }
-        }
-        out
-    }
-
-    /// Writes that must land behind what the outbox holds for the namespace: queued behind it,
-    /// or for a strict handle, written one by one as `set` orders them.
-    async fn write_behind_queue(
-        &self,
-        mut out: Vec<Result<()>>,
-        batch: Vec<Encoded<V>>,
-    ) -> Vec<Result<()>> {
-        if !self.is_strict() {
-            self.enqueue_writes(batch);
-            return out;
-        }
-        for (i, key, _, value) in batch {
-            out[i] = self.set_key(key, value).await;
         }
         out
     }

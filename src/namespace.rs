@@ -744,49 +744,30 @@ where
         Ok(())
     }
 
-    /// Invalidates keys in one script and message; a strict call that finds operations queued
-    /// for this namespace goes key by key, so each lands behind what is queued for it.
+    /// Invalidates keys in one script and message, queued while Redis is unreachable (unless
+    /// strict), and always behind what is queued for them.
     async fn invalidate_strings(&self, keys: Vec<String>, op: &'static str) -> Result<()> {
-        if let Some(keys) = self.invalidate_batch(keys, op).await? {
-            for key in keys {
-                self.invalidate_batch(vec![key], op).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Invalidates keys in one script and message. `Some(keys)`, untouched, when they must go
-    /// one by one instead (several keys, a strict call, and operations queued).
-    async fn invalidate_batch(
-        &self,
-        keys: Vec<String>,
-        op: &'static str,
-    ) -> Result<Option<Vec<String>>> {
         let shared = self.cache.shared();
         let strict = self.is_strict();
-        // With several keys, `route` is only asked to choose between direct and queue: given
-        // no key, a strict call would take it for a namespace clear.
-        let routed_key = match keys.as_slice() {
-            [one] => Some(one.as_str()),
-            [] => return Ok(None),
-            _ => None,
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let routed = match (refs.as_slice(), strict) {
+            ([], _) => return Ok(()),
+            ([one], _) => {
+                shared
+                    .outbox
+                    .route(shared, &self.core, Some(one), strict)
+                    .await
+            }
+            // Several keys: queued behind the queue, or (strict) landing after it.
+            (_, false) => shared.outbox.route(shared, &self.core, None, false).await,
+            (_, true) => shared.outbox.route_keys(shared, &self.core, &refs).await,
         };
-        let route = match shared
-            .outbox
-            .route(
-                shared,
-                &self.core,
-                routed_key,
-                strict && routed_key.is_some(),
-            )
-            .await
-        {
-            Ok(Route::Queue) if strict => return Ok(Some(keys)),
+        let route = match routed {
             Ok(Route::Queue) => {
                 for key in keys {
                     shared.outbox.enqueue_invalidate(&self.core, key);
                 }
-                return Ok(None);
+                return Ok(());
             }
             Ok(route) => route,
             Err(e) => {
@@ -794,7 +775,6 @@ where
                 return Err(e.into_error(op));
             }
         };
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let message = Outgoing::keys(shared.node_id, &self.core.name, &refs);
         let done = shared
             .l2
@@ -807,7 +787,7 @@ where
                 shared.outbox.enqueue_invalidate(&self.core, key);
             }
         }
-        self.finish_invalidation(done, op, strict).map(|()| None)
+        self.finish_invalidation(done, op, strict)
     }
 
     /// Removes every key of the namespace from Redis and from every node's L1, in O(1): no key

@@ -284,28 +284,7 @@ impl Outbox {
         }
         let replays = self.replays.lock().await;
         if key.is_some() {
-            // A queued clear of this namespace was issued before this call: it lands first.
-            let clear = {
-                let mut st = self.lock();
-                let q = st.namespaces.entry(core.name.clone()).or_default();
-                q.clear.take().map(|c| {
-                    q.in_flight += 1;
-                    Taken::Clear {
-                        ns: core.name.clone(),
-                        seq: c.seq,
-                    }
-                })
-            };
-            if let Some(clear) = clear {
-                let outcome = replay(shared, &clear).await;
-                let fate = fate_of(&outcome);
-                self.finish(shared, clear, fate);
-                if let Err(e) = outcome {
-                    if fate == Fate::Unreachable {
-                        return Err(e);
-                    }
-                }
-            }
+            self.land_queued_clear(shared, core).await?;
         }
         let claimed = {
             let mut st = self.lock();
@@ -341,6 +320,72 @@ impl Outbox {
             claimed,
             done: false,
         })))
+    }
+
+    /// [`route`](Self::route) for a call on several keys that must land behind whatever is
+    /// queued for them (a strict call, or a tagged write, which cannot be queued): a queued
+    /// clear of the namespace is replayed first, then the keys' queued operations are taken
+    /// out of the queue, superseded if the call lands and put back if it does not.
+    pub(crate) async fn route_keys<'a>(
+        &'a self,
+        shared: &Shared,
+        core: &NamespaceCore,
+        keys: &[&str],
+    ) -> Result<Route<'a>, L2Error> {
+        if !self.has_pending(&core.name) {
+            return Ok(Route::Direct(None));
+        }
+        let replays = self.replays.lock().await;
+        self.land_queued_clear(shared, core).await?;
+        let claimed = {
+            let mut st = self.lock();
+            let q = st.namespaces.entry(core.name.clone()).or_default();
+            let mut claimed = Vec::new();
+            for k in keys {
+                if let Some(old) = q.keys.remove(*k) {
+                    q.in_flight += 1;
+                    claimed.push(taken_key(&core.name, (*k).to_owned(), old));
+                }
+            }
+            claimed
+        };
+        Ok(Route::Direct(Some(StrictGuard {
+            outbox: self,
+            _replays: replays,
+            claimed,
+            done: false,
+        })))
+    }
+
+    /// A queued clear of this namespace was issued before the calling operation: it lands
+    /// first. Called with the replay lock held. `Err` if Redis could not be reached for it.
+    async fn land_queued_clear(
+        &self,
+        shared: &Shared,
+        core: &NamespaceCore,
+    ) -> Result<(), L2Error> {
+        let clear = {
+            let mut st = self.lock();
+            let q = st.namespaces.entry(core.name.clone()).or_default();
+            q.clear.take().map(|c| {
+                q.in_flight += 1;
+                Taken::Clear {
+                    ns: core.name.clone(),
+                    seq: c.seq,
+                }
+            })
+        };
+        if let Some(clear) = clear {
+            let outcome = replay(shared, &clear).await;
+            let fate = fate_of(&outcome);
+            self.finish(shared, clear, fate);
+            if let Err(e) = outcome {
+                if fate == Fate::Unreachable {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Queues a write. `local` is the value for this node's L1, kept only in a namespace that
