@@ -21,6 +21,8 @@
 mod exporter;
 #[path = "common/redis.rs"]
 mod redis_discovery;
+#[path = "common/workload.rs"]
+mod workload;
 
 use redis_discovery::RedisMode;
 use rust_decimal::Decimal;
@@ -30,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{Namespace, NamespacePolicy, NamespaceStats, TieredCache};
+use workload::{rng, skewed};
 
 const NODES: usize = 3;
 const PAIRS: &[&str] = &[
@@ -124,20 +127,6 @@ struct Latencies {
 
 fn symbol(i: usize) -> String {
     format!("SYM{i:03}")
-}
-
-/// Skewed key choice: low indexes are hot, as with real currency pairs and symbols.
-fn skewed(n: usize, x: u64) -> usize {
-    let u = (x % 10_000) as f64 / 10_000.0;
-    ((u * u * u) * n as f64) as usize % n
-}
-
-fn rng(seed: &mut u64) -> u64 {
-    // xorshift64*: reproducible and dependency-free.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// `l1_only`: no Redis to coordinate through, so the namespaces trade the staleness bound for
@@ -294,21 +283,9 @@ fn pct(v: &mut [Duration], p: f64) -> String {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let reads: usize = std::env::var("DEMO_READS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let hold = Duration::from_secs(
-        std::env::var("DEMO_HOLD_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    );
+    workload::init_logging("warn");
+    let reads: usize = workload::env_number("DEMO_READS", 20_000);
+    let hold = Duration::from_secs(workload::env_number("DEMO_HOLD_SECS", 0));
     // Before any cache is built: metric handles are resolved at `build()`.
     serve_metrics();
 

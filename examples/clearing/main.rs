@@ -17,42 +17,17 @@ mod redis_discovery;
 mod scenario;
 
 use redis_discovery::RedisMode;
+use scenario::workload::{mean, ms, p99, pct};
 use scenario::{ClearingNode, ClearingStore, Plan, Reads, NAMESPACES, TARGETS};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn mean(v: &[Duration]) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.iter().sum::<Duration>() / v.len() as u32
-}
-
-fn p99(sorted: &[Duration]) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize]
-}
-
-fn pct(n: usize, of: usize) -> f64 {
-    100.0 * n as f64 / of.max(1) as f64
-}
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() {
     let mode = RedisMode::discover();
     // Without Redis every node warns that it cannot reach it, over and over: errors only then.
     let quiet = if mode.is_none() { "error" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()),
-        )
-        .init();
+    scenario::workload::init_logging(quiet);
     let url = mode.url();
     let plan = Plan::default();
     let store = ClearingStore::new(scenario::BackendCosts::scaled(plan.backend_divisor));
@@ -62,14 +37,11 @@ async fn main() {
         .map(|_| ClearingNode::new(scenario::build_cache(&url, mode.is_none()), store.clone()))
         .collect();
     if !mode.is_none() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !nodes.iter().all(|n| n.cache.is_subscribed()) {
-            assert!(
-                Instant::now() < deadline,
-                "nodes could not subscribe to {url}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let subscribed = scenario::workload::wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.cache.is_subscribed())
+        })
+        .await;
+        assert!(subscribed, "nodes could not subscribe to {url}");
         // A fresh start: forget what an earlier run left under these keys.
         let n = &nodes[0];
         let _ = n.windows.invalidate_namespace().await;

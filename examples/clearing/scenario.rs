@@ -16,14 +16,17 @@
 // Each user of this file (the example, the test) calls a different part of it.
 #![allow(dead_code)]
 
+#[path = "../common/workload.rs"]
+pub mod workload;
+
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{CacheKey, Namespace, NamespacePolicy, NamespaceStats, TieredCache};
+use workload::{rng, skewed, write_through};
 
 /// The document's TTLs.
 pub const WINDOW_TTL: Duration = Duration::from_secs(300);
@@ -502,25 +505,6 @@ pub fn build_cache(url: &str, l1_only: bool) -> TieredCache {
         .expect("valid configuration")
 }
 
-/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
-/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
-/// value and the next read loads the new row from the database.
-async fn write_through<K, V>(
-    ns: &Namespace<K, V>,
-    key: &K,
-    value: V,
-    tags: &[&str],
-) -> tiered_cache::Result<()>
-where
-    K: CacheKey + ?Sized + 'static,
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    match ns.set_tagged(key, value, tags).await {
-        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
-        done => done,
-    }
-}
-
 impl ClearingNode {
     pub fn new(cache: TieredCache, store: Arc<ClearingStore>) -> Self {
         let ns = "namespace configured in build_cache";
@@ -759,20 +743,6 @@ pub struct Outcome {
     /// Node/key reads that disagreed with the database after the run, and when that was checked.
     pub disagreements: usize,
     pub converged_after: Duration,
-}
-
-fn rng(seed: &mut u64) -> u64 {
-    // xorshift64*: reproducible and dependency-free.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-/// Skewed choice: low indexes are hot (a few corridors carry most of the volume).
-fn skewed(n: usize, x: u64) -> usize {
-    let u = (x % 10_000) as f64 / 10_000.0;
-    ((u * u * u) * n as f64) as usize % n
 }
 
 fn obligation(x: u64) -> Obligation {

@@ -105,15 +105,8 @@ fn print_report(fleet: &Fleet, report: &Report, elapsed: Duration) {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let ops: usize = std::env::var("PAYMENTS_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    scenario::workload::init_logging("warn");
+    let ops: usize = scenario::workload::env_number("PAYMENTS_OPS", 10_000);
     let mode = RedisMode::discover();
     let mut config = match PaymentsConfig::from_env() {
         Ok(c) => c,

@@ -12,6 +12,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/workload.rs"]
+pub mod workload;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{CacheKey, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder};
+pub use workload::Samples;
+use workload::{rng, skewed, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Keys: one type per namespace, `v1:{namespace}:{id}`.
@@ -844,34 +849,10 @@ impl Fleet {
 
     /// Waits (up to `within`) until every node listens on the bus.
     pub async fn subscribed(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.nodes.iter().all(|n| n.cache.is_subscribed()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    }
-}
-
-/// Latencies of one kind of operation.
-#[derive(Debug, Default, Clone)]
-pub struct Samples(pub Vec<Duration>);
-
-impl Samples {
-    pub fn mean(&self) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        self.0.iter().sum::<Duration>() / self.0.len() as u32
-    }
-    pub fn p99(&self) -> Duration {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
-            .copied()
-            .unwrap_or_default()
+        wait_until(within, || {
+            self.nodes.iter().all(|n| n.cache.is_subscribed())
+        })
+        .await
     }
 }
 
@@ -888,20 +869,6 @@ pub struct Report {
     pub writes: u64,
     /// Store queries made by reads (misses).
     pub store_reads: u64,
-}
-
-fn rng(seed: &mut u64) -> u64 {
-    // xorshift64*: reproducible and dependency-free.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-/// Hot keys first: low indexes are chosen far more often, as real wallets and pairs are.
-fn skewed(n: usize, x: u64) -> usize {
-    let u = (x % 10_000) as f64 / 10_000.0;
-    ((u * u * u) * n as f64) as usize % n
 }
 
 /// One node's share of the workload: `ops` operations, about 3 % transfers and 0.5 % rate

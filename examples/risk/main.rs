@@ -21,6 +21,7 @@ mod scenario;
 
 use redis_discovery::RedisMode;
 use rust_decimal::Decimal;
+use scenario::workload::{mean, ms, p99};
 use scenario::{RiskNode, RiskStore, Timing, Tolerance, UserId};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,26 +33,6 @@ const SCALE: u32 = 50;
 /// Dashboard refreshes per user: 36 × 5 s = 3 minutes of the document's time, six metrics TTLs.
 const ROUNDS: usize = 36;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn mean(v: &[Duration]) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.iter().sum::<Duration>() / v.len() as u32
-}
-
-fn p99(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize)
-        .copied()
-        .unwrap_or_default()
-}
-
-/// Polls `cond` until it holds or 5 s pass; how long it took, or `None`.
 async fn within<F, Fut>(mut cond: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
@@ -80,11 +61,7 @@ async fn main() {
     let mode = RedisMode::discover();
     // Without Redis every node warns that it cannot reach it, over and over: errors only then.
     let quiet = if mode.is_none() { "error" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()),
-        )
-        .init();
+    scenario::workload::init_logging(quiet);
     let url = mode.url();
     let shared = !mode.is_none();
     let timing = Timing {
@@ -96,14 +73,11 @@ async fn main() {
         .map(|_| RiskNode::new(scenario::build_cache(&url, !shared, timing), store.clone()))
         .collect();
     if shared {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !nodes.iter().all(RiskNode::is_subscribed) {
-            assert!(
-                Instant::now() < deadline,
-                "nodes could not subscribe to {url}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let subscribed = scenario::workload::wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(RiskNode::is_subscribed)
+        })
+        .await;
+        assert!(subscribed, "nodes could not subscribe to {url}");
         // A fresh start: forget what an earlier run left under these keys.
         let _ = nodes[0].clear_all_cache().await;
     }

@@ -20,14 +20,17 @@
 // Each user of this file (the example, the test) calls a different part of it.
 #![allow(dead_code)]
 
+#[path = "../common/workload.rs"]
+pub mod workload;
+
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{CacheKey, Namespace, NamespacePolicy, Stats, TieredCache};
+use workload::write_through;
 
 /// The document's TTLs.
 pub const METRICS_TTL: Duration = Duration::from_secs(30);
@@ -410,25 +413,6 @@ pub struct WarmUp {
 pub struct Presence {
     pub metrics_exists: bool,
     pub profile_exists: bool,
-}
-
-/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
-/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
-/// value and the next read loads the new row from the database.
-async fn write_through<K, V>(
-    ns: &Namespace<K, V>,
-    key: &K,
-    value: V,
-    tags: &[&str],
-) -> tiered_cache::Result<()>
-where
-    K: CacheKey + ?Sized + 'static,
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    match ns.set_tagged(key, value, tags).await {
-        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
-        done => done,
-    }
 }
 
 impl TenantRisk {

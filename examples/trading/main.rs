@@ -114,15 +114,8 @@ async fn compression(
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let reads: usize = std::env::var("TRADING_READS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    scenario::workload::init_logging("warn");
+    let reads: usize = scenario::workload::env_number("TRADING_READS", 20_000);
     let mode = RedisMode::discover();
     let mut config = match TradingConfig::from_env() {
         Ok(c) => c,

@@ -10,6 +10,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/workload.rs"]
+pub mod workload;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tiered_cache::{
     CacheKey, Memoized, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder,
 };
+pub use workload::Samples;
+use workload::{rng, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Keys and values.
@@ -513,42 +518,15 @@ impl Fleet {
 
     /// Waits (up to `within`) until every node listens on the bus.
     pub async fn subscribed(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.nodes.iter().all(|n| n.cache.is_subscribed()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
+        wait_until(within, || {
+            self.nodes.iter().all(|n| n.cache.is_subscribed())
+        })
+        .await
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The workload and what it measures.
-
-/// Latencies of one kind of operation.
-#[derive(Debug, Default, Clone)]
-pub struct Samples(pub Vec<Duration>);
-
-impl Samples {
-    pub fn mean(&self) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        self.0.iter().sum::<Duration>() / self.0.len() as u32
-    }
-    pub fn p99(&self) -> Duration {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    }
-    pub fn slower_than(&self, t: Duration) -> usize {
-        self.0.iter().filter(|d| **d > t).count()
-    }
-}
 
 /// What a workload run measured.
 #[derive(Debug, Default)]
@@ -562,14 +540,6 @@ pub struct Report {
     /// Batch writes: time per key, per batch.
     pub batch_set_per_key: Samples,
     pub batch_keys: u64,
-}
-
-fn rng(seed: &mut u64) -> u64 {
-    // xorshift64*: reproducible and dependency-free.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// The market-data workload: node 0 publishes every symbol in batches, then every node reads

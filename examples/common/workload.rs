@@ -1,0 +1,119 @@
+//! The pieces every example's workload uses: latency samples, dice, a bounded wait, and the
+//! tagged write-through. One copy for all of them.
+// Each example uses its own share of these.
+#![allow(dead_code)]
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use tiered_cache::{CacheKey, Namespace};
+
+/// Logs to stderr at level `default`, unless `RUST_LOG` says otherwise.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
+}
+
+/// A number from the environment variable `name`; `default` when it is unset or unreadable.
+pub fn env_number<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Latencies of one kind of operation.
+#[derive(Debug, Default, Clone)]
+pub struct Samples(pub Vec<Duration>);
+
+impl Samples {
+    pub fn mean(&self) -> Duration {
+        mean(&self.0)
+    }
+
+    pub fn p99(&self) -> Duration {
+        p99(&self.0)
+    }
+
+    pub fn slower_than(&self, t: Duration) -> usize {
+        self.0.iter().filter(|d| **d > t).count()
+    }
+}
+
+/// The mean (zero for no samples).
+pub fn mean(v: &[Duration]) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.iter().sum::<Duration>() / v.len() as u32
+}
+
+/// The 99th percentile, nearest rank (zero for no samples).
+pub fn p99(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Milliseconds, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `n` as a percentage of `of` (0 of 0 is 0 %).
+pub fn pct(n: usize, of: usize) -> f64 {
+    100.0 * n as f64 / of.max(1) as f64
+}
+
+/// xorshift64*: reproducible and dependency-free.
+pub fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed >> 12;
+    *seed ^= *seed << 25;
+    *seed ^= *seed >> 27;
+    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Skewed choice of an index below `n` from a random `x`: low indexes are hot, as real
+/// currency pairs, symbols, wallets and corridors are.
+pub fn skewed(n: usize, x: u64) -> usize {
+    let u = (x % 10_000) as f64 / 10_000.0;
+    ((u * u * u) * n as f64) as usize % n
+}
+
+/// Polls `cond` every 10 ms until it holds (`true`) or `within` has passed (`false`).
+pub async fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
+/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
+/// value and the next read loads the new row from the database.
+pub async fn write_through<K, V>(
+    ns: &Namespace<K, V>,
+    key: &K,
+    value: V,
+    tags: &[&str],
+) -> tiered_cache::Result<()>
+where
+    K: CacheKey + ?Sized + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    match ns.set_tagged(key, value, tags).await {
+        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
+        done => done,
+    }
+}
