@@ -282,44 +282,29 @@ impl Outbox {
         if !strict {
             return Ok(Route::Queue);
         }
-        let replays = self.replays.lock().await;
-        if key.is_some() {
-            self.land_queued_clear(shared, core).await?;
+        if let Some(key) = key {
+            return self.route_keys(shared, core, &[key]).await;
         }
+        // A strict clear: it supersedes everything queued for the namespace.
+        let replays = self.replays.lock().await;
         let claimed = {
             let mut st = self.lock();
-            let st = &mut *st;
             let q = st.namespaces.entry(core.name.clone()).or_default();
             let mut claimed = Vec::new();
-            match key {
-                Some(k) => {
-                    if let Some(old) = q.keys.remove(k) {
-                        q.in_flight += 1;
-                        claimed.push(taken_key(&core.name, k.to_owned(), old));
-                    }
-                }
-                None => {
-                    if let Some(c) = q.clear.take() {
-                        q.in_flight += 1;
-                        claimed.push(Taken::Clear {
-                            ns: core.name.clone(),
-                            seq: c.seq,
-                        });
-                    }
-                    for (k, old) in q.keys.drain() {
-                        q.in_flight += 1;
-                        claimed.push(taken_key(&core.name, k, old));
-                    }
-                }
+            if let Some(c) = q.clear.take() {
+                q.in_flight += 1;
+                claimed.push(Taken::Clear {
+                    ns: core.name.clone(),
+                    seq: c.seq,
+                });
+            }
+            for (k, old) in q.keys.drain() {
+                q.in_flight += 1;
+                claimed.push(taken_key(&core.name, k, old));
             }
             claimed
         };
-        Ok(Route::Direct(Some(StrictGuard {
-            outbox: self,
-            _replays: replays,
-            claimed,
-            done: false,
-        })))
+        Ok(self.strict_guard(replays, claimed))
     }
 
     /// [`route`](Self::route) for a call on several keys that must land behind whatever is
@@ -349,12 +334,21 @@ impl Outbox {
             }
             claimed
         };
-        Ok(Route::Direct(Some(StrictGuard {
+        Ok(self.strict_guard(replays, claimed))
+    }
+
+    /// A direct route for a strict call holding the replay lock and what it `claimed`.
+    fn strict_guard<'a>(
+        &'a self,
+        replays: tokio::sync::MutexGuard<'a, ()>,
+        claimed: Vec<Taken>,
+    ) -> Route<'a> {
+        Route::Direct(Some(StrictGuard {
             outbox: self,
             _replays: replays,
             claimed,
             done: false,
-        })))
+        }))
     }
 
     /// A queued clear of this namespace was issued before the calling operation: it lands
