@@ -34,7 +34,10 @@
 #[path = "../tests/support/server.rs"]
 mod server;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use futures_util::FutureExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -156,6 +159,21 @@ fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration
     spent
 }
 
+/// Benchmarks `ops` under `ids`, one benchmark each, all rotated together (see `rotate`), and
+/// returns each op's time summed over every rotation: ratios between them are measured over
+/// the very same rotations. Zero totals: the group was filtered out.
+fn rotated(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    ids: impl IntoIterator<Item = BenchmarkId>,
+    ops: &mut [&mut dyn FnMut(u64)],
+) -> [Duration; 5] {
+    *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
+    for (which, id) in ids.into_iter().enumerate() {
+        g.bench_function(id, |b| b.iter_custom(|iters| rotate(iters, which, ops)));
+    }
+    *ROTATE_TOTALS.lock().unwrap()
+}
+
 fn l1_hit(c: &mut Criterion) {
     let env = env();
     let cache = cache(&env, 100_000, None);
@@ -189,20 +207,13 @@ fn l1_hit(c: &mut Criterion) {
         let mut get_polled = |i| {
             std::hint::black_box(ns.get(at(i, 2)).now_or_never().unwrap().unwrap());
         };
-        *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
-        let names = ["raw_moka_get", "get_local", "get_async_polled_once"];
-        for (which, name) in names.into_iter().enumerate() {
-            g.bench_function(BenchmarkId::new(name, keys), |b| {
-                b.iter_custom(|iters| {
-                    rotate(
-                        iters,
-                        which,
-                        &mut [&mut raw_get, &mut get_local, &mut get_polled],
-                    )
-                })
-            });
-        }
-        let t = *ROTATE_TOTALS.lock().unwrap();
+        let ids = ["raw_moka_get", "get_local", "get_async_polled_once"]
+            .map(|name| BenchmarkId::new(name, keys));
+        let t = rotated(
+            &mut g,
+            ids,
+            &mut [&mut raw_get, &mut get_local, &mut get_polled],
+        );
         if t[0].is_zero() {
             continue; // filtered out
         }
@@ -269,7 +280,6 @@ fn l1_features(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("l1_features");
     g.throughput(Throughput::Elements(1));
-    *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
     let labels = [
         "raw_moka_get",
         "get_local_features_off",
@@ -277,24 +287,17 @@ fn l1_features(c: &mut Criterion) {
         "get_or_load_features_off",
         "get_or_load_features_on",
     ];
-    for (which, name) in labels.into_iter().enumerate() {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                rotate(
-                    iters,
-                    which,
-                    &mut [
-                        &mut raw_get,
-                        &mut local_off,
-                        &mut local_on,
-                        &mut load_off,
-                        &mut load_on,
-                    ],
-                )
-            })
-        });
-    }
-    let t = *ROTATE_TOTALS.lock().unwrap();
+    let t = rotated(
+        &mut g,
+        labels.map(BenchmarkId::from_parameter),
+        &mut [
+            &mut raw_get,
+            &mut local_off,
+            &mut local_on,
+            &mut load_off,
+            &mut load_on,
+        ],
+    );
     if !t[0].is_zero() {
         let r = |k: usize| t[k].as_secs_f64() / t[0].as_secs_f64();
         eprintln!(
@@ -347,25 +350,17 @@ fn metrics_cost(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(1));
-    *ROTATE_TOTALS.lock().unwrap() = [Duration::ZERO; 5];
     let labels = [
         "get_local_no_recorder",
         "get_local_prometheus",
         "get_async_no_recorder",
         "get_async_prometheus",
     ];
-    for (which, name) in labels.into_iter().enumerate() {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                rotate(
-                    iters,
-                    which,
-                    &mut [&mut local_off, &mut local_on, &mut get_off, &mut get_on],
-                )
-            })
-        });
-    }
-    let t = *ROTATE_TOTALS.lock().unwrap();
+    let t = rotated(
+        &mut g,
+        labels.map(BenchmarkId::from_parameter),
+        &mut [&mut local_off, &mut local_on, &mut get_off, &mut get_on],
+    );
     if !t[0].is_zero() {
         let r = |a: usize, b: usize| t[a].as_secs_f64() / t[b].as_secs_f64();
         eprintln!(
