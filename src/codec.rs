@@ -181,33 +181,84 @@ pub(crate) fn tombstone_head() -> [u8; 3] {
 
 /// Reads an envelope. Never panics, whatever the bytes.
 pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<V>, DecodeError> {
-    let (flags, version, rest) = split_header(bytes)?;
-    if flags & FLAG_TOMBSTONE != 0 {
-        return Ok(Stored::Tombstone);
-    }
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::UnknownFormat);
-    }
-    let (expires_ms, payload) = if flags & FLAG_EXPIRY != 0 {
-        let Some((at, payload)) = rest.split_first_chunk::<8>() else {
-            return Err(DecodeError::Truncated);
-        };
-        (Some(u64::from_be_bytes(*at)), payload)
-    } else {
-        (None, rest)
+    let (version, expires_ms, payload) = match open(bytes)? {
+        Opened::Tombstone => return Ok(Stored::Tombstone),
+        Opened::Value {
+            version,
+            expires_ms,
+            payload,
+        } => (version, expires_ms, payload),
     };
-    let value = if flags & FLAG_ABSENT != 0 {
-        None
-    } else if flags & FLAG_COMPRESSED != 0 {
-        let plain = decompress(payload)?;
-        Some(rmp_serde::from_slice(&plain).map_err(DecodeError::Payload)?)
-    } else {
-        Some(rmp_serde::from_slice(payload).map_err(DecodeError::Payload)?)
+    let value = match payload.bytes()? {
+        None => None,
+        Some(plain) => Some(rmp_serde::from_slice(&plain).map_err(DecodeError::Payload)?),
     };
     Ok(Stored::Value {
         version,
         expires_ms,
         value,
+    })
+}
+
+/// An envelope read up to its payload, which is left serialized (and compressed).
+pub(crate) enum Opened<'a> {
+    Tombstone,
+    Value {
+        version: u64,
+        expires_ms: Option<u64>,
+        payload: Payload<'a>,
+    },
+}
+
+/// A value's serialized bytes, as the envelope holds them.
+pub(crate) enum Payload<'a> {
+    /// A cached "not found": no value.
+    Absent,
+    Plain(&'a [u8]),
+    /// A length-prefixed lz4 block.
+    Compressed(&'a [u8]),
+}
+
+impl<'a> Payload<'a> {
+    /// The serialized value (`None` for a cached "not found"), decompressed if need be.
+    pub(crate) fn bytes(&self) -> Result<Option<std::borrow::Cow<'a, [u8]>>, DecodeError> {
+        Ok(match *self {
+            Payload::Absent => None,
+            Payload::Plain(b) => Some(b.into()),
+            Payload::Compressed(b) => Some(decompress(b)?.into()),
+        })
+    }
+}
+
+/// Reads an envelope's header, flags and expiry: what [`decode`] and the admin tool's
+/// inspection share. Never panics, whatever the bytes.
+pub(crate) fn open(bytes: &[u8]) -> Result<Opened<'_>, DecodeError> {
+    let (flags, version, rest) = split_header(bytes)?;
+    if flags & FLAG_TOMBSTONE != 0 {
+        return Ok(Opened::Tombstone);
+    }
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(DecodeError::UnknownFormat);
+    }
+    let (expires_ms, rest) = if flags & FLAG_EXPIRY != 0 {
+        let Some((at, rest)) = rest.split_first_chunk::<8>() else {
+            return Err(DecodeError::Truncated);
+        };
+        (Some(u64::from_be_bytes(*at)), rest)
+    } else {
+        (None, rest)
+    };
+    let payload = if flags & FLAG_ABSENT != 0 {
+        Payload::Absent
+    } else if flags & FLAG_COMPRESSED != 0 {
+        Payload::Compressed(rest)
+    } else {
+        Payload::Plain(rest)
+    };
+    Ok(Opened::Value {
+        version,
+        expires_ms,
+        payload,
     })
 }
 

@@ -12,9 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-const KNOWN_FLAGS: u8 =
-    codec::FLAG_TOMBSTONE | codec::FLAG_COMPRESSED | codec::FLAG_EXPIRY | codec::FLAG_ABSENT;
-
 /// A handle for tooling on the Redis a fleet of caches shares: inspect a stored value, count
 /// keys and memory per namespace, flush a namespace or a tag, watch the invalidation bus.
 ///
@@ -521,45 +518,34 @@ fn read_envelope(bytes: &[u8]) -> Inspection {
 }
 
 fn read_body(bytes: &[u8], seen: &mut Inspection) -> std::result::Result<(), String> {
-    if bytes.len() < 2 {
-        return Err("envelope cut short".into());
-    }
-    if seen.format != codec::FORMAT {
-        return Err(format!(
+    let opened = codec::open(bytes).map_err(|e| match e {
+        codec::DecodeError::UnknownFormat if seen.format != codec::FORMAT => format!(
             "envelope format {} is unknown to this build (it reads {})",
             seen.format,
             codec::FORMAT
-        ));
-    }
-    if bytes.len() < codec::HEADER_LEN {
-        return Err("envelope cut short".into());
-    }
-    let flags = seen.flags.raw;
-    if flags & codec::FLAG_TOMBSTONE != 0 {
-        return Ok(());
-    }
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(format!("flags {flags:#04x} unknown to this build"));
-    }
-    let mut rest = &bytes[codec::HEADER_LEN..];
-    if flags & codec::FLAG_EXPIRY != 0 {
-        let Some((at, payload)) = rest.split_first_chunk::<8>() else {
-            return Err("envelope cut short".into());
-        };
-        seen.expires_at_ms = Some(u64::from_be_bytes(*at));
-        rest = payload;
-    }
-    if flags & codec::FLAG_ABSENT != 0 {
-        return Ok(());
-    }
-    let plain;
-    let payload = if flags & codec::FLAG_COMPRESSED != 0 {
-        plain = codec::decompress(rest).map_err(|e| format!("compressed payload: {e}"))?;
-        &plain[..]
-    } else {
-        rest
+        ),
+        codec::DecodeError::UnknownFormat => {
+            format!("flags {:#04x} unknown to this build", seen.flags.raw)
+        }
+        codec::DecodeError::Foreign => "not an envelope of this crate".into(),
+        _ => "envelope cut short".into(),
+    })?;
+    let codec::Opened::Value {
+        expires_ms,
+        payload,
+        ..
+    } = opened
+    else {
+        return Ok(()); // a tombstone
     };
-    let mut reader = payload;
+    seen.expires_at_ms = expires_ms;
+    let plain = payload
+        .bytes()
+        .map_err(|e| format!("compressed payload: {e}"))?;
+    let Some(payload) = plain else {
+        return Ok(()); // a cached "not found"
+    };
+    let mut reader = &payload[..];
     let value = rmpv::decode::read_value(&mut reader)
         .map_err(|e| format!("payload is not MessagePack: {e}"))?;
     seen.value = Some(to_json(value));
