@@ -31,15 +31,16 @@ async fn memoized_function_runs_once_per_key_across_nodes() {
     let server = RedisServer::start();
     let (a, b) = (memo_node(&server).await, memo_node(&server).await);
     let calls = Arc::new(AtomicUsize::new(0));
+    // The function holds here until the test lets it finish (one permit per call).
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let memo = |cache: &TieredCache| {
-        let calls = calls.clone();
+        let (calls, gate) = (calls.clone(), gate.clone());
         cache
             .memoize::<String, u64, _, _, _>("price", move |sym: String| {
-                let calls = calls.clone();
+                let (calls, gate) = (calls.clone(), gate.clone());
                 async move {
                     calls.fetch_add(1, SeqCst);
-                    // Slow enough that the concurrent callers all arrive while it runs.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    gate.acquire().await.unwrap().forget();
                     Ok::<_, std::io::Error>(sym.len() as u64 * 100)
                 }
             })
@@ -54,10 +55,20 @@ async fn memoized_function_runs_once_per_key_across_nodes() {
             tokio::spawn(async move { *m.get(&k).await.unwrap() })
         })
         .collect();
+    // Every caller is in before the call may finish: one leads, seven wait on its flight.
+    eventually(
+        "seven callers join the first one's call",
+        PATIENCE,
+        || async { a.stats().namespace("price").unwrap().coalesced_loads == 7 },
+    )
+    .await;
+    gate.add_permits(1);
     for w in waiters {
         assert_eq!(w.await.unwrap(), 400);
     }
     assert_eq!(calls.load(SeqCst), 1, "eight concurrent callers, one call");
+    // From here on every call may finish at once.
+    gate.add_permits(usize::MAX >> 4);
     // Node B finds it in Redis: no second call.
     assert_eq!(*on_b.get(&key).await.unwrap(), 400);
     assert_eq!(calls.load(SeqCst), 1, "node B called the function again");
