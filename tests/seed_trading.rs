@@ -130,6 +130,10 @@ async fn batch_set_on_a_is_a_batch_get_on_b() {
         batches.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         [&100, &100, &50]
     );
+    // One message per batch. B reads after applying them: a read racing the invalidation of
+    // the very write it reads is (correctly) evicted again when the message lands, which
+    // would turn some of the second read's L1 hits into Redis hits.
+    await_applied(&b.cache, scenario::MARKET, 3).await;
     let keys: Vec<Symbol> = (0..N).map(scenario::symbol).collect();
     let before = *b.cache.stats().namespace(scenario::MARKET).unwrap();
     let got = b.market.get_many(keys.iter()).await;
