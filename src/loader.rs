@@ -559,6 +559,12 @@ impl Flight<'_> {
     }
 
     /// Takes the fleet-wide load lock, or waits for the node holding it to fill Redis.
+    ///
+    /// The holder fills Redis before it unlocks, so Redis is read after the lock is seen free,
+    /// never before: read first, and a fill plus unlock landing between the two reads would
+    /// look like a failed load and start a second one. For the same reason a lock just taken
+    /// is checked against Redis once: the previous holder may have filled and unlocked between
+    /// this node's miss and its lock.
     async fn fleet_lock<V: DeserializeOwned + Send + Sync + 'static>(
         &self,
         ttl: Duration,
@@ -571,6 +577,12 @@ impl Flight<'_> {
             let token = rand::random::<u64>();
             match l2.try_lock(ns, key, token, ttl).await {
                 Ok(true) => {
+                    if let Some(value) = self.filled::<V>().await {
+                        if let Err(e) = l2.unlock(ns, key, token).await {
+                            m.l2_failed(e.kind());
+                        }
+                        return Locked::Filled(value);
+                    }
                     m.lock_acquired.inc();
                     return Locked::Held(token);
                 }
@@ -580,32 +592,43 @@ impl Flight<'_> {
                     return Locked::Proceed;
                 }
             }
-            // Another node is loading: wait for its fill, or for its lock to go away.
+            // Another node is loading: wait for its lock to go away, then look for its fill.
             loop {
                 if Instant::now() >= deadline {
                     m.lock_gave_up.inc();
                     return Locked::Proceed;
                 }
                 tokio::time::sleep(poll).await;
-                if let L2Read::Hit {
-                    version,
-                    expires_ms,
-                    value,
-                    weight,
-                } = peek_l2::<V>(self.core, self.shared, key).await
-                {
-                    m.lock_waited.inc();
-                    m.l2_hit.inc();
-                    return Locked::Filled(self.keep(value, version, expires_ms, weight));
-                }
                 match l2.is_locked(ns, key).await {
                     Ok(true) => continue,
-                    // Released without a fill (its loader failed): try to take it.
                     Ok(false) => break,
                     Err(_) => return Locked::Proceed,
                 }
             }
+            if let Some(value) = self.filled::<V>().await {
+                return Locked::Filled(value);
+            }
+            // Released without a fill (its loader failed): try to take it.
         }
+    }
+
+    /// What another node's load left in Redis, kept in L1 and counted as a wait that paid off.
+    async fn filled<V: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Option<Option<AnyValue>> {
+        let L2Read::Hit {
+            version,
+            expires_ms,
+            value,
+            weight,
+        } = peek_l2::<V>(self.core, self.shared, &self.key).await
+        else {
+            return None;
+        };
+        let m = &self.core.metrics;
+        m.lock_waited.inc();
+        m.l2_hit.inc();
+        Some(self.keep(value, version, expires_ms, weight))
     }
 }
 

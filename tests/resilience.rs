@@ -397,3 +397,43 @@ async fn a_load_started_before_a_write_is_not_shared_with_later_callers() {
     assert_eq!(*first.await.unwrap().unwrap(), 1, "asked before the write");
     assert_ne!(na.get_local("k").map(|v| *v), Some(1), "and not cached");
 }
+
+/// Short loads racing on many keys across nodes: a node that sees the lock go away, or takes a
+/// lock its previous holder has just released, finds the fill in Redis instead of loading
+/// again. Each key loads exactly once in the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_loads_racing_on_many_keys_load_each_key_once_in_the_fleet() {
+    const KEYS: usize = 200;
+    let server = RedisServer::start();
+    let policy =
+        NamespacePolicy::new(Duration::from_secs(60)).fleet_single_flight(Duration::from_secs(5));
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(node(&server, policy.clone()).await);
+    }
+    let calls: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = Vec::new();
+    for (n, cache) in caches.iter().enumerate() {
+        let (ns, calls) = (px(cache), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each node walks the keys from its own starting point, so they meet mid-load.
+            for i in (0..KEYS).map(|i| (i + n * 7) % KEYS) {
+                let calls = calls.clone();
+                let got = ns
+                    .get_or_load(&format!("k{i}"), move || async move {
+                        calls[i].fetch_add(1, SeqCst);
+                        tokio::time::sleep(MS(1)).await;
+                        Ok::<_, std::io::Error>(i as u64)
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(*got, i as u64);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let twice: Vec<usize> = (0..KEYS).filter(|&i| calls[i].load(SeqCst) != 1).collect();
+    assert!(twice.is_empty(), "keys loaded other than once: {twice:?}");
+}
