@@ -18,7 +18,8 @@ async fn recorded_node(server: &RedisServer, recorder: &PrometheusRecorder) -> T
                 .redis_url(server.url())
                 .namespace(
                     "rate",
-                    tiered_cache::NamespacePolicy::new(Duration::from_secs(90)),
+                    tiered_cache::NamespacePolicy::new(Duration::from_secs(90))
+                        .staleness_bound(support::LOOSE_BOUND),
                 )
                 .heartbeat(Duration::from_millis(50))
                 .build()

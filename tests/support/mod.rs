@@ -34,7 +34,15 @@ where
 /// How long tests wait for something that normally takes milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A cache on `server` with the namespaces the tests use, subscribed before it is returned.
+/// The staleness bound of namespaces in tests that are not about the bound: far above what a
+/// loaded machine can stall a heartbeat for. With the default 250 ms, a few hundred
+/// milliseconds without CPU make a node stop trusting its L1 (correctly), and a test asserting
+/// what L1 holds would fail for a reason it does not test. Losing the subscriber still
+/// switches L1 off at once.
+pub const LOOSE_BOUND: Duration = Duration::from_secs(3);
+
+/// A cache on `server` with the namespaces the tests use (bound [`LOOSE_BOUND`]), subscribed
+/// before it is returned.
 pub async fn node(server: &RedisServer) -> tiered_cache::TieredCache {
     node_with(server, |b| b).await
 }
@@ -46,8 +54,14 @@ pub async fn node_with(
     use tiered_cache::{NamespacePolicy, TieredCache};
     let b = TieredCache::builder()
         .redis_url(server.url())
-        .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
-        .namespace("quote", NamespacePolicy::new(Duration::from_secs(60)))
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(LOOSE_BOUND),
+        )
+        .namespace(
+            "quote",
+            NamespacePolicy::new(Duration::from_secs(60)).staleness_bound(LOOSE_BOUND),
+        )
         .heartbeat(Duration::from_millis(50))
         .reconnect_backoff(Duration::from_millis(100));
     let cache = tweak(b).build().expect("build");
