@@ -14,7 +14,9 @@
 //!   one invalidation message listing every key. While writes of the namespace are queued in
 //!   the outbox (Redis unreachable, or not yet replayed), an untagged batch joins the queue
 //!   (its keys then get versions of their own); a strict or tagged one takes its keys' queued
-//!   operations out of the queue and lands after them, in one script.
+//!   operations out of the queue and lands after them, in one script. A tagged batch that
+//!   cannot reach Redis queues an invalidation of each key (unless strict): its values are
+//!   given up, since a replayed write would not join the tags' sets.
 //!
 //! Outcomes are per key, in the caller's order. A key asked twice is fetched and loaded once.
 //! Counts are per key too (a batch of 100 counts like 100 single calls), except Redis errors,
@@ -167,9 +169,10 @@ where
     /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`. With
     /// [strict writes](Self::strict_writes), Redis unreachable fails them with
     /// `Error::Unavailable` (and this node's L1 no longer holds those keys), and with writes
-    /// still queued the batch lands after what is queued for its keys, as `set` does. Tagged
-    /// batch writes are never queued (a replay would lose the tags): they land after what is
-    /// queued for their keys too, and with Redis unreachable fail with `Unavailable`.
+    /// still queued the batch lands after what is queued for its keys, as `set` does. A
+    /// [tagged](Self::set_many_tagged) batch is never queued as values (a replay would lose the
+    /// tags): it lands after what is queued for its keys too, and with Redis unreachable each
+    /// key is queued as an invalidation instead (unless strict).
     pub async fn set_many<'k>(
         &self,
         entries: impl IntoIterator<Item = (&'k K, V)>,
@@ -420,10 +423,16 @@ where
             return out;
         }
         let keys: Vec<&str> = batch.iter().map(|(_, k, ..)| k.as_str()).collect();
-        // A strict or tagged batch (a replay would lose the tags) cannot be queued: it lands
-        // behind whatever is queued for its keys instead (usually nothing).
+        // A strict or tagged batch (a replay would lose the tags) cannot be queued as it is:
+        // it lands behind whatever is queued for its keys instead (usually nothing).
         let route = match shared.outbox.route_keys(shared, core, &keys).await {
             Ok(route) => route,
+            Err(e) if e.is_unreachable() && !strict => {
+                // A queued clear could not be replayed first: degraded, not failed.
+                core.metrics.l2_failed(e.kind());
+                self.degrade(batch, tags);
+                return out;
+            }
             Err(e) => {
                 core.metrics.l2_failed(e.kind());
                 let err = e.into_error("set_many");
@@ -471,10 +480,9 @@ where
                     }
                 }
             }
-            Err(e) if e.is_unreachable() && tags.is_empty() && !strict => {
-                // Degraded, not failed: each write queued as `set` queues it.
+            Err(e) if e.is_unreachable() && !strict => {
                 core.metrics.l2_failed(e.kind());
-                self.enqueue_writes(batch);
+                self.degrade(batch, tags);
             }
             Err(e) => {
                 core.metrics.l2_failed(e.kind());
@@ -486,6 +494,21 @@ where
             }
         }
         out
+    }
+
+    /// A non-strict batch Redis could not be reached for: degraded, not failed. Untagged
+    /// writes are queued as `set` queues them. A tagged write is queued as an invalidation of
+    /// its key instead: a replayed write would not join the tags' sets, so a later
+    /// invalidation of a tag could not reach it. Its value is cached nowhere (this node's L1
+    /// drops the key too, for the same reason) and the next read after the replay loads afresh.
+    fn degrade(&self, batch: Vec<Encoded<V>>, tags: &[&str]) {
+        if tags.is_empty() {
+            return self.enqueue_writes(batch);
+        }
+        let shared = self.cache.shared();
+        for (_, key, ..) in batch {
+            shared.outbox.enqueue_unwritten(&self.core, key);
+        }
     }
 
     /// Queues each write in the outbox, as `set` does while Redis is unreachable.

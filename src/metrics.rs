@@ -518,8 +518,9 @@ pub struct NamespaceStats {
     /// before being replayed: nothing was lost.
     pub outbox_superseded: u64,
     /// Queued values given up: replaced by an invalidation of their key (queue over its byte
-    /// budget, or older than the L2 TTL when replayed), folded into a namespace clear (queue
-    /// full), or refused by Redis on replay. Other nodes still drop their copies.
+    /// budget, older than the L2 TTL when replayed, or a tagged write, which a replay could
+    /// not tag), folded into a namespace clear (queue full), or refused by Redis on replay.
+    /// Other nodes still drop their copies.
     pub outbox_dropped: u64,
     /// Keys beyond the first carried by one applied invalidation message (batch and tag
     /// invalidations): keys evicted on other nodes' word = applied key messages + this.

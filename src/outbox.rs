@@ -1,9 +1,13 @@
 //! The outbox: writes and invalidations made while Redis is unreachable, queued and replayed
 //! through the normal write scripts (so every other node evicts) once it answers again.
 //!
-//! A `set`, `invalidate` or `invalidate_namespace` that finds the breaker open, or whose call
-//! times out or fails at the connection level, is queued here instead of failing its caller
-//! (unless the caller asked for strict writes). What is kept, per namespace:
+//! A `set`, `set_many`, `invalidate`, `invalidate_many` or `invalidate_namespace` that finds
+//! the breaker open, or whose call times out or fails at the connection level, is queued here
+//! instead of failing its caller (unless the caller asked for strict writes). Tagged calls are
+//! queued as what they are sure to cover, since a replay cannot carry tags: a `set_tagged` or
+//! `set_many_tagged` as an invalidation of each key (its value is given up, counted
+//! `dropped`), an `invalidate_tag` as a clear of each namespace it covers (which keys the tag
+//! lists is known only to Redis). What is kept, per namespace:
 //!
 //! - per key, only the newest operation: a write (its encoded value) or an invalidation;
 //! - a namespace clear, which supersedes every key of that namespace queued before it (keys
@@ -31,7 +35,8 @@
 //! never land after, and overwrite, a write made after it. A strict call instead waits for the
 //! replay in flight, replays a queued clear of its namespace itself, then goes to Redis
 //! directly, taking the queued operations it supersedes out of the queue (and putting them back
-//! if it fails).
+//! if it fails). A tagged write does the same; if Redis then proves unreachable, what it took out
+//! goes back and the invalidations it queues replace it (newest per key, as always).
 //!
 //! **Conflicts.** Redis orders replays after whatever other nodes wrote during the outage:
 //! a replayed write overwrites a newer write made elsewhere meanwhile (last replayed writer
@@ -398,6 +403,14 @@ impl Outbox {
     /// Queues an invalidation of one key (this node's copy is dropped).
     pub(crate) fn enqueue_invalidate(&self, core: &NamespaceCore, key: String) {
         self.enqueue_key(core, key, KeyOp::Invalidate, None);
+    }
+
+    /// Queues an invalidation of a key whose tagged write could not reach Redis: the value is
+    /// given up (counted `dropped`), since a replayed write would not join its tags' sets.
+    /// This node's copy is dropped, and every node's once the invalidation is replayed.
+    pub(crate) fn enqueue_unwritten(&self, core: &NamespaceCore, key: String) {
+        core.metrics.outbox.dropped.inc();
+        self.enqueue_invalidate(core, key);
     }
 
     fn enqueue_key(&self, core: &NamespaceCore, key: String, op: KeyOp, local: Option<L1Entry>) {

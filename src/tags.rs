@@ -19,6 +19,11 @@
 //! - Tags are part of how a key is written: give a key the same tags on every write and load.
 //!   A write or fill without the tag does not join the set, so a later invalidation of the tag
 //!   would not reach that value. A tag is not removed from a key by writing without it.
+//! - While Redis is unreachable the tag sets cannot be updated or read, and a replay cannot
+//!   carry tags, so tagged calls degrade to what is sure to cover them (unless writes are
+//!   strict): a tagged write is queued as an invalidation of its key (its value is cached
+//!   nowhere; the next read after the replay loads afresh), and a tag invalidation as a clear
+//!   of each namespace it covers (more misses, never a stale read).
 //! - The alternative, namespace-style floors per tag checked on every read, would need each
 //!   read to know its key's tags (stored beside the value and checked against per-tag floors):
 //!   more work on every read to save work on the rare invalidation.
@@ -49,6 +54,15 @@ where
     /// [`set`](Self::set), with tags: the key joins each tag's set in the same script, so a
     /// later [`invalidate_tag`](Self::invalidate_tag) of any of them reaches this value.
     /// `Err(InvalidTag)` before any I/O for a bad tag name.
+    ///
+    /// When Redis is unreachable (breaker open, timeout, connection failure) the write is not
+    /// queued as a value, since a replayed write would not join the tags' sets: an
+    /// invalidation of the key is queued in the outbox instead and replayed when Redis is
+    /// back, this node's L1 drops the key, and this returns `Ok`. The value is then cached
+    /// nowhere: the next read after the replay misses (or loads afresh from the caller's
+    /// source of truth), on every node. Counted in the outbox's `queued` and `dropped`. With
+    /// [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead, as `set`
+    /// does.
     pub async fn set_tagged(&self, key: &K, value: V, tags: &[&str]) -> Result<()> {
         validate_tags(tags)?;
         let mut out = self.write_many([(key, value)], tags).await;
@@ -56,7 +70,9 @@ where
     }
 
     /// [`set_many`](Self::set_many), with the same tags on every entry. A bad tag name fails
-    /// every entry with `InvalidTag`, before any I/O.
+    /// every entry with `InvalidTag`, before any I/O. With Redis unreachable each key is
+    /// queued as an invalidation and returns `Ok`, as for
+    /// [`set_tagged`](Self::set_tagged) (strict: `Err(Unavailable)`).
     pub async fn set_many_tagged<'k>(
         &self,
         entries: impl IntoIterator<Item = (&'k K, V)>,
@@ -144,11 +160,17 @@ where
     /// even for a key that was not cached yet: the tag's floor refuses it (kept for the
     /// namespace's L2 TTL, as tombstones are).
     ///
-    /// On `Err(Unavailable)` this node's L1 of the namespace is cleared (which keys the tag
-    /// covered is unknown here), and whether Redis and the other nodes saw the invalidation is
-    /// unknown: retry once Redis is back.
+    /// When Redis is unreachable (breaker open, timeout, connection failure) which keys the
+    /// tag lists is unknown here, so a clear of the whole namespace, the safe superset, is
+    /// queued in the outbox and replayed when Redis is back (this node's L1 of the namespace
+    /// is cleared now), and this returns `Ok(0)`: 0 because the tag's keys are unknown while
+    /// Redis is unreachable; the namespace clear is queued and replayed.
+    ///
+    /// With [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead: this
+    /// node's L1 of the namespace is cleared, and whether Redis and the other nodes saw the
+    /// invalidation is unknown: retry once Redis is back.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
-        invalidate_tag(&self.cache, &[&self.core], tag).await
+        invalidate_tag(&self.cache, &[&self.core], tag, self.is_strict()).await
     }
 }
 
@@ -158,13 +180,27 @@ impl TieredCache {
     /// how many keys the tag listed in all of them.
     ///
     /// Namespaces only other nodes configure are not covered: they are unknown here.
+    ///
+    /// With Redis unreachable, a clear of every namespace this node configures is queued and
+    /// replayed, and this returns `Ok(0)`, as [`Namespace::invalidate_tag`] does (0: the tag's
+    /// keys are unknown while Redis is unreachable). With the builder's
+    /// [`strict_writes`](crate::TieredCacheBuilder::strict_writes), nothing is queued: every
+    /// namespace's L1 is cleared and it returns `Err(Unavailable)`.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
         let cores: Vec<&NamespaceCore> = self.shared().namespaces().iter().map(|c| &**c).collect();
-        invalidate_tag(self, &cores, tag).await
+        let strict = self.shared().strict_writes;
+        invalidate_tag(self, &cores, tag, strict).await
     }
 }
 
-async fn invalidate_tag(cache: &TieredCache, cores: &[&NamespaceCore], tag: &str) -> Result<usize> {
+/// The tag invalidation script over `cores`; with Redis unreachable, a queued clear of each
+/// (unless `strict`).
+async fn invalidate_tag(
+    cache: &TieredCache,
+    cores: &[&NamespaceCore],
+    tag: &str,
+    strict: bool,
+) -> Result<usize> {
     validate_tags(&[tag])?;
     let shared = cache.shared();
     let targets: Vec<(&str, Duration)> = cores
@@ -185,6 +221,14 @@ async fn invalidate_tag(cache: &TieredCache, cores: &[&NamespaceCore], tag: &str
                 core.metrics.inv_sent.inc();
             }
             Ok(count)
+        }
+        Err(e) if e.is_unreachable() && !strict => {
+            // Degraded, not failed: the tag's keys are unknown here, its namespaces are not.
+            for core in cores {
+                core.metrics.l2_failed(e.kind());
+                shared.outbox.enqueue_clear(core);
+            }
+            Ok(0)
         }
         Err(e) => {
             for core in cores {

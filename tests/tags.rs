@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::gate::{self, Gated};
 use support::listener::{sections_of, BusListener, KIND_MULTI};
-use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
+use support::{await_applied, eventually, node, node_with, node_with_fees, RedisServer, PATIENCE};
+use tiered_cache::{NamespacePolicy, TieredCache};
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), f)
@@ -322,11 +323,255 @@ async fn tag_names_are_validated_before_any_io() {
     assert!(q.set_tagged("k", 1, &["W-2025.11.21_a"]).await.is_ok());
 }
 
+/// Raw bytes of a value key (`None`: absent).
+fn raw(server: &RedisServer, ns: &str, key: &str) -> Option<Vec<u8>> {
+    server.cmd(&[b"GET", format!("v1:{ns}:{key}").as_bytes()])
+}
+
+/// Stops Redis as a crash would, keeping its data (as a persistent Redis does): the values
+/// written before the outage are back after the restart, so whatever was not replayed is read
+/// again. Returns once both nodes have noticed.
+async fn crash_keeping_data(server: &mut RedisServer, nodes: &[&TieredCache]) {
+    let _: String = server.cmd(&[b"SAVE"]);
+    server.kill();
+    eventually("every node notices", PATIENCE, || async {
+        nodes.iter().all(|n| !n.is_subscribed())
+    })
+    .await;
+}
+
+/// Restarts Redis from its saved data and waits until every node has resubscribed (its L1
+/// resynced) and `replayer` has replayed its whole outbox.
+async fn recover(server: &mut RedisServer, nodes: &[&TieredCache], replayer: &TieredCache) {
+    server.restart();
+    eventually("resubscribed", PATIENCE, || async {
+        nodes.iter().all(|n| n.is_subscribed())
+    })
+    .await;
+    eventually("the outbox is replayed", PATIENCE, || async {
+        replayer.stats().outbox_entries == 0
+    })
+    .await;
+}
+
+fn outbox(cache: &TieredCache, ns: &str) -> (u64, u64, u64) {
+    let s = cache.stats();
+    let s = s.namespace(ns).unwrap();
+    (s.outbox_queued, s.outbox_dropped, s.outbox_replayed)
+}
+
+/// A tagged write with Redis down is queued as an invalidation of its key, not as its value
+/// (a replay would lose the tags) and not kept in L1 (the tag's set would not list it): once
+/// replayed, no node reads the value from before the outage, and the value written during it
+/// is cached nowhere, so the next read loads afresh.
 #[tokio::test]
-async fn invalidate_tag_without_redis_fails_fast_and_drops_local_copies() {
+async fn a_tagged_write_without_redis_is_queued_as_an_invalidation() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
+    let fa = a.namespace::<str, u64>("fees").unwrap();
+    let fb = b.namespace::<str, u64>("fees").unwrap();
+    fa.set_tagged("x", 1, &["T"]).await.unwrap();
+    fa.set_tagged("x2", 2, &["T"]).await.unwrap();
+    fa.set_tagged("y", 3, &["T"]).await.unwrap();
+    await_applied(&b, "fees", 3).await;
+    let all = ["x", "x2", "y"];
+    assert_eq!(values(&fb.get_many(all).await), [Some(1), Some(2), Some(3)]);
+    assert!(
+        all.iter().all(|k| fb.get_local(k).is_some()),
+        "b caches them"
+    );
+    let old_x = raw(&server, "fees", "x").expect("x in Redis");
+    let old_y = raw(&server, "fees", "y").expect("y in Redis");
+
+    crash_keeping_data(&mut server, &[&a, &b]).await;
+    bounded("set_tagged", fa.set_tagged("x", 10, &["T"]))
+        .await
+        .unwrap();
+    let out = bounded("set_many_tagged", fa.set_many_tagged([("x2", 20)], &["T"])).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(
+        (fa.get_local("x"), fa.get_local("x2")),
+        (None, None),
+        "a kept a copy no tag set lists"
+    );
+    assert_eq!(a.stats().outbox_entries, 2);
+    assert_eq!(
+        outbox(&a, "fees"),
+        (2, 2, 0),
+        "queued and dropped, once each"
+    );
+
+    recover(&mut server, &[&a, &b], &a).await;
+    assert_eq!(outbox(&a, "fees"), (2, 2, 2), "both replayed");
+    // The restart kept what was saved: y, untouched during the outage, is back.
+    assert_eq!(raw(&server, "fees", "y"), Some(old_y));
+    assert_ne!(
+        raw(&server, "fees", "x"),
+        Some(old_x),
+        "x's old value survived"
+    );
+    // b (its L1 resynced) reads through Redis: a miss, never the old value; its loader runs.
+    assert_eq!(values(&fb.get_many(all).await), [None, None, Some(3)]);
+    assert_eq!(fb.get("x").await, None);
+    let v = fb
+        .get_or_load("x", || async { Ok::<_, std::io::Error>(10) })
+        .await
+        .unwrap();
+    assert_eq!(*v, 10);
+    assert_eq!(
+        fa.get("x").await.as_deref(),
+        Some(&10),
+        "loaded afresh, shared"
+    );
+}
+
+/// `Namespace::invalidate_tag` with Redis down queues a clear of its namespace (the tag's keys
+/// are unknown here): `Ok(0)`; once replayed, no node reads the tag's old values (nor the
+/// namespace's untagged ones: the clear is a superset), and other namespaces keep theirs.
+/// A tagged write made behind the queued clear lands behind it, as an invalidation.
+#[tokio::test]
+async fn invalidate_tag_without_redis_queues_a_clear_of_its_namespace() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
+    let fa = a.namespace::<str, u64>("fees").unwrap();
+    let fb = b.namespace::<str, u64>("fees").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    fa.set_tagged("x", 1, &["T"]).await.unwrap();
+    fa.set_tagged("z", 2, &["T"]).await.unwrap();
+    fa.set("u", 3).await.unwrap();
+    qa.set_tagged("q", 4, &["T"]).await.unwrap();
+    await_applied(&b, "fees", 3).await;
+    await_applied(&b, "quote", 1).await;
+    assert_eq!(
+        values(&fb.get_many(["x", "z", "u"]).await),
+        [Some(1), Some(2), Some(3)]
+    );
+    assert_eq!(qb.get("q").await.as_deref(), Some(&4));
+    assert_eq!(
+        (fa.get_local("x").as_deref(), fa.get_local("u").as_deref()),
+        (Some(&1), Some(&3))
+    );
+
+    crash_keeping_data(&mut server, &[&a, &b]).await;
+    assert_eq!(
+        bounded("invalidate_tag", fa.invalidate_tag("T"))
+            .await
+            .unwrap(),
+        0,
+        "the tag's keys are unknown without Redis"
+    );
+    assert_eq!(
+        (fa.get_local("x"), fa.get_local("u")),
+        (None, None),
+        "the namespace's L1 is cleared"
+    );
+    assert_eq!(a.stats().outbox_entries, 1, "one clear");
+    // Behind the queued clear (which cannot be replayed first): queued as an invalidation.
+    bounded("set_tagged", fa.set_tagged("z", 20, &["T"]))
+        .await
+        .unwrap();
+    assert_eq!(fa.get_local("z"), None);
+    assert_eq!(
+        a.stats().outbox_entries,
+        2,
+        "the clear and z's invalidation"
+    );
+
+    recover(&mut server, &[&a, &b], &a).await;
+    assert_eq!(outbox(&a, "fees").2, 2, "both replayed");
+    assert_eq!(
+        values(&fb.get_many(["x", "z", "u"]).await),
+        [None, None, None],
+        "old values read after the replay"
+    );
+    assert_eq!(fb.get("x").await, None);
+    // Other namespaces are untouched, in Redis and for b.
+    assert!(raw(&server, "quote", "q").is_some());
+    assert_eq!(qb.get("q").await.as_deref(), Some(&4));
+}
+
+/// The cache-wide `invalidate_tag` with Redis down: a clear of every namespace this node
+/// configures is queued (`Ok(0)`) and replayed; on a cache with strict writes it fails with
+/// `Unavailable`, queues nothing and leaves no local copy.
+#[tokio::test]
+async fn cache_wide_invalidate_tag_without_redis_queues_a_clear_of_every_namespace() {
+    let mut server = RedisServer::start();
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
+    let strict = node_with(&server, |b| {
+        b.namespace(
+            "fees",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+        .strict_writes(true)
+    })
+    .await;
+    let fa = a.namespace::<str, u64>("fees").unwrap();
+    let qa = a.namespace::<str, u64>("quote").unwrap();
+    let fs = strict.namespace::<str, u64>("fees").unwrap();
+    fa.set_tagged("f", 1, &["S"]).await.unwrap();
+    qa.set_tagged("q", 2, &["S"]).await.unwrap();
+    a.namespace::<str, u64>("rate")
+        .unwrap()
+        .set("r", 3)
+        .await
+        .unwrap();
+    await_applied(&strict, "fees", 1).await;
+    assert_eq!(fs.get("f").await.as_deref(), Some(&1));
+
+    crash_keeping_data(&mut server, &[&a, &b, &strict]).await;
+    assert_eq!(
+        fs.get_local("f").as_deref(),
+        Some(&1),
+        "unbounded: L1 serves"
+    );
+    let e = bounded("strict cache-wide", strict.invalidate_tag("S"))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(
+        fs.get_local("f"),
+        None,
+        "a strict failure drops the local copy"
+    );
+    assert_eq!(strict.stats().outbox_entries, 0, "strict: nothing queued");
+
+    assert_eq!(fa.get_local("f").as_deref(), Some(&1));
+    let queued = outbox(&a, "rate").0;
+    assert_eq!(
+        bounded("cache-wide", a.invalidate_tag("S")).await.unwrap(),
+        0
+    );
+    assert_eq!(fa.get_local("f"), None);
+    assert_eq!(a.stats().outbox_entries, 3, "one clear per namespace");
+    assert_eq!(outbox(&a, "rate").0, queued + 1);
+
+    recover(&mut server, &[&a, &b, &strict], &a).await;
+    let fb = b.namespace::<str, u64>("fees").unwrap();
+    let qb = b.namespace::<str, u64>("quote").unwrap();
+    let rb = b.namespace::<str, u64>("rate").unwrap();
+    assert_eq!(
+        (fb.get("f").await, qb.get("q").await, rb.get("r").await),
+        (None, None, None),
+        "every namespace cleared, untagged keys too"
+    );
+}
+
+/// Strict tagged calls keep failing fast with Redis down, queue nothing, and leave no local
+/// copy; once Redis is back they go through again.
+#[tokio::test]
+async fn strict_tagged_calls_without_redis_fail_fast_and_drop_local_copies() {
     let mut server = RedisServer::start();
     let cache = node_with_fees(&server).await;
-    let fees = cache.namespace::<str, u64>("fees").unwrap();
+    let fees = cache
+        .namespace::<str, u64>("fees")
+        .unwrap()
+        .strict_writes(true);
     fees.set_tagged("x", 1, &["T"]).await.unwrap();
     fees.set("y", 2).await.unwrap();
     server.kill();
@@ -335,26 +580,35 @@ async fn invalidate_tag_without_redis_fails_fast_and_drops_local_copies() {
         Some(&1),
         "unbounded: L1 serves"
     );
+    let e = bounded("set_tagged", fees.set_tagged("x", 3, &["T"]))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert_eq!(
+        fees.get_local("x"),
+        None,
+        "an unpropagated write leaves no copy"
+    );
+    let out = bounded("set_many_tagged", fees.set_many_tagged([("y", 4)], &["T"])).await;
+    assert!(out[0].as_ref().unwrap_err().is_unavailable(), "{out:?}");
+    assert_eq!(fees.get_local("y"), None);
+    fees.get_or_load("w", || async { Ok::<_, std::io::Error>(5) })
+        .await
+        .unwrap();
+    assert!(fees.get_local("w").is_some());
     let e = bounded("invalidate_tag", fees.invalidate_tag("T"))
         .await
         .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     // Which keys the tag covered is unknown here: the namespace's L1 is dropped.
-    assert_eq!((fees.get_local("x"), fees.get_local("y")), (None, None));
-    let e = bounded("cache-wide", cache.invalidate_tag("T"))
-        .await
-        .unwrap_err();
-    assert!(e.is_unavailable(), "{e}");
-    let e = bounded("set_tagged", fees.set_tagged("x", 3, &["T"]))
-        .await
-        .unwrap_err();
-    assert!(e.is_unavailable(), "{e}");
-    assert_eq!(fees.get_local("x"), None);
+    assert_eq!(fees.get_local("w"), None);
+    assert_eq!(cache.stats().outbox_entries, 0, "strict: nothing queued");
 
     server.restart();
     eventually("resubscribed", PATIENCE, || async { cache.is_subscribed() }).await;
-    eventually("tag invalidation goes through again", PATIENCE, || async {
-        fees.invalidate_tag("T").await.is_ok()
+    eventually("tagged writes go through again", PATIENCE, || async {
+        fees.set_tagged("x", 6, &["T"]).await.is_ok()
     })
     .await;
+    assert_eq!(fees.invalidate_tag("T").await.unwrap(), 1);
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{CacheKey, Namespace, NamespacePolicy, NamespaceStats, TieredCache};
-use workload::{rng, skewed, write_through};
+use workload::{rng, skewed};
 
 /// The document's TTLs.
 pub const WINDOW_TTL: Duration = Duration::from_secs(300);
@@ -534,10 +534,12 @@ impl ClearingNode {
     }
 
     /// A window's row changed (status, or a new window): the database first, then the cache,
-    /// tagged with the window so a settlement drops it too.
+    /// tagged with the window so a settlement drops it too. With Redis unreachable the
+    /// library queues an invalidation of the region instead (a replay could not carry the
+    /// tag): every node drops its copy and the next read loads the row.
     pub async fn publish_window(&self, w: &ClearingWindow) -> tiered_cache::Result<()> {
         let tag = window_tag(&w.id);
-        write_through(&self.windows, &w.region, w.clone(), &[&tag]).await
+        self.windows.set_tagged(&w.region, w.clone(), &[&tag]).await
     }
 
     /// Scheduled → Open → InProgress → Completed: database, then cache.

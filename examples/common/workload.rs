@@ -1,13 +1,10 @@
-//! The pieces every example's workload uses: latency samples, dice, a bounded wait, and the
-//! tagged write-through. One copy for all of them.
+//! The pieces every example's workload uses: latency samples, dice and a bounded wait. One
+//! copy for all of them.
 // Each example uses its own share of these.
 #![allow(dead_code)]
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use tiered_cache::{CacheKey, Namespace};
 
 /// Logs to stderr at level `default`, unless `RUST_LOG` says otherwise.
 pub fn init_logging(default: &str) {
@@ -97,23 +94,4 @@ pub async fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
-}
-
-/// A tagged write-through. `set_tagged` is not queued while Redis is unreachable (unlike
-/// `set`): then drop the key instead, which is queued and replayed, so no node keeps the old
-/// value and the next read loads the new row from the database.
-pub async fn write_through<K, V>(
-    ns: &Namespace<K, V>,
-    key: &K,
-    value: V,
-    tags: &[&str],
-) -> tiered_cache::Result<()>
-where
-    K: CacheKey + ?Sized + 'static,
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    match ns.set_tagged(key, value, tags).await {
-        Err(e) if e.is_unavailable() => ns.invalidate(key).await,
-        done => done,
-    }
 }

@@ -761,9 +761,8 @@ impl Payments {
     }
 
     /// Updates a rate: the store first, then the rate and every conversion of the pair (by
-    /// its tag). A tag invalidation cannot be queued while Redis is unreachable (which keys
-    /// it covers only Redis knows): then every conversion is dropped instead, a clear the
-    /// outbox does queue and replay.
+    /// its tag). With Redis unreachable the library queues a clear of the conversions
+    /// namespace instead (which keys the tag covers only Redis knows) and replays it.
     pub async fn upsert_rate(
         &self,
         pair: &CurrencyPairKey,
@@ -772,11 +771,7 @@ impl Payments {
         let seq = self.store.upsert_rate(pair, rate)?;
         self.log.push(format!("store:rate:{}:{seq}", pair.tag()));
         self.rates.invalidate(pair).await?;
-        match self.conversions.invalidate_tag(&pair.tag()).await {
-            Ok(_) => {}
-            Err(e) if e.is_unavailable() => self.conversions.invalidate_namespace().await?,
-            Err(e) => return Err(e.into()),
-        }
+        self.conversions.invalidate_tag(&pair.tag()).await?;
         self.log.push(format!("cache:invalidate:{pair}"));
         Ok(seq)
     }

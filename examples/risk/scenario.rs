@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tiered_cache::{CacheKey, Namespace, NamespacePolicy, Stats, TieredCache};
-use workload::write_through;
 
 /// The document's TTLs.
 pub const METRICS_TTL: Duration = Duration::from_secs(30);
@@ -473,7 +472,11 @@ impl TenantRisk {
         let p = self
             .store
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
-        write_through(&self.profiles, &self.key(user), p.clone(), &[&self.tag]).await?;
+        // With Redis unreachable the library queues an invalidation of the key instead: every
+        // node drops its copy, and the next read loads this profile from the database.
+        (self.profiles)
+            .set_tagged(&self.key(user), p.clone(), &[&self.tag])
+            .await?;
         Ok(p)
     }
 
@@ -488,7 +491,9 @@ impl TenantRisk {
             .store
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
         let key = self.key(user);
-        write_through(&self.profiles, &key, p.clone(), &[&self.tag]).await?;
+        (self.profiles)
+            .set_tagged(&key, p.clone(), &[&self.tag])
+            .await?;
         self.metrics.invalidate(&key).await?;
         Ok(p)
     }
