@@ -129,10 +129,10 @@ fn symbol(i: usize) -> String {
     format!("SYM{i:03}")
 }
 
-/// `l1_only`: no Redis to coordinate through, so the namespaces trade the staleness bound for
-/// availability and keep serving L1 (each node alone).
-async fn build_node(url: &str, l1_only: bool) -> TieredCache {
-    let policy = |p: NamespacePolicy| if l1_only { p.unbounded_staleness() } else { p };
+/// `bound`: the staleness bound; `None` when there is no Redis to coordinate through, so the
+/// namespaces trade it for availability and keep serving L1 (each node alone).
+async fn build_node(url: &str, bound: Option<Duration>) -> TieredCache {
+    let policy = |p: NamespacePolicy| workload::bounded(p, bound);
     TieredCache::builder()
         .redis_url(url)
         .prefix("v1")
@@ -315,7 +315,7 @@ async fn main() {
 
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(build_node(&url, mode.is_none()).await);
+        nodes.push(build_node(&url, mode.staleness_bound()).await);
     }
     if !mode.is_none() {
         let deadline = Instant::now() + Duration::from_secs(10);

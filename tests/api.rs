@@ -189,7 +189,9 @@ async fn ttls_apply_on_both_tiers() {
     let cache = node_with(&server, |b| {
         b.namespace(
             "short",
-            NamespacePolicy::new(Duration::from_millis(1500)).l1_ttl(Duration::from_millis(300)),
+            NamespacePolicy::new(Duration::from_millis(1500))
+                .l1_ttl(Duration::from_millis(300))
+                .staleness_bound(support::LOOSE_BOUND),
         )
     })
     .await;

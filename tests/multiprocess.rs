@@ -78,8 +78,14 @@ async fn child_node() {
     };
     let cache = TieredCache::builder()
         .redis_url(url)
-        .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
-        .namespace("quote", NamespacePolicy::new(Duration::from_secs(60)))
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).staleness_bound(support::LOOSE_BOUND),
+        )
+        .namespace(
+            "quote",
+            NamespacePolicy::new(Duration::from_secs(60)).staleness_bound(support::LOOSE_BOUND),
+        )
         .build()
         .unwrap();
     eventually("child subscribed", PATIENCE, || async {

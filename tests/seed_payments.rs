@@ -26,7 +26,7 @@ async fn fleet(server: &RedisServer, nodes: usize) -> Fleet {
         _ => None,
     })
     .unwrap();
-    let fleet = Fleet::start(&config, nodes, WALLETS, false, |b| {
+    let fleet = Fleet::start(&config, nodes, WALLETS, Some(support::LOOSE_BOUND), |b| {
         b.heartbeat(Duration::from_millis(50))
             .l2_timeout(Duration::from_millis(200))
             .reconnect_backoff(Duration::from_millis(100))

@@ -22,7 +22,7 @@ async fn fleet(server: &RedisServer, nodes: usize) -> Fleet {
         _ => None,
     })
     .unwrap();
-    let fleet = Fleet::start(&config, nodes, false, |b| {
+    let fleet = Fleet::start(&config, nodes, Some(support::LOOSE_BOUND), |b| {
         b.heartbeat(Duration::from_millis(50))
     })
     .await

@@ -28,7 +28,8 @@ fn raw(server: &RedisServer, key: &str) -> Vec<u8> {
 #[tokio::test]
 async fn payloads_over_the_threshold_are_compressed_and_read_back_exactly() {
     let server = RedisServer::start();
-    let policy = || NamespacePolicy::new(Duration::from_secs(60));
+    let policy =
+        || NamespacePolicy::new(Duration::from_secs(60)).staleness_bound(support::LOOSE_BOUND);
     let a = node(&server, policy()).await;
     let b = node(&server, policy()).await;
     let na = a.namespace::<str, Vec<(String, u64, u64)>>("book").unwrap();
@@ -73,7 +74,9 @@ async fn an_l1_bounded_in_bytes_stays_within_its_budget() {
     let budget = 20_000;
     let a = node(
         &server,
-        NamespacePolicy::new(Duration::from_secs(60)).l1_max_bytes(budget),
+        NamespacePolicy::new(Duration::from_secs(60))
+            .l1_max_bytes(budget)
+            .staleness_bound(support::LOOSE_BOUND),
     )
     .await;
     let na = a.namespace::<str, Vec<(String, u64, u64)>>("book").unwrap();

@@ -34,7 +34,12 @@ async fn main() {
     scenario::seed(&store, &plan);
 
     let nodes: Vec<ClearingNode> = (0..plan.nodes)
-        .map(|_| ClearingNode::new(scenario::build_cache(&url, mode.is_none()), store.clone()))
+        .map(|_| {
+            ClearingNode::new(
+                scenario::build_cache(&url, mode.staleness_bound()),
+                store.clone(),
+            )
+        })
         .collect();
     if !mode.is_none() {
         let subscribed = scenario::workload::wait_until(Duration::from_secs(10), || {

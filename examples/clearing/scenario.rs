@@ -483,17 +483,11 @@ pub struct Warmed {
     pub failed: usize,
 }
 
-/// The cache, configured with the document's TTLs. `l1_only`: there is no Redis to coordinate
-/// through, so the namespaces keep serving L1 (each node alone) instead of bypassing it.
-pub fn build_cache(url: &str, l1_only: bool) -> TieredCache {
-    let policy = |ttl: Duration| {
-        let p = NamespacePolicy::new(ttl);
-        if l1_only {
-            p.unbounded_staleness()
-        } else {
-            p
-        }
-    };
+/// The cache, configured with the document's TTLs and the staleness `bound` (`None`: there is
+/// no Redis to coordinate through, so the namespaces keep serving L1, each node alone, instead
+/// of bypassing it).
+pub fn build_cache(url: &str, bound: Option<Duration>) -> TieredCache {
+    let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
     TieredCache::builder()
         .redis_url(url)
         .prefix("deltran")

@@ -46,6 +46,12 @@ impl RedisMode {
         }
     }
 
+    /// The staleness bound for this run's namespaces: the library's default, or none (L1
+    /// serves each node alone) when there is no Redis to coordinate through.
+    pub fn staleness_bound(&self) -> Option<std::time::Duration> {
+        (!self.is_none()).then_some(tiered_cache::NamespacePolicy::DEFAULT_STALENESS_BOUND)
+    }
+
     /// True when there is no Redis to share through.
     pub fn is_none(&self) -> bool {
         matches!(self, RedisMode::None(_))

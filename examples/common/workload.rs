@@ -5,6 +5,17 @@
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+use tiered_cache::NamespacePolicy;
+
+/// `policy` with its staleness bound: how long L1 may serve without proof that invalidations
+/// still reach this node. `None`: there is no Redis to coordinate through, so L1 serves each
+/// node alone instead of being bypassed.
+pub fn bounded(policy: NamespacePolicy, bound: Option<Duration>) -> NamespacePolicy {
+    match bound {
+        Some(bound) => policy.staleness_bound(bound),
+        None => policy.unbounded_staleness(),
+    }
+}
 
 /// Logs to stderr at level `default`, unless `RUST_LOG` says otherwise.
 pub fn init_logging(default: &str) {

@@ -125,7 +125,7 @@ async fn main() {
         config.idle_timeout,
         config.health_check_interval
     );
-    let fleet = Fleet::start(&config, NODES, WALLETS, mode.is_none(), |b| b)
+    let fleet = Fleet::start(&config, NODES, WALLETS, mode.staleness_bound(), |b| b)
         .await
         .expect("fleet");
     if !mode.is_none() {

@@ -581,19 +581,15 @@ impl PaymentsConfig {
     }
 
     /// The cache builder: Redis, timeouts, and one namespace per row of the TTL table.
-    /// `l1_only` (no Redis to coordinate through): namespaces keep serving L1, each node alone.
-    pub fn builder(&self, l1_only: bool) -> TieredCacheBuilder {
+    /// `bound`: the namespaces' staleness bound (`None`: no Redis to coordinate through, so
+    /// they keep serving L1, each node alone).
+    pub fn builder(&self, bound: Option<Duration>) -> TieredCacheBuilder {
         let mut b = TieredCache::builder()
             .redis_url(&self.redis_url)
             .prefix(PREFIX)
             .connect_timeout(self.connection_timeout);
         for (name, ttl) in TTLS {
-            let policy = NamespacePolicy::new(*ttl);
-            let policy = if l1_only {
-                policy.unbounded_staleness()
-            } else {
-                policy
-            };
+            let policy = workload::bounded(NamespacePolicy::new(*ttl), bound);
             b = b.namespace(*name, policy);
         }
         b
@@ -820,7 +816,7 @@ impl Fleet {
         config: &PaymentsConfig,
         nodes: usize,
         wallets: usize,
-        l1_only: bool,
+        bound: Option<Duration>,
         tweak: impl Fn(TieredCacheBuilder) -> TieredCacheBuilder,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let store = Arc::new(Store::open()?);
@@ -832,7 +828,7 @@ impl Fleet {
         let log = Arc::new(EventLog::default());
         let mut built = Vec::new();
         for _ in 0..nodes {
-            let cache = tweak(config.builder(l1_only)).build()?;
+            let cache = tweak(config.builder(bound)).build()?;
             built.push(Payments::new(cache, store.clone(), log.clone())?);
         }
         Ok(Self {

@@ -70,7 +70,12 @@ async fn main() {
     };
     let store = RiskStore::new(timing);
     let nodes: Vec<RiskNode> = (0..NODES)
-        .map(|_| RiskNode::new(scenario::build_cache(&url, !shared, timing), store.clone()))
+        .map(|_| {
+            RiskNode::new(
+                scenario::build_cache(&url, mode.staleness_bound(), timing),
+                store.clone(),
+            )
+        })
         .collect();
     if shared {
         let subscribed = scenario::workload::wait_until(Duration::from_secs(10), || {

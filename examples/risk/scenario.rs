@@ -327,17 +327,11 @@ pub struct RiskNode {
 }
 
 /// The cache, configured with the document's TTLs (divided by `timing.ttl_divisor`).
-/// `l1_only`: there is no Redis to coordinate through, so the namespaces keep serving L1 (each
-/// node alone) instead of bypassing it: the document's "fallback to in-memory".
-pub fn build_cache(url: &str, l1_only: bool, timing: Timing) -> TieredCache {
-    let policy = |ttl: Duration| {
-        let p = NamespacePolicy::new(ttl);
-        if l1_only {
-            p.unbounded_staleness()
-        } else {
-            p
-        }
-    };
+/// `bound`: the staleness bound; `None` when there is no Redis to coordinate through, so the
+/// namespaces keep serving L1 (each node alone) instead of bypassing it: the document's
+/// "fallback to in-memory".
+pub fn build_cache(url: &str, bound: Option<Duration>, timing: Timing) -> TieredCache {
+    let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
     TieredCache::builder()
         .redis_url(url)
         .prefix("risk")

@@ -137,7 +137,7 @@ async fn main() {
         config.max_batch_size,
         config.max_connections
     );
-    let fleet = Fleet::start(&config, NODES, mode.is_none(), |b| b)
+    let fleet = Fleet::start(&config, NODES, mode.staleness_bound(), |b| b)
         .await
         .expect("fleet");
     if !mode.is_none() {

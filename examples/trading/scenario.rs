@@ -329,15 +329,12 @@ impl TradingConfig {
     }
 
     /// The cache builder: Redis, prefix, and one namespace per kind of data with its TTL and
-    /// the compression threshold. `l1_only`: no Redis, each node serves its L1 alone.
-    pub fn builder(&self, l1_only: bool) -> TieredCacheBuilder {
+    /// the compression threshold. `bound`: the staleness bound (`None`: no Redis, each node
+    /// serves its L1 alone).
+    pub fn builder(&self, bound: Option<Duration>) -> TieredCacheBuilder {
         let policy = |ttl: Duration| {
             let p = NamespacePolicy::new(ttl).compress_above(self.compress_threshold);
-            if l1_only {
-                p.unbounded_staleness()
-            } else {
-                p
-            }
+            workload::bounded(p, bound)
         };
         TieredCache::builder()
             .redis_url(&self.redis_url)
@@ -501,13 +498,13 @@ impl Fleet {
     pub async fn start(
         config: &TradingConfig,
         nodes: usize,
-        l1_only: bool,
+        bound: Option<Duration>,
         tweak: impl Fn(TieredCacheBuilder) -> TieredCacheBuilder,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let sources = Arc::new(Sources::default());
         let mut built = Vec::new();
         for _ in 0..nodes {
-            let cache = tweak(config.builder(l1_only)).build()?;
+            let cache = tweak(config.builder(bound)).build()?;
             built.push(Node::new(cache, sources.clone())?);
         }
         Ok(Self {
@@ -681,7 +678,7 @@ mod config_tests {
         // No Redis needed: build() does not connect.
         parse(&[("CACHE_COMPRESS_THRESHOLD", "0")])
             .unwrap()
-            .builder(false)
+            .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
             .build()
             .unwrap();
     }
