@@ -52,18 +52,26 @@ impl RedisServer {
     /// Starts a server, or says why it could not.
     pub fn try_start() -> Result<Self, String> {
         let bin = redis_server_bin().ok_or(MISSING)?;
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("tiered-cache-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            bin,
-            port,
-            dir,
-            child: None,
-        };
-        server.spawn()?;
-        Ok(server)
+        // The free port is released before the server binds it, so another process may take it
+        // first: then the server exits, and another port is tried.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("tiered-cache-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = Self {
+                bin: bin.clone(),
+                port,
+                dir,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -82,7 +90,16 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.ping() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited at start ({status}): {}",
+                    self.port,
+                    self.log().trim()
+                ));
+            }
+            // Answering is not enough: another process's server may hold the port.
+            if self.ping() && self.is_ours() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -98,6 +115,17 @@ impl RedisServer {
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
+    }
+
+    /// Whether the server answering on the port is this one (its working directory is ours).
+    fn is_ours(&self) -> bool {
+        let dir: Option<Vec<String>> = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut c))
+            .ok();
+        let ours = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        dir.and_then(|d| d.into_iter().nth(1))
+            .is_some_and(|d| std::path::Path::new(&d) == ours)
     }
 
     /// What the server has logged so far (warnings and up).
@@ -121,7 +149,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (empty: it keeps nothing on disk).
+    /// Starts the server again on the same port, empty unless the test ran `SAVE` (nothing is
+    /// saved on its own). Panics if another process took the port meanwhile.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn().unwrap_or_else(|e| panic!("{e}"));
