@@ -221,6 +221,23 @@ impl Drop for StrictGuard<'_> {
     }
 }
 
+/// An operation a caller took out of the queue to replay itself, put back if the caller is
+/// dropped before it finishes.
+struct Held<'a> {
+    outbox: &'a Outbox,
+    taken: Option<Taken>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.taken.take() {
+            let mut st = self.outbox.lock();
+            self.outbox.restore(&mut st, t, None);
+            self.outbox.publish_len(&st);
+        }
+    }
+}
+
 /// This node's outbox.
 pub(crate) struct Outbox {
     state: Mutex<State>,
@@ -374,17 +391,23 @@ impl Outbox {
                 }
             })
         };
-        if let Some(clear) = clear {
-            let outcome = replay(shared, &clear).await;
-            let fate = fate_of(&outcome);
-            self.finish(shared, clear, fate);
-            if let Err(e) = outcome {
-                if fate == Fate::Unreachable {
-                    return Err(e);
-                }
-            }
+        let Some(clear) = clear else {
+            return Ok(());
+        };
+        // The clear is out of the queue while this caller replays it: if the caller is dropped
+        // meanwhile (its own timeout), the guard puts it back, or nothing ever would.
+        let mut held = Held {
+            outbox: self,
+            taken: Some(clear),
+        };
+        let outcome = replay(shared, held.taken.as_ref().expect("held until finished")).await;
+        let clear = held.taken.take().expect("held until finished");
+        let fate = fate_of(&outcome);
+        self.finish(shared, clear, fate);
+        match outcome {
+            Err(e) if fate == Fate::Unreachable => Err(e),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Queues a write. `local` is the value for this node's L1, kept only in a namespace that

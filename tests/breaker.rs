@@ -553,3 +553,65 @@ async fn strict_writes_return_the_typed_error_and_queue_nothing() {
     assert_eq!(cache.stats().outbox_entries, 1);
     assert_eq!(lenient.get_local("k").map(|v| *v), Some(2));
 }
+
+/// A tagged write replays a queued clear of its namespace itself before it lands. A caller
+/// that gives up during that replay (its own timeout) must not take the clear with it: the
+/// clear goes back in the queue, is replayed once Redis answers, and the other node evicts
+/// the value it was issued against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_while_replaying_a_queued_clear_leaves_it_queued() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    // Calls hang for a long timeout and never open the breaker, and the replayer's own retry
+    // waits a minute: the only replay of the clear while the link hangs is the caller's.
+    let a = builder(&proxy.url())
+        .l2_timeout(Duration::from_millis(1500))
+        .breaker_threshold(1000)
+        .reconnect_backoff(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let b = builder(&server.url()).build().unwrap();
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let (ra, rb) = (
+        a.namespace::<str, u64>("fees").unwrap(),
+        b.namespace::<str, u64>("fees").unwrap(),
+    );
+    ra.set_tagged("x", 1, &["T"]).await.unwrap();
+    await_applied(&b, "fees", 1).await;
+    assert_eq!(rb.get("x").await.map(|v| *v), Some(1));
+
+    proxy.set(Fault::Swallow, Target::Data);
+    let errors = |c: &TieredCache| c.stats().namespace("fees").unwrap().l2_errors;
+    assert_eq!(
+        ra.invalidate_tag("T").await.unwrap(),
+        0,
+        "queued as a clear"
+    );
+    assert_eq!(a.stats().outbox_entries, 1);
+    // The replayer tries the clear once at once (it was just queued) and fails: wait for
+    // that, so the caller below finds the clear in the queue, not in the replayer's hands.
+    eventually("the replayer's first try failed", PATIENCE, || async {
+        errors(&a) >= 2
+    })
+    .await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(200), ra.set_tagged("w", 5, &["U"])).await;
+    assert!(gave_up.is_err(), "the caller was to give up mid-replay");
+    assert_eq!(a.stats().outbox_entries, 1, "the clear is still queued");
+
+    proxy.heal();
+    proxy.reset();
+    // Wakes the replayer, which lands the clear and then this write.
+    ra.set("z", 3).await.unwrap();
+    eventually("a's outbox drains", PATIENCE, || async {
+        a.stats().outbox_entries == 0
+    })
+    .await;
+    eventually("b evicts x on the replayed clear", PATIENCE, || async {
+        rb.get_local("x").is_none()
+    })
+    .await;
+    assert_eq!(rb.get("x").await, None, "x's old value survived the clear");
+    assert_eq!(rb.get("z").await.map(|v| *v), Some(3));
+}
