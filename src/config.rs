@@ -163,8 +163,8 @@ impl NamespacePolicy {
 
     /// Fleet-wide single flight: before loading a key Redis does not hold, a node takes a
     /// short lock in Redis (`SET NX PX` with a random token, released by compare-and-delete);
-    /// other nodes wait for the holder's value (polling Redis) up to `lock_ttl`, then load
-    /// themselves. An efficiency aid only: coherence never depends on it, and a lost lock
+    /// other nodes wait for the holder's value (polling Redis and the lock) up to
+    /// `lock_ttl`, then load themselves. An efficiency aid only: coherence never depends on it, and a lost lock
     /// means at worst one more load. Default: off (each node loads once).
     pub fn fleet_single_flight(mut self, lock_ttl: Duration) -> Self {
         self.fleet_lock = Some(lock_ttl);

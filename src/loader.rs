@@ -560,11 +560,12 @@ impl Flight<'_> {
 
     /// Takes the fleet-wide load lock, or waits for the node holding it to fill Redis.
     ///
-    /// The holder fills Redis before it unlocks, so Redis is read after the lock is seen free,
-    /// never before: read first, and a fill plus unlock landing between the two reads would
-    /// look like a failed load and start a second one. For the same reason a lock just taken
-    /// is checked against Redis once: the previous holder may have filled and unlocked between
-    /// this node's miss and its lock.
+    /// A waiter reads Redis on every poll (a holder whose unlock is lost still serves it), and
+    /// once more after seeing the lock free: the holder fills before it unlocks, so a fill and
+    /// unlock landing between a poll's read and its lock check are seen then, instead of
+    /// looking like a failed load and starting a second one. For the same reason a lock just
+    /// taken is checked against Redis once (the previous holder may have filled and unlocked
+    /// between this node's miss and its lock), as is giving up.
     async fn fleet_lock<V: DeserializeOwned + Send + Sync + 'static>(
         &self,
         ttl: Duration,
@@ -592,23 +593,34 @@ impl Flight<'_> {
                     return Locked::Proceed;
                 }
             }
-            // Another node is loading: wait for its lock to go away, then look for its fill.
+            // Another node is loading: wait for its fill, or for its lock to go away.
             loop {
                 if Instant::now() >= deadline {
                     m.lock_gave_up.inc();
-                    return Locked::Proceed;
+                    return self.last_look::<V>().await;
                 }
                 tokio::time::sleep(poll).await;
+                if let Some(value) = self.filled::<V>().await {
+                    return Locked::Filled(value);
+                }
                 match l2.is_locked(ns, key).await {
                     Ok(true) => continue,
                     Ok(false) => break,
-                    Err(_) => return Locked::Proceed,
+                    Err(_) => return self.last_look::<V>().await,
                 }
             }
             if let Some(value) = self.filled::<V>().await {
                 return Locked::Filled(value);
             }
             // Released without a fill (its loader failed): try to take it.
+        }
+    }
+
+    /// Before loading without the lock: the value, if the holder filled it meanwhile.
+    async fn last_look<V: DeserializeOwned + Send + Sync + 'static>(&self) -> Locked {
+        match self.filled::<V>().await {
+            Some(value) => Locked::Filled(value),
+            None => Locked::Proceed,
         }
     }
 

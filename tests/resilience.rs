@@ -492,3 +492,38 @@ async fn short_loads_racing_on_many_keys_load_each_key_once_in_the_fleet() {
     let twice: Vec<usize> = (0..KEYS).filter(|&i| calls[i].load(SeqCst) != 1).collect();
     assert!(twice.is_empty(), "keys loaded other than once: {twice:?}");
 }
+
+/// A holder whose unlock never comes (it crashed between its fill and its unlock, or the
+/// unlock timed out) still serves the waiters: they find its value in Redis while the lock
+/// stands, long before it expires, and run no load of their own.
+#[tokio::test]
+async fn waiters_take_the_holders_value_even_if_its_unlock_never_comes() {
+    let server = RedisServer::start();
+    let lock_ttl = Duration::from_secs(60);
+    let policy = NamespacePolicy::new(Duration::from_secs(60)).fleet_single_flight(lock_ttl);
+    let (a, b) = (
+        node(&server, policy.clone()).await,
+        node(&server, policy).await,
+    );
+    // A lock held by a node that will never release it.
+    let _: String = server.cmd(&[b"SET", b"v1:_tc:lock:px:hot", b"1", b"PX", b"60000"]);
+    let calls = Arc::new(AtomicU64::new(0));
+    let waiter = {
+        let (na, calls) = (px(&a), calls.clone());
+        tokio::spawn(async move { na.get_or_load("hot", loader(&calls, Some(1))).await })
+    };
+    eventually("a is waiting on the lock", PATIENCE, || async {
+        stats(&a).l1_misses == 1
+    })
+    .await;
+    // The holder's value lands (here written by another node); its unlock does not.
+    px(&b).set("hot", 7).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, waiter)
+        .await
+        .expect("still waiting for a lock that outlives the value")
+        .unwrap()
+        .unwrap();
+    assert_eq!(*got, 7);
+    assert_eq!(calls.load(SeqCst), 0, "the waiter loaded anyway");
+    assert_eq!(stats(&a).fleet_lock_waits, 1);
+}
