@@ -425,16 +425,15 @@ where
         let keys: Vec<&str> = batch.iter().map(|(_, k, ..)| k.as_str()).collect();
         // A strict or tagged batch (a replay would lose the tags) cannot be queued as it is:
         // it lands behind whatever is queued for its keys instead (usually nothing).
+        // A route error is the replay of a queued clear failing; the replay counted it.
         let route = match shared.outbox.route_keys(shared, core, &keys).await {
             Ok(route) => route,
             Err(e) if e.is_unreachable() && !strict => {
                 // A queued clear could not be replayed first: degraded, not failed.
-                core.metrics.l2_failed(e.kind());
                 self.degrade(batch, tags);
                 return out;
             }
             Err(e) => {
-                core.metrics.l2_failed(e.kind());
                 let err = e.into_error("set_many");
                 for (i, key, ..) in &batch {
                     core.evict(key);

@@ -428,10 +428,13 @@ impl TieredCacheBuilder {
         self
     }
 
-    /// Fail `set`, `invalidate` and `invalidate_namespace` with `Err(Unavailable)` when Redis
-    /// is unreachable, instead of queuing them in the outbox and returning `Ok`. Per handle:
-    /// [`Namespace::strict_writes`](crate::Namespace::strict_writes). Default: off (degrade,
-    /// do not fail: callers of a cache rarely have anything better to do with the error).
+    /// Fail writes and invalidations (`set`, `set_many`, `invalidate`, `invalidate_many`,
+    /// `invalidate_namespace`, the tagged writes and `invalidate_tag`) with `Err(Unavailable)`
+    /// when Redis is unreachable, instead of queuing them in the outbox and returning `Ok`.
+    /// Per handle: [`Namespace::strict_writes`](crate::Namespace::strict_writes); the
+    /// cache-wide [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag) follows
+    /// this setting. Default: off (degrade, do not fail: callers of a cache rarely have
+    /// anything better to do with the error).
     pub fn strict_writes(mut self, strict: bool) -> Self {
         self.strict_writes = strict;
         self

@@ -164,7 +164,9 @@ where
     /// tag lists is unknown here, so a clear of the whole namespace, the safe superset, is
     /// queued in the outbox and replayed when Redis is back (this node's L1 of the namespace
     /// is cleared now), and this returns `Ok(0)`: 0 because the tag's keys are unknown while
-    /// Redis is unreachable; the namespace clear is queued and replayed.
+    /// Redis is unreachable; the namespace clear is queued and replayed. `Ok(0)` therefore
+    /// does not prove the tag listed nothing; until the replay lands, nodes that can still
+    /// reach Redis (a partition, not an outage) may read the tag's old values from it.
     ///
     /// With [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead: this
     /// node's L1 of the namespace is cleared, and whether Redis and the other nodes saw the
