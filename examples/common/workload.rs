@@ -17,6 +17,14 @@ pub fn bounded(policy: NamespacePolicy, bound: Option<Duration>) -> NamespacePol
     }
 }
 
+/// The configuration read from the environment, or exit 2 saying why it was rejected.
+pub fn config_or_exit<C, E: std::fmt::Display>(config: Result<C, E>) -> C {
+    config.unwrap_or_else(|e| {
+        eprintln!("configuration rejected: {e}");
+        std::process::exit(2)
+    })
+}
+
 /// Logs to stderr at level `default`, unless `RUST_LOG` says otherwise.
 pub fn init_logging(default: &str) {
     tracing_subscriber::fmt()

@@ -108,13 +108,7 @@ async fn main() {
     scenario::workload::init_logging("warn");
     let ops: usize = scenario::workload::env_number("PAYMENTS_OPS", 10_000);
     let mode = RedisMode::discover();
-    let mut config = match PaymentsConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("configuration rejected: {e}");
-            std::process::exit(2);
-        }
-    };
+    let mut config = scenario::workload::config_or_exit(PaymentsConfig::from_env());
     config.redis_url = mode.url();
     println!(
         "config: connect timeout {:?}; REDIS_MAX_CONNECTIONS={}, REDIS_MIN_IDLE={}, REDIS_MAX_LIFETIME={:?}, REDIS_IDLE_TIMEOUT={:?} accepted, unused (one multiplexed connection, no pool); REDIS_HEALTH_CHECK_INTERVAL={:?} accepted, unused (the heartbeat checks every 100 ms)",

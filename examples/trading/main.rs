@@ -117,13 +117,7 @@ async fn main() {
     scenario::workload::init_logging("warn");
     let reads: usize = scenario::workload::env_number("TRADING_READS", 20_000);
     let mode = RedisMode::discover();
-    let mut config = match TradingConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("configuration rejected: {e}");
-            std::process::exit(2);
-        }
-    };
+    let mut config = scenario::workload::config_or_exit(TradingConfig::from_env());
     config.redis_url = mode.url();
     println!(
         "config: prefix {:?}, TTLs market {:?} portfolio {:?} risk {:?} session {:?} default {:?}, compress above {:?} bytes, batches of {}; REDIS_MAX_CONNECTIONS={} accepted, unused (one multiplexed connection)",
