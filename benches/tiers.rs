@@ -26,7 +26,7 @@
 //!   `metrics::with_local_recorder` with a `metrics-exporter-prometheus` recorder (handles
 //!   bind at `build()`; L1 hits are timed on 1 lookup in 64). `cargo bench --bench tiers --
 //!   metrics`. Measured (2 shared cores, 16 keys, ~220-340 ns per hit): with / without a
-//!   recorder, `get_local` 1.05x and 1.10x, `get` 1.08x and 1.08x over two runs.
+//!   recorder, `get_local` 1.05-1.10x, `get` 1.07-1.08x over three runs.
 //! - `get_many`: one `get_many` of 100 keys against 100 sequential `get`s of 100 other keys,
 //!   all L1 misses answered by Redis (L1 entries live 1 ms, and a key comes round again only
 //!   after 50 pairs). `cargo bench --bench tiers -- get_many`.
