@@ -37,6 +37,7 @@
 //! subscription is still confirmed, so nothing published from then on is missed.
 
 use crate::cache::Shared;
+use crate::codec::unix_ms;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -127,9 +128,8 @@ impl Outgoing {
     /// The send time, then the namespace.
     fn tail_start(namespace: &str) -> Vec<u8> {
         let mut t = Vec::with_capacity(8 + 2 + namespace.len() + 4);
-        t.extend_from_slice(&wall_clock_ms().to_be_bytes());
-        t.extend_from_slice(&(namespace.len() as u16).to_be_bytes());
-        t.extend_from_slice(namespace.as_bytes());
+        t.extend_from_slice(&unix_ms().to_be_bytes());
+        t.extend_from_slice(&Self::section_head(namespace));
         t
     }
 
@@ -164,13 +164,6 @@ pub(crate) enum Scope<'a> {
     Heartbeat {
         sent_ms: u64,
     },
-}
-
-/// This machine's wall clock, unix ms (0 if it reads before 1970).
-pub(crate) fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A parsed message.
@@ -348,7 +341,7 @@ fn apply_scope(shared: &Shared, msg: &Incoming<'_>) {
         }
         return;
     }
-    let now_ms = wall_clock_ms();
+    let now_ms = unix_ms();
     match (ns, &msg.scope) {
         (Some(ns), Scope::Keys(keys)) => {
             ns.apply_remote_keys(keys);
@@ -578,9 +571,9 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let before = wall_clock_ms();
+        let before = unix_ms();
         let m = Outgoing::keys(7, "rate", &["CNGN:USD", "", "é"]).assemble(42, 5);
-        let after = wall_clock_ms();
+        let after = unix_ms();
         let d = decode(&m).unwrap();
         let sent = d.sent_ms.unwrap();
         assert!(
@@ -602,14 +595,14 @@ mod tests {
 
     #[test]
     fn every_kind_carries_its_send_time_after_the_epoch() {
-        let before = wall_clock_ms();
+        let before = unix_ms();
         let messages = [
             Outgoing::keys(7, "rate", &["a"]).assemble(1, 5),
             Outgoing::namespace(7, "rate").assemble(2, 5),
             Outgoing::heartbeat(7, 77).assemble(3, 5),
             multi_message(7, 4, &[("rate", &["a"])]),
         ];
-        let after = wall_clock_ms();
+        let after = unix_ms();
         for m in &messages {
             assert_eq!(m[1], 2, "format");
             let at = u64::from_be_bytes(m[27..35].try_into().unwrap());

@@ -188,53 +188,42 @@ impl Route<'_> {
 
 /// Held by a strict call while it goes to Redis around the outbox.
 pub(crate) struct StrictGuard<'a> {
-    outbox: &'a Outbox,
+    // Declared first, so an abandoned call's claims go back before the replay lock is freed.
+    claimed: Held<'a>,
     _replays: tokio::sync::MutexGuard<'a, ()>,
-    claimed: Vec<Taken>,
-    done: bool,
 }
 
 impl StrictGuard<'_> {
     fn landed(mut self, shared: &Shared, ok: bool) {
-        self.done = true;
         let fate = if ok {
             Fate::Superseded
         } else {
             Fate::Unreachable
         };
-        for t in std::mem::take(&mut self.claimed) {
-            self.outbox.finish(shared, t, fate);
+        for t in std::mem::take(&mut self.claimed.taken) {
+            self.claimed.outbox.finish(shared, t, fate);
         }
     }
 }
 
-impl Drop for StrictGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done && !self.claimed.is_empty() {
-            // The call was abandoned: whatever it claimed goes back.
-            let mut st = self.outbox.lock();
-            for t in std::mem::take(&mut self.claimed) {
-                self.outbox.restore(&mut st, t, None);
-            }
-            self.outbox.publish_len(&st);
-        }
-    }
-}
-
-/// An operation a caller took out of the queue to replay itself, put back if the caller is
-/// dropped before it finishes.
+/// Operations a caller took out of the queue to land or replay itself: whatever is still
+/// here when the caller is dropped (it was abandoned mid-call) goes back, or nothing ever
+/// would put it back.
 struct Held<'a> {
     outbox: &'a Outbox,
-    taken: Option<Taken>,
+    taken: Vec<Taken>,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.taken.take() {
-            let mut st = self.outbox.lock();
-            self.outbox.restore(&mut st, t, None);
-            self.outbox.publish_len(&st);
+        if self.taken.is_empty() {
+            return;
         }
+        let mut st = self.outbox.lock();
+        for t in std::mem::take(&mut self.taken) {
+            self.outbox.restore(&mut st, t, None);
+        }
+        self.outbox.publish_len(&st);
     }
 }
 
@@ -366,10 +355,11 @@ impl Outbox {
         claimed: Vec<Taken>,
     ) -> Route<'a> {
         Route::Direct(Some(StrictGuard {
-            outbox: self,
+            claimed: Held {
+                outbox: self,
+                taken: claimed,
+            },
             _replays: replays,
-            claimed,
-            done: false,
         }))
     }
 
@@ -394,14 +384,13 @@ impl Outbox {
         let Some(clear) = clear else {
             return Ok(());
         };
-        // The clear is out of the queue while this caller replays it: if the caller is dropped
-        // meanwhile (its own timeout), the guard puts it back, or nothing ever would.
+        // Out of the queue while this caller replays it: back in if the caller is dropped.
         let mut held = Held {
             outbox: self,
-            taken: Some(clear),
+            taken: vec![clear],
         };
-        let outcome = replay(shared, held.taken.as_ref().expect("held until finished")).await;
-        let clear = held.taken.take().expect("held until finished");
+        let outcome = replay(shared, &held.taken[0]).await;
+        let clear = held.taken.pop().expect("held until finished");
         let fate = fate_of(&outcome);
         self.finish(shared, clear, fate);
         match outcome {
@@ -594,24 +583,18 @@ impl Outbox {
         let mut st = self.lock();
         match fate {
             Fate::Landed { expired } => {
-                for _ in 0..taken.ops() {
-                    m.replayed.inc();
-                }
+                m.replayed.add(taken.ops());
                 if expired {
                     m.dropped.inc();
                 }
                 self.forget(&mut st, &taken);
             }
             Fate::Refused => {
-                for _ in 0..taken.ops() {
-                    m.dropped.inc();
-                }
+                m.dropped.add(taken.ops());
                 self.forget(&mut st, &taken);
             }
             Fate::Superseded => {
-                for _ in 0..taken.ops() {
-                    m.superseded.inc();
-                }
+                m.superseded.add(taken.ops());
                 self.forget(&mut st, &taken);
             }
             Fate::Unreachable => self.restore(&mut st, taken, Some(m)),
