@@ -1,7 +1,7 @@
 //! Configuration: the builder, per-namespace policies, and the checks `build()` runs.
 
 use crate::error::{Error, Result};
-use crate::key::validate_name;
+use crate::key::{validate_name, validate_namespace};
 use std::time::Duration;
 
 /// The Redis URL used when none is given and `REDIS_URL` is unset.
@@ -474,12 +474,7 @@ impl TieredCacheBuilder {
         }
         let mut seen = std::collections::HashSet::new();
         for (name, policy) in &self.namespaces {
-            validate_name("namespace", name).map_err(config)?;
-            if name.starts_with('_') {
-                return Err(config(format!(
-                    "namespace {name:?} starts with '_', which is reserved"
-                )));
-            }
+            validate_namespace(name).map_err(config)?;
             if !seen.insert(name.as_str()) {
                 return Err(config(format!("namespace {name:?} is configured twice")));
             }

@@ -197,6 +197,18 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a namespace name: [`validate_name`]'s rules, and no leading `_` (reserved for the
+/// crate's own keys, `{prefix}:_tc:...`).
+pub(crate) fn validate_namespace(name: &str) -> Result<(), String> {
+    validate_name("namespace", name)?;
+    if name.starts_with('_') {
+        return Err(format!(
+            "namespace {name:?} starts with '_', which is reserved for the crate's own keys"
+        ));
+    }
+    Ok(())
+}
+
 /// All Redis names the cache uses, derived from the prefix in one place.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {

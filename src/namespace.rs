@@ -615,11 +615,7 @@ where
     /// is unknown (a timeout may come after the write ran): retry, or invalidate once Redis is
     /// back.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
-        self.set_key(key_string(key), value).await
-    }
-
-    /// `set`, for a key already in its string form.
-    pub(crate) async fn set_key(&self, key: String, value: V) -> Result<()> {
+        let key = key_string(key);
         let shared = self.cache.shared();
         let life = self.core.l2_life(false);
         let encoded = codec::encode(

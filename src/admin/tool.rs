@@ -6,7 +6,7 @@ use crate::cache::TieredCache;
 use crate::codec;
 use crate::config::NamespacePolicy;
 use crate::error::{Error, Result};
-use crate::key::{validate_name, KeySpace, SEPARATOR};
+use crate::key::{validate_name, validate_namespace, KeySpace, SEPARATOR};
 use crate::l2::admin::{AdminLink, BusTap};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -307,7 +307,7 @@ impl Admin {
         if meta.iter().any(|(field, _)| *field == floor) {
             return Ok(true);
         }
-        let pattern = format!("{}{SEPARATOR}{namespace}{SEPARATOR}*", self.prefix);
+        let pattern = self.keys().value_key(namespace, "*");
         let mut cursor = 0;
         loop {
             let page = self
@@ -391,13 +391,7 @@ fn named(ns: &str) -> NamespaceCensus {
 
 /// A namespace name as the library accepts it.
 fn check_namespace(namespace: &str) -> Result<()> {
-    validate_name("namespace", namespace).map_err(Error::Namespace)?;
-    if namespace.starts_with('_') {
-        return Err(Error::Namespace(format!(
-            "namespace {namespace:?} starts with '_', reserved for the crate's own keys"
-        )));
-    }
-    Ok(())
+    validate_namespace(namespace).map_err(Error::Namespace)
 }
 
 /// What a Redis key under the prefix is.
