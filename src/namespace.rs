@@ -547,7 +547,7 @@ where
             Lookup::Fresh(e) => return Ok(downcast(e.value)),
             Lookup::Due(e) => {
                 let value = downcast(e.value.clone());
-                self.refresh(key_string(key), e, make_loader());
+                self.refresh(key, e, make_loader);
                 return Ok(value);
             }
             Lookup::Stale(e) => Some(e),
@@ -559,16 +559,21 @@ where
     }
 
     /// Starts one background refresh of a key due for it, unless one is running.
-    fn refresh<F, Fut, E>(&self, key: String, current: L1Entry, loader: F)
+    /// The key's string and the loader are made only by the caller that leads: a hit while
+    /// a refresh is already running makes neither.
+    fn refresh<M, F, Fut, E>(&self, key: &K, current: L1Entry, make_loader: M)
     where
+        M: FnOnce() -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         // A load already in flight (a refresh or a miss) will do: join only to lead.
-        if let crate::flight::Role::Leader(leader, _) = self.core.flights.join(&key) {
+        let role = with_key_str(key, |k| self.core.flights.join(k));
+        if let crate::flight::Role::Leader(leader, _) = role {
             self.core.metrics.refresh_started.inc();
-            self.spawn_flight(key, loader, Mode::Refresh { current }, leader);
+            let mode = Mode::Refresh { current };
+            self.spawn_flight(key_string(key), make_loader(), mode, leader);
         }
     }
 
