@@ -372,7 +372,8 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The gauges that follow state, not events (L1 sizes need a moka maintenance pass), move
-    // at most once a second, and after the heartbeat is out: they never delay the proof.
+    // at most once a second, and after the heartbeat is out: a slow pass can push back the
+    // next tick by its length, never hold this one.
     let mut gauges_at = std::time::Instant::now();
     loop {
         tick.tick().await;

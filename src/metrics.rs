@@ -17,7 +17,7 @@
 //! | `tiered_cache_stale_served_total` | namespace | stale values served by fail-safe (loader failed or past its soft timeout) |
 //! | `tiered_cache_loader_timeouts_total` | namespace, kind (`soft`, `hard`) | loads past a timeout |
 //! | `tiered_cache_refreshes_total` | namespace, result (`started`, `failed`) | refresh-ahead loads |
-//! | `tiered_cache_fleet_locks_total` | namespace, result (`acquired`, `waited`, `gave_up`) | fleet-wide single flight: lock taken, another node's value waited for, waited too long |
+//! | `tiered_cache_fleet_locks_total` | namespace, result (`acquired`, `waited`, `gave_up`) | fleet-wide single flight: lock taken and loaded under; another node's value found in Redis instead of loading (also when found right after taking the lock, or after giving up); waited too long (then `waited` too if the value was there at the last look) |
 //! | `tiered_cache_l1_bypass_total` | namespace | reads that skipped L1 while the bus could not vouch for the staleness bound |
 //! | `tiered_cache_l1_bypassed` (gauge) | namespace | 1 while L1 is bypassed |
 //! | `tiered_cache_bus_events_total` | event (`subscribed`, `disconnected`, `own_skipped`, `malformed`, `gap`, `resync`) | subscriber life |
@@ -25,7 +25,7 @@
 //! | `tiered_cache_breaker_transitions_total` | to (`closed`, `half_open`, `open`) | breaker transitions |
 //! | `tiered_cache_outbox_total` | namespace, event (`queued`, `replayed`, `superseded`, `dropped`) | writes and invalidations queued while Redis was unreachable, and their fate |
 //! | `tiered_cache_outbox_entries` (gauge) | | entries queued or being replayed |
-//! | `tiered_cache_request_duration_seconds` (histogram) | namespace, tier (`l1`, `l2`, `loader`) | `l2`: one Redis read with its decode, every call (a batch read: one for its MGET); `loader`: one loader call, every call; `l1`: a hit, timed on 1 lookup in [`L1_SAMPLE`] per thread |
+//! | `tiered_cache_request_duration_seconds` (histogram) | namespace, tier (`l1`, `l2`, `loader`) | `l2`: one Redis read with its decode, every read that reached Redis (a batch read: one for its MGET, when it succeeded); `loader`: one loader call, every call; `l1`: a hit, timed on 1 lookup in [`L1_SAMPLE`] per thread |
 //! | `tiered_cache_invalidation_lag_seconds` (histogram) | namespace | receiver's wall clock minus the publisher's, per message from another node applied here (negative skew counts as 0): only as good as the nodes' clock sync |
 //! | `tiered_cache_invalidations_coalesced_total` | namespace | keys beyond the first carried by one applied message (batch and tag invalidations): keys evicted = applied key messages + this |
 //! | `tiered_cache_invalidations_lost_total` | | messages known lost: the holes in the version sequence (each hole also counts a `gap` event and causes a resync) |
@@ -39,7 +39,8 @@
 //! writer wins (as for the breaker's). Histogram buckets are the exporter's choice; the demo's
 //! start at 1 µs so L1 hits do not all land in the first one.
 //!
-//! The L1 hit path reads no clock: a thread-local countdown picks 1 lookup in [`L1_SAMPLE`] to
+//! An L1 hit reads the clock only when it is sampled (or its entry has a fail-safe or
+//! refresh-ahead deadline to check): a thread-local counter picks 1 lookup in [`L1_SAMPLE`] to
 //! time (measured in `benches/tiers.rs`, group `metrics`). The local lag record behind
 //! [`LagPercentiles`] is a fixed log-linear histogram of atomics (4 sub-buckets per power of
 //! two of milliseconds: a percentile is the bucket's upper bound, within 25 %), so recording
@@ -377,8 +378,8 @@ impl NamespaceMetrics {
     }
 
     /// Records the lag of a message from another node: `now_ms` minus `sent_ms`, both wall
-    /// clocks (unix ms); a sender's clock ahead of ours counts as no lag.
-    /// Records a message's lag; nothing for a message without a send time (format 1).
+    /// clocks (unix ms); a sender's clock ahead of ours counts as no lag. Nothing for a
+    /// message without a send time (format 1).
     pub(crate) fn invalidation_lag(&self, sent_ms: Option<u64>, now_ms: u64) {
         let Some(sent_ms) = sent_ms else { return };
         let lag = now_ms.saturating_sub(sent_ms);

@@ -1,6 +1,7 @@
 //! Sliding expiry: values whose life is extended each time they are used (sessions).
 //!
-//! A touch pushes the value's expiry to "now + the namespace's L2 TTL" in Redis (the key's TTL
+//! A touch pushes the value's expiry to "now + the namespace's L2 TTL" (less its jitter, if
+//! any, as for a write) in Redis (the key's TTL
 //! and the expiry in its envelope, in one script: see `l2/touch.rs`) and in this node's L1.
 //! It publishes nothing: other nodes' L1 copies keep the expiry they were read with, and when
 //! it passes they re-read Redis and find the extended value. That costs them one Redis read,
