@@ -35,6 +35,7 @@ use crate::l1::AnyValue;
 use crate::l2::{Payload, Stamp};
 use crate::loader::{self, L2Read};
 use crate::namespace::Namespace;
+use crate::outbox::Route;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
@@ -417,16 +418,20 @@ where
             return out;
         }
         let strict = self.is_strict();
-        if tags.is_empty() && !strict && shared.outbox.has_pending(&core.name) {
-            // Writes of this namespace are queued: these join them, to land after them.
-            self.enqueue_writes(batch);
-            return out;
-        }
         let keys: Vec<&str> = batch.iter().map(|(_, k, ..)| k.as_str()).collect();
-        // A strict or tagged batch (a replay would lose the tags) cannot be queued as it is:
-        // it lands behind whatever is queued for its keys instead (usually nothing).
+        // While writes of this namespace are queued, an untagged batch joins them; a strict or
+        // tagged one (a replay would lose the tags) lands behind what is queued for its keys.
         // A route error is the replay of a queued clear failing; the replay counted it.
-        let route = match shared.outbox.route_keys(shared, core, &keys).await {
+        let queueable = tags.is_empty() && !strict;
+        let route = match shared
+            .outbox
+            .route(shared, core, Some(&keys), queueable)
+            .await
+        {
+            Ok(Route::Queue) => {
+                self.enqueue_writes(batch);
+                return out;
+            }
             Ok(route) => route,
             Err(e) if e.is_unreachable() && !strict => {
                 // A queued clear could not be replayed first: degraded, not failed.

@@ -632,7 +632,7 @@ where
         let strict = self.is_strict();
         let route = match shared
             .outbox
-            .route(shared, &self.core, Some(&key), strict)
+            .route(shared, &self.core, Some(&[&key]), !strict)
             .await
         {
             Ok(Route::Queue) => {
@@ -751,19 +751,13 @@ where
         let shared = self.cache.shared();
         let strict = self.is_strict();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let routed = match (refs.as_slice(), strict) {
-            ([], _) => return Ok(()),
-            ([one], _) => {
-                shared
-                    .outbox
-                    .route(shared, &self.core, Some(one), strict)
-                    .await
-            }
-            // Several keys: queued behind the queue, or (strict) landing after it.
-            (_, false) => shared.outbox.route(shared, &self.core, None, false).await,
-            (_, true) => shared.outbox.route_keys(shared, &self.core, &refs).await,
-        };
-        let route = match routed {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let routed = shared
+            .outbox
+            .route(shared, &self.core, Some(&refs), !strict);
+        let route = match routed.await {
             Ok(Route::Queue) => {
                 for key in keys {
                     shared.outbox.enqueue_invalidate(&self.core, key);
@@ -801,7 +795,7 @@ where
     pub async fn invalidate_namespace(&self) -> Result<()> {
         let shared = self.cache.shared();
         let strict = self.is_strict();
-        let route = match shared.outbox.route(shared, &self.core, None, strict).await {
+        let route = match shared.outbox.route(shared, &self.core, None, !strict).await {
             Ok(Route::Queue) => {
                 shared.outbox.enqueue_clear(&self.core);
                 return Ok(());

@@ -278,25 +278,32 @@ impl Outbox {
         self.lock().namespaces.get(ns).is_some_and(|q| !q.is_idle())
     }
 
-    /// Decides where a write or invalidation of `key` (or of the whole namespace, for `None`)
-    /// goes. `Err` only for a strict call that could not replay a clear that must land first.
+    /// Decides where a write or invalidation of `keys` (or of the whole namespace, for `None`)
+    /// goes while anything of the namespace is queued: behind it in the queue if the call is
+    /// `queueable` (neither strict nor tagged: a replay cannot carry tags), else straight to
+    /// Redis after what it must land behind. `Err` only when a queued clear that must land
+    /// first could not be replayed (the replay counted the failure).
     pub(crate) async fn route<'a>(
         &'a self,
         shared: &Shared,
         core: &NamespaceCore,
-        key: Option<&str>,
-        strict: bool,
+        keys: Option<&[&str]>,
+        queueable: bool,
     ) -> Result<Route<'a>, L2Error> {
         if !self.has_pending(&core.name) {
             return Ok(Route::Direct(None));
         }
-        if !strict {
+        if queueable {
             return Ok(Route::Queue);
         }
-        if let Some(key) = key {
-            return self.route_keys(shared, core, &[key]).await;
+        match keys {
+            Some(keys) => self.route_keys(shared, core, keys).await,
+            None => Ok(self.route_clear(core).await),
         }
-        // A strict clear: it supersedes everything queued for the namespace.
+    }
+
+    /// A clear that cannot be queued: it supersedes everything queued for the namespace.
+    async fn route_clear<'a>(&'a self, core: &NamespaceCore) -> Route<'a> {
         let replays = self.replays.lock().await;
         let claimed = {
             let mut st = self.lock();
@@ -315,22 +322,18 @@ impl Outbox {
             }
             claimed
         };
-        Ok(self.strict_guard(replays, claimed))
+        self.strict_guard(replays, claimed)
     }
 
-    /// [`route`](Self::route) for a call on several keys that must land behind whatever is
-    /// queued for them (a strict call, or a tagged write, which cannot be queued): a queued
-    /// clear of the namespace is replayed first, then the keys' queued operations are taken
-    /// out of the queue, superseded if the call lands and put back if it does not.
-    pub(crate) async fn route_keys<'a>(
+    /// Keys that cannot be queued land behind whatever is queued for them: a queued clear of
+    /// the namespace is replayed first, then the keys' queued operations are taken out of the
+    /// queue, superseded if the call lands and put back if it does not.
+    async fn route_keys<'a>(
         &'a self,
         shared: &Shared,
         core: &NamespaceCore,
         keys: &[&str],
     ) -> Result<Route<'a>, L2Error> {
-        if !self.has_pending(&core.name) {
-            return Ok(Route::Direct(None));
-        }
         let replays = self.replays.lock().await;
         self.land_queued_clear(shared, core).await?;
         let claimed = {
