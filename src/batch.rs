@@ -26,7 +26,6 @@
 //! key at the same time both run their loaders. Coherence does not depend on it; both fills
 //! are conditional.
 
-use crate::bus::Outgoing;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::guard::Ticket;
@@ -36,6 +35,7 @@ use crate::l2::{Payload, Stamp};
 use crate::loader::{self, L2Read};
 use crate::namespace::Namespace;
 use crate::outbox::Route;
+use crate::wire::Outgoing;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
@@ -423,11 +423,7 @@ where
         // tagged one (a replay would lose the tags) lands behind what is queued for its keys.
         // A route error is the replay of a queued clear failing; the replay counted it.
         let queueable = tags.is_empty() && !strict;
-        let route = match shared
-            .outbox
-            .route(shared, core, Some(&keys), queueable)
-            .await
-        {
+        let route = match crate::write::route(shared, core, Some(&keys), queueable).await {
             Ok(Route::Queue) => {
                 self.enqueue_writes(batch);
                 return out;
@@ -457,7 +453,7 @@ where
             .l2
             .write_many(&core.name, &entries, tags, &message)
             .await;
-        route.landed(shared, written.is_ok());
+        route.landed(written.is_ok());
         // Fences loads that read Redis before the write landed.
         let after = core.gens.bump_keys(&keys, &before);
         for k in &keys {
@@ -529,4 +525,4 @@ where
 
 /// One entry of a batch write: its place in the caller's list, its key, its encoded form and
 /// life, and its value.
-type Encoded<V> = (usize, String, (codec::Encoded, crate::namespace::Life), V);
+type Encoded<V> = (usize, String, (codec::Encoded, crate::space::Life), V);

@@ -198,8 +198,7 @@ impl Breaker {
         let from = inner.state;
         inner.state = to;
         inner.generation += 1;
-        self.metrics.state.set(to.gauge_value());
-        self.metrics.transition(to);
+        self.metrics.transition(to.gauge_value());
         match to {
             BreakerState::Open => tracing::warn!(target: "tiered_cache::breaker",
                 from = from.label(), failures = inner.failures, cooldown = ?self.cooldown,

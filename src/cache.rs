@@ -1,260 +1,22 @@
-//! The cache handle, what it shares with its background task, and `build()`.
+//! The cache handle, its health and stats, and `build()`, which assembles the engine and
+//! starts the background tasks.
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::bus::{self, BusConfig};
 use crate::config::TieredCacheBuilder;
+use crate::engine::{BusState, Engine};
 use crate::error::{Error, Result};
-use crate::key::{CacheKey, KeySpace};
-use crate::l2::{L2Error, L2Tier};
-use crate::metrics::{BusMetrics, NamespaceStats};
-use crate::namespace::{Namespace, NamespaceCore};
-use crate::outbox::{self, Outbox};
-use crate::tracking;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use crate::key::KeySpace;
+use crate::l2::L2Tier;
+use crate::metrics::NamespaceStats;
+use crate::outbox::Outbox;
+use crate::space::NamespaceCore;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// The state of the invalidation subscriber.
-pub(crate) struct BusState {
-    pub(crate) subscribed: AtomicBool,
-    pub(crate) metrics: BusMetrics,
-    started: Instant,
-    /// Milliseconds since `started` (plus one) of the last answered PING or subscription.
-    last_alive_ms: AtomicU64,
-    /// Milliseconds since `started` (plus one) of the newest proof of freshness: the send time
-    /// of this node's latest heartbeat received back in sequence, or the last resync.
-    /// Everything published before it has been applied here.
-    last_delivery_ms: AtomicU64,
-    /// The version of the last published write seen in sequence (or read at resync).
-    last_version: AtomicU64,
-    /// The version read by the last resync, and whether a message past it has arrived (from
-    /// then on, a version behind the sequence means the counter went back).
-    resync_version: AtomicU64,
-    past_resync: AtomicBool,
-    /// Set on any suspicion that something was missed; cleared only by a resync, after it has
-    /// cleared L1. While set, L1 is not trusted.
-    resync_pending: AtomicBool,
-    /// False while external-write tracking is on but its connection is down.
-    pub(crate) tracking_ok: AtomicBool,
-}
-
-impl BusState {
-    fn new() -> Self {
-        Self {
-            subscribed: AtomicBool::new(false),
-            metrics: BusMetrics::new(),
-            started: Instant::now(),
-            last_alive_ms: AtomicU64::new(0),
-            last_delivery_ms: AtomicU64::new(0),
-            last_version: AtomicU64::new(0),
-            resync_version: AtomicU64::new(0),
-            past_resync: AtomicBool::new(false),
-            resync_pending: AtomicBool::new(true),
-            tracking_ok: AtomicBool::new(true),
-        }
-    }
-
-    /// True when every invalidation source this node relies on is connected.
-    pub(crate) fn sources_up(&self) -> bool {
-        self.subscribed.load(Relaxed) && self.tracking_ok.load(SeqCst)
-    }
-
-    pub(crate) fn now_ms(&self) -> u64 {
-        // Offset by one so 0 can mean "never".
-        self.started.elapsed().as_millis() as u64 + 1
-    }
-
-    pub(crate) fn touch(&self) {
-        self.last_alive_ms.store(self.now_ms(), Relaxed);
-    }
-
-    pub(crate) fn delivered(&self) {
-        self.last_delivery_ms.store(self.now_ms(), Relaxed);
-    }
-
-    /// Records a proof of freshness dated `sent_ms` (this node's clock).
-    pub(crate) fn proven_fresh_at(&self, sent_ms: u64) {
-        self.last_delivery_ms.fetch_max(sent_ms, Relaxed);
-    }
-
-    pub(crate) fn resync_pending(&self) -> bool {
-        self.resync_pending.load(SeqCst)
-    }
-
-    fn age(&self, at_ms: u64) -> Option<Duration> {
-        (at_ms > 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(at_ms)))
-    }
-
-    fn last_alive_age(&self) -> Option<Duration> {
-        self.age(self.last_alive_ms.load(Relaxed))
-    }
-
-    /// Time since the bus last proved it reaches this node; `None` if it never has.
-    pub(crate) fn delivery_age(&self) -> Option<Duration> {
-        self.age(self.last_delivery_ms.load(Relaxed))
-    }
-
-    /// Checks a message against the sequence and advances it. Only the subscriber task calls
-    /// this.
-    pub(crate) fn sequence(&self, msg: &crate::bus::Incoming<'_>) -> crate::bus::Order {
-        use crate::bus::Order;
-        let last = self.last_version.load(SeqCst);
-        if msg.version > self.resync_version.load(SeqCst) {
-            self.past_resync.store(true, SeqCst);
-        }
-        let behind = msg.version < last && self.past_resync.load(SeqCst);
-        if matches!(msg.scope, crate::bus::Scope::Heartbeat { .. }) {
-            return match msg.version {
-                _ if behind => Order::Rewound,
-                v if v > last => Order::Gap(v - last),
-                _ => Order::InSequence,
-            };
-        }
-        if msg.version <= last {
-            // Published before the last resync read the counter (already accounted for), or,
-            // once past that backlog, a counter that went back.
-            return if behind {
-                Order::Rewound
-            } else {
-                Order::InSequence
-            };
-        }
-        self.last_version.store(msg.version, SeqCst);
-        if msg.version > last + 1 {
-            Order::Gap(msg.version - last - 1)
-        } else {
-            Order::InSequence
-        }
-    }
-}
-
-/// Everything the handles and the subscriber task share.
-pub(crate) struct Shared {
-    pub(crate) node_id: u64,
-    /// Where loads run (see `flight.rs`): the runtime `build()` was called in.
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) l2: L2Tier,
-    pub(crate) bus: BusState,
-    /// The epoch of Redis's version counter this node's state belongs to (0: not known yet).
-    epoch: AtomicU64,
-    /// Raised when another path sees a new epoch; the subscriber resynchronises.
-    pub(crate) resync_wanted: tokio::sync::Notify,
-    /// Writes and invalidations made while Redis was unreachable, to replay.
-    pub(crate) outbox: Outbox,
-    /// The builder's `strict_writes`: fail instead of queuing.
-    pub(crate) strict_writes: bool,
-    namespaces: Vec<Arc<NamespaceCore>>,
-    by_name: HashMap<String, Arc<NamespaceCore>>,
-}
-
-impl Shared {
-    pub(crate) fn namespace(&self, name: &str) -> Option<&Arc<NamespaceCore>> {
-        self.by_name.get(name)
-    }
-
-    pub(crate) fn namespaces(&self) -> &[Arc<NamespaceCore>] {
-        &self.namespaces
-    }
-
-    /// Something may have been missed: stop trusting L1 now, until a resync has cleared it.
-    pub(crate) fn suspect(&self) {
-        self.bus.resync_pending.store(true, SeqCst);
-        self.distrust_bounded();
-    }
-
-    /// Stops trusting L1 in every namespace with a staleness bound, now: an invalidation source
-    /// is known lost.
-    pub(crate) fn distrust_bounded(&self) {
-        for ns in &self.namespaces {
-            if ns.policy.staleness_bound.is_some() {
-                ns.set_bypass(true, self.bus.delivery_age());
-            }
-        }
-    }
-
-    pub(crate) fn clear_all_l1(&self) {
-        for ns in &self.namespaces {
-            ns.clear_l1();
-        }
-    }
-
-    /// Records an epoch reported by Redis. When it differs from the one this node's state
-    /// belongs to, the version counter started over (Redis flushed, restarted, or lost the meta
-    /// hash): versions and floors from before mean nothing now. Clears every L1 at once and
-    /// returns true; the caller (or the subscriber, woken here) then resynchronises.
-    pub(crate) fn epoch_changed(&self, epoch: u64) -> bool {
-        if epoch == 0 {
-            return false;
-        }
-        let prev = self.epoch.swap(epoch, SeqCst);
-        self.bus.metrics.epoch.set(epoch as f64);
-        if prev == 0 || prev == epoch {
-            return false;
-        }
-        tracing::warn!(target: "tiered_cache::cache", prev, epoch,
-            "redis version counter started over; clearing L1 and resynchronising");
-        self.clear_all_l1();
-        true
-    }
-
-    /// Like [`epoch_changed`](Self::epoch_changed), for paths other than the subscriber: wakes
-    /// it to resynchronise.
-    pub(crate) fn observe_epoch(&self, epoch: u64) {
-        if self.epoch_changed(epoch) {
-            self.suspect();
-            self.resync_wanted.notify_one();
-        }
-    }
-
-    /// After (re)subscribing: learn the namespace floors set while away, and forget every L1
-    /// entry, since invalidations sent while away were lost.
-    pub(crate) async fn resync(&self) -> std::result::Result<(), L2Error> {
-        use tracing::Instrument;
-        let span = tracing::info_span!("resync", outcome = tracing::field::Empty);
-        let result = self.resync_inner().instrument(span.clone()).await;
-        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-        result
-    }
-
-    async fn resync_inner(&self) -> std::result::Result<(), L2Error> {
-        let names: Vec<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
-        let before: Vec<u64> = self.namespaces.iter().map(|n| n.floor()).collect();
-        let (stamp, floors) = self.l2.floors(&names).await?;
-        // Counted once it happens: an attempt Redis did not answer cleared nothing.
-        self.bus.metrics.resyncs.inc();
-        if stamp.epoch != 0 {
-            self.epoch.store(stamp.epoch, SeqCst);
-            // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
-            self.bus.metrics.epoch.set(stamp.epoch as f64);
-        }
-        // Everything published up to here is either already delivered or on its way, behind
-        // the subscription just confirmed: the sequence continues from this version.
-        self.bus.last_version.store(stamp.version, SeqCst);
-        self.bus.resync_version.store(stamp.version, SeqCst);
-        self.bus.past_resync.store(false, SeqCst);
-        for ((ns, floor), before) in self.namespaces.iter().zip(floors).zip(before) {
-            ns.reset_floor(before, floor);
-        }
-        self.clear_all_l1();
-        self.bus.touch();
-        self.bus.delivered();
-        self.bus.resync_pending.store(false, SeqCst);
-        // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
-        // from the watchdog's next tick (unless external-write tracking is still down).
-        if self.bus.tracking_ok.load(SeqCst) {
-            for ns in &self.namespaces {
-                ns.set_bypass(false, Some(Duration::ZERO));
-            }
-        }
-        Ok(())
-    }
-}
+use std::time::Duration;
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     /// The subscriber and the heartbeat. (The watchdog thread exits on its own once `shared`
     /// is gone.)
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -355,22 +117,8 @@ impl TieredCache {
         TieredCacheBuilder::default()
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Engine> {
         &self.inner.shared
-    }
-
-    /// A typed handle on a configured namespace. The first call pins the namespace's key and
-    /// value types; a later call with other types is an error rather than a silent mis-decode.
-    pub fn namespace<K, V>(&self, name: &str) -> Result<Namespace<K, V>>
-    where
-        K: CacheKey + ?Sized + 'static,
-        V: Serialize + DeserializeOwned + Send + Sync + 'static,
-    {
-        let core = self
-            .shared()
-            .namespace(name)
-            .ok_or_else(|| Error::Namespace(format!("namespace {name:?} is not configured")))?;
-        Namespace::open(core.clone(), self.clone())
     }
 
     /// This instance's id on the bus (random per instance).
@@ -482,7 +230,7 @@ impl TieredCacheBuilder {
             .iter()
             .map(|ns| (ns.name.clone(), ns.clone()))
             .collect();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Engine {
             node_id: rand::random(),
             runtime: runtime.clone(),
             l2,
@@ -502,16 +250,15 @@ impl TieredCacheBuilder {
         };
         let mut tasks = vec![
             runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
-            runtime.spawn(outbox::run_replayer(shared.clone(), self.reconnect_backoff)),
+            runtime.spawn(crate::write::run_replayer(
+                shared.clone(),
+                self.reconnect_backoff,
+            )),
         ];
         if self.track_external_writes {
             shared.bus.tracking_ok.store(false, SeqCst);
             let resp3 = tracking_client(&client)?;
-            tasks.push(runtime.spawn(tracking::run_tracker(
-                resp3,
-                shared.clone(),
-                bus_config.clone(),
-            )));
+            tasks.push(runtime.spawn(bus::run_tracker(resp3, shared.clone(), bus_config.clone())));
         }
         tasks.push(runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)));
         bus::spawn_watchdog(&shared);

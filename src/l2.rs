@@ -17,10 +17,10 @@
 //! but the first N timeouts.
 
 use crate::breaker::Breaker;
-use crate::bus::Outgoing;
 use crate::codec;
 use crate::error::{Error, SharedError};
 use crate::key::KeySpace;
+use crate::wire::Outgoing;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use std::future::Future;

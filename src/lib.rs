@@ -51,10 +51,13 @@ pub mod namespace;
 mod batch;
 /// The circuit breaker in front of every Redis call.
 mod breaker;
-/// Invalidation bus: message format and the subscriber task.
+/// The invalidation bus: applying messages, resync, the subscriber, heartbeat, watchdog and
+/// external-write tracking.
 mod bus;
 /// The value envelope around MessagePack: expiry, compression, "not found" entries.
 mod codec;
+/// The engine: the plain data shared by handles, paths and background tasks.
+mod engine;
 /// Single flight: one load per key at a time in this process.
 mod flight;
 /// The generation guard against the load/invalidate race.
@@ -71,12 +74,16 @@ pub mod memo;
 mod metrics;
 /// Writes and invalidations made while Redis is unreachable, replayed when it is back.
 mod outbox;
+/// A namespace's state: L1, generations, floor, flights, bypass, metric handles.
+mod space;
 /// Tags: tagged writes and loads, and invalidation by tag across the fleet.
 mod tags;
 /// Sliding expiry: `touch` and `get_and_touch` extend a live value's TTL.
 mod touch;
-/// Writes made outside the library, through `CLIENT TRACKING` (opt-in).
-mod tracking;
+/// The bus's wire format (what write scripts publish, what the subscriber parses).
+mod wire;
+/// The write path: routing around the outbox, replays.
+mod write;
 
 /// The README's examples are compiled as doc tests.
 #[cfg(doctest)]

@@ -6,15 +6,15 @@
 //! that stops waiting: at a soft timeout callers get the stale value while the load goes on,
 //! and a refresh-ahead runs while hits keep being served.
 
-use crate::cache::{Shared, TieredCache};
 use crate::codec::{self, Stored};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::flight::{Leader, Outcome};
 use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
 use crate::l2::{L2Result, Payload, Stamp};
 use crate::metrics::key_hash;
-use crate::namespace::NamespaceCore;
+use crate::space::NamespaceCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -51,7 +51,7 @@ pub(crate) enum L2Read<V> {
 /// never a panic.
 pub(crate) async fn read_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
-    shared: &Shared,
+    shared: &Engine,
     key: &str,
 ) -> L2Read<V> {
     let read = peek_l2(core, shared, key).await;
@@ -68,7 +68,7 @@ pub(crate) async fn read_l2<V: DeserializeOwned>(
 /// with its decode, under a span `l2_read`.
 async fn peek_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
-    shared: &Shared,
+    shared: &Engine,
     key: &str,
 ) -> L2Read<V> {
     let span = tracing::debug_span!("l2_read", namespace = %core.name, tier = "l2",
@@ -111,7 +111,7 @@ impl<V> L2Read<V> {
 /// batch reads, which fetch many keys at once).
 pub(crate) async fn judge_l2<V: DeserializeOwned>(
     core: &NamespaceCore,
-    shared: &Shared,
+    shared: &Engine,
     bytes: &[u8],
 ) -> L2Read<V> {
     let read = classify(core, shared, bytes).await;
@@ -126,7 +126,7 @@ pub(crate) async fn judge_l2<V: DeserializeOwned>(
 /// fail-safe, expired); a tombstone, an older value or bytes that do not decode are misses.
 async fn classify<V: DeserializeOwned>(
     core: &NamespaceCore,
-    shared: &Shared,
+    shared: &Engine,
     bytes: &[u8],
 ) -> L2Read<V> {
     match codec::decode::<V>(bytes) {
@@ -181,7 +181,7 @@ async fn classify<V: DeserializeOwned>(
 /// `encoded` is the value's expiry (unix ms) and its serialized size.
 pub(crate) fn settle_fill(
     core: &NamespaceCore,
-    shared: &Shared,
+    shared: &Engine,
     key: String,
     value: Option<AnyValue>,
     encoded: (u64, usize),
@@ -220,7 +220,7 @@ pub(crate) enum Mode {
 /// Runs one flight to its end and hands its outcome to the waiters.
 pub(crate) async fn fly<V, F, Fut>(
     core: Arc<NamespaceCore>,
-    cache: TieredCache,
+    shared: Arc<Engine>,
     key: String,
     loader: F,
     mode: Mode,
@@ -232,7 +232,7 @@ pub(crate) async fn fly<V, F, Fut>(
 {
     let flight = Flight {
         core: &core,
-        shared: cache.shared(),
+        shared: &shared,
         ticket: core.gens.ticket(&key),
         key,
         leader: &leader,
@@ -243,7 +243,7 @@ pub(crate) async fn fly<V, F, Fut>(
 
 struct Flight<'a> {
     core: &'a NamespaceCore,
-    shared: &'a Shared,
+    shared: &'a Engine,
     key: String,
     ticket: Ticket,
     leader: &'a Leader,

@@ -591,14 +591,11 @@ impl BreakerMetrics {
         }
     }
 
-    pub(crate) fn transition(&self, to: crate::breaker::BreakerState) {
-        use crate::breaker::BreakerState;
-        let i = match to {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        };
-        self.to[i].increment(1);
+    /// Counts a transition to the state whose gauge value is `to` (0 closed, 1 half-open,
+    /// 2 open) and sets the gauge.
+    pub(crate) fn transition(&self, to: f64) {
+        self.state.set(to);
+        self.to[(to as usize).min(2)].increment(1);
         self.total.fetch_add(1, Relaxed);
     }
 

@@ -43,16 +43,14 @@
 //! wins). Invalidations and clears are always safe to replay. The outbox lives in process
 //! memory: a process that exits before Redis is back loses it.
 
-use crate::bus::Outgoing;
-use crate::cache::Shared;
 use crate::codec::Encoded;
 use crate::l1::L1Entry;
-use crate::l2::{L2Error, Payload};
-use crate::namespace::NamespaceCore;
+use crate::l2::L2Error;
+use crate::space::NamespaceCore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 /// Most keys replayed in one invalidation script.
@@ -141,7 +139,7 @@ pub(crate) enum Taken {
 }
 
 impl Taken {
-    fn ns(&self) -> &str {
+    pub(crate) fn ns(&self) -> &str {
         match self {
             Taken::Clear { ns, .. } | Taken::Write { ns, .. } | Taken::Invalidate { ns, .. } => ns,
         }
@@ -157,7 +155,7 @@ impl Taken {
 
 /// How a taken operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
+pub(crate) enum Fate {
     /// Reached Redis. `expired`: a write older than its TTL, replayed as an invalidation.
     Landed { expired: bool },
     /// Redis answered with an error: given up.
@@ -179,9 +177,9 @@ pub(crate) enum Route<'a> {
 
 impl Route<'_> {
     /// Reports whether the direct call reached Redis.
-    pub(crate) fn landed(self, shared: &Shared, ok: bool) {
+    pub(crate) fn landed(self, ok: bool) {
         if let Route::Direct(Some(guard)) = self {
-            guard.landed(shared, ok);
+            guard.landed(ok);
         }
     }
 }
@@ -190,18 +188,19 @@ impl Route<'_> {
 pub(crate) struct StrictGuard<'a> {
     // Declared first, so an abandoned call's claims go back before the replay lock is freed.
     claimed: Held<'a>,
+    core: &'a NamespaceCore,
     _replays: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl StrictGuard<'_> {
-    fn landed(mut self, shared: &Shared, ok: bool) {
+    fn landed(mut self, ok: bool) {
         let fate = if ok {
             Fate::Superseded
         } else {
             Fate::Unreachable
         };
         for t in std::mem::take(&mut self.claimed.taken) {
-            self.claimed.outbox.finish(shared, t, fate);
+            self.claimed.outbox.finish(self.core, t, fate);
         }
     }
 }
@@ -209,9 +208,9 @@ impl StrictGuard<'_> {
 /// Operations a caller took out of the queue to land or replay itself: whatever is still
 /// here when the caller is dropped (it was abandoned mid-call) goes back, or nothing ever
 /// would put it back.
-struct Held<'a> {
+pub(crate) struct Held<'a> {
     outbox: &'a Outbox,
-    taken: Vec<Taken>,
+    pub(crate) taken: Vec<Taken>,
 }
 
 impl Drop for Held<'_> {
@@ -234,7 +233,7 @@ pub(crate) struct Outbox {
     entries: AtomicUsize,
     /// Held by the replayer for each operation it replays, and by a strict call around its
     /// own: one operation in flight at a time.
-    replays: tokio::sync::Mutex<()>,
+    pub(crate) replays: tokio::sync::Mutex<()>,
     /// Wakes the replayer: something was queued, the breaker closed, or the subscriber
     /// resubscribed.
     pub(crate) wake: Arc<Notify>,
@@ -278,128 +277,74 @@ impl Outbox {
         self.lock().namespaces.get(ns).is_some_and(|q| !q.is_idle())
     }
 
-    /// Decides where a write or invalidation of `keys` (or of the whole namespace, for `None`)
-    /// goes while anything of the namespace is queued: behind it in the queue if the call is
-    /// `queueable` (neither strict nor tagged: a replay cannot carry tags), else straight to
-    /// Redis after what it must land behind. `Err` only when a queued clear that must land
-    /// first could not be replayed (the replay counted the failure).
-    pub(crate) async fn route<'a>(
-        &'a self,
-        shared: &Shared,
-        core: &NamespaceCore,
-        keys: Option<&[&str]>,
-        queueable: bool,
-    ) -> Result<Route<'a>, L2Error> {
-        if !self.has_pending(&core.name) {
-            return Ok(Route::Direct(None));
+    /// Takes out, for a strict clear of the namespace that supersedes them, its queued clear
+    /// and every queued key.
+    pub(crate) fn claim_all(&self, ns: &str) -> Vec<Taken> {
+        let mut st = self.lock();
+        let q = st.namespaces.entry(ns.to_owned()).or_default();
+        let mut claimed = Vec::new();
+        if let Some(c) = q.clear.take() {
+            q.in_flight += 1;
+            claimed.push(Taken::Clear {
+                ns: ns.to_owned(),
+                seq: c.seq,
+            });
         }
-        if queueable {
-            return Ok(Route::Queue);
+        for (k, old) in q.keys.drain() {
+            q.in_flight += 1;
+            claimed.push(taken_key(ns, k, old));
         }
-        match keys {
-            Some(keys) => self.route_keys(shared, core, keys).await,
-            None => Ok(self.route_clear(core).await),
-        }
+        claimed
     }
 
-    /// A clear that cannot be queued: it supersedes everything queued for the namespace.
-    async fn route_clear<'a>(&'a self, core: &NamespaceCore) -> Route<'a> {
-        let replays = self.replays.lock().await;
-        let claimed = {
-            let mut st = self.lock();
-            let q = st.namespaces.entry(core.name.clone()).or_default();
-            let mut claimed = Vec::new();
-            if let Some(c) = q.clear.take() {
-                q.in_flight += 1;
-                claimed.push(Taken::Clear {
-                    ns: core.name.clone(),
-                    seq: c.seq,
-                });
+    /// Takes out the namespace's queued clear, if any, for a caller to replay first.
+    pub(crate) fn claim_clear(&self, ns: &str) -> Option<Taken> {
+        let mut st = self.lock();
+        let q = st.namespaces.entry(ns.to_owned()).or_default();
+        q.clear.take().map(|c| {
+            q.in_flight += 1;
+            Taken::Clear {
+                ns: ns.to_owned(),
+                seq: c.seq,
             }
-            for (k, old) in q.keys.drain() {
-                q.in_flight += 1;
-                claimed.push(taken_key(&core.name, k, old));
-            }
-            claimed
-        };
-        self.strict_guard(replays, claimed)
+        })
     }
 
-    /// Keys that cannot be queued land behind whatever is queued for them: a queued clear of
-    /// the namespace is replayed first, then the keys' queued operations are taken out of the
-    /// queue, superseded if the call lands and put back if it does not.
-    async fn route_keys<'a>(
-        &'a self,
-        shared: &Shared,
-        core: &NamespaceCore,
-        keys: &[&str],
-    ) -> Result<Route<'a>, L2Error> {
-        let replays = self.replays.lock().await;
-        self.land_queued_clear(shared, core).await?;
-        let claimed = {
-            let mut st = self.lock();
-            let q = st.namespaces.entry(core.name.clone()).or_default();
-            let mut claimed = Vec::new();
-            for k in keys {
-                if let Some(old) = q.keys.remove(*k) {
-                    q.in_flight += 1;
-                    claimed.push(taken_key(&core.name, (*k).to_owned(), old));
-                }
+    /// Takes out the queued operations of `keys`, for a strict call that supersedes them.
+    pub(crate) fn claim_keys(&self, ns: &str, keys: &[&str]) -> Vec<Taken> {
+        let mut st = self.lock();
+        let q = st.namespaces.entry(ns.to_owned()).or_default();
+        let mut claimed = Vec::new();
+        for k in keys {
+            if let Some(old) = q.keys.remove(*k) {
+                q.in_flight += 1;
+                claimed.push(taken_key(ns, (*k).to_owned(), old));
             }
-            claimed
-        };
-        Ok(self.strict_guard(replays, claimed))
+        }
+        claimed
+    }
+
+    /// Holds operations a caller took out: they go back if it is dropped before finishing
+    /// them.
+    pub(crate) fn hold(&self, taken: Vec<Taken>) -> Held<'_> {
+        Held {
+            outbox: self,
+            taken,
+        }
     }
 
     /// A direct route for a strict call holding the replay lock and what it `claimed`.
-    fn strict_guard<'a>(
+    pub(crate) fn strict_guard<'a>(
         &'a self,
+        core: &'a NamespaceCore,
         replays: tokio::sync::MutexGuard<'a, ()>,
         claimed: Vec<Taken>,
     ) -> Route<'a> {
         Route::Direct(Some(StrictGuard {
-            claimed: Held {
-                outbox: self,
-                taken: claimed,
-            },
+            claimed: self.hold(claimed),
+            core,
             _replays: replays,
         }))
-    }
-
-    /// A queued clear of this namespace was issued before the calling operation: it lands
-    /// first. Called with the replay lock held. `Err` if Redis could not be reached for it.
-    async fn land_queued_clear(
-        &self,
-        shared: &Shared,
-        core: &NamespaceCore,
-    ) -> Result<(), L2Error> {
-        let clear = {
-            let mut st = self.lock();
-            let q = st.namespaces.entry(core.name.clone()).or_default();
-            q.clear.take().map(|c| {
-                q.in_flight += 1;
-                Taken::Clear {
-                    ns: core.name.clone(),
-                    seq: c.seq,
-                }
-            })
-        };
-        let Some(clear) = clear else {
-            return Ok(());
-        };
-        // Out of the queue while this caller replays it: back in if the caller is dropped.
-        let mut held = Held {
-            outbox: self,
-            taken: vec![clear],
-        };
-        let outcome = replay(shared, &held.taken[0]).await;
-        let clear = held.taken.pop().expect("held until finished");
-        let fate = fate_of(&outcome);
-        self.finish(shared, clear, fate);
-        match outcome {
-            Err(e) if fate == Fate::Unreachable => Err(e),
-            _ => Ok(()),
-        }
     }
 
     /// Queues a write. `local` is the value for this node's L1, kept only in a namespace that
@@ -536,7 +481,7 @@ impl Outbox {
 
     /// Takes the next operation to replay: a namespace's clear before its keys; invalidations
     /// of one namespace batched.
-    fn take_next(&self) -> Option<Taken> {
+    pub(crate) fn take_next(&self) -> Option<Taken> {
         let mut guard = self.lock();
         let st = &mut *guard;
         for (name, q) in st.namespaces.iter_mut() {
@@ -578,10 +523,7 @@ impl Outbox {
     }
 
     /// Ends a taken operation: forgotten, or put back.
-    fn finish(&self, shared: &Shared, taken: Taken, fate: Fate) {
-        let Some(core) = shared.namespace(taken.ns()) else {
-            return;
-        };
+    pub(crate) fn finish(&self, core: &NamespaceCore, taken: Taken, fate: Fate) {
         let m = &core.metrics.outbox;
         let mut st = self.lock();
         match fate {
@@ -703,139 +645,10 @@ fn taken_key(ns: &str, key: String, old: Queued<KeyOp>) -> Taken {
     }
 }
 
-fn fate_of(outcome: &Result<bool, L2Error>) -> Fate {
+pub(crate) fn fate_of(outcome: &Result<bool, L2Error>) -> Fate {
     match outcome {
         Ok(expired) => Fate::Landed { expired: *expired },
         Err(e) if e.is_unreachable() => Fate::Unreachable,
         Err(_) => Fate::Refused,
-    }
-}
-
-/// Replays one taken operation through the normal scripts and brings this node's L1 in line.
-/// `Ok(true)`: a write older than its TTL went out as an invalidation.
-async fn replay(shared: &Shared, taken: &Taken) -> Result<bool, L2Error> {
-    let Some(core) = shared.namespace(taken.ns()) else {
-        return Ok(false);
-    };
-    let l2 = &shared.l2;
-    let ttl = core.policy.l2_ttl;
-    let mut expired = false;
-    let result = match taken {
-        Taken::Clear { ns, .. } => {
-            let done = l2
-                .clear_namespace(ns, &Outgoing::namespace(shared.node_id, ns))
-                .await;
-            if let Ok(stamp) = &done {
-                shared.observe_epoch(stamp.epoch);
-                core.raise_floor(stamp.version);
-            }
-            if landed_or_refused(&done) {
-                core.clear_l1();
-            }
-            done
-        }
-        Taken::Write {
-            ns, key, bytes, at, ..
-        } => {
-            let message = Outgoing::keys(shared.node_id, ns, &[key]);
-            let left = ttl.saturating_sub(at.elapsed());
-            // Past its TTL (jittered, as the envelope says) it goes out as an invalidation.
-            let past = bytes
-                .expires_ms()
-                .is_some_and(|at| at <= crate::codec::unix_ms());
-            let done = if past || left < Duration::from_millis(1) {
-                expired = true;
-                l2.invalidate(ns, &[key], ttl, &message).await
-            } else {
-                // The envelope keeps its expiry; Redis keeps it the rest of its life.
-                let left = left + core.policy.fail_safe.unwrap_or(Duration::ZERO);
-                let payload = Payload {
-                    encoded: bytes,
-                    ttl: left,
-                };
-                l2.write(ns, key, payload, &message).await
-            };
-            if landed_or_refused(&done) {
-                core.evict(key);
-            }
-            done
-        }
-        Taken::Invalidate { ns, keys } => {
-            let ks: Vec<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
-            let done = l2
-                .invalidate(ns, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
-                .await;
-            if landed_or_refused(&done) {
-                for k in &ks {
-                    core.evict(k);
-                }
-            }
-            done
-        }
-    };
-    match result {
-        Ok(stamp) => {
-            shared.observe_epoch(stamp.epoch);
-            core.metrics.inv_sent.inc();
-            Ok(expired)
-        }
-        Err(e) => {
-            if !matches!(e, L2Error::Skipped) {
-                // (A skipped retry is not news: the operation was counted when it failed.)
-                core.metrics.l2_failed(e.kind());
-            }
-            if !e.is_unreachable() {
-                tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, error = %e,
-                    "redis refused a queued operation on replay; given up");
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Whether a replay's local effects apply: it landed, or Redis refused it for good. One that
-/// could not reach Redis changes nothing here: the operation goes back into the queue, and a
-/// queued write's read-your-writes copy stays.
-fn landed_or_refused<T>(done: &Result<T, L2Error>) -> bool {
-    !matches!(done, Err(e) if e.is_unreachable())
-}
-
-/// Replays everything queued, one operation at a time, until the outbox is empty or Redis is
-/// unreachable again.
-async fn drain(shared: &Shared) {
-    let outbox = &shared.outbox;
-    loop {
-        let _replays = outbox.replays.lock().await;
-        let Some(taken) = outbox.take_next() else {
-            return;
-        };
-        let outcome = replay(shared, &taken).await;
-        let fate = fate_of(&outcome);
-        outbox.finish(shared, taken, fate);
-        if fate == Fate::Unreachable {
-            return;
-        }
-    }
-}
-
-/// The replayer task: drains the outbox when woken, and every `retry` while it holds anything.
-/// Runs until aborted (when the last cache handle is dropped).
-pub(crate) async fn run_replayer(shared: Arc<Shared>, retry: Duration) {
-    loop {
-        let idle = shared.outbox.len() == 0;
-        tokio::select! {
-            _ = shared.outbox.wake.notified() => {}
-            _ = tokio::time::sleep(retry), if !idle => {}
-        }
-        if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
-            let before = shared.outbox.len();
-            let span = tracing::info_span!("outbox_replay", entries = before);
-            tracing::Instrument::instrument(drain(&shared), span).await;
-            let after = shared.outbox.len();
-            if after < before {
-                tracing::info!(target: "tiered_cache::outbox", replayed_or_superseded = before - after,
-                    left = after, "outbox replayed");
-            }
-        }
     }
 }

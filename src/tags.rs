@@ -29,11 +29,12 @@
 //!   more work on every read to save work on the rare invalidation.
 
 use crate::batch::Pending;
-use crate::bus::Outgoing;
 use crate::cache::TieredCache;
 use crate::error::{Error, Result};
 use crate::key::{key_string, validate_name, CacheKey};
-use crate::namespace::{Namespace, NamespaceCore};
+use crate::namespace::Namespace;
+use crate::space::NamespaceCore;
+use crate::wire::Outgoing;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;

@@ -1,13 +1,13 @@
 //! The [`Admin`] handle: what an operator asks of a fleet's Redis, without being a node.
 
 use crate::breaker::BreakerState;
-use crate::bus::{self, Scope};
 use crate::cache::TieredCache;
 use crate::codec;
 use crate::config::NamespacePolicy;
 use crate::error::{Error, Result};
 use crate::key::{validate_name, validate_namespace, KeySpace, SEPARATOR};
 use crate::l2::admin::{AdminLink, BusTap};
+use crate::wire::{self, Scope};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -684,7 +684,7 @@ impl Watch {
                 .next()
                 .await
                 .ok_or_else(|| Error::unavailable("watch", None))?;
-            match bus::decode(&payload) {
+            match wire::decode(&payload) {
                 Some(msg) => return Ok(BusEvent::from_message(&msg, codec::unix_ms())),
                 None => self.malformed += 1,
             }
@@ -769,7 +769,7 @@ pub struct BusEvent {
 }
 
 impl BusEvent {
-    fn from_message(msg: &bus::Incoming<'_>, received_ms: u64) -> Self {
+    fn from_message(msg: &wire::Incoming<'_>, received_ms: u64) -> Self {
         let owned = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect();
         let (kind, targets) = match &msg.scope {
             Scope::Keys(keys) => (

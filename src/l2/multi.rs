@@ -14,7 +14,7 @@
 //! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
 
 use super::{codec, new_epoch, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, FILL};
-use crate::bus::Outgoing;
+use crate::wire::Outgoing;
 use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;

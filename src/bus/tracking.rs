@@ -11,7 +11,7 @@
 //! trust it again.
 
 use crate::bus::BusConfig;
-use crate::cache::Shared;
+use crate::engine::Engine;
 use crate::key::SEPARATOR;
 use redis::{PushKind, Value};
 use std::sync::atomic::Ordering::SeqCst;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs until aborted.
-pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Shared>, cfg: BusConfig) {
+pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Engine>, cfg: BusConfig) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let reason = session(&client, &shared, &cfg).await.unwrap_err();
@@ -34,7 +34,7 @@ pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Shared>, cfg:
     }
 }
 
-async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Result<(), String> {
+async fn session(client: &redis::Client, shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
     let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(cfg.connect_timeout))
@@ -85,7 +85,7 @@ async fn session(client: &redis::Client, shared: &Shared, cfg: &BusConfig) -> Re
 }
 
 /// Applies one invalidation push: a list of keys, or null for a flush of everything.
-fn apply(shared: &Shared, prefix: &str, data: &[Value]) {
+fn apply(shared: &Engine, prefix: &str, data: &[Value]) {
     let Some(Value::Array(keys)) = data.first() else {
         tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
         shared.suspect();

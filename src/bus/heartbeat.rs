@@ -1,0 +1,35 @@
+//! The heartbeat: each node publishes one every interval; received back in sequence it proves
+//! this node's L1 is fresh (see `bus/mod.rs`).
+
+use crate::engine::Engine;
+use crate::wire::Outgoing;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the heartbeat task refreshes the state gauges (L1 size, time bypassed), at most:
+/// with a heartbeat slower than this, every heartbeat.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes this node's heartbeat every `interval`, until aborted.
+pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The gauges that follow state, not events (L1 sizes need a moka maintenance pass), move
+    // at most once a second, and after the heartbeat is out: a slow pass can push back the
+    // next tick by its length, never hold this one.
+    let mut gauges_at = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        // Read the clock before sending: the proof covers what was published up to here.
+        let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
+        if let Ok(stamp) = shared.l2.heartbeat(&message).await {
+            shared.observe_epoch(stamp.epoch);
+        }
+        if gauges_at.elapsed() >= GAUGES_EVERY {
+            gauges_at = std::time::Instant::now();
+            for ns in shared.namespaces() {
+                ns.refresh_gauges();
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The invalidation bus: the coherence logic that keeps every L1 in line with Redis.
+//!
+//! Messages are published by the L2 write scripts (see `l2.rs`; their format is `wire.rs`), so a
+//! write and its broadcast are one atomic step. Here: applying a message (sequencing it,
+//! evicting what it names), resynchronising after anything may have been missed, and the tasks
+//! that keep the proof of freshness: the subscriber, the heartbeat, the watchdog and
+//! external-write tracking.
+//!
+//! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is
+//! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
+//! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
+//! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
+//! waited on. A message it cannot parse, or one from a new epoch of the version counter (Redis
+//! flushed or restarted), makes it resynchronise the same way without reconnecting: the
+
+mod heartbeat;
+mod subscriber;
+mod tracking;
+mod watchdog;
+
+pub(crate) use heartbeat::run_heartbeat;
+pub(crate) use subscriber::{run_subscriber, BusConfig};
+pub(crate) use tracking::run_tracker;
+pub(crate) use watchdog::spawn_watchdog;
+
+use crate::codec::unix_ms;
+use crate::engine::{BusState, Engine};
+use crate::l2::L2Error;
+use crate::wire::{decode, Incoming, Scope};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+/// The fraction of a staleness bound after which the watchdog stops trusting L1.
+pub(crate) const TRIP_AT: f64 = 0.7;
+
+/// What the subscriber must do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    Listen,
+    /// Something may have been missed: reload floors and clear every L1.
+    Resync,
+}
+
+/// Applies one received payload to the local tiers.
+///
+/// Messages are checked against the sequence: within an epoch, published writes carry
+/// consecutive versions, and Redis delivers them in that order. A write more than one ahead of
+/// the last one seen, or a heartbeat ahead of it, means messages were lost on the way; one
+/// behind it, once the backlog from before the last resync is drained, means the counter went
+/// back (a restore, a failover to a lagging replica). Either way, L1 stops being trusted at
+/// once and the subscriber resynchronises.
+///
+/// This node's own heartbeat, received in sequence, is the proof of freshness: everything
+/// published before it was sent has been applied here.
+pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
+    let Some(msg) = decode(payload) else {
+        shared.bus.metrics.malformed.inc();
+        tracing::warn!(
+            target: "tiered_cache::bus",
+            len = payload.len(),
+            "unreadable message on the invalidation channel; resynchronising to stay safe"
+        );
+        shared.suspect();
+        return After::Resync;
+    };
+    if shared.epoch_changed(msg.epoch) {
+        shared.suspect();
+        return After::Resync;
+    }
+    let order = sequence(&shared.bus, &msg);
+    apply_scope(shared, &msg);
+    match order {
+        Order::InSequence => {}
+        Order::Gap(missed) => {
+            shared.bus.metrics.gaps.inc();
+            shared.bus.metrics.lost.add(missed);
+            tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
+                "invalidation messages were lost; resynchronising");
+            shared.suspect();
+            return After::Resync;
+        }
+        Order::Rewound => {
+            shared.bus.metrics.gaps.inc();
+            tracing::warn!(target: "tiered_cache::bus", version = msg.version,
+                "the version counter went back; resynchronising");
+            shared.suspect();
+            return After::Resync;
+        }
+    }
+    if let (Scope::Heartbeat { sent_ms }, true) = (&msg.scope, msg.origin == shared.node_id) {
+        shared.bus.proven_fresh_at(*sent_ms);
+    }
+    After::Listen
+}
+
+/// Where a message stands in the sequence.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    InSequence,
+    Gap(u64),
+    Rewound,
+}
+
+fn apply_scope(shared: &Engine, msg: &Incoming<'_>) {
+    // A namespace this node does not serve: nothing of it is cached here.
+    let ns = shared.namespace(msg.namespace);
+    if msg.origin == shared.node_id {
+        shared.bus.metrics.own_skipped.inc();
+        // Our own clear may have timed out on the caller's side after it ran: its floor still
+        // applies here. Idempotent otherwise.
+        if let (Some(ns), Scope::Namespace) = (ns, &msg.scope) {
+            ns.raise_floor(msg.version);
+        }
+        return;
+    }
+    let now_ms = unix_ms();
+    match (ns, &msg.scope) {
+        (Some(ns), Scope::Keys(keys)) => {
+            ns.apply_remote_keys(keys);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
+        (Some(ns), Scope::Namespace) => {
+            ns.apply_remote_clear(msg.version);
+            ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+        }
+        (_, Scope::Multi(sections)) => {
+            for (name, keys) in sections {
+                if let Some(ns) = shared.namespace(name) {
+                    ns.apply_remote_keys(keys);
+                    ns.metrics.invalidation_lag(msg.sent_ms, now_ms);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks a message against the sequence and advances it. Only the subscriber task calls this.
+fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
+    let last = bus.last_version.load(SeqCst);
+    if msg.version > bus.resync_version.load(SeqCst) {
+        bus.past_resync.store(true, SeqCst);
+    }
+    let behind = msg.version < last && bus.past_resync.load(SeqCst);
+    if matches!(msg.scope, Scope::Heartbeat { .. }) {
+        return match msg.version {
+            _ if behind => Order::Rewound,
+            v if v > last => Order::Gap(v - last),
+            _ => Order::InSequence,
+        };
+    }
+    if msg.version <= last {
+        // Published before the last resync read the counter (already accounted for), or,
+        // once past that backlog, a counter that went back.
+        return if behind {
+            Order::Rewound
+        } else {
+            Order::InSequence
+        };
+    }
+    bus.last_version.store(msg.version, SeqCst);
+    if msg.version > last + 1 {
+        Order::Gap(msg.version - last - 1)
+    } else {
+        Order::InSequence
+    }
+}
+
+/// After (re)subscribing: learn the namespace floors set while away, and forget every L1
+/// entry, since invalidations sent while away were lost.
+pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("resync", outcome = tracing::field::Empty);
+    let result = resync_inner(shared).instrument(span.clone()).await;
+    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
+    let names: Vec<&str> = shared.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let before: Vec<u64> = shared.namespaces.iter().map(|n| n.floor()).collect();
+    let (stamp, floors) = shared.l2.floors(&names).await?;
+    // Counted once it happens: an attempt Redis did not answer cleared nothing.
+    shared.bus.metrics.resyncs.inc();
+    if stamp.epoch != 0 {
+        shared.epoch.store(stamp.epoch, SeqCst);
+        // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
+        shared.bus.metrics.epoch.set(stamp.epoch as f64);
+    }
+    // Everything published up to here is either already delivered or on its way, behind
+    // the subscription just confirmed: the sequence continues from this version.
+    shared.bus.last_version.store(stamp.version, SeqCst);
+    shared.bus.resync_version.store(stamp.version, SeqCst);
+    shared.bus.past_resync.store(false, SeqCst);
+    for ((ns, floor), before) in shared.namespaces.iter().zip(floors).zip(before) {
+        ns.reset_floor(before, floor);
+    }
+    shared.clear_all_l1();
+    shared.bus.touch();
+    shared.bus.delivered();
+    shared.bus.resync_pending.store(false, SeqCst);
+    // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
+    // from the watchdog's next tick (unless external-write tracking is still down).
+    if shared.bus.tracking_ok.load(SeqCst) {
+        for ns in &shared.namespaces {
+            ns.set_bypass(false, Some(Duration::ZERO));
+        }
+    }
+    Ok(())
+}

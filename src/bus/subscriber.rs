@@ -1,0 +1,142 @@
+//! The subscriber: one dedicated pub/sub connection per cache instance, resynchronised after
+//! every (re)subscription, pinged every heartbeat.
+
+use super::{apply, After};
+use crate::engine::Engine;
+use futures_util::StreamExt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the subscriber task.
+#[derive(Debug, Clone)]
+pub(crate) struct BusConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) max_backoff: Duration,
+}
+
+/// Runs until aborted (when the last cache handle is dropped).
+pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Engine>, cfg: BusConfig) {
+    let min_backoff = Duration::from_millis(50);
+    let mut backoff = min_backoff;
+    let mut first = true;
+    loop {
+        let outcome = session(&client, &shared, &cfg).await;
+        let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
+        shared.bus.metrics.connected.set(0.0);
+        // The link is known lost: stop trusting L1 now, not when the watchdog notices, and
+        // not again before a resync.
+        shared.suspect();
+        if was_subscribed {
+            shared.bus.metrics.disconnected.inc();
+            backoff = min_backoff;
+        }
+        let reason = outcome.unwrap_err();
+        let retry_in_ms = backoff.as_millis() as u64;
+        // Loud once when the link is lost; quiet while retrying against a server still down.
+        if was_subscribed || first {
+            tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,
+                "invalidation subscriber not listening; L1 will be cleared on resubscription");
+        } else {
+            tracing::debug!(target: "tiered_cache::bus", %reason, retry_in_ms, "subscriber retry failed");
+        }
+        first = false;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+/// One connection's life: subscribe, resync, then listen until something fails.
+async fn session(
+    client: &redis::Client,
+    shared: &Arc<Engine>,
+    cfg: &BusConfig,
+) -> Result<(), String> {
+    let pubsub = tokio::time::timeout(cfg.connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(
+        cfg.command_timeout,
+        sink.subscribe(shared.l2.keys().channel()),
+    )
+    .await
+    .map_err(|_| "subscribe timed out".to_string())?
+    .map_err(|e| format!("subscribe: {e}"))?;
+    // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
+    super::resync(shared)
+        .await
+        .map_err(|e| format!("resync: {e}"))?;
+    shared.bus.subscribed.store(true, Relaxed);
+    shared.bus.metrics.connected.set(1.0);
+    shared.bus.metrics.subscribed.inc();
+    // Redis is back for this node: replay what was queued while it was not.
+    shared.outbox.wake.notify_one();
+    tracing::info!(target: "tiered_cache::bus", channel = shared.l2.keys().channel(), "subscribed");
+
+    // The PING runs beside the message loop, never blocking it: a slow link must not hold
+    // back the messages it does deliver.
+    let (failed_tx, mut ping_failed) = tokio::sync::oneshot::channel::<String>();
+    let pinger = AbortOnDrop(tokio::spawn(ping_loop(
+        sink,
+        shared.clone(),
+        cfg.clone(),
+        failed_tx,
+    )));
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => if apply(shared, msg.get_payload_bytes()) == After::Resync {
+                    super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
+                },
+                None => return Err("connection closed".into()),
+            },
+            _ = shared.resync_wanted.notified() => {
+                super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
+            }
+            reason = &mut ping_failed => {
+                drop(pinger);
+                return Err(reason.unwrap_or_else(|_| "ping task ended".into()));
+            }
+        }
+    }
+}
+
+/// Pings the subscriber connection every heartbeat; reports the first failure and stops.
+async fn ping_loop(
+    mut sink: redis::aio::PubSubSink,
+    shared: Arc<Engine>,
+    cfg: BusConfig,
+    failed: tokio::sync::oneshot::Sender<String>,
+) {
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        heartbeat.tick().await;
+        let ping = sink.ping::<redis::Value>();
+        let reason = match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await
+        {
+            Ok(Ok(_)) => {
+                shared.bus.touch();
+                continue;
+            }
+            Ok(Err(e)) => format!("ping: {e}"),
+            Err(_) => "ping timed out".to_string(),
+        };
+        let _ = failed.send(reason);
+        return;
+    }
+}
+
+/// Aborts a task when dropped, so a session's helpers end with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,193 @@
+//! Routing and replay: where a write goes while the outbox holds something of its namespace,
+//! and the replays that land what the outbox queued (see `outbox.rs` for the queue's rules).
+
+use crate::engine::Engine;
+use crate::l2::{L2Error, Payload};
+use crate::outbox::{fate_of, Fate, Route, Taken};
+use crate::space::NamespaceCore;
+use crate::wire::Outgoing;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Decides where a write or invalidation of `keys` (or of the whole namespace, for `None`)
+/// goes while anything of the namespace is queued: behind it in the queue if the call is
+/// `queueable` (neither strict nor tagged: a replay cannot carry tags), else straight to
+/// Redis after what it must land behind. `Err` only when a queued clear that must land
+/// first could not be replayed (the replay counted the failure).
+pub(crate) async fn route<'a>(
+    shared: &'a Engine,
+    core: &'a NamespaceCore,
+    keys: Option<&[&str]>,
+    queueable: bool,
+) -> Result<Route<'a>, L2Error> {
+    let outbox = &shared.outbox;
+    if !outbox.has_pending(&core.name) {
+        return Ok(Route::Direct(None));
+    }
+    if queueable {
+        return Ok(Route::Queue);
+    }
+    let replays = outbox.replays.lock().await;
+    let claimed = match keys {
+        // Keys that cannot be queued land behind whatever is queued for them: a queued clear
+        // of the namespace is replayed first, then the keys' queued operations are taken out
+        // of the queue, superseded if the call lands and put back if it does not.
+        Some(keys) => {
+            land_queued_clear(shared, core).await?;
+            outbox.claim_keys(&core.name, keys)
+        }
+        // A clear that cannot be queued supersedes everything queued for the namespace.
+        None => outbox.claim_all(&core.name),
+    };
+    Ok(outbox.strict_guard(core, replays, claimed))
+}
+
+/// A queued clear of this namespace was issued before the calling operation: it lands
+/// first. Called with the replay lock held. `Err` if Redis could not be reached for it.
+async fn land_queued_clear(shared: &Engine, core: &NamespaceCore) -> Result<(), L2Error> {
+    let outbox = &shared.outbox;
+    let Some(clear) = outbox.claim_clear(&core.name) else {
+        return Ok(());
+    };
+    // Out of the queue while this caller replays it: back in if the caller is dropped.
+    let mut held = outbox.hold(vec![clear]);
+    let outcome = replay(shared, &held.taken[0]).await;
+    let clear = held.taken.pop().expect("held until finished");
+    let fate = fate_of(&outcome);
+    outbox.finish(core, clear, fate);
+    match outcome {
+        Err(e) if fate == Fate::Unreachable => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Replays one taken operation through the normal scripts and brings this node's L1 in line.
+/// `Ok(true)`: a write older than its TTL went out as an invalidation.
+async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
+    let Some(core) = shared.namespace(taken.ns()) else {
+        return Ok(false);
+    };
+    let l2 = &shared.l2;
+    let ttl = core.policy.l2_ttl;
+    let mut expired = false;
+    let result = match taken {
+        Taken::Clear { ns, .. } => {
+            let done = l2
+                .clear_namespace(ns, &Outgoing::namespace(shared.node_id, ns))
+                .await;
+            if let Ok(stamp) = &done {
+                shared.observe_epoch(stamp.epoch);
+                core.raise_floor(stamp.version);
+            }
+            if landed_or_refused(&done) {
+                core.clear_l1();
+            }
+            done
+        }
+        Taken::Write {
+            ns, key, bytes, at, ..
+        } => {
+            let message = Outgoing::keys(shared.node_id, ns, &[key]);
+            let left = ttl.saturating_sub(at.elapsed());
+            // Past its TTL (jittered, as the envelope says) it goes out as an invalidation.
+            let past = bytes
+                .expires_ms()
+                .is_some_and(|at| at <= crate::codec::unix_ms());
+            let done = if past || left < Duration::from_millis(1) {
+                expired = true;
+                l2.invalidate(ns, &[key], ttl, &message).await
+            } else {
+                // The envelope keeps its expiry; Redis keeps it the rest of its life.
+                let left = left + core.policy.fail_safe.unwrap_or(Duration::ZERO);
+                let payload = Payload {
+                    encoded: bytes,
+                    ttl: left,
+                };
+                l2.write(ns, key, payload, &message).await
+            };
+            if landed_or_refused(&done) {
+                core.evict(key);
+            }
+            done
+        }
+        Taken::Invalidate { ns, keys } => {
+            let ks: Vec<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
+            let done = l2
+                .invalidate(ns, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
+                .await;
+            if landed_or_refused(&done) {
+                for k in &ks {
+                    core.evict(k);
+                }
+            }
+            done
+        }
+    };
+    match result {
+        Ok(stamp) => {
+            shared.observe_epoch(stamp.epoch);
+            core.metrics.inv_sent.inc();
+            Ok(expired)
+        }
+        Err(e) => {
+            if !matches!(e, L2Error::Skipped) {
+                // (A skipped retry is not news: the operation was counted when it failed.)
+                core.metrics.l2_failed(e.kind());
+            }
+            if !e.is_unreachable() {
+                tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, error = %e,
+                    "redis refused a queued operation on replay; given up");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether a replay's local effects apply: it landed, or Redis refused it for good. One that
+/// could not reach Redis changes nothing here: the operation goes back into the queue, and a
+/// queued write's read-your-writes copy stays.
+fn landed_or_refused<T>(done: &Result<T, L2Error>) -> bool {
+    !matches!(done, Err(e) if e.is_unreachable())
+}
+
+/// Replays everything queued, one operation at a time, until the outbox is empty or Redis is
+/// unreachable again.
+async fn drain(shared: &Engine) {
+    let outbox = &shared.outbox;
+    loop {
+        let _replays = outbox.replays.lock().await;
+        let Some(taken) = outbox.take_next() else {
+            return;
+        };
+        let outcome = replay(shared, &taken).await;
+        let fate = fate_of(&outcome);
+        if let Some(core) = shared.namespace(taken.ns()) {
+            outbox.finish(core, taken, fate);
+        }
+        if fate == Fate::Unreachable {
+            return;
+        }
+    }
+}
+
+/// The replayer task: drains the outbox when woken, and every `retry` while it holds anything.
+/// Runs until aborted (when the last cache handle is dropped).
+pub(crate) async fn run_replayer(shared: Arc<Engine>, retry: Duration) {
+    loop {
+        let idle = shared.outbox.len() == 0;
+        tokio::select! {
+            _ = shared.outbox.wake.notified() => {}
+            _ = tokio::time::sleep(retry), if !idle => {}
+        }
+        if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
+            let before = shared.outbox.len();
+            let span = tracing::info_span!("outbox_replay", entries = before);
+            tracing::Instrument::instrument(drain(&shared), span).await;
+            let after = shared.outbox.len();
+            if after < before {
+                tracing::info!(target: "tiered_cache::outbox", replayed_or_superseded = before - after,
+                    left = after, "outbox replayed");
+            }
+        }
+    }
+}
