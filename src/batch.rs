@@ -244,9 +244,6 @@ where
                 return (vec![None; pending.len()], None);
             }
         };
-        if let Some(seen) = &seen {
-            shared.observe_epoch(seen.epoch);
-        }
         let mut found = Vec::with_capacity(pending.len());
         for (p, bytes) in pending.iter().zip(values) {
             let read = match bytes {
@@ -386,7 +383,7 @@ where
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {
             let key = p.string.clone();
             let encoded = (life.expires_ms, encoded.plain_len);
-            loader::settle_fill(core, shared, key, value, encoded, &p.ticket, filled);
+            loader::settle_fill(core, key, value, encoded, &p.ticket, filled);
         }
         out
     }
@@ -462,7 +459,6 @@ where
         match written {
             Ok(stamp) => {
                 core.metrics.inv_sent.inc();
-                shared.observe_epoch(stamp.epoch);
                 for ((_, key, (encoded, life), value), (ticket, alone)) in
                     batch.into_iter().zip(after)
                 {

@@ -11,7 +11,7 @@ use crate::l2::L2Tier;
 use crate::metrics::NamespaceStats;
 use crate::outbox::Outbox;
 use crate::space::NamespaceCore;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -235,12 +235,18 @@ impl TieredCacheBuilder {
             runtime: runtime.clone(),
             l2,
             bus: BusState::new(),
-            epoch: AtomicU64::new(0),
             resync_wanted: tokio::sync::Notify::new(),
             outbox: Outbox::new(self.outbox_capacity, self.outbox_max_bytes, replay_wanted),
             strict_writes: self.strict_writes,
             namespaces,
             by_name,
+        });
+        // The L2 tier reports a counter that started over from any reply; the engine acts.
+        let weak = Arc::downgrade(&shared);
+        shared.l2.epochs().on_change(move |_, epoch| {
+            if let Some(engine) = weak.upgrade() {
+                engine.counter_started_over(epoch);
+            }
         });
         let bus_config = BusConfig {
             connect_timeout: self.connect_timeout,

@@ -100,8 +100,6 @@ pub(crate) struct Engine {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) l2: L2Tier,
     pub(crate) bus: BusState,
-    /// The epoch of Redis's version counter this node's state belongs to (0: not known yet).
-    pub(crate) epoch: AtomicU64,
     /// Raised when another path sees a new epoch; the subscriber resynchronises.
     pub(crate) resync_wanted: tokio::sync::Notify,
     /// Writes and invalidations made while Redis was unreachable, to replay.
@@ -143,31 +141,29 @@ impl Engine {
         }
     }
 
-    /// Records an epoch reported by Redis. When it differs from the one this node's state
-    /// belongs to, the version counter started over (Redis flushed, restarted, or lost the meta
-    /// hash): versions and floors from before mean nothing now. Clears every L1 at once and
-    /// returns true; the caller (or the subscriber, woken here) then resynchronises.
+    /// For the subscriber: records the epoch a message carries. When it differs from the one
+    /// this node's state belongs to, clears every L1 at once and returns true; the subscriber
+    /// then resynchronises.
     pub(crate) fn epoch_changed(&self, epoch: u64) -> bool {
-        if epoch == 0 {
-            return false;
+        let changed = self.l2.epochs().swap(epoch);
+        if changed {
+            self.forget_old_epoch(epoch);
         }
-        let prev = self.epoch.swap(epoch, SeqCst);
-        self.bus.metrics.epoch.set(epoch as f64);
-        if prev == 0 || prev == epoch {
-            return false;
-        }
-        tracing::warn!(target: "tiered_cache::cache", prev, epoch,
-            "redis version counter started over; clearing L1 and resynchronising");
-        self.clear_all_l1();
-        true
+        changed
     }
 
-    /// Like [`epoch_changed`](Self::epoch_changed), for paths other than the subscriber: wakes
-    /// it to resynchronise.
-    pub(crate) fn observe_epoch(&self, epoch: u64) {
-        if self.epoch_changed(epoch) {
-            self.suspect();
-            self.resync_wanted.notify_one();
-        }
+    /// The hook the L2 tier calls when any other reply shows the version counter started
+    /// over: versions and floors from before mean nothing now. Clears every L1 and wakes the
+    /// subscriber to resynchronise.
+    pub(crate) fn counter_started_over(&self, epoch: u64) {
+        self.forget_old_epoch(epoch);
+        self.suspect();
+        self.resync_wanted.notify_one();
+    }
+
+    fn forget_old_epoch(&self, epoch: u64) {
+        tracing::warn!(target: "tiered_cache::cache", epoch,
+            "redis version counter started over; clearing L1 and resynchronising");
+        self.clear_all_l1();
     }
 }

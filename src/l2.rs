@@ -21,6 +21,7 @@ use crate::codec;
 use crate::error::{Error, SharedError};
 use crate::key::KeySpace;
 use crate::wire::Outgoing;
+use epoch::Epochs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use std::future::Future;
@@ -212,6 +213,7 @@ pub(crate) struct Payload<'a> {
 
 pub(crate) struct L2Tier {
     conn: ConnectionManager,
+    epochs: Epochs,
     keys: KeySpace,
     timeout: Duration,
     breaker: Breaker,
@@ -243,6 +245,7 @@ impl L2Tier {
             .set_max_delay(backoff);
         Ok(Self {
             conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            epochs: Epochs::new(),
             keys,
             timeout,
             breaker,
@@ -261,6 +264,11 @@ impl L2Tier {
 
     pub(crate) fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// The epoch of the version counter, as recorded from every reply that carries one.
+    pub(crate) fn epochs(&self) -> &Epochs {
+        &self.epochs
     }
 
     /// Runs one Redis call under the timeout and the breaker.
@@ -323,6 +331,7 @@ impl L2Tier {
             })
         })
         .await
+        .inspect(|stamp| self.epochs.observe(stamp.epoch))
     }
 
     /// Stores a value and publishes its invalidation, atomically. Returns the write's version.
@@ -390,6 +399,7 @@ impl L2Tier {
         let (stored, version, epoch): (u8, u64, u64) = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        self.epochs.observe(epoch);
         Ok(if stored == 1 {
             Ok(Stamp { version, epoch })
         } else {
@@ -449,7 +459,7 @@ impl L2Tier {
     }
 
     /// The current stamp and the floors of the given namespaces, in order (0 when never
-    /// cleared). A field that is not a number reads as 0, with a warning, rather than wedging
+    /// cleared). The one read that does not record the epoch: the resync that asks adopts it. A field that is not a number reads as 0, with a warning, rather than wedging
     /// resync.
     pub(crate) async fn floors(&self, namespaces: &[&str]) -> L2Result<(Stamp, Vec<u64>)> {
         let fields = &namespaces
@@ -477,6 +487,7 @@ impl L2Tier {
         let (version, epoch): (u64, u64) = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        self.epochs.observe(epoch);
         Ok(Stamp { version, epoch })
     }
 
@@ -545,6 +556,8 @@ fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
 
+/// The epoch of the version counter, recorded from every reply.
+mod epoch;
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones above and its calls go through `call`).
 pub(crate) mod multi;

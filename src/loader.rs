@@ -154,10 +154,9 @@ async fn classify<V: DeserializeOwned>(
         }
         Ok(Stored::Value { .. }) => {
             // Below the floor: cleared, or written after the counter started over while this
-            // node still holds the old floor. Asking for the epoch tells the two apart.
-            if let Ok(stamp) = shared.l2.current_stamp().await {
-                shared.observe_epoch(stamp.epoch);
-            }
+            // node still holds the old floor. Asking for the epoch tells the two apart (the
+            // L2 tier acts on a new one).
+            let _ = shared.l2.current_stamp().await;
             L2Read::Miss
         }
         Ok(Stored::Tombstone) => L2Read::Miss,
@@ -181,7 +180,6 @@ async fn classify<V: DeserializeOwned>(
 /// `encoded` is the value's expiry (unix ms) and its serialized size.
 pub(crate) fn settle_fill(
     core: &NamespaceCore,
-    shared: &Engine,
     key: String,
     value: Option<AnyValue>,
     encoded: (u64, usize),
@@ -190,13 +188,11 @@ pub(crate) fn settle_fill(
 ) {
     let (expires_ms, weight) = encoded;
     let version = match filled {
-        Ok(Err(epoch)) => {
-            shared.observe_epoch(epoch);
+        Ok(Err(_)) => {
             core.metrics.fill_refused.inc();
             return;
         }
         Ok(Ok(stamp)) => {
-            shared.observe_epoch(stamp.epoch);
             core.metrics.fill_stored.inc();
             stamp.version
         }
@@ -349,10 +345,7 @@ impl Flight<'_> {
     /// Notes the version counter before loading, so the fill can tell what happened since.
     async fn note_stamp(&self) -> Option<Stamp> {
         match self.shared.l2.current_stamp().await {
-            Ok(stamp) => {
-                self.shared.observe_epoch(stamp.epoch);
-                Some(stamp)
-            }
+            Ok(stamp) => Some(stamp),
             Err(e) => {
                 self.core.metrics.l2_failed(e.kind());
                 None
@@ -520,15 +513,7 @@ impl Flight<'_> {
         );
         let encoded = (life.expires_ms, encoded.plain_len);
         let (key, ticket) = (self.key.clone(), &self.ticket);
-        settle_fill(
-            core,
-            self.shared,
-            key,
-            value.clone(),
-            encoded,
-            ticket,
-            filled,
-        );
+        settle_fill(core, key, value.clone(), encoded, ticket, filled);
         value
     }
 

@@ -434,7 +434,6 @@ pub(crate) struct BusMetrics {
     /// Messages known lost: the sum of the holes in the version sequence.
     pub(crate) lost: Tally,
     pub(crate) connected: Gauge,
-    pub(crate) epoch: Gauge,
 }
 
 impl BusMetrics {
@@ -455,7 +454,6 @@ impl BusMetrics {
                 g.set(0.0);
                 g
             },
-            epoch: gauge!("tiered_cache_bus_epoch"),
         }
     }
 }

@@ -348,7 +348,6 @@ where
         match written {
             Ok(stamp) => {
                 self.core.metrics.inv_sent.inc();
-                shared.observe_epoch(stamp.epoch);
                 if after.directly_follows(&before) {
                     let entry = self.core.l1_entry(
                         Some(Arc::new(value)),
@@ -486,7 +485,6 @@ where
         let done = shared.l2.clear_namespace(&self.core.name, &message).await;
         route.landed(done.is_ok());
         if let Ok(stamp) = &done {
-            shared.observe_epoch(stamp.epoch);
             self.core.raise_floor(stamp.version);
         }
         self.core.clear_l1();
@@ -519,8 +517,7 @@ where
         strict: bool,
     ) -> Result<()> {
         match done {
-            Ok(stamp) => {
-                self.cache.shared().observe_epoch(stamp.epoch);
+            Ok(_) => {
                 self.core.metrics.inv_sent.inc();
                 Ok(())
             }

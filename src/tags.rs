@@ -212,8 +212,7 @@ async fn invalidate_tag(
         .collect();
     let message = Outgoing::multi(shared.node_id);
     match shared.l2.invalidate_tag(tag, &targets, &message).await {
-        Ok((stamp, listed)) => {
-            shared.observe_epoch(stamp.epoch);
+        Ok((_, listed)) => {
             let mut count = 0;
             // This node skips its own message: evict here (bump, then remove, as always).
             for (core, keys) in cores.iter().zip(&listed) {

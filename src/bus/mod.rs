@@ -182,11 +182,7 @@ async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
     let (stamp, floors) = shared.l2.floors(&names).await?;
     // Counted once it happens: an attempt Redis did not answer cleared nothing.
     shared.bus.metrics.resyncs.inc();
-    if stamp.epoch != 0 {
-        shared.epoch.store(stamp.epoch, SeqCst);
-        // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
-        shared.bus.metrics.epoch.set(stamp.epoch as f64);
-    }
+    shared.l2.epochs().adopt(stamp.epoch);
     // Everything published up to here is either already delivered or on its way, behind
     // the subscription just confirmed: the sequence continues from this version.
     shared.bus.last_version.store(stamp.version, SeqCst);

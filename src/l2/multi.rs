@@ -172,6 +172,11 @@ impl L2Tier {
             }
         })
         .await
+        .inspect(|(_, stamp)| {
+            if let Some(stamp) = stamp {
+                self.epochs.observe(stamp.epoch);
+            }
+        })
     }
 
     /// Stores many values (key, encoded value, how long Redis keeps it) under one version
@@ -270,6 +275,7 @@ impl L2Tier {
         let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        self.epochs.observe(epoch);
         Ok((Stamp { version, epoch }, keys))
     }
 }

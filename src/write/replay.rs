@@ -76,7 +76,6 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
                 .clear_namespace(ns, &Outgoing::namespace(shared.node_id, ns))
                 .await;
             if let Ok(stamp) = &done {
-                shared.observe_epoch(stamp.epoch);
                 core.raise_floor(stamp.version);
             }
             if landed_or_refused(&done) {
@@ -124,8 +123,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
         }
     };
     match result {
-        Ok(stamp) => {
-            shared.observe_epoch(stamp.epoch);
+        Ok(_) => {
             core.metrics.inv_sent.inc();
             Ok(expired)
         }
