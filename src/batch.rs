@@ -234,15 +234,12 @@ where
         let start = std::time::Instant::now();
         let read = shared
             .l2
-            .get_many(&core.name, &keys, stamp)
+            .get_many(core.target(), &keys, stamp)
             .instrument(span.clone())
             .await;
         let (values, seen) = match read {
             Ok(read) => read,
-            Err(e) => {
-                core.metrics.l2_failed(e.kind());
-                return (vec![None; pending.len()], None);
-            }
+            Err(_) => return (vec![None; pending.len()], None),
         };
         let mut found = Vec::with_capacity(pending.len());
         for (p, bytes) in pending.iter().zip(values) {
@@ -377,7 +374,7 @@ where
             };
             shared
                 .l2
-                .fill_tagged(&core.name, &p.string, seen, payload, tags)
+                .fill_tagged(core.target(), &p.string, seen, payload, tags)
         }))
         .await;
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {
@@ -448,7 +445,7 @@ where
             .collect();
         let written = shared
             .l2
-            .write_many(&core.name, &entries, tags, &message)
+            .write_many(core.target(), &entries, tags, &message)
             .await;
         route.landed(written.is_ok());
         // Fences loads that read Redis before the write landed.
@@ -476,12 +473,8 @@ where
                     }
                 }
             }
-            Err(e) if e.is_unreachable() && !strict => {
-                core.metrics.l2_failed(e.kind());
-                self.degrade(batch, tags);
-            }
+            Err(e) if e.is_unreachable() && !strict => self.degrade(batch, tags),
             Err(e) => {
-                core.metrics.l2_failed(e.kind());
                 let err = e.into_error("set_many");
                 for (i, key, ..) in batch {
                     core.l1.remove(&key);
@@ -511,7 +504,7 @@ where
     fn enqueue_writes(&self, batch: Vec<Encoded<V>>) {
         let shared = self.cache.shared();
         for (_, key, (encoded, life), value) in batch {
-            let entry = self.local_only(value, &life, &encoded);
+            let entry = crate::write::local_only(&self.core, value, &life, &encoded);
             shared
                 .outbox
                 .enqueue_write(&self.core, key, encoded, Some(entry));

@@ -20,6 +20,7 @@ use crate::breaker::Breaker;
 use crate::codec;
 use crate::error::{Error, SharedError};
 use crate::key::KeySpace;
+use crate::metrics::NamespaceMetrics;
 use crate::wire::Outgoing;
 use epoch::Epochs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -205,6 +206,26 @@ impl L2Error {
 
 pub(crate) type L2Result<T> = Result<T, L2Error>;
 
+/// The namespace an L2 call is made for: its name, for its keys, and where the call's failure
+/// is counted (`tiered_cache_l2_errors_total`). The tier counts every failed call it makes for
+/// a namespace, once; calls made for no namespace (heartbeat, resync, health) count nowhere.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) metrics: &'a NamespaceMetrics,
+    /// For replays: a call the breaker skipped is not counted again (the operation was
+    /// counted when it first failed).
+    pub(crate) quiet_skips: bool,
+}
+
+impl Target<'_> {
+    pub(crate) fn count(&self, e: &L2Error) {
+        if !(self.quiet_skips && matches!(e, L2Error::Skipped)) {
+            self.metrics.l2_failed(e.kind());
+        }
+    }
+}
+
 /// An encoded entry ready to be written, and how long Redis keeps it.
 pub(crate) struct Payload<'a> {
     pub(crate) encoded: &'a codec::Encoded,
@@ -278,12 +299,15 @@ impl L2Tier {
     /// a repeated write or tombstone changes nothing visible, a repeated fill is refused. A
     /// call that timed out is not repeated: Redis may be slow, and the breaker should hear of
     /// it rather than Redis get the command twice.
-    async fn call<T, F, Fut>(&self, f: F) -> L2Result<T>
+    async fn call<T, F, Fut>(&self, target: Option<Target<'_>>, f: F) -> L2Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let Some(permit) = self.breaker.acquire() else {
+            if let Some(target) = target {
+                target.count(&L2Error::Skipped);
+            }
             return Err(L2Error::Skipped);
         };
         let attempt = async {
@@ -304,21 +328,28 @@ impl L2Tier {
                 .as_ref()
                 .map_or_else(|e| !e.is_unreachable(), |_| true),
         );
+        if let (Some(target), Err(e)) = (target, &result) {
+            target.count(e);
+        }
         result
     }
 
     /// Reads the raw envelope stored under a key.
-    pub(crate) async fn get(&self, namespace: &str, key: &str) -> L2Result<Option<Vec<u8>>> {
+    pub(crate) async fn get(&self, ns: Target<'_>, key: &str) -> L2Result<Option<Vec<u8>>> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let k = &self.keys.value_key(namespace, key);
-        self.call(|mut c| async move { redis::cmd("GET").arg(k).query_async(&mut c).await })
-            .await
+        self.call(ns, |mut c| async move {
+            redis::cmd("GET").arg(k).query_async(&mut c).await
+        })
+        .await
     }
 
     /// The current version and epoch; noted before a load, checked by its fill. An epoch of 0
     /// means no write has happened since the counter was created.
-    pub(crate) async fn current_stamp(&self) -> L2Result<Stamp> {
-        let k = self.keys.meta_key();
-        self.call(|mut c| async move {
+    /// `counted`: the namespace a failure counts for, if any.
+    pub(crate) async fn current_stamp(&self, counted: Option<Target<'_>>) -> L2Result<Stamp> {
+        let (k, ns) = (self.keys.meta_key(), counted);
+        self.call(ns, |mut c| async move {
             let (v, e): (Option<String>, Option<String>) = redis::cmd("HMGET")
                 .arg(k)
                 .arg("version")
@@ -337,11 +368,12 @@ impl L2Tier {
     /// Stores a value and publishes its invalidation, atomically. Returns the write's version.
     pub(crate) async fn write(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         value: Payload<'_>,
         message: &Outgoing,
     ) -> L2Result<Stamp> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = self.write.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
@@ -352,7 +384,7 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(&inv).await
+        self.invoke(ns, &inv).await
     }
 
     /// Stores a loaded value unless the key was written or invalidated after `seen` (or the
@@ -360,13 +392,13 @@ impl L2Tier {
     /// Returns the fill's stamp, or Redis's current epoch when it was refused.
     pub(crate) async fn fill(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         seen: Stamp,
         replaces: Option<u64>,
         value: Payload<'_>,
     ) -> L2Result<Result<Stamp, u64>> {
-        self.fill_with(&self.fill, namespace, key, (seen, replaces), value, |_| {})
+        self.fill_with(&self.fill, ns, key, (seen, replaces), value, |_| {})
             .await
     }
 
@@ -375,12 +407,13 @@ impl L2Tier {
     pub(crate) async fn fill_with(
         &self,
         script: &Script,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         (seen, replaces): (Stamp, Option<u64>),
         value: Payload<'_>,
         extra: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> L2Result<Result<Stamp, u64>> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
@@ -397,7 +430,7 @@ impl L2Tier {
         extra(&mut inv);
         let inv = &inv;
         let (stored, version, epoch): (u8, u64, u64) = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         self.epochs.observe(epoch);
         Ok(if stored == 1 {
@@ -415,18 +448,19 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(&inv).await
+        self.invoke(None, &inv).await
     }
 
     /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and
     /// publishes one invalidation for all of them. Returns the version.
     pub(crate) async fn invalidate(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         keys: &[&str],
         ttl: Duration,
         message: &Outgoing,
     ) -> L2Result<Stamp> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = self.invalidate.prepare_invoke();
         inv.key(self.keys.meta_key());
         for k in keys {
@@ -438,16 +472,17 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(&inv).await
+        self.invoke(ns, &inv).await
     }
 
     /// Marks every value of the namespace written so far as dead, without scanning keys, and
     /// publishes it. The returned version becomes the namespace's floor.
     pub(crate) async fn clear_namespace(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         message: &Outgoing,
     ) -> L2Result<Stamp> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = self.clear_namespace.prepare_invoke();
         inv.key(self.keys.meta_key())
             .arg(new_epoch())
@@ -455,7 +490,7 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(&inv).await
+        self.invoke(ns, &inv).await
     }
 
     /// The current stamp and the floors of the given namespaces, in order (0 when never
@@ -467,7 +502,7 @@ impl L2Tier {
             .map(|n| KeySpace::floor_field(n))
             .collect::<Vec<_>>();
         let meta = self.keys.meta_key();
-        self.call(|mut c| async move {
+        self.call(None, |mut c| async move {
             let v: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(meta)
                 .arg("epoch")
@@ -483,9 +518,13 @@ impl L2Tier {
         .await
     }
 
-    async fn invoke(&self, inv: &redis::ScriptInvocation<'_>) -> L2Result<Stamp> {
+    async fn invoke(
+        &self,
+        ns: Option<Target<'_>>,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> L2Result<Stamp> {
         let (version, epoch): (u64, u64) = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         self.epochs.observe(epoch);
         Ok(Stamp { version, epoch })
@@ -494,13 +533,14 @@ impl L2Tier {
     /// Takes the fleet-wide load lock on a key for `ttl`, if free. Returns whether it was taken.
     pub(crate) async fn try_lock(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         token: u64,
         ttl: Duration,
     ) -> L2Result<bool> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let k = &self.keys.lock_key(namespace, key);
-        self.call(|mut c| async move {
+        self.call(ns, |mut c| async move {
             let set: Option<String> = redis::cmd("SET")
                 .arg(k)
                 .arg(token)
@@ -516,27 +556,36 @@ impl L2Tier {
 
     /// Releases a load lock if this caller still holds it (it may have expired and been taken
     /// by another node meanwhile: that one is left alone).
-    pub(crate) async fn unlock(&self, namespace: &str, key: &str, token: u64) -> L2Result<()> {
+    pub(crate) async fn unlock(&self, ns: Target<'_>, key: &str, token: u64) -> L2Result<()> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = self.unlock.prepare_invoke();
         inv.key(self.keys.lock_key(namespace, key)).arg(token);
         let inv = &inv;
-        self.call(|mut c| async move { inv.invoke_async::<u8>(&mut c).await })
-            .await
-            .map(drop)
+        self.call(
+            ns,
+            |mut c| async move { inv.invoke_async::<u8>(&mut c).await },
+        )
+        .await
+        .map(drop)
     }
 
     /// Whether a load lock is held on a key (by anyone).
-    pub(crate) async fn is_locked(&self, namespace: &str, key: &str) -> L2Result<bool> {
+    pub(crate) async fn is_locked(&self, ns: Target<'_>, key: &str) -> L2Result<bool> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let k = &self.keys.lock_key(namespace, key);
-        self.call(|mut c| async move { redis::cmd("EXISTS").arg(k).query_async(&mut c).await })
-            .await
+        self.call(ns, |mut c| async move {
+            redis::cmd("EXISTS").arg(k).query_async(&mut c).await
+        })
+        .await
     }
 
     /// True when Redis answers a PING within the timeout.
     pub(crate) async fn ping(&self) -> bool {
-        self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .is_ok()
+        self.call(None, |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .is_ok()
     }
 }
 

@@ -75,11 +75,10 @@ async fn peek_l2<V: DeserializeOwned>(
         key_hash = key_hash(key), outcome = Empty);
     let read = async {
         let start = Instant::now();
-        let (read, asked) = match shared.l2.get(&core.name, key).await {
+        let (read, asked) = match shared.l2.get(core.target(), key).await {
             Ok(Some(bytes)) => (classify(core, shared, &bytes).await, true),
             Ok(None) => (L2Read::Miss, true),
             Err(e) => {
-                core.metrics.l2_failed(e.kind());
                 // Skipped by the open breaker: Redis was not asked, no latency to speak of.
                 (L2Read::Unavailable, e.kind() != "skipped")
             }
@@ -156,7 +155,7 @@ async fn classify<V: DeserializeOwned>(
             // Below the floor: cleared, or written after the counter started over while this
             // node still holds the old floor. Asking for the epoch tells the two apart (the
             // L2 tier acts on a new one).
-            let _ = shared.l2.current_stamp().await;
+            let _ = shared.l2.current_stamp(None).await;
             L2Read::Miss
         }
         Ok(Stored::Tombstone) => L2Read::Miss,
@@ -196,10 +195,8 @@ pub(crate) fn settle_fill(
             core.metrics.fill_stored.inc();
             stamp.version
         }
-        Err(e) => {
-            core.metrics.l2_failed(e.kind());
-            0
-        }
+        // Counted by the tier.
+        Err(_) => 0,
     };
     let entry = core.l1_entry(value, version, Some(expires_ms), weight);
     core.insert_guarded(key, entry, ticket);
@@ -330,27 +327,20 @@ impl Flight<'_> {
             (Err(e), None) => self.fail_safe(e, fallback),
         };
         if let Some(token) = lock {
-            if let Err(e) = self
-                .shared
-                .l2
-                .unlock(&self.core.name, &self.key, token)
-                .await
-            {
-                self.core.metrics.l2_failed(e.kind());
-            }
+            // A failed unlock is counted by the tier; the lock expires by itself.
+            let _ = (self.shared.l2)
+                .unlock(self.core.target(), &self.key, token)
+                .await;
         }
         outcome
     }
 
     /// Notes the version counter before loading, so the fill can tell what happened since.
     async fn note_stamp(&self) -> Option<Stamp> {
-        match self.shared.l2.current_stamp().await {
-            Ok(stamp) => Some(stamp),
-            Err(e) => {
-                self.core.metrics.l2_failed(e.kind());
-                None
-            }
-        }
+        (self.shared.l2)
+            .current_stamp(Some(self.core.target()))
+            .await
+            .ok()
     }
 
     /// Calls the loader under the namespace's timeouts. At the soft timeout, when a stale value
@@ -500,7 +490,7 @@ impl Flight<'_> {
         let span = tracing::debug_span!("l2_fill", namespace = %core.name, tier = "l2",
             key_hash = key_hash(&self.key), outcome = Empty);
         let filled = (self.shared.l2)
-            .fill(&core.name, &self.key, seen, replaces, payload)
+            .fill(core.target(), &self.key, seen, replaces, payload)
             .instrument(span.clone())
             .await;
         span.record(
@@ -555,7 +545,7 @@ impl Flight<'_> {
         &self,
         ttl: Duration,
     ) -> Locked {
-        let (l2, ns, key) = (&self.shared.l2, &self.core.name, &self.key);
+        let (l2, ns, key) = (&self.shared.l2, self.core.target(), &self.key);
         let m = &self.core.metrics;
         let deadline = Instant::now() + ttl;
         let poll = (ttl / 50).clamp(Duration::from_millis(2), Duration::from_millis(20));
@@ -564,19 +554,14 @@ impl Flight<'_> {
             match l2.try_lock(ns, key, token, ttl).await {
                 Ok(true) => {
                     if let Some(value) = self.filled::<V>().await {
-                        if let Err(e) = l2.unlock(ns, key, token).await {
-                            m.l2_failed(e.kind());
-                        }
+                        let _ = l2.unlock(ns, key, token).await;
                         return Locked::Filled(value);
                     }
                     m.lock_acquired.inc();
                     return Locked::Held(token);
                 }
                 Ok(false) => {}
-                Err(e) => {
-                    m.l2_failed(e.kind());
-                    return Locked::Proceed;
-                }
+                Err(_) => return Locked::Proceed,
             }
             // Another node is loading: wait for its fill, or for its lock to go away.
             loop {

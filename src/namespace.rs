@@ -4,15 +4,11 @@
 //! this node's own L1 is updated (other nodes evict on the message; this node skips its own).
 
 use crate::cache::TieredCache;
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{Payload, Stamp};
 use crate::loader::{self, L2Read, Mode};
-use crate::outbox::Route;
-use crate::space::{Life, Lookup, NamespaceCore};
-use crate::wire::Outgoing;
+use crate::space::{Lookup, NamespaceCore};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -282,13 +278,6 @@ where
         self.cache.shared().runtime.spawn(task);
     }
 
-    /// The L1 entry of a write Redis has not taken yet: version 0, so any value read from
-    /// Redis later replaces it.
-    pub(crate) fn local_only(&self, value: V, life: &Life, encoded: &codec::Encoded) -> L1Entry {
-        let value = Some(Arc::new(value) as AnyValue);
-        (self.core).l1_entry(value, 0, Some(life.expires_ms), encoded.plain_len)
-    }
-
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
     ///
     /// When Redis is unreachable (the breaker is open, or the call timed out or failed at the
@@ -302,81 +291,14 @@ where
     /// is unknown (a timeout may come after the write ran): retry, or invalidate once Redis is
     /// back.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
-        let key = key_string(key);
-        let shared = self.cache.shared();
-        let life = self.core.l2_life(false);
-        let encoded = codec::encode(
-            Some(&value),
-            life.expires_ms,
-            self.core.policy.compress_above,
+        crate::write::set(
+            self.cache.shared(),
+            &self.core,
+            key_string(key),
+            value,
+            self.is_strict(),
         )
-        .map_err(|e| Error::Encode(Arc::new(e)))?;
-        let strict = self.is_strict();
-        let route = match crate::write::route(shared, &self.core, Some(&[&key]), !strict).await {
-            Ok(Route::Queue) => {
-                let entry = self.local_only(value, &life, &encoded);
-                shared
-                    .outbox
-                    .enqueue_write(&self.core, key, encoded, Some(entry));
-                return Ok(());
-            }
-            Ok(route) => route,
-            Err(e) => {
-                self.core.evict(&key);
-                return Err(e.into_error("set"));
-            }
-        };
-        let before = self.core.gens.ticket(&key);
-        let message = Outgoing::keys(shared.node_id, &self.core.name, &[&key]);
-        let written = shared
-            .l2
-            .write(
-                &self.core.name,
-                &key,
-                Payload {
-                    encoded: &encoded,
-                    ttl: life.keep_for,
-                },
-                &message,
-            )
-            .await;
-        route.landed(written.is_ok());
-        // Fences loads that read Redis before the write landed.
-        let after = self.core.gens.bump_key(&key);
-        // A load that started before this write must not be shared with later callers.
-        self.core.flights.detach(&key);
-        match written {
-            Ok(stamp) => {
-                self.core.metrics.inv_sent.inc();
-                if after.directly_follows(&before) {
-                    let entry = self.core.l1_entry(
-                        Some(Arc::new(value)),
-                        stamp.version,
-                        Some(life.expires_ms),
-                        encoded.plain_len,
-                    );
-                    self.core.insert_guarded(key, entry, &after);
-                } else {
-                    // Another invalidation of this key landed meanwhile: its order against ours
-                    // is unknown here, so let the next read ask Redis.
-                    self.core.l1.remove(&key);
-                }
-                Ok(())
-            }
-            Err(e) if e.is_unreachable() && !strict => {
-                self.core.metrics.l2_failed(e.kind());
-                let entry = self.local_only(value, &life, &encoded);
-                shared
-                    .outbox
-                    .enqueue_write(&self.core, key, encoded, Some(entry));
-                Ok(())
-            }
-            Err(e) => {
-                self.core.l1.remove(&key);
-                self.core.metrics.l2_failed(e.kind());
-                Err(e.into_error("set"))
-            }
-        }
+        .await
     }
 
     /// Removes a key from Redis and from every node's L1.
@@ -425,39 +347,7 @@ where
     /// Invalidates keys in one script and message, queued while Redis is unreachable (unless
     /// strict), and always behind what is queued for them.
     async fn invalidate_strings(&self, keys: Vec<String>, op: &'static str) -> Result<()> {
-        let shared = self.cache.shared();
-        let strict = self.is_strict();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        if refs.is_empty() {
-            return Ok(());
-        }
-        let routed = crate::write::route(shared, &self.core, Some(&refs), !strict);
-        let route = match routed.await {
-            Ok(Route::Queue) => {
-                for key in keys {
-                    shared.outbox.enqueue_invalidate(&self.core, key);
-                }
-                return Ok(());
-            }
-            Ok(route) => route,
-            Err(e) => {
-                keys.iter().for_each(|k| self.core.evict(k));
-                return Err(e.into_error(op));
-            }
-        };
-        let message = Outgoing::keys(shared.node_id, &self.core.name, &refs);
-        let done = shared
-            .l2
-            .invalidate(&self.core.name, &refs, self.core.policy.l2_ttl, &message)
-            .await;
-        route.landed(done.is_ok());
-        keys.iter().for_each(|k| self.core.evict(k));
-        if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
-            for key in keys {
-                shared.outbox.enqueue_invalidate(&self.core, key);
-            }
-        }
-        self.finish_invalidation(done, op, strict)
+        crate::write::invalidate(self.cache.shared(), &self.core, keys, op, self.is_strict()).await
     }
 
     /// Removes every key of the namespace from Redis and from every node's L1, in O(1): no key
@@ -468,30 +358,7 @@ where
     /// keys) and replayed, and this returns `Ok`, unless writes are
     /// [strict](Self::strict_writes).
     pub async fn invalidate_namespace(&self) -> Result<()> {
-        let shared = self.cache.shared();
-        let strict = self.is_strict();
-        let route = match crate::write::route(shared, &self.core, None, !strict).await {
-            Ok(Route::Queue) => {
-                shared.outbox.enqueue_clear(&self.core);
-                return Ok(());
-            }
-            Ok(route) => route,
-            Err(e) => {
-                self.core.clear_l1();
-                return Err(e.into_error("invalidate_namespace"));
-            }
-        };
-        let message = Outgoing::namespace(shared.node_id, &self.core.name);
-        let done = shared.l2.clear_namespace(&self.core.name, &message).await;
-        route.landed(done.is_ok());
-        if let Ok(stamp) = &done {
-            self.core.raise_floor(stamp.version);
-        }
-        self.core.clear_l1();
-        if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
-            shared.outbox.enqueue_clear(&self.core);
-        }
-        self.finish_invalidation(done, "invalidate_namespace", strict)
+        crate::write::clear(self.cache.shared(), &self.core, self.is_strict()).await
     }
 
     /// A handle whose writes and invalidations fail with `Err(Unavailable)` when Redis is
@@ -508,29 +375,6 @@ where
     pub(crate) fn is_strict(&self) -> bool {
         self.strict
             .unwrap_or_else(|| self.cache.shared().strict_writes)
-    }
-
-    fn finish_invalidation(
-        &self,
-        done: crate::l2::L2Result<Stamp>,
-        op: &'static str,
-        strict: bool,
-    ) -> Result<()> {
-        match done {
-            Ok(_) => {
-                self.core.metrics.inv_sent.inc();
-                Ok(())
-            }
-            Err(e) if e.is_unreachable() && !strict => {
-                // Queued by the caller: degraded, not failed.
-                self.core.metrics.l2_failed(e.kind());
-                Ok(())
-            }
-            Err(e) => {
-                self.core.metrics.l2_failed(e.kind());
-                Err(e.into_error(op))
-            }
-        }
     }
 
     /// Single flight around the miss path: the first caller spawns the load, every caller

@@ -8,6 +8,7 @@ use crate::config::NamespacePolicy;
 use crate::error::{Error, Result};
 use crate::guard::{Generations, Ticket};
 use crate::l1::{AnyValue, Bound, L1Entry, L1Tier};
+use crate::l2::Target;
 use crate::metrics::NamespaceMetrics;
 use std::any::{type_name, TypeId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -84,6 +85,23 @@ impl NamespaceCore {
             "namespace {:?} holds <{}, {}>, not <{}, {}>",
             self.name, have.key_name, have.value_name, want.key_name, want.value_name
         )))
+    }
+
+    /// What L2 calls made for this namespace are made for (their failures count here).
+    pub(crate) fn target(&self) -> Target<'_> {
+        Target {
+            name: &self.name,
+            metrics: &self.metrics,
+            quiet_skips: false,
+        }
+    }
+
+    /// [`target`](Self::target) for replays, which do not count a skipped call again.
+    pub(crate) fn replay_target(&self) -> Target<'_> {
+        Target {
+            quiet_skips: true,
+            ..self.target()
+        }
     }
 
     pub(crate) fn floor(&self) -> u64 {

@@ -39,7 +39,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Checks tag names: the namespace rules (1 to 64 bytes of `[A-Za-z0-9_.-]`).
 pub(crate) fn validate_tags(tags: &[&str]) -> Result<()> {
@@ -206,9 +205,9 @@ async fn invalidate_tag(
 ) -> Result<usize> {
     validate_tags(&[tag])?;
     let shared = cache.shared();
-    let targets: Vec<(&str, Duration)> = cores
+    let targets: Vec<_> = cores
         .iter()
-        .map(|c| (c.name.as_str(), c.policy.l2_ttl))
+        .map(|c| (c.target(), c.policy.l2_ttl))
         .collect();
     let message = Outgoing::multi(shared.node_id);
     match shared.l2.invalidate_tag(tag, &targets, &message).await {
@@ -227,7 +226,6 @@ async fn invalidate_tag(
         Err(e) if e.is_unreachable() && !strict => {
             // Degraded, not failed: the tag's keys are unknown here, its namespaces are not.
             for core in cores {
-                core.metrics.l2_failed(e.kind());
                 shared.outbox.enqueue_clear(core);
             }
             Ok(0)
@@ -235,7 +233,6 @@ async fn invalidate_tag(
         Err(e) => {
             for core in cores {
                 core.clear_l1();
-                core.metrics.l2_failed(e.kind());
             }
             Err(e.into_error("invalidate_tag"))
         }

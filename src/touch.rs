@@ -74,13 +74,10 @@ where
             expires_ms: life.expires_ms,
             keep_for: life.keep_for,
         };
-        let touched = match self.cache.shared().l2.touch(&core.name, key, ext).await {
-            Ok(t) => t,
-            Err(e) => {
-                core.metrics.l2_failed(e.kind());
-                return Err(e.into_error("touch"));
-            }
-        };
+        let touched = (self.cache.shared().l2)
+            .touch(core.target(), key, ext)
+            .await
+            .map_err(|e| e.into_error("touch"))?;
         let Some(touched) = touched else {
             return Ok(false);
         };

@@ -13,15 +13,17 @@ pub(crate) use tooling::{AdminLink, BusTap};
 impl L2Tier {
     /// The text of `INFO` (default sections).
     pub(crate) async fn info(&self) -> L2Result<String> {
-        self.call(|mut c| async move { redis::cmd("INFO").query_async(&mut c).await })
-            .await
+        self.call(None, |mut c| async move {
+            redis::cmd("INFO").query_async(&mut c).await
+        })
+        .await
     }
 
     /// `SLOWLOG LEN`. A server that refuses it (renamed or disabled on a managed Redis)
     /// answers `Ok(None)`: the figure is unknown, Redis is still there.
     pub(crate) async fn slowlog_len(&self) -> L2Result<Option<u64>> {
         let len = self
-            .call(|mut c| async move {
+            .call(None, |mut c| async move {
                 redis::cmd("SLOWLOG")
                     .arg("LEN")
                     .query_async::<u64>(&mut c)
@@ -106,7 +108,7 @@ mod tooling {
         pub(crate) async fn raw(&self, redis_key: &str) -> L2Result<Option<RawEntry>> {
             let (bytes, pttl): (Option<Vec<u8>>, i64) = self
                 .l2
-                .call(|mut c| async move {
+                .call(None, |mut c| async move {
                     redis::pipe()
                         .atomic()
                         .cmd("GET")
@@ -128,7 +130,7 @@ mod tooling {
         pub(crate) async fn scan(&self, cursor: u64, pattern: &str) -> L2Result<ScanPage> {
             let (cursor, keys): (u64, Vec<Vec<u8>>) = self
                 .l2
-                .call(|mut c| async move {
+                .call(None, |mut c| async move {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -152,7 +154,7 @@ mod tooling {
                 return Ok(Vec::new());
             }
             self.l2
-                .call(|mut c| async move {
+                .call(None, |mut c| async move {
                     let mut pipe = redis::pipe();
                     for k in keys {
                         pipe.cmd("MEMORY").arg("USAGE").arg(k);
@@ -166,7 +168,9 @@ mod tooling {
         pub(crate) async fn meta(&self) -> L2Result<Vec<(String, String)>> {
             let meta = self.l2.keys().meta_key();
             self.l2
-                .call(|mut c| async move { redis::cmd("HGETALL").arg(meta).query_async(&mut c).await })
+                .call(None, |mut c| async move {
+                    redis::cmd("HGETALL").arg(meta).query_async(&mut c).await
+                })
                 .await
         }
 
@@ -176,7 +180,7 @@ mod tooling {
             let channel = self.l2.keys().channel();
             let counts: Vec<(String, u64)> = self
                 .l2
-                .call(|mut c| async move {
+                .call(None, |mut c| async move {
                     redis::cmd("PUBSUB")
                         .arg("NUMSUB")
                         .arg(channel)

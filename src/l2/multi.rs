@@ -13,7 +13,7 @@
 //! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
 //! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
 
-use super::{codec, new_epoch, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, FILL};
+use super::{codec, new_epoch, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
 use crate::wire::Outgoing;
 use redis::Script;
 use std::sync::LazyLock;
@@ -141,10 +141,11 @@ impl L2Tier {
     /// in the same pipeline, after the values, as a single load reads it after its GET.
     pub(crate) async fn get_many(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         keys: &[&str],
         stamp: bool,
     ) -> L2Result<ManyRead> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut pipe = redis::pipe();
         pipe.cmd("MGET");
         for k in keys {
@@ -157,7 +158,7 @@ impl L2Tier {
                 .arg("epoch");
         }
         let pipe = &pipe;
-        self.call(|mut c| async move {
+        self.call(ns, |mut c| async move {
             if stamp {
                 let (values, (v, e)): (_, (Option<String>, Option<String>)) =
                     pipe.query_async(&mut c).await?;
@@ -184,11 +185,12 @@ impl L2Tier {
     /// invalidation listing every key), atomically.
     pub(crate) async fn write_many(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         entries: &[(&str, &codec::Encoded, Duration)],
         tags: &[&str],
         message: &Outgoing,
     ) -> L2Result<Stamp> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = WRITE_MANY_SCRIPT.prepare_invoke();
         inv.key(self.keys.meta_key());
         for (k, ..) in entries {
@@ -207,21 +209,22 @@ impl L2Tier {
                 .arg(&encoded.body)
                 .arg(ttl_ms(*keep));
         }
-        self.invoke(&inv).await
+        self.invoke(ns, &inv).await
     }
 
     /// [`fill`](L2Tier::fill), and with tags: refused as well if any tag was invalidated after
     /// `seen`; when stored, the key joins every tag's set.
     pub(crate) async fn fill_tagged(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         seen: Stamp,
         value: Payload<'_>,
         tags: &[&str],
     ) -> L2Result<Result<Stamp, u64>> {
+        let namespace = ns.name;
         if tags.is_empty() {
-            return self.fill(namespace, key, seen, None, value).await;
+            return self.fill(ns, key, seen, None, value).await;
         }
         let ttl = ttl_ms(value.ttl);
         let extra = |inv: &mut redis::ScriptInvocation<'_>| {
@@ -236,28 +239,23 @@ impl L2Tier {
                 .arg(ttl)
                 .arg(tags.len());
         };
-        self.fill_with(
-            &TAGGED_FILL_SCRIPT,
-            namespace,
-            key,
-            (seen, None),
-            value,
-            extra,
-        )
-        .await
+        self.fill_with(&TAGGED_FILL_SCRIPT, ns, key, (seen, None), value, extra)
+            .await
     }
 
     /// Invalidates `tag` in each namespace (with its L2 TTL) in one script and one message.
-    /// Returns the version and, per namespace, the keys its set listed.
+    /// Returns the version and, per namespace, the keys its set listed. A failure counts for
+    /// every namespace.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
-        namespaces: &[(&str, Duration)],
+        targets: &[(Target<'_>, Duration)],
         message: &Outgoing,
     ) -> L2Result<(Stamp, Vec<Vec<String>>)> {
+        let namespaces: Vec<(&str, Duration)> = targets.iter().map(|(t, d)| (t.name, *d)).collect();
         let mut inv = INVALIDATE_TAG_SCRIPT.prepare_invoke();
         inv.key(self.keys.meta_key());
-        for (ns, _) in namespaces {
+        for (ns, _) in &namespaces {
             inv.key(self.keys.tag_key(ns, tag))
                 .key(self.keys.tag_floor_key(ns, tag));
         }
@@ -266,15 +264,19 @@ impl L2Tier {
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        for (ns, ttl) in namespaces {
+        for (ns, ttl) in &namespaces {
             inv.arg(self.keys.value_key(ns, ""))
                 .arg(ttl_ms(*ttl))
                 .arg(Outgoing::section_head(ns));
         }
         let inv = &inv;
-        let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
+        let called = self
+            .call(None, |mut c| async move { inv.invoke_async(&mut c).await })
+            .await;
+        if let Err(e) = &called {
+            targets.iter().for_each(|(t, _)| t.count(e));
+        }
+        let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = called?;
         self.epochs.observe(epoch);
         Ok((Stamp { version, epoch }, keys))
     }

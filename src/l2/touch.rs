@@ -10,7 +10,7 @@
 //! A touch publishes nothing: other nodes' L1 copies keep the expiry they were read with, and
 //! when it passes they re-read the key from Redis, where they find the extended value.
 
-use super::{ttl_ms, L2Result, L2Tier};
+use super::{ttl_ms, L2Result, L2Tier, Target};
 use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -75,10 +75,11 @@ impl L2Tier {
     /// key holds no live value (of the expected version).
     pub(crate) async fn touch(
         &self,
-        namespace: &str,
+        ns: Target<'_>,
         key: &str,
         ext: Extension,
     ) -> L2Result<Option<Touched>> {
+        let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = SCRIPT.prepare_invoke();
         inv.key(self.keys().meta_key())
             .key(self.keys().value_key(namespace, key))
@@ -89,7 +90,7 @@ impl L2Tier {
             .arg(crate::key::KeySpace::floor_field(namespace));
         let inv = &inv;
         let (done, version, expires_ms): (u8, u64, u64) = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok((done == 1).then_some(Touched {
             version,

@@ -1,5 +1,196 @@
-//! The write path: routing around the outbox, and replaying what it queued.
+//! The write path: `set`, invalidations of keys and of a whole namespace, and, around them,
+//! routing through the outbox and replaying it.
+//!
+//! Every write goes the same way: encode, route (straight to Redis, or behind what the outbox
+//! holds for the namespace), one script that writes and publishes atomically, fence loads in
+//! flight (bump the generation, detach flights), settle this node's L1, and degrade (queue)
+//! when Redis could not be reached and the call is not strict. Failures are counted by the L2
+//! tier itself.
 
 mod replay;
 
 pub(crate) use replay::{route, run_replayer};
+
+use crate::codec;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::l1::{AnyValue, L1Entry};
+use crate::l2::{L2Result, Payload, Stamp};
+use crate::outbox::Route;
+use crate::space::{Life, NamespaceCore};
+use crate::wire::Outgoing;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// The L1 entry of a write Redis has not taken yet: version 0, so any value read from
+/// Redis later replaces it.
+pub(crate) fn local_only<V: Send + Sync + 'static>(
+    core: &NamespaceCore,
+    value: V,
+    life: &Life,
+    encoded: &codec::Encoded,
+) -> L1Entry {
+    let value = Some(Arc::new(value) as AnyValue);
+    core.l1_entry(value, 0, Some(life.expires_ms), encoded.plain_len)
+}
+
+/// Writes `value` under `key` in Redis and this node's L1, and has every other node evict it
+/// (see [`Namespace::set`](crate::Namespace::set) for the degraded and strict cases).
+pub(crate) async fn set<V: Serialize + Send + Sync + 'static>(
+    shared: &Engine,
+    core: &NamespaceCore,
+    key: String,
+    value: V,
+    strict: bool,
+) -> Result<()> {
+    let life = core.l2_life(false);
+    let encoded = codec::encode(Some(&value), life.expires_ms, core.policy.compress_above)
+        .map_err(|e| Error::Encode(Arc::new(e)))?;
+    let route = match crate::write::route(shared, core, Some(&[&key]), !strict).await {
+        Ok(Route::Queue) => {
+            let entry = local_only(core, value, &life, &encoded);
+            shared.outbox.enqueue_write(core, key, encoded, Some(entry));
+            return Ok(());
+        }
+        Ok(route) => route,
+        Err(e) => {
+            core.evict(&key);
+            return Err(e.into_error("set"));
+        }
+    };
+    let before = core.gens.ticket(&key);
+    let message = Outgoing::keys(shared.node_id, &core.name, &[&key]);
+    let written = shared
+        .l2
+        .write(
+            core.target(),
+            &key,
+            Payload {
+                encoded: &encoded,
+                ttl: life.keep_for,
+            },
+            &message,
+        )
+        .await;
+    route.landed(written.is_ok());
+    // Fences loads that read Redis before the write landed.
+    let after = core.gens.bump_key(&key);
+    // A load that started before this write must not be shared with later callers.
+    core.flights.detach(&key);
+    match written {
+        Ok(stamp) => {
+            core.metrics.inv_sent.inc();
+            if after.directly_follows(&before) {
+                let entry = core.l1_entry(
+                    Some(Arc::new(value)),
+                    stamp.version,
+                    Some(life.expires_ms),
+                    encoded.plain_len,
+                );
+                core.insert_guarded(key, entry, &after);
+            } else {
+                // Another invalidation of this key landed meanwhile: its order against ours
+                // is unknown here, so let the next read ask Redis.
+                core.l1.remove(&key);
+            }
+            Ok(())
+        }
+        Err(e) if e.is_unreachable() && !strict => {
+            let entry = local_only(core, value, &life, &encoded);
+            shared.outbox.enqueue_write(core, key, encoded, Some(entry));
+            Ok(())
+        }
+        Err(e) => {
+            core.l1.remove(&key);
+            Err(e.into_error("set"))
+        }
+    }
+}
+
+/// Invalidates keys in one script and message, queued while Redis is unreachable (unless
+/// strict), and always behind what is queued for them.
+pub(crate) async fn invalidate(
+    shared: &Engine,
+    core: &NamespaceCore,
+    keys: Vec<String>,
+    op: &'static str,
+    strict: bool,
+) -> Result<()> {
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let routed = crate::write::route(shared, core, Some(&refs), !strict);
+    let route = match routed.await {
+        Ok(Route::Queue) => {
+            for key in keys {
+                shared.outbox.enqueue_invalidate(core, key);
+            }
+            return Ok(());
+        }
+        Ok(route) => route,
+        Err(e) => {
+            keys.iter().for_each(|k| core.evict(k));
+            return Err(e.into_error(op));
+        }
+    };
+    let message = Outgoing::keys(shared.node_id, &core.name, &refs);
+    let done = shared
+        .l2
+        .invalidate(core.target(), &refs, core.policy.l2_ttl, &message)
+        .await;
+    route.landed(done.is_ok());
+    keys.iter().for_each(|k| core.evict(k));
+    if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+        for key in keys {
+            shared.outbox.enqueue_invalidate(core, key);
+        }
+    }
+    finish_invalidation(core, done, op, strict)
+}
+
+/// Clears the namespace in Redis and on every node (see
+/// [`Namespace::invalidate_namespace`](crate::Namespace::invalidate_namespace)).
+pub(crate) async fn clear(shared: &Engine, core: &NamespaceCore, strict: bool) -> Result<()> {
+    let route = match crate::write::route(shared, core, None, !strict).await {
+        Ok(Route::Queue) => {
+            shared.outbox.enqueue_clear(core);
+            return Ok(());
+        }
+        Ok(route) => route,
+        Err(e) => {
+            core.clear_l1();
+            return Err(e.into_error("invalidate_namespace"));
+        }
+    };
+    let message = Outgoing::namespace(shared.node_id, &core.name);
+    let done = shared.l2.clear_namespace(core.target(), &message).await;
+    route.landed(done.is_ok());
+    if let Ok(stamp) = &done {
+        core.raise_floor(stamp.version);
+    }
+    core.clear_l1();
+    if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+        shared.outbox.enqueue_clear(core);
+    }
+    finish_invalidation(core, done, "invalidate_namespace", strict)
+}
+
+fn finish_invalidation(
+    core: &NamespaceCore,
+    done: L2Result<Stamp>,
+    op: &'static str,
+    strict: bool,
+) -> Result<()> {
+    match done {
+        Ok(_) => {
+            core.metrics.inv_sent.inc();
+            Ok(())
+        }
+        Err(e) if e.is_unreachable() && !strict => {
+            // Queued by the caller: degraded, not failed.
+            Ok(())
+        }
+        Err(e) => Err(e.into_error(op)),
+    }
+}

@@ -67,13 +67,14 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
     let Some(core) = shared.namespace(taken.ns()) else {
         return Ok(false);
     };
-    let l2 = &shared.l2;
+    // A replay the breaker skips is not counted again: it was when it first failed.
+    let (l2, target) = (&shared.l2, core.replay_target());
     let ttl = core.policy.l2_ttl;
     let mut expired = false;
     let result = match taken {
         Taken::Clear { ns, .. } => {
             let done = l2
-                .clear_namespace(ns, &Outgoing::namespace(shared.node_id, ns))
+                .clear_namespace(target, &Outgoing::namespace(shared.node_id, ns))
                 .await;
             if let Ok(stamp) = &done {
                 core.raise_floor(stamp.version);
@@ -94,7 +95,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
                 .is_some_and(|at| at <= crate::codec::unix_ms());
             let done = if past || left < Duration::from_millis(1) {
                 expired = true;
-                l2.invalidate(ns, &[key], ttl, &message).await
+                l2.invalidate(target, &[key], ttl, &message).await
             } else {
                 // The envelope keeps its expiry; Redis keeps it the rest of its life.
                 let left = left + core.policy.fail_safe.unwrap_or(Duration::ZERO);
@@ -102,7 +103,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
                     encoded: bytes,
                     ttl: left,
                 };
-                l2.write(ns, key, payload, &message).await
+                l2.write(target, key, payload, &message).await
             };
             if landed_or_refused(&done) {
                 core.evict(key);
@@ -112,7 +113,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
         Taken::Invalidate { ns, keys } => {
             let ks: Vec<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
             let done = l2
-                .invalidate(ns, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
+                .invalidate(target, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
                 .await;
             if landed_or_refused(&done) {
                 for k in &ks {
@@ -128,10 +129,6 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             Ok(expired)
         }
         Err(e) => {
-            if !matches!(e, L2Error::Skipped) {
-                // (A skipped retry is not news: the operation was counted when it failed.)
-                core.metrics.l2_failed(e.kind());
-            }
             if !e.is_unreachable() {
                 tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, error = %e,
                     "redis refused a queued operation on replay; given up");
