@@ -66,14 +66,14 @@ mod guard;
 mod l1;
 /// L2 tier: Redis, versioned envelopes, write+publish scripts.
 mod l2;
-/// The miss path: L2 read, loader, guarded fill; fail-safe, timeouts, refresh-ahead, fleet lock.
-mod loader;
 /// Memoized async functions: a namespace plus the function that fills it.
 pub mod memo;
 /// Metric handles and local counts.
 mod metrics;
 /// Writes and invalidations made while Redis is unreachable, replayed when it is back.
 mod outbox;
+/// The read path: L1, then Redis, then the loader, with every policy on the way.
+mod read;
 /// A namespace's state: L1, generations, floor, flights, bypass, metric handles.
 mod space;
 /// Tags: tagged writes and loads, and invalidation by tag across the fleet.
@@ -82,7 +82,7 @@ mod tags;
 mod touch;
 /// The bus's wire format (what write scripts publish, what the subscriber parses).
 mod wire;
-/// The write path: routing around the outbox, replays.
+/// The write path: encode, route around the outbox, one script, fence, settle L1, degrade.
 mod write;
 
 /// The README's examples are compiled as doc tests.

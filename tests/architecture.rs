@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("handle verb groups", &["batch", "touch"]),
     ("typed namespace", &["namespace"]),
     ("handle", &["cache"]),
-    ("read, write and bus paths", &["loader", "write", "bus"]),
+    ("read, write and bus paths", &["read", "write", "bus"]),
     ("engine", &["engine"]),
     ("outbox queue", &["outbox"]),
     ("namespace state", &["space"]),
