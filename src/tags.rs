@@ -28,11 +28,11 @@
 //!   read to know its key's tags (stored beside the value and checked against per-tag floors):
 //!   more work on every read to save work on the rare invalidation.
 
-use crate::batch::Pending;
 use crate::cache::TieredCache;
 use crate::error::{Error, Result};
 use crate::key::{key_string, validate_name, CacheKey};
 use crate::namespace::Namespace;
+use crate::read::batch::Pending;
 use crate::space::NamespaceCore;
 use crate::wire::Outgoing;
 use serde::de::DeserializeOwned;
@@ -112,7 +112,10 @@ where
             let ticket = self.core.gens.ticket(&string);
             let pending = [Pending::one(key, string, ticket)];
             let batch_loader = |_| async move { loader().await.map(|v| vec![Some(v)]) };
-            let mut loaded = self.load_pending(&pending, tags, batch_loader).await;
+            let mut loaded = self
+                .reads()
+                .load_pending(&pending, tags, batch_loader)
+                .await;
             match loaded.pop() {
                 Some(Ok(Some(v))) => Ok(v),
                 Some(Err(e)) => Err(e),
@@ -148,7 +151,7 @@ where
         if let Err(e) = validate_tags(tags) {
             return keys.into_iter().map(|_| Err(e.clone())).collect();
         }
-        self.load_many(keys, tags, loader).await
+        self.reads().load_many(keys, tags, loader).await
     }
 
     /// Removes every value of this namespace written or loaded with `tag`, from Redis and

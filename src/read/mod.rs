@@ -2,6 +2,7 @@
 //! flight, fleet lock, timeouts, fail-safe, refresh-ahead, negative caching, the staleness
 //! bound), and L1 settled through the generation guard in one place (see `load.rs`).
 
+pub(crate) mod batch;
 pub(crate) mod load;
 
 use crate::engine::Engine;

@@ -7,6 +7,7 @@
 //! when Redis could not be reached and the call is not strict. Failures are counted by the L2
 //! tier itself.
 
+pub(crate) mod batch;
 mod replay;
 
 pub(crate) use replay::{route, run_replayer};
