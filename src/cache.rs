@@ -34,7 +34,7 @@ impl Drop for Inner {
 /// process sharing the Redis by an invalidation bus.
 ///
 /// Cheap to clone (an `Arc` inside): clone it into tasks rather than wrapping it in a lock.
-/// The background subscriber stops when the last clone (and the last [`Namespace`] handle) is
+/// The background subscriber stops when the last clone (and the last [`Namespace`](crate::Namespace) handle) is
 /// dropped.
 #[derive(Clone)]
 pub struct TieredCache {

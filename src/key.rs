@@ -291,6 +291,12 @@ impl KeySpace {
     }
 }
 
+/// Checks tag names: the namespace rules (1 to 64 bytes of `[A-Za-z0-9_.-]`).
+pub(crate) fn validate_tags(tags: &[&str]) -> crate::error::Result<()> {
+    tags.iter()
+        .try_for_each(|t| validate_name("tag", t).map_err(crate::error::Error::InvalidTag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,58 +32,67 @@
 
 #![warn(missing_docs)]
 
+// The modules, top to bottom: each uses only the ones below it (data goes down, behaviour goes
+// up through callbacks installed at build time). `tests/architecture.rs` enforces the order.
+//
+//   handle       admin · memo · namespace (+ its batch, tags, touch verbs) · cache
+//   paths        read · write (with the outbox's routing and replay) · bus
+//   engine       engine (plain data) · outbox (the queue) · space (one namespace's state)
+//   tiers        l1 (the only moka user) · l2 (the only redis user) · flight · guard
+//   support      breaker · config · wire · exact
+//   base         codec · key · metrics, then error
+
 /// Figures and tooling for operators: `redis_info`, and the `Admin` handle (feature `admin`).
 pub mod admin;
 /// The handle, its builder's `build()`, health and stats.
 pub mod cache;
-/// Configuration: the builder and per-namespace policies.
-pub mod config;
-/// Errors, with predicates for the caller's decision.
-pub mod error;
-/// Bit-exact serde forms (`Decimal` as 16 bytes), and what the default forms keep.
-pub mod exact;
-/// Keys: the `CacheKey` trait and the Redis key layout.
-pub mod key;
-/// Typed namespace handles: get, get_or_load, set, invalidate.
+/// Memoized async functions: a namespace plus the function that fills it.
+pub mod memo;
+/// Typed namespace handles: the verbs (single key, batch, tags, sliding expiry).
 pub mod namespace;
 
-/// Batch operations: `get_many`, `get_or_load_many`, `set_many` through both tiers.
-mod batch;
-/// The circuit breaker in front of every Redis call.
-mod breaker;
 /// The invalidation bus: applying messages, resync, the subscriber, heartbeat, watchdog and
 /// external-write tracking.
 mod bus;
-/// The value envelope around MessagePack: expiry, compression, "not found" entries.
-mod codec;
+/// The read path: L1, then Redis, then the loader, with every policy on the way.
+mod read;
+/// The write path: encode, route around the outbox, one script, fence, settle L1, degrade.
+mod write;
+
 /// The engine: the plain data shared by handles, paths and background tasks.
 mod engine;
+/// Writes and invalidations made while Redis is unreachable, queued to be replayed.
+mod outbox;
+/// A namespace's state: L1, generations, floor, flights, bypass, metric handles.
+mod space;
+
 /// Single flight: one load per key at a time in this process.
 mod flight;
 /// The generation guard against the load/invalidate race.
 mod guard;
 /// L1 tier: moka, decoded values (the only module that imports moka).
 mod l1;
-/// L2 tier: Redis, versioned envelopes, write+publish scripts.
+/// L2 tier: Redis, versioned envelopes, write+publish scripts (the only module that issues
+/// Redis commands); records epochs and counts its own failures.
 mod l2;
-/// Memoized async functions: a namespace plus the function that fills it.
-pub mod memo;
-/// Metric handles and local counts.
-mod metrics;
-/// Writes and invalidations made while Redis is unreachable, replayed when it is back.
-mod outbox;
-/// The read path: L1, then Redis, then the loader, with every policy on the way.
-mod read;
-/// A namespace's state: L1, generations, floor, flights, bypass, metric handles.
-mod space;
-/// Tags: tagged writes and loads, and invalidation by tag across the fleet.
-mod tags;
-/// Sliding expiry: `touch` and `get_and_touch` extend a live value's TTL.
-mod touch;
+
+/// The circuit breaker in front of every Redis call.
+mod breaker;
+/// Configuration: the builder and per-namespace policies.
+pub mod config;
+/// Bit-exact serde forms (`Decimal` as 16 bytes), and what the default forms keep.
+pub mod exact;
 /// The bus's wire format (what write scripts publish, what the subscriber parses).
 mod wire;
-/// The write path: encode, route around the outbox, one script, fence, settle L1, degrade.
-mod write;
+
+/// The value envelope around MessagePack: expiry, compression, "not found" entries.
+mod codec;
+/// Errors, with predicates for the caller's decision.
+pub mod error;
+/// Keys: the `CacheKey` trait and the Redis key layout.
+pub mod key;
+/// Metric handles and local counts.
+mod metrics;
 
 /// The README's examples are compiled as doc tests.
 #[cfg(doctest)]

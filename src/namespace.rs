@@ -3,6 +3,10 @@
 //! Write order, as seen by the fleet: the L2 write and the broadcast happen in one script; then
 //! this node's own L1 is updated (other nodes evict on the message; this node skips its own).
 
+mod batch;
+mod tags;
+mod touch;
+
 use crate::cache::TieredCache;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
@@ -86,7 +90,7 @@ where
     }
 
     /// Looks in this process's L1 only: no I/O, never waits. `None` also while the namespace's
-    /// staleness bound cannot be vouched for (see [`NamespacePolicy::staleness_bound`]), and
+    /// staleness bound cannot be vouched for (see [`NamespacePolicy::staleness_bound`](crate::NamespacePolicy::staleness_bound)), and
     /// for a cached "not found".
     #[inline]
     pub fn get_local(&self, key: &K) -> Option<Arc<V>> {
@@ -125,8 +129,8 @@ where
     ///
     /// Concurrent calls for one key share one load (single flight). The load runs as a task of
     /// its own: a caller that stops waiting does not cancel it for the others, and with
-    /// [soft timeouts](NamespacePolicy::soft_timeout) or
-    /// [refresh-ahead](NamespacePolicy::refresh_ahead) it may finish after every caller has its
+    /// [soft timeouts](crate::NamespacePolicy::soft_timeout) or
+    /// [refresh-ahead](crate::NamespacePolicy::refresh_ahead) it may finish after every caller has its
     /// answer; hence the `Send + 'static` bounds. When Redis is unreachable the loader's value
     /// is served and kept in L1 only. A value loaded while another node wrote or invalidated
     /// the key is returned to this caller but not cached, so the newer write wins everywhere.
@@ -147,7 +151,7 @@ where
 
     /// Like [`get_or_load`](Self::get_or_load), for a source that may have no value: the
     /// loader returns `Ok(None)` for "not found", which is cached for the namespace's
-    /// [negative TTL](NamespacePolicy::negative_ttl) on both tiers, so a key that does not
+    /// [negative TTL](crate::NamespacePolicy::negative_ttl) on both tiers, so a key that does not
     /// exist is not looked up at the source on every call. A later write of the key replaces
     /// it everywhere, like any value.
     pub async fn get_or_load_optional<F, Fut, E>(

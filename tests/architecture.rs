@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom. A module may use modules of strictly lower layers only.
 const LAYERS: &[(&str, &[&str])] = &[
     ("tooling", &["admin"]),
-    ("handle extensions", &["memo", "tags"]),
-    ("handle verb groups", &["batch", "touch"]),
+    ("memoized functions", &["memo"]),
     ("typed namespace", &["namespace"]),
     ("handle", &["cache"]),
     ("read, write and bus paths", &["read", "write", "bus"]),
@@ -21,7 +20,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("namespace state", &["space"]),
     ("tiers", &["l1", "l2", "flight", "guard"]),
     ("tier support", &["breaker", "config", "wire", "exact"]),
-    ("base", &["codec", "key", "metrics", "error"]),
+    ("base", &["codec", "key", "metrics"]),
+    ("errors", &["error"]),
 ];
 
 /// Modules from this layer down must not name the handle's types.

@@ -199,7 +199,7 @@ impl Admin {
     /// tag floor and one message, so every node drops its L1 copies. Returns how many keys the
     /// tag listed.
     pub async fn flush_tag(&self, tag: &str, namespace: Option<&str>) -> Result<usize> {
-        crate::tags::validate_tags(&[tag])?;
+        crate::key::validate_tags(&[tag])?;
         match namespace {
             Some(ns) => {
                 self.require_known(ns).await?;

@@ -170,7 +170,7 @@ fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
 /// entry, since invalidations sent while away were lost.
 pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> {
     use tracing::Instrument;
-    let span = tracing::info_span!("resync", outcome = tracing::field::Empty);
+    let span = tracing::info_span!(target: "tiered_cache::cache", "resync", outcome = tracing::field::Empty);
     let result = resync_inner(shared).instrument(span.clone()).await;
     span.record("outcome", if result.is_ok() { "ok" } else { "error" });
     result

@@ -120,7 +120,7 @@ impl Reads<'_> {
     {
         let (core, shared) = (&**self.core, self.shared);
         let keys: Vec<&str> = pending.iter().map(|p| p.string.as_str()).collect();
-        let span = tracing::debug_span!("l2_read_many", namespace = %core.name, tier = "l2",
+        let span = tracing::debug_span!(target: "tiered_cache::batch", "l2_read_many", namespace = %core.name, tier = "l2",
             keys = keys.len(), hits = tracing::field::Empty);
         // One latency observation per MGET, with the decodes, as `get` has one per GET.
         let start = std::time::Instant::now();

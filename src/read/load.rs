@@ -71,7 +71,7 @@ async fn peek_l2<V: DeserializeOwned>(
     shared: &Engine,
     key: &str,
 ) -> L2Read<V> {
-    let span = tracing::debug_span!("l2_read", namespace = %core.name, tier = "l2",
+    let span = tracing::debug_span!(target: "tiered_cache::loader", "l2_read", namespace = %core.name, tier = "l2",
         key_hash = key_hash(key), outcome = Empty);
     let read = async {
         let start = Instant::now();
@@ -356,7 +356,7 @@ impl Flight<'_> {
     {
         let policy = &self.core.policy;
         let m = &self.core.metrics;
-        let span = tracing::debug_span!("load", namespace = %self.core.name, tier = "loader",
+        let span = tracing::debug_span!(target: "tiered_cache::loader", "load", namespace = %self.core.name, tier = "loader",
             key_hash = key_hash(&self.key), outcome = Empty);
         let load = async {
             let start = Instant::now();
@@ -487,7 +487,7 @@ impl Flight<'_> {
             encoded: &encoded,
             ttl: life.keep_for,
         };
-        let span = tracing::debug_span!("l2_fill", namespace = %core.name, tier = "l2",
+        let span = tracing::debug_span!(target: "tiered_cache::loader", "l2_fill", namespace = %core.name, tier = "l2",
             key_hash = key_hash(&self.key), outcome = Empty);
         let filled = (self.shared.l2)
             .fill(core.target(), &self.key, seen, replaces, payload)

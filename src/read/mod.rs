@@ -4,6 +4,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod load;
+mod tags;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};

@@ -9,8 +9,12 @@
 
 pub(crate) mod batch;
 mod replay;
+mod tags;
+mod touch;
 
 pub(crate) use replay::{route, run_replayer};
+pub(crate) use tags::invalidate_tag;
+pub(crate) use touch::touch;
 
 use crate::codec;
 use crate::engine::Engine;

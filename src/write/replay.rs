@@ -176,7 +176,7 @@ pub(crate) async fn run_replayer(shared: Arc<Engine>, retry: Duration) {
         }
         if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
             let before = shared.outbox.len();
-            let span = tracing::info_span!("outbox_replay", entries = before);
+            let span = tracing::info_span!(target: "tiered_cache::outbox", "outbox_replay", entries = before);
             tracing::Instrument::instrument(drain(&shared), span).await;
             let after = shared.outbox.len();
             if after < before {

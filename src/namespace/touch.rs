@@ -21,7 +21,6 @@
 
 use crate::error::Result;
 use crate::key::{key_string, CacheKey};
-use crate::l2::touch::Extension;
 use crate::namespace::Namespace;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,7 +43,7 @@ where
     /// the next read there finds the extended value in Redis (one Redis read, never a wrong
     /// answer).
     pub async fn touch(&self, key: &K) -> Result<bool> {
-        self.extend(&key_string(key), None).await
+        crate::write::touch(self.cache.shared(), &self.core, &key_string(key), None).await
     }
 
     /// Reads a value as [`get`](Self::get) does and, if there is one, extends it as
@@ -60,36 +59,7 @@ where
         // an invalidation raced it), and then whichever version is live is extended.
         let expected = self.core.l1.get(&key).map(|e| e.version).filter(|v| *v > 0);
         // A failure is already counted, and the value stays valid until its old expiry.
-        let _ = self.extend(&key, expected).await;
+        let _ = crate::write::touch(self.cache.shared(), &self.core, &key, expected).await;
         Some(value)
-    }
-
-    /// Runs the touch script and, when it extended a version this node's L1 holds, gives that
-    /// L1 copy the new expiry.
-    async fn extend(&self, key: &str, expected: Option<u64>) -> Result<bool> {
-        let core = &self.core;
-        let life = core.l2_life(false);
-        let ext = Extension {
-            expected,
-            expires_ms: life.expires_ms,
-            keep_for: life.keep_for,
-        };
-        let touched = (self.cache.shared().l2)
-            .touch(core.target(), key, ext)
-            .await
-            .map_err(|e| e.into_error("touch"))?;
-        let Some(touched) = touched else {
-            return Ok(false);
-        };
-        if let Some(held) = core.l1.get(key) {
-            if held.version == touched.version && held.value.is_some() {
-                let weight = held.weight as usize;
-                let entry =
-                    core.l1_entry(held.value, held.version, Some(touched.expires_ms), weight);
-                // Only over the very version extended: an invalidation meanwhile removed it.
-                core.l1.replace_same_version(key, entry);
-            }
-        }
-        Ok(true)
     }
 }

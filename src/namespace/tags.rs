@@ -29,22 +29,14 @@
 //!   more work on every read to save work on the rare invalidation.
 
 use crate::cache::TieredCache;
-use crate::error::{Error, Result};
-use crate::key::{key_string, validate_name, CacheKey};
+use crate::error::Result;
+use crate::key::{validate_tags, CacheKey};
 use crate::namespace::Namespace;
-use crate::read::batch::Pending;
 use crate::space::NamespaceCore;
-use crate::wire::Outgoing;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
-
-/// Checks tag names: the namespace rules (1 to 64 bytes of `[A-Za-z0-9_.-]`).
-pub(crate) fn validate_tags(tags: &[&str]) -> Result<()> {
-    tags.iter()
-        .try_for_each(|t| validate_name("tag", t).map_err(Error::InvalidTag))
-}
 
 impl<K, V> Namespace<K, V>
 where
@@ -104,33 +96,7 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         validate_tags(tags)?;
-        if let Some(v) = self.get_local(key) {
-            return Ok(v);
-        }
-        self.core.metrics.l1_miss.inc();
-        let lead = |string: String| async move {
-            let ticket = self.core.gens.ticket(&string);
-            let pending = [Pending::one(key, string, ticket)];
-            let batch_loader = |_| async move { loader().await.map(|v| vec![Some(v)]) };
-            let mut loaded = self
-                .reads()
-                .load_pending(&pending, tags, batch_loader)
-                .await;
-            match loaded.pop() {
-                Some(Ok(Some(v))) => Ok(v),
-                Some(Err(e)) => Err(e),
-                // The one-key loader above always returns a value.
-                Some(Ok(None)) | None => unreachable!("a one-key load returns one value"),
-            }
-        };
-        let flights = &self.core.flights;
-        Box::pin(crate::flight::run(
-            flights,
-            &self.core.metrics.coalesced,
-            key_string(key),
-            lead,
-        ))
-        .await
+        self.reads().load_tagged(key, tags, loader).await
     }
 
     /// [`get_or_load_many`](Self::get_or_load_many), with tags for the loaded values (as
@@ -175,7 +141,8 @@ where
     /// node's L1 of the namespace is cleared, and whether Redis and the other nodes saw the
     /// invalidation is unknown: retry once Redis is back.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
-        invalidate_tag(&self.cache, &[&self.core], tag, self.is_strict()).await
+        crate::write::invalidate_tag(self.cache.shared(), &[&self.core], tag, self.is_strict())
+            .await
     }
 }
 
@@ -194,50 +161,6 @@ impl TieredCache {
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
         let cores: Vec<&NamespaceCore> = self.shared().namespaces().iter().map(|c| &**c).collect();
         let strict = self.shared().strict_writes;
-        invalidate_tag(self, &cores, tag, strict).await
-    }
-}
-
-/// The tag invalidation script over `cores`; with Redis unreachable, a queued clear of each
-/// (unless `strict`).
-async fn invalidate_tag(
-    cache: &TieredCache,
-    cores: &[&NamespaceCore],
-    tag: &str,
-    strict: bool,
-) -> Result<usize> {
-    validate_tags(&[tag])?;
-    let shared = cache.shared();
-    let targets: Vec<_> = cores
-        .iter()
-        .map(|c| (c.target(), c.policy.l2_ttl))
-        .collect();
-    let message = Outgoing::multi(shared.node_id);
-    match shared.l2.invalidate_tag(tag, &targets, &message).await {
-        Ok((_, listed)) => {
-            let mut count = 0;
-            // This node skips its own message: evict here (bump, then remove, as always).
-            for (core, keys) in cores.iter().zip(&listed) {
-                for key in keys {
-                    core.evict(key);
-                }
-                count += keys.len();
-                core.metrics.inv_sent.inc();
-            }
-            Ok(count)
-        }
-        Err(e) if e.is_unreachable() && !strict => {
-            // Degraded, not failed: the tag's keys are unknown here, its namespaces are not.
-            for core in cores {
-                shared.outbox.enqueue_clear(core);
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            for core in cores {
-                core.clear_l1();
-            }
-            Err(e.into_error("invalidate_tag"))
-        }
+        crate::write::invalidate_tag(self.shared(), &cores, tag, strict).await
     }
 }

@@ -1,0 +1,52 @@
+//! Tag invalidation: one script tombstones every key a tag's set lists in each namespace,
+//! records the tag's floor and publishes one message; with Redis unreachable, a queued clear of
+//! each namespace (see `tags.rs` for the design).
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::key::validate_tags;
+use crate::space::NamespaceCore;
+use crate::wire::Outgoing;
+
+/// The tag invalidation script over `cores`; with Redis unreachable, a queued clear of each
+/// (unless `strict`).
+pub(crate) async fn invalidate_tag(
+    shared: &Engine,
+    cores: &[&NamespaceCore],
+    tag: &str,
+    strict: bool,
+) -> Result<usize> {
+    validate_tags(&[tag])?;
+    let targets: Vec<_> = cores
+        .iter()
+        .map(|c| (c.target(), c.policy.l2_ttl))
+        .collect();
+    let message = Outgoing::multi(shared.node_id);
+    match shared.l2.invalidate_tag(tag, &targets, &message).await {
+        Ok((_, listed)) => {
+            let mut count = 0;
+            // This node skips its own message: evict here (bump, then remove, as always).
+            for (core, keys) in cores.iter().zip(&listed) {
+                for key in keys {
+                    core.evict(key);
+                }
+                count += keys.len();
+                core.metrics.inv_sent.inc();
+            }
+            Ok(count)
+        }
+        Err(e) if e.is_unreachable() && !strict => {
+            // Degraded, not failed: the tag's keys are unknown here, its namespaces are not.
+            for core in cores {
+                shared.outbox.enqueue_clear(core);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            for core in cores {
+                core.clear_l1();
+            }
+            Err(e.into_error("invalidate_tag"))
+        }
+    }
+}
