@@ -1,6 +1,6 @@
 //! The staleness history checker, for runs longer than the tests' 3 s: nodes read and write
 //! while faults are injected, and every read is checked against every acknowledged write
-//! (see `tests/support/checker.rs`). Prints the README's table rows.
+//! (see `tests/support/checker.rs`). Prints the table rows of docs/coherence.md.
 //!
 //! ```text
 //! cargo run --release --example staleness                 # 30 s per scenario

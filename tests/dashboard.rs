@@ -111,13 +111,13 @@ fn http_get(agent: &ureq::Agent, url: &str, query: &[(&str, &str)]) -> Result<St
 // ---------------------------------------------------------------------------------------------
 // Expressions
 
-/// Metric names the README's Metrics table documents (first column).
+/// Metric names the Metrics table of docs/observability.md documents (first column).
 fn documented_metrics() -> BTreeSet<String> {
-    let readme = read("README.md");
-    let table = readme
+    let doc = read("docs/observability.md");
+    let table = doc
         .split("\n## Metrics\n")
         .nth(1)
-        .expect("README has a Metrics section")
+        .expect("docs/observability.md has a Metrics section")
         .split("\n## ")
         .next()
         .unwrap();
@@ -126,7 +126,10 @@ fn documented_metrics() -> BTreeSet<String> {
         .filter(|l| l.starts_with("| `"))
         .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
         .collect();
-    assert!(names.len() >= 10, "README Metrics table: {names:?}");
+    assert!(
+        names.len() >= 10,
+        "docs/observability.md Metrics table: {names:?}"
+    );
     names
 }
 

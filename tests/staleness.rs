@@ -1,6 +1,6 @@
 //! The staleness history checker (see `support/checker.rs`) under each fault: the worst
 //! staleness any read saw must stay within the staleness bound, and with no fault within the
-//! propagation lag. Prints a row of the README's table per scenario.
+//! propagation lag. Prints a row of docs/coherence.md's table per scenario.
 
 mod support;
 

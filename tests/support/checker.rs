@@ -61,7 +61,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// One row of the README's table.
+    /// One row of the table in docs/coherence.md (Coherence under faults).
     pub fn row(&self, scenario: &str) -> String {
         format!(
             "| {scenario} | {} ({:.0} % from L1) | {} ({} failed, {} unannounced) | {} | {:.1} ms | {:.1} ms |",

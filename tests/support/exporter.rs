@@ -29,7 +29,8 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// `# HELP` text for the library's metrics (the README's Metrics table), as (name, help).
+/// `# HELP` text for the library's metrics (the Metrics table in docs/observability.md), as
+/// (name, help).
 pub const DESCRIBED: &[(&str, &str)] = &[
     ("tiered_cache_requests_total", "Lookups per tier (l1, l2, loader) and result (hit, miss, error)."),
     ("tiered_cache_decode_errors_total", "Values in Redis that could not be decoded (served as misses)."),
