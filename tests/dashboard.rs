@@ -2,7 +2,8 @@
 //! of event the library counts, with the demo's exporter setup on a free port) and the demo
 //! itself (its own `/metrics`) are scraped every second by a private `prometheus`; then every
 //! PromQL expression of `grafana/dashboards/tiered-cache.json` and `prometheus/alerts.yml` is
-//! run through Prometheus's HTTP API and must return data. Also `promtool check metrics` on
+//! run through Prometheus's HTTP API and must return data (the alerts' 5 and 10 minute windows
+//! cut to the history Prometheus holds: see `within_history`). Also `promtool check metrics` on
 //! both scrapes, `promtool check config`, `check rules`, `test rules`, and the
 //! docker-compose stack's files checked against each other.
 //!
@@ -165,6 +166,122 @@ struct Expr {
     /// Dashboard panels must show some activity: at least one finite non-zero value. Alert
     /// conditions must simply hold (a non-empty result is a firing condition).
     needs_nonzero: bool,
+    /// Alert conditions are evaluated over the history Prometheus holds ([`within_history`]):
+    /// their windows (5 m, 10 m) are longer than the test.
+    over_history: bool,
+}
+
+/// A PromQL duration (`30s`, `5m`, `1h30m`; units ms, s, m, h, d, w, y); `None` for
+/// anything else.
+fn promql_duration(d: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = d;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return None,
+        };
+        total += MS(n * ms);
+        rest = &rest[unit..];
+    }
+    (!d.is_empty()).then_some(total)
+}
+
+/// `promql` with every range window longer than `history` cut to `history` (whole seconds,
+/// rounded up): the expression as it evaluates once Prometheus holds as much history as the
+/// window, the workload having run as it does now throughout.
+///
+/// The caller passes a `history` reaching back several scrape intervals past the first
+/// sample. Such a window selects the same samples as a longer one, and Prometheus
+/// extrapolates them the same way (half an interval at the start, either way), so the cut
+/// changes nothing for `increase()`, ratios of rates or quantiles. It changes the divisor of
+/// a bare `rate()`, which over a window longer than the series counts the time before the
+/// first scrape as time the counter stood still. Evaluated verbatim,
+/// `rate(tiered_cache_l1_bypass_seconds_total[10m]) > 0.10` (TieredCacheBusDegraded)
+/// therefore cannot hold before 10 % of 10 minutes, 60 s of bypass time, have been scraped,
+/// however bypassed the node is: waiting 60 s for it raced the test's own clock.
+fn within_history(promql: &str, history: Duration) -> String {
+    let secs = history.as_secs() + u64::from(history.subsec_nanos() > 0);
+    let mut out = String::with_capacity(promql.len());
+    let mut rest = promql;
+    let mut quote: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match (quote, c) {
+            (Some(_), '\\') => {
+                out.push(c);
+                if let Some(e) = rest.chars().next() {
+                    out.push(e);
+                    rest = &rest[e.len_utf8()..];
+                }
+                continue;
+            }
+            (Some(q), _) if c == q => quote = None,
+            (None, '"' | '\'' | '`') => quote = Some(c),
+            (None, '[') => {
+                let end = rest
+                    .find(']')
+                    .expect("unclosed range in an alert expression");
+                let window = promql_duration(rest[..end].trim()).unwrap_or_else(|| {
+                    panic!(
+                        "alert expression range [{}] is not a plain duration (a subquery?): \
+                         teach within_history about it: {promql}",
+                        &rest[..end]
+                    )
+                });
+                if window > Duration::from_secs(secs) {
+                    out.push_str(&format!("[{secs}s]"));
+                } else {
+                    out.push('[');
+                    out.push_str(&rest[..=end]);
+                }
+                rest = &rest[end + 1..];
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn alert_windows_are_cut_to_the_history_prometheus_holds() {
+    let h = Duration::from_millis(74_200);
+    assert_eq!(
+        within_history("sum(rate(m{a=~\"x[0-9]\"}[10m])) > 0.10", h),
+        "sum(rate(m{a=~\"x[0-9]\"}[75s])) > 0.10"
+    );
+    assert_eq!(
+        within_history("increase(m[1m]) > 3", h),
+        "increase(m[1m]) > 3"
+    );
+    assert_eq!(
+        within_history("rate(m[1h30m]) / rate(n[75s])", h),
+        "rate(m[75s]) / rate(n[75s])"
+    );
+    assert_eq!(promql_duration("1h30m"), Some(Duration::from_secs(5_400)));
+    assert_eq!(promql_duration("250ms"), Some(MS(250)));
+    assert_eq!(promql_duration("5m:1m"), None);
+    assert_eq!(promql_duration(""), None);
+    // The committed alert windows are all plain durations.
+    for e in alert_exprs() {
+        within_history(&e.promql, h);
+    }
 }
 
 /// Grafana's variables as the test sets them: every instance and namespace, 1 m rate windows
@@ -211,6 +328,7 @@ fn dashboard_exprs() -> Vec<Expr> {
                     ),
                     promql: grafana_to_promql(expr),
                     needs_nonzero: true,
+                    over_history: false,
                 });
             }
         }
@@ -226,6 +344,7 @@ fn dashboard_exprs() -> Vec<Expr> {
                 origin: format!("dashboard variable {}", v["name"]),
                 promql: grafana_to_promql(q),
                 needs_nonzero: false,
+                over_history: false,
             });
         }
     }
@@ -247,6 +366,7 @@ fn alert_exprs() -> Vec<Expr> {
                 origin: format!("alert {name}"),
                 promql: r["expr"].as_str().expect("expr").trim().to_owned(),
                 needs_nonzero: false,
+                over_history: true,
             });
         }
     }
@@ -749,6 +869,8 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
         .arg(&config));
     assert!(ok, "promtool check config:\n{out}");
     let prom_log = std::fs::File::create(tmp.0.join("prometheus.log")).unwrap();
+    // No sample is older than this: the history every alert window is cut to.
+    let prom_started = Instant::now();
     let _prom = Proc(
         Command::new(&prometheus)
             .arg(format!("--config.file={}", config.display()))
@@ -884,23 +1006,32 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
     let total = pending.len();
     let deadline = Instant::now() + DATA_DEADLINE;
     while !pending.is_empty() && Instant::now() < deadline {
-        pending.retain(|_, (e, last)| match query(&e.promql) {
-            Err(err) => {
-                *last = err;
-                true
-            }
-            Ok(result) => {
-                let values: Vec<f64> = result
-                    .iter()
-                    .filter_map(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
-                    .collect();
-                let done = if e.needs_nonzero {
-                    values.iter().any(|v| v.is_finite() && *v != 0.0)
-                } else {
-                    !result.is_empty()
-                };
-                *last = format!("{result:?}");
-                !done
+        // Back to Prometheus's start, and 10 scrape intervals more (see within_history).
+        let history = prom_started.elapsed() + Duration::from_secs(10);
+        pending.retain(|_, (e, last)| {
+            let promql = if e.over_history {
+                within_history(&e.promql, history)
+            } else {
+                e.promql.clone()
+            };
+            match query(&promql) {
+                Err(err) => {
+                    *last = format!("{promql}: {err}");
+                    true
+                }
+                Ok(result) => {
+                    let values: Vec<f64> = result
+                        .iter()
+                        .filter_map(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
+                        .collect();
+                    let done = if e.needs_nonzero {
+                        values.iter().any(|v| v.is_finite() && *v != 0.0)
+                    } else {
+                        !result.is_empty()
+                    };
+                    *last = format!("{promql}: {result:?}");
+                    !done
+                }
             }
         });
         if !pending.is_empty() {
