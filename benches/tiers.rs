@@ -560,7 +560,7 @@ fn get_many(c: &mut Criterion) {
                 .iter()
                 .enumerate()
                 .map(|(i, k)| (k.as_str(), quote(c * 500 + i)));
-            assert!(ns.set_many(entries).await.iter().all(Result::is_ok));
+            assert!(ns.batch().set(entries).await.iter().all(Result::is_ok));
         }
     });
     // Pair i reads slot 2i sequentially and slot 2i+1 in one batch: distinct keys each side.
@@ -579,7 +579,7 @@ fn get_many(c: &mut Criterion) {
     let batch = |i: u64| {
         let (ns, keys) = (&ns, slot(i, 1));
         async move {
-            let out = ns.get_many(keys.iter().map(String::as_str)).await;
+            let out = ns.batch().get(keys.iter().map(String::as_str)).await;
             assert!(out.iter().all(Option::is_some));
             std::hint::black_box(out);
         }

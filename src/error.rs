@@ -45,6 +45,9 @@ pub enum Error {
     /// A tag name was rejected. Tags become part of Redis key names, so they follow the
     /// namespace rules: 1 to 64 bytes of `[A-Za-z0-9_.-]`. Nothing was read or written.
     InvalidTag(String),
+    /// Per-call options were rejected (see [`EntryOptions`](crate::EntryOptions)): a TTL this
+    /// namespace cannot honour, or an option the verb cannot take. Nothing was read or written.
+    InvalidOptions(String),
     /// The Redis key (named here) holds bytes this crate did not write: no envelope magic byte.
     /// Returned by tooling that reads raw values (`Admin::inspect`); the cache itself reads such
     /// a value as a miss.
@@ -78,6 +81,11 @@ impl Error {
     /// True when a tag name was rejected (see [`Error::InvalidTag`]).
     pub fn is_invalid_tag(&self) -> bool {
         matches!(self, Error::InvalidTag(_))
+    }
+
+    /// True when per-call options were rejected (see [`Error::InvalidOptions`]).
+    pub fn is_invalid_options(&self) -> bool {
+        matches!(self, Error::InvalidOptions(_))
     }
 
     /// True when a value read by tooling was not written by this crate.
@@ -121,6 +129,7 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "value could not be encoded: {e}"),
             Error::Namespace(msg) => write!(f, "namespace error: {msg}"),
             Error::InvalidTag(msg) => write!(f, "invalid tag: {msg}"),
+            Error::InvalidOptions(msg) => write!(f, "invalid options: {msg}"),
             Error::ForeignValue(key) => write!(
                 f,
                 "foreign value at {key:?}: not written by tiered-cache (no envelope magic byte)"

@@ -35,7 +35,7 @@
 // The modules, top to bottom: each uses only the ones below it (data goes down, behaviour goes
 // up through callbacks installed at build time). `tests/architecture.rs` enforces the order.
 //
-//   handle       admin · memo · namespace (+ its batch, tags, touch verbs) · cache
+//   handle       admin · memo · namespace (+ its batch, tags, touch verbs) · cache, options
 //   paths        read · write (with the outbox's routing and replay) · bus
 //   engine       engine (plain data) · outbox (the queue) · space (one namespace's state)
 //   tiers        l1 (the only moka user) · l2 (the only redis user) · flight · guard
@@ -50,6 +50,8 @@ pub mod cache;
 pub mod memo;
 /// Typed namespace handles: the verbs (single key, batch, tags, sliding expiry).
 pub mod namespace;
+/// Per-call options: tags, strictness and TTL overrides, as values.
+pub mod options;
 
 /// The invalidation bus: applying messages, resync, the subscriber, heartbeat, watchdog and
 /// external-write tracking.
@@ -109,4 +111,5 @@ pub use error::{Error, Result, SharedError};
 pub use key::CacheKey;
 pub use memo::Memoized;
 pub use metrics::{LagPercentiles, NamespaceStats};
-pub use namespace::Namespace;
+pub use namespace::{Batch, Namespace};
+pub use options::EntryOptions;

@@ -112,7 +112,12 @@ where
             let (f, arg) = (self.f.clone(), key.clone());
             move || async move { f(arg).await.map(Some) }
         };
-        let found = self.namespace.reads().get_or_load_with(key, make).await?;
+        let ttl = self.namespace.ttl();
+        let found = self
+            .namespace
+            .reads()
+            .get_or_load_with(key, make, ttl)
+            .await?;
         found.ok_or(crate::Error::NotFound)
     }
 

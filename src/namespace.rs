@@ -7,18 +7,22 @@ mod batch;
 mod tags;
 mod touch;
 
+pub use batch::Batch;
+
 use crate::cache::TieredCache;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
+use crate::options::EntryOptions;
 use crate::read::{downcast, Reads};
 use crate::space::NamespaceCore;
+use crate::space::TtlOverride;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Keys per script and message in [`Namespace::invalidate_many`]: bounds one Lua call's run
+/// Keys per script and message in [`Batch::invalidate`]: bounds one Lua call's run
 /// time (Redis serves nothing else meanwhile) and one message's size.
 pub const INVALIDATE_BATCH: usize = 1000;
 
@@ -42,11 +46,22 @@ impl TieredCache {
 ///
 /// Obtained from [`TieredCache::namespace`]. Values are returned as `Arc<V>`: an L1 hit hands
 /// out the very value the cache holds, with no decoding or copying.
+///
+/// # Verbs
+/// - reads: [`get_local`](Self::get_local) (L1 only), [`get`](Self::get) (L1, then Redis),
+///   [`get_or_load`](Self::get_or_load) and [`get_or_load_optional`](Self::get_or_load_optional)
+///   (then the loader, caching what it returns);
+/// - writes: [`set`](Self::set), [`invalidate`](Self::invalidate),
+///   [`invalidate_namespace`](Self::invalidate_namespace), [`invalidate_tag`](Self::invalidate_tag);
+/// - sliding expiry: [`touch`](Self::touch), [`get_and_touch`](Self::get_and_touch);
+/// - many keys at once: [`batch`](Self::batch);
+/// - per-call options (tags, strictness, TTLs): [`with`](Self::with), which gives a handle
+///   whose every verb applies them.
 pub struct Namespace<K: ?Sized, V> {
     pub(crate) core: Arc<NamespaceCore>,
     pub(crate) cache: TieredCache,
-    /// Overrides the cache's `strict_writes` for this handle.
-    strict: Option<bool>,
+    /// What [`with`](Self::with) set; `None`: the policy and the cache's defaults.
+    options: Option<Arc<EntryOptions>>,
     _types: PhantomData<fn(&K) -> V>,
 }
 
@@ -55,7 +70,7 @@ impl<K: ?Sized, V> Clone for Namespace<K, V> {
         Self {
             core: self.core.clone(),
             cache: self.cache.clone(),
-            strict: self.strict,
+            options: self.options.clone(),
             _types: PhantomData,
         }
     }
@@ -79,7 +94,7 @@ where
         Ok(Self {
             core,
             cache,
-            strict: None,
+            options: None,
             _types: PhantomData,
         })
     }
@@ -143,8 +158,18 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        if !self.tags().is_empty() {
+            // The tagged miss path: its fills join the tags' sets.
+            let (tags, ttl) = (self.tags(), self.ttl());
+            return Box::pin(self.reads().load_tagged(key, (&tags, ttl), loader)).await;
+        }
         let found = self
-            .get_or_load_optional(key, move || async move { loader().await.map(Some) })
+            .reads()
+            .get_or_load_with(
+                key,
+                move || move || async move { loader().await.map(Some) },
+                self.ttl(),
+            )
             .await?;
         found.ok_or(Error::NotFound)
     }
@@ -154,6 +179,8 @@ where
     /// [negative TTL](crate::NamespacePolicy::negative_ttl) on both tiers, so a key that does not
     /// exist is not looked up at the source on every call. A later write of the key replaces
     /// it everywhere, like any value.
+    ///
+    /// `Err(InvalidOptions)` on a handle with tags: a cached "not found" cannot join a tag's set.
     pub async fn get_or_load_optional<F, Fut, E>(
         &self,
         key: &K,
@@ -164,7 +191,15 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.reads().get_or_load_with(key, move || loader).await
+        if !self.tags().is_empty() {
+            return Err(Error::InvalidOptions(format!(
+                "namespace {:?}: get_or_load_optional takes no tags (a cached \"not found\" cannot join a tag's set)",
+                self.core.name
+            )));
+        }
+        self.reads()
+            .get_or_load_with(key, move || loader, self.ttl())
+            .await
     }
 
     /// Writes a value to Redis and to this node's L1, and tells every other node to evict it.
@@ -175,19 +210,30 @@ where
     /// built with [`unbounded_staleness`](crate::NamespacePolicy::unbounded_staleness), and
     /// drops its copy elsewhere. See the README's degraded mode for the conflict rule.
     ///
-    /// With [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead: this
+    /// With [strict](EntryOptions::strict) writes it returns `Err(Unavailable)` instead: this
     /// node's L1 no longer holds the key, and whether Redis and the other nodes saw the write
     /// is unknown (a timeout may come after the write ran): retry, or invalidate once Redis is
     /// back.
+    ///
+    /// On a handle with [tags](EntryOptions::tag) the key joins each tag's set in the same
+    /// script, so a later [`invalidate_tag`](Self::invalidate_tag) of any of them reaches this
+    /// value. With Redis unreachable such a write is not queued as a value (a replayed write
+    /// would not join the tags' sets): an invalidation of the key is queued instead, this
+    /// node's L1 drops the key, and this returns `Ok`; the value is then cached nowhere, and
+    /// the next read after the replay loads afresh. Counted in the outbox's `queued` and
+    /// `dropped`.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
-        crate::write::set(
-            self.cache.shared(),
-            &self.core,
-            key_string(key),
-            value,
-            self.is_strict(),
-        )
-        .await
+        let (shared, strict, ttl) = (self.cache.shared(), self.is_strict(), self.ttl());
+        let tags = self.tags();
+        if tags.is_empty() {
+            return crate::write::set(shared, &self.core, key_string(key), value, (strict, ttl))
+                .await;
+        }
+        let entries = vec![(key_string(key), value)];
+        let mut out =
+            crate::write::batch::write_many(shared, &self.core, entries, &tags, (strict, ttl))
+                .await;
+        out.pop().expect("one outcome per entry")
     }
 
     /// Removes a key from Redis and from every node's L1.
@@ -195,42 +241,10 @@ where
     /// Redis keeps a small tombstone for the namespace's L2 TTL, so a load that started before
     /// this call cannot write its older value back. While Redis is unreachable the invalidation
     /// is queued and replayed (always safe) and this returns `Ok`, unless writes are
-    /// [strict](Self::strict_writes).
+    /// [strict](EntryOptions::strict).
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         self.invalidate_strings(vec![key_string(key)], "invalidate")
             .await
-    }
-
-    /// Removes many keys from Redis and from every node's L1: one script and one message per
-    /// [`INVALIDATE_BATCH`] keys (duplicates removed), instead of one per key. Same guarantees
-    /// as [`invalidate`](Self::invalidate), including the queue while Redis is unreachable.
-    /// On an error every listed key has left this node's L1, and the batches before the failed
-    /// one have been invalidated everywhere.
-    ///
-    /// ```no_run
-    /// # async fn run(metrics: tiered_cache::Namespace<str, f64>) -> tiered_cache::Result<()> {
-    /// // A tenant's risk limits changed: drop the metrics of every user it applies to.
-    /// metrics.invalidate_many(["tenant-7:alice", "tenant-7:bob"]).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn invalidate_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<()>
-    where
-        K: 'k,
-    {
-        let mut keys: Vec<String> = keys.into_iter().map(|k| key_string(k)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for chunk in keys.chunks(INVALIDATE_BATCH) {
-            if let Err(e) = self
-                .invalidate_strings(chunk.to_vec(), "invalidate_many")
-                .await
-            {
-                // What Redis did not get must not be served from here either.
-                keys.iter().for_each(|k| self.core.evict(k));
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     /// Invalidates keys in one script and message, queued while Redis is unreachable (unless
@@ -245,24 +259,62 @@ where
     ///
     /// While Redis is unreachable the clear is queued (it supersedes this namespace's queued
     /// keys) and replayed, and this returns `Ok`, unless writes are
-    /// [strict](Self::strict_writes).
+    /// [strict](EntryOptions::strict).
     pub async fn invalidate_namespace(&self) -> Result<()> {
         crate::write::clear(self.cache.shared(), &self.core, self.is_strict()).await
     }
 
-    /// A handle whose writes and invalidations fail with `Err(Unavailable)` when Redis is
-    /// unreachable (`true`), or are queued and replayed when it is back (`false`), whatever
-    /// the cache's [`strict_writes`](crate::TieredCacheBuilder::strict_writes) default says.
-    /// Cheap: a clone of this handle.
-    pub fn strict_writes(&self, strict: bool) -> Self {
-        Self {
-            strict: Some(strict),
+    /// A handle whose every verb applies `options` (tags, strictness, TTLs) instead of this
+    /// handle's: cheap (a clone of the handle and the options behind an `Arc`); build it once
+    /// and keep it, or make one per call.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(positions: tiered_cache::Namespace<str, i64>) -> tiered_cache::Result<()> {
+    /// use tiered_cache::EntryOptions;
+    /// let window = positions.with(EntryOptions::new().tag("window-42").ttl(Duration::from_secs(600)))?;
+    /// window.set("acct-1", 1_500).await?;
+    /// window.batch().set([("acct-2", 200), ("acct-3", -75)]).await;
+    /// positions.invalidate_tag("window-42").await?; // the window closed
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// `Err(InvalidTag)` for a bad tag name and `Err(InvalidOptions)` for a TTL this namespace
+    /// cannot honour (zero, or an L1 TTL longer than the namespace's), before any I/O.
+    pub fn with(&self, options: EntryOptions) -> Result<Self> {
+        options.validate(&self.core.name, &self.core.policy)?;
+        Ok(Self {
+            options: Some(Arc::new(options)),
             ..self.clone()
-        }
+        })
+    }
+
+    /// The options [`with`](Self::with) gave this handle (the defaults on a plain handle).
+    pub fn options(&self) -> EntryOptions {
+        self.options.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Many keys at once: one MGET, one script and one message per call instead of one per key.
+    pub fn batch(&self) -> Batch<'_, K, V> {
+        Batch { ns: self }
+    }
+
+    pub(crate) fn tags(&self) -> Vec<&str> {
+        self.options
+            .as_ref()
+            .map_or_else(Vec::new, |o| o.tag_refs())
+    }
+
+    pub(crate) fn ttl(&self) -> TtlOverride {
+        self.options
+            .as_ref()
+            .map_or_else(TtlOverride::default, |o| o.ttl_override())
     }
 
     pub(crate) fn is_strict(&self) -> bool {
-        self.strict
+        self.options
+            .as_ref()
+            .and_then(|o| o.strict)
             .unwrap_or_else(|| self.cache.shared().strict_writes)
     }
 }

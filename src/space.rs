@@ -219,19 +219,33 @@ impl NamespaceCore {
         ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 
-    /// How long a value written now stays fresh, and how long Redis keeps it.
-    pub(crate) fn l2_life(&self, negative: bool) -> Life {
+    /// How long a value written now stays fresh, and how long Redis keeps it: the namespace's
+    /// TTLs, or the call's overrides.
+    pub(crate) fn l2_life(&self, negative: bool, ttl: TtlOverride) -> Life {
         let policy = &self.policy;
         // "Not found" entries are short-lived already: jitter is for values.
-        let ttl = if negative {
+        let ttl_l2 = if negative {
             policy.negative_ttl_value()
         } else {
-            self.jittered(policy.l2_ttl)
+            self.jittered(ttl.l2.unwrap_or(policy.l2_ttl))
         };
         Life {
-            expires_ms: codec::unix_ms() + ttl.as_millis() as u64,
-            keep_for: ttl + policy.fail_safe.unwrap_or(Duration::ZERO),
+            expires_ms: codec::unix_ms() + ttl_l2.as_millis() as u64,
+            keep_for: ttl_l2 + policy.fail_safe.unwrap_or(Duration::ZERO),
+            l1: ttl.l1.filter(|_| !negative),
         }
+    }
+
+    /// The L1 entry of a value this node wrote or loaded with `life`: as
+    /// [`l1_entry`](Self::l1_entry), within the call's L1 TTL if it set one.
+    pub(crate) fn l1_entry_for(
+        &self,
+        value: Option<AnyValue>,
+        version: u64,
+        life: &Life,
+        weight: usize,
+    ) -> L1Entry {
+        self.l1_entry_within(value, version, Some(life.expires_ms), life.l1, weight)
     }
 
     /// An L1 entry for a value that stops being fresh at `expires_ms` in Redis (unix ms),
@@ -243,12 +257,24 @@ impl NamespaceCore {
         expires_ms: Option<u64>,
         weight: usize,
     ) -> L1Entry {
+        self.l1_entry_within(value, version, expires_ms, None, weight)
+    }
+
+    /// [`l1_entry`](Self::l1_entry), living at most `l1_ttl` (a call's override) too.
+    fn l1_entry_within(
+        &self,
+        value: Option<AnyValue>,
+        version: u64,
+        expires_ms: Option<u64>,
+        l1_ttl: Option<Duration>,
+        weight: usize,
+    ) -> L1Entry {
         let policy = &self.policy;
         let now = Instant::now();
         // Not jittered: L1 copies are made at different times anyway, and jitter here would
         // make every hit read the clock. The jittered TTL in Redis spreads the reloads.
         let cap = if value.is_some() {
-            policy.l1_ttl_value()
+            l1_ttl.map_or(policy.l1_ttl_value(), |t| t.min(policy.l1_ttl_value()))
         } else {
             policy.negative_ttl_value()
         };
@@ -350,6 +376,15 @@ pub(crate) struct Life {
     pub(crate) expires_ms: u64,
     /// How long Redis keeps it: its TTL plus the fail-safe window.
     pub(crate) keep_for: Duration,
+    /// The call's L1 TTL, if it set one.
+    pub(crate) l1: Option<Duration>,
+}
+
+/// A call's TTL overrides (none: the namespace's policy; see `EntryOptions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TtlOverride {
+    pub(crate) l2: Option<Duration>,
+    pub(crate) l1: Option<Duration>,
 }
 
 /// What L1 holds for a key.

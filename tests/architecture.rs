@@ -13,7 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tooling", &["admin"]),
     ("memoized functions", &["memo"]),
     ("typed namespace", &["namespace"]),
-    ("handle", &["cache"]),
+    ("handle", &["cache", "options"]),
     ("read, write and bus paths", &["read", "write", "bus"]),
     ("engine", &["engine"]),
     ("outbox queue", &["outbox"]),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::gate::{self, Gated};
 use support::listener::{command_calls, keys_of, BusListener, KIND_KEYS};
 use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
-use tiered_cache::{Error, NamespaceStats, TieredCache};
+use tiered_cache::{EntryOptions, Error, NamespaceStats, TieredCache};
 
 /// "Never hangs": far above the configured timeouts, not a speed claim.
 const NO_HANG: Duration = Duration::from_secs(5);
@@ -64,7 +64,7 @@ async fn get_many_mixes_tiers_and_asks_redis_once() {
         "local",
         "redis_only",
     ];
-    let out = qb.get_many(keys).await;
+    let out = qb.batch().get(keys).await;
     assert_eq!(
         values(&out),
         [Some(1), Some(2), None, None, None, Some(1), Some(2)]
@@ -84,7 +84,7 @@ async fn get_many_mixes_tiers_and_asks_redis_once() {
     );
     assert_eq!(qb.get_local("redis_only").as_deref(), Some(&2), "L1 filled");
     assert_eq!(qb.get_local("foreign"), None);
-    assert!(qb.get_many(std::iter::empty()).await.is_empty());
+    assert!(qb.batch().get(std::iter::empty()).await.is_empty());
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn get_or_load_many_loads_exactly_the_missing_keys_once() {
     };
     let keys = ["local", "m1", "remote", "m2", "nope", "m1"];
     let before = stats(&b, "quote");
-    let out = qb.get_or_load_many(keys, load(asked.clone())).await;
+    let out = qb.batch().get_or_load(keys, load(asked.clone())).await;
     assert_eq!(
         loaded(&out),
         [Some(1), Some(10), Some(2), Some(20), None, Some(10)]
@@ -130,13 +130,13 @@ async fn get_or_load_many_loads_exactly_the_missing_keys_once() {
     assert_eq!(after.fills_stored - before.fills_stored, 2);
     // Written back to Redis: the other node reads them without a loader.
     assert_eq!(
-        values(&qa.get_many(["m1", "m2", "nope"]).await),
+        values(&qa.batch().get(["m1", "m2", "nope"]).await),
         [Some(10), Some(20), None]
     );
 
     // Again: only the key nobody has goes to the loader.
     asked.lock().unwrap().clear();
-    let out = qb.get_or_load_many(keys, load(asked.clone())).await;
+    let out = qb.batch().get_or_load(keys, load(asked.clone())).await;
     assert_eq!(
         loaded(&out),
         [Some(1), Some(10), Some(2), Some(20), None, Some(10)]
@@ -144,7 +144,8 @@ async fn get_or_load_many_loads_exactly_the_missing_keys_once() {
     assert_eq!(*asked.lock().unwrap(), [["nope"]]);
     // Nothing missing: no loader call at all.
     asked.lock().unwrap().clear();
-    qb.get_or_load_many(["m1", "local"], load(asked.clone()))
+    qb.batch()
+        .get_or_load(["m1", "local"], load(asked.clone()))
         .await;
     assert!(asked.lock().unwrap().is_empty());
 }
@@ -157,7 +158,8 @@ async fn batch_loader_failures_are_per_key_outcomes() {
     q.set("here", 1).await.unwrap();
 
     let out = q
-        .get_or_load_many(["here", "x", "y"], |_| async {
+        .batch()
+        .get_or_load(["here", "x", "y"], |_| async {
             Err::<Vec<Option<u64>>, _>(std::io::Error::other("db down"))
         })
         .await;
@@ -168,7 +170,8 @@ async fn batch_loader_failures_are_per_key_outcomes() {
     }
     // A list of the wrong length is the loader's error, for each key it was asked for.
     let out = q
-        .get_or_load_many(["x", "here", "y"], |missing| async move {
+        .batch()
+        .get_or_load(["x", "here", "y"], |missing| async move {
             assert_eq!(missing, ["x", "y"]);
             Ok::<_, std::io::Error>(vec![Some(5)])
         })
@@ -186,7 +189,7 @@ async fn batch_loader_failures_are_per_key_outcomes() {
     // Nothing was cached for them.
     let raw: Option<Vec<u8>> = server.cmd(&[b"GET", b"v1:quote:x"]);
     assert_eq!(raw, None);
-    assert_eq!(values(&q.get_many(["x", "y"]).await), [None, None]);
+    assert_eq!(values(&q.batch().get(["x", "y"]).await), [None, None]);
 }
 
 /// A value whose encoding fails for 0.
@@ -210,18 +213,20 @@ async fn set_many_fails_an_unencodable_value_alone() {
     let qa = a.namespace::<str, Flaky>("quote").unwrap();
     let qb = b.namespace::<str, Flaky>("quote").unwrap();
     let out = qa
-        .set_many([("a", Flaky(1)), ("b", Flaky(0)), ("c", Flaky(3))])
+        .batch()
+        .set([("a", Flaky(1)), ("b", Flaky(0)), ("c", Flaky(3))])
         .await;
     assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
     assert!(matches!(out[1], Err(Error::Encode(_))), "{out:?}");
     let read: Vec<Option<Flaky>> = qb
-        .get_many(["a", "b", "c"])
+        .batch()
+        .get(["a", "b", "c"])
         .await
         .into_iter()
         .map(|v| v.as_deref().cloned())
         .collect();
     assert_eq!(read, [Some(Flaky(1)), None, Some(Flaky(3))]);
-    assert!(qa.set_many(std::iter::empty()).await.is_empty());
+    assert!(qa.batch().set(std::iter::empty()).await.is_empty());
 }
 
 #[tokio::test]
@@ -235,10 +240,15 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
     let names: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
     let keys = || names.iter().map(String::as_str);
 
-    assert!(qa.set_many(keys().zip(0..)).await.iter().all(Result::is_ok));
+    assert!(qa
+        .batch()
+        .set(keys().zip(0..))
+        .await
+        .iter()
+        .all(Result::is_ok));
     await_applied(&b, "quote", 1).await;
     assert_eq!(
-        values(&qb.get_many(keys()).await),
+        values(&qb.batch().get(keys()).await),
         (0..N).map(Some).collect::<Vec<_>>()
     );
     assert!(
@@ -250,7 +260,7 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
     let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
     let sent = stats(&a, "quote").invalidations_sent;
     let applied = support::applied(&b, "quote");
-    let out = qa.set_many(keys().zip(100..)).await;
+    let out = qa.batch().set(keys().zip(100..)).await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     qa.invalidate("marker").await.unwrap();
 
@@ -279,7 +289,7 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
     await_applied(&b, "quote", applied + 2).await;
     assert!(keys().all(|k| qb.get_local(k).is_none()), "b evicted them");
     let expected: Vec<_> = (100..100 + N).map(Some).collect();
-    assert_eq!(values(&qb.get_many(keys()).await), expected);
+    assert_eq!(values(&qb.batch().get(keys()).await), expected);
     // The writer's own L1 holds the new values, at the batch's version.
     assert!(keys()
         .zip(100..)
@@ -294,7 +304,8 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     let fees = a.namespace::<str, u64>("fees").unwrap();
     let rates = a.namespace::<str, u64>("rate").unwrap();
     assert!(fees
-        .set_many([("x", 1), ("y", 2)])
+        .batch()
+        .set([("x", 1), ("y", 2)])
         .await
         .iter()
         .all(Result::is_ok));
@@ -314,23 +325,23 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     };
     let out = bounded(
         "get_or_load_many",
-        rates.get_or_load_many(["p", "q"], load(calls.clone())),
+        rates.batch().get_or_load(["p", "q"], load(calls.clone())),
     )
     .await;
     assert_eq!(loaded(&out), [Some(7), Some(7)]);
     assert_eq!(*calls.lock().unwrap(), 1);
     assert_eq!(rates.get_local("p"), None, "nothing enters a bypassed L1");
     assert_eq!(
-        values(&bounded("get_many", rates.get_many(["p"])).await),
+        values(&bounded("get_many", rates.batch().get(["p"])).await),
         [None]
     );
 
     // Availability first: L1 keeps answering, loads are kept in L1.
-    let out = bounded("get_many", fees.get_many(["x", "y", "z"])).await;
+    let out = bounded("get_many", fees.batch().get(["x", "y", "z"])).await;
     assert_eq!(values(&out), [Some(1), Some(2), None]);
     let out = bounded(
         "get_or_load_many",
-        fees.get_or_load_many(["x", "z"], load(calls.clone())),
+        fees.batch().get_or_load(["x", "z"], load(calls.clone())),
     )
     .await;
     assert_eq!(loaded(&out), [Some(1), Some(7)]);
@@ -339,14 +350,17 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     // Writes are queued as `set` queues them: Ok, and (this namespace trades the bound for
     // availability) this node reads its own writes meanwhile.
     let queued = stats(&a, "fees").outbox_queued;
-    let out = bounded("set_many", fees.set_many([("x", 5), ("w", 6)])).await;
+    let out = bounded("set_many", fees.batch().set([("x", 5), ("w", 6)])).await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     assert_eq!(stats(&a, "fees").outbox_queued, queued + 2);
     assert_eq!(fees.get_local("x").as_deref(), Some(&5));
     // A strict handle refuses instead, and keeps no unpropagated copy.
     let out = bounded(
         "strict set_many",
-        fees.strict_writes(true).set_many([("v", 9)]),
+        fees.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .batch()
+            .set([("v", 9)]),
     )
     .await;
     assert!(out[0].as_ref().unwrap_err().is_unavailable(), "{out:?}");
@@ -359,7 +373,10 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     );
     let out = bounded(
         "set_many_tagged",
-        fees.set_many_tagged([("t", 1)], &["tag"]),
+        fees.with(EntryOptions::new().tags(["tag"]))
+            .unwrap()
+            .batch()
+            .set([("t", 1)]),
     )
     .await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
@@ -378,14 +395,14 @@ async fn batch_calls_degrade_when_redis_is_killed() {
     let b = node_with_fees(&server).await;
     let fees_b = b.namespace::<str, u64>("fees").unwrap();
     assert_eq!(
-        values(&fees_b.get_many(["x", "w", "v", "t"]).await),
+        values(&fees_b.batch().get(["x", "w", "v", "t"]).await),
         [Some(5), Some(6), None, None]
     );
     eventually("writes go through again", PATIENCE, || async {
-        fees.set_many([("x", 8)]).await[0].is_ok()
+        fees.batch().set([("x", 8)]).await[0].is_ok()
     })
     .await;
-    assert_eq!(values(&fees.get_many(["x"]).await), [Some(8)]);
+    assert_eq!(values(&fees.batch().get(["x"]).await), [Some(8)]);
 }
 
 #[tokio::test]
@@ -400,7 +417,7 @@ async fn set_many_after_an_outage_leaves_the_batch_value_last() {
     // batch is queued behind it) or the queue replayed (the batch goes straight to Redis), the
     // batch's value is the last word. Which of the three happens is up to timing: this checks
     // the outcome, not the path.
-    let out = bounded("set_many", fees.set_many([("x", 2), ("y", 3)])).await;
+    let out = bounded("set_many", fees.batch().set([("x", 2), ("y", 3)])).await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     eventually("the queue is replayed", PATIENCE, || async {
         a.stats().outbox_entries == 0
@@ -409,7 +426,7 @@ async fn set_many_after_an_outage_leaves_the_batch_value_last() {
     let b = node_with_fees(&server).await;
     let fees_b = b.namespace::<str, u64>("fees").unwrap();
     assert_eq!(
-        values(&fees_b.get_many(["x", "y"]).await),
+        values(&fees_b.batch().get(["x", "y"]).await),
         [Some(2), Some(3)]
     );
 }
@@ -424,17 +441,17 @@ async fn get_many_racing_a_set_many_keeps_no_stale_value() {
     let b = node(&server).await;
     let qa = a.namespace::<str, Gated>("quote").unwrap();
     let qb = b.namespace::<str, Gated>("quote").unwrap();
-    qa.set_many([("K", Gated(1)), ("L", Gated(1))]).await;
+    qa.batch().set([("K", Gated(1)), ("L", Gated(1))]).await;
     await_applied(&b, "quote", 1).await;
 
     gate::arm();
     let reader = {
         let qb = qb.clone();
-        tokio::spawn(async move { qb.get_many(["K", "L"]).await })
+        tokio::spawn(async move { qb.batch().get(["K", "L"]).await })
     };
     gate::wait_reading().await;
     let before = support::applied(&b, "quote");
-    qa.set_many([("K", Gated(2)), ("L", Gated(2))]).await;
+    qa.batch().set([("K", Gated(2)), ("L", Gated(2))]).await;
     await_applied(&b, "quote", before + 1).await;
     gate::release();
     let read = reader.await.unwrap();
@@ -442,7 +459,8 @@ async fn get_many_racing_a_set_many_keeps_no_stale_value() {
     assert_eq!(qb.get_local("K"), None, "stale value left in B's L1");
     assert_eq!(qb.get_local("L"), None, "stale value left in B's L1");
     let fresh: Vec<_> = qb
-        .get_many(["K", "L"])
+        .batch()
+        .get(["K", "L"])
         .await
         .into_iter()
         .map(|v| v.as_deref().cloned())
@@ -459,9 +477,14 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let qb = b.namespace::<str, u64>("quote").unwrap();
     let names: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
     let keys = || names.iter().map(String::as_str);
-    assert!(qa.set_many(keys().zip(0..)).await.iter().all(Result::is_ok));
+    assert!(qa
+        .batch()
+        .set(keys().zip(0..))
+        .await
+        .iter()
+        .all(Result::is_ok));
     await_applied(&b, "quote", 1).await;
-    qb.get_many(keys()).await;
+    qb.batch().get(keys()).await;
     assert!(
         keys().all(|k| qb.get_local(k).is_some()),
         "b caches them all"
@@ -472,7 +495,10 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let sent = stats(&a, "quote").invalidations_sent;
     let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
     // Duplicates are invalidated once.
-    qa.invalidate_many(["k1", "k3", "k5", "k3"]).await.unwrap();
+    qa.batch()
+        .invalidate(["k1", "k3", "k5", "k3"])
+        .await
+        .unwrap();
     qa.invalidate("marker").await.unwrap();
 
     let messages = bus.until(b"marker").await;
@@ -496,7 +522,7 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let c = node(&server).await;
     let qc = c.namespace::<str, u64>("quote").unwrap();
     assert_eq!(
-        values(&qc.get_many(keys()).await),
+        values(&qc.batch().get(keys()).await),
         [Some(0), None, Some(2), None, Some(4), None]
     );
 
@@ -504,25 +530,29 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let fees_a = a.namespace::<str, u64>("fees").unwrap();
     let fees_b = b.namespace::<str, u64>("fees").unwrap();
     assert!(fees_a
-        .set_many([("x", 1), ("y", 2), ("z", 3)])
+        .batch()
+        .set([("x", 1), ("y", 2), ("z", 3)])
         .await
         .iter()
         .all(Result::is_ok));
     await_applied(&b, "fees", 1).await;
-    fees_b.get_many(["x", "y", "z"]).await;
+    fees_b.batch().get(["x", "y", "z"]).await;
     assert!(fees_b.get_local("y").is_some());
     server.kill();
     let queued = stats(&a, "fees").outbox_queued;
-    bounded("invalidate_many", fees_a.invalidate_many(["x", "y"]))
+    bounded("invalidate_many", fees_a.batch().invalidate(["x", "y"]))
         .await
         .unwrap();
     assert_eq!(stats(&a, "fees").outbox_queued, queued + 2);
     assert_eq!(fees_a.get_local("x"), None);
     // A strict handle refuses instead of queuing.
-    let strict = fees_a.strict_writes(true);
-    let err = bounded("strict invalidate_many", strict.invalidate_many(["z", "w"]))
-        .await
-        .unwrap_err();
+    let strict = fees_a.with(EntryOptions::new().strict(true)).unwrap();
+    let err = bounded(
+        "strict invalidate_many",
+        strict.batch().invalidate(["z", "w"]),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 
     // Back up: the queue is replayed, and b drops its copies of the queued keys.
@@ -556,7 +586,8 @@ async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_que
     let qa = big.namespace::<str, u64>("quote").unwrap();
     let names: Vec<String> = (0..2001).map(|i| format!("k{i}")).collect();
     let mut bus = BusListener::start(&server).await;
-    qa.invalidate_many(names.iter().map(String::as_str))
+    qa.batch()
+        .invalidate(names.iter().map(String::as_str))
         .await
         .unwrap();
     qa.invalidate("marker").await.unwrap();
@@ -576,8 +607,10 @@ async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_que
     assert_eq!(stats(&a, "fees").outbox_queued, 1);
     server.restart();
     eventually("strict invalidate_many lands", PATIENCE, || async {
-        fa.strict_writes(true)
-            .invalidate_many(["x", "y"])
+        fa.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .batch()
+            .invalidate(["x", "y"])
             .await
             .is_ok()
     })
@@ -599,7 +632,8 @@ async fn a_failed_invalidate_many_evicts_every_listed_key_locally() {
     let names: Vec<String> = (0..1500).map(|i| format!("k{i:04}")).collect();
     let keys = || names.iter().map(String::as_str);
     assert!(fees
-        .set_many(keys().zip(0..))
+        .batch()
+        .set(keys().zip(0..))
         .await
         .iter()
         .all(Result::is_ok));
@@ -609,7 +643,10 @@ async fn a_failed_invalidate_many_evicts_every_listed_key_locally() {
     // must not stay in L1 either.
     let err = bounded(
         "strict invalidate_many",
-        fees.strict_writes(true).invalidate_many(keys()),
+        fees.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .batch()
+            .invalidate(keys()),
     )
     .await
     .unwrap_err();

@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
-use tiered_cache::{BreakerState, NamespacePolicy, TieredCache, TieredCacheBuilder};
+use tiered_cache::{BreakerState, EntryOptions, NamespacePolicy, TieredCache, TieredCacheBuilder};
 
 /// "Never hangs": far above every configured timeout; a functional bound, not a speed claim.
 const NO_HANG: Duration = Duration::from_secs(2);
@@ -548,7 +548,7 @@ async fn strict_writes_return_the_typed_error_and_queue_nothing() {
     assert!(e.is_unavailable(), "{e}");
     assert_eq!(cache.stats().outbox_entries, 0);
 
-    let lenient = fees.strict_writes(false);
+    let lenient = fees.with(EntryOptions::new().strict(false)).unwrap();
     timed("set", lenient.set("k", 2)).await.unwrap();
     assert_eq!(cache.stats().outbox_entries, 1);
     assert_eq!(lenient.get_local("k").map(|v| *v), Some(2));
@@ -577,7 +577,11 @@ async fn a_caller_dropped_while_replaying_a_queued_clear_leaves_it_queued() {
         a.namespace::<str, u64>("fees").unwrap(),
         b.namespace::<str, u64>("fees").unwrap(),
     );
-    ra.set_tagged("x", 1, &["T"]).await.unwrap();
+    ra.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("x", 1)
+        .await
+        .unwrap();
     await_applied(&b, "fees", 1).await;
     assert_eq!(rb.get("x").await.map(|v| *v), Some(1));
 
@@ -595,8 +599,13 @@ async fn a_caller_dropped_while_replaying_a_queued_clear_leaves_it_queued() {
         errors(&a) >= 2
     })
     .await;
-    let gave_up =
-        tokio::time::timeout(Duration::from_millis(200), ra.set_tagged("w", 5, &["U"])).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        ra.with(EntryOptions::new().tags(["U"]))
+            .unwrap()
+            .set("w", 5),
+    )
+    .await;
     assert!(gave_up.is_err(), "the caller was to give up mid-replay");
     assert_eq!(a.stats().outbox_entries, 1, "the clear is still queued");
 

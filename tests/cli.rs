@@ -12,7 +12,7 @@ use std::process::{Output, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
 use support::{eventually, RedisServer, PATIENCE};
-use tiered_cache::{NamespacePolicy, TieredCache};
+use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -236,7 +236,9 @@ async fn stats_count_what_was_written() {
     rates.invalidate("r0").await.unwrap();
     let docs = a.namespace::<str, Vec<String>>("doc").unwrap();
     for i in 0..3 {
-        docs.set_tagged(&format!("d{i}"), vec![format!("{i}")], &["W1"])
+        docs.with(EntryOptions::new().tags(["W1"]))
+            .unwrap()
+            .set(&format!("d{i}"), vec![format!("{i}")])
             .await
             .unwrap();
     }
@@ -360,11 +362,21 @@ async fn flush_tag_reaches_other_nodes_l1() {
         a.namespace::<str, f64>("rate").unwrap(),
         b.namespace::<str, f64>("rate").unwrap(),
     );
-    da.set_tagged("d1", vec!["one".into()], &["W1"])
+    da.with(EntryOptions::new().tags(["W1"]))
+        .unwrap()
+        .set("d1", vec!["one".into()])
         .await
         .unwrap();
-    ra.set_tagged("r1", 1.0, &["W1"]).await.unwrap();
-    ra.set_tagged("r2", 2.0, &["W2"]).await.unwrap();
+    ra.with(EntryOptions::new().tags(["W1"]))
+        .unwrap()
+        .set("r1", 1.0)
+        .await
+        .unwrap();
+    ra.with(EntryOptions::new().tags(["W2"]))
+        .unwrap()
+        .set("r2", 2.0)
+        .await
+        .unwrap();
     support::await_applied(&b, "rate", 2).await;
     assert!(db.get("d1").await.is_some());
     assert!(rb.get("r1").await.is_some() && rb.get("r2").await.is_some());

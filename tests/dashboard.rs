@@ -655,7 +655,7 @@ async fn round(i: u64, a: &TieredCache, b: &TieredCache, c: &TieredCache, redis:
     let _ = ra.set(&format!("k{}", i % 20), i).await;
     // One message carrying three keys: two coalesced on b.
     let batch: Vec<String> = (0..3).map(|j| format!("k{}", (i + j) % 20)).collect();
-    let _ = ra.set_many(batch.iter().map(|k| (k.as_str(), i))).await;
+    let _ = ra.batch().set(batch.iter().map(|k| (k.as_str(), i))).await;
     // A message from a node whose clock is 5 s behind (or whose delivery took that long): the
     // lag alert's condition, on a small share of the messages applied.
     lagged_message(redis, "rate", &format!("k{}", i % 20));

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{eventually, node, RedisServer, PATIENCE};
-use tiered_cache::{NamespacePolicy, TieredCache};
+use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 
 /// "Never hangs": a generous bound, far above the configured timeouts, not a speed claim.
 const NO_HANG: Duration = Duration::from_secs(5);
@@ -75,9 +75,14 @@ async fn serves_without_redis(cache: &TieredCache) {
         .unwrap();
     assert_eq!(cache.stats().outbox_entries, 2);
     // Strict writes fail instead, and leave no local copy.
-    let e = bounded("set", fees.strict_writes(true).set("USD:EUR", 0.94))
-        .await
-        .unwrap_err();
+    let e = bounded(
+        "set",
+        fees.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .set("USD:EUR", 0.94),
+    )
+    .await
+    .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert_eq!(
         fees.get_local("USD:EUR"),
@@ -86,7 +91,10 @@ async fn serves_without_redis(cache: &TieredCache) {
     );
     let e = bounded(
         "invalidate",
-        rates.strict_writes(true).invalidate("USD:EUR"),
+        rates
+            .with(EntryOptions::new().strict(true))
+            .unwrap()
+            .invalidate("USD:EUR"),
     )
     .await
     .unwrap_err();
@@ -156,10 +164,15 @@ async fn redis_killed_mid_test_then_restarted() {
     .await
     .unwrap();
     assert_eq!(*v, 0.79);
-    assert!(bounded("set", ra.strict_writes(true).set("USD:EUR", 0.95))
-        .await
-        .unwrap_err()
-        .is_unavailable());
+    assert!(bounded(
+        "set",
+        ra.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .set("USD:EUR", 0.95)
+    )
+    .await
+    .unwrap_err()
+    .is_unavailable());
 
     server.restart();
     eventually(

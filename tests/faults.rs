@@ -7,7 +7,7 @@ mod support;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
-use tiered_cache::{NamespacePolicy, TieredCache};
+use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 
 use support::BOUND;
 /// Slack for a loaded 2-core machine on top of a bound the code promises; a functional bound,
@@ -145,7 +145,12 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
     }
 
     proxy.set(Fault::CutAfter(0), Target::Data);
-    let e = w.strict_writes(true).set("k", 2).await.unwrap_err();
+    let e = w
+        .with(EntryOptions::new().strict(true))
+        .unwrap()
+        .set("k", 2)
+        .await
+        .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     proxy.heal();
     // The script ran: Redis has 2, the others were told, the writer dropped its copy.
@@ -261,7 +266,8 @@ async fn sigkill_for(outage: Duration) {
         }
         r.set("k", 8).await.unwrap(); // queued in the outbox, not failed
         assert!(r
-            .strict_writes(true)
+            .with(EntryOptions::new().strict(true))
+            .unwrap()
             .set("k", 8)
             .await
             .unwrap_err()
@@ -288,7 +294,11 @@ async fn sigkill_for(outage: Duration) {
     // The first calls after the return may still fail fast while the data connection is
     // re-established (a degraded answer, by design); writes go through again promptly.
     eventually("a write goes through", PATIENCE, || async {
-        r.strict_writes(true).set("k", 2).await.is_ok()
+        r.with(EntryOptions::new().strict(true))
+            .unwrap()
+            .set("k", 2)
+            .await
+            .is_ok()
     })
     .await;
     let r1 = nodes[1].namespace::<str, u64>("rate").unwrap();

@@ -73,7 +73,7 @@ async fn latency_per_tier_with_l1_hits_sampled_and_the_gauges() {
     assert_eq!(count("l2"), Some(2.0), "one per Redis read");
     assert_eq!(count("loader"), Some(1.0), "one per loader call");
     // A batch read of three keys L1 lacks: one Redis read (one MGET), one observation.
-    assert_eq!(ra.get_many(["b1", "b2", "b3"]).await, [None, None, None]);
+    assert_eq!(ra.batch().get(["b1", "b2", "b3"]).await, [None, None, None]);
     assert_eq!(count("l2"), Some(3.0), "one per MGET");
     // L1 hits on this thread: one in 64 is timed (the thread's countdown may be anywhere, and
     // the reads above advanced it too).
@@ -138,7 +138,8 @@ async fn lag_percentiles_coalesced_keys_and_ratios_in_stats() {
     }
     // One message listing three keys: two coalesced.
     let many = ra
-        .set_many([("x", 1), ("y", 2), ("z", 3)].iter().map(|(k, v)| (*k, *v)))
+        .batch()
+        .set([("x", 1), ("y", 2), ("z", 3)].iter().map(|(k, v)| (*k, *v)))
         .await;
     assert!(many.iter().all(Result::is_ok));
     await_applied(&b, "rate", 11).await;

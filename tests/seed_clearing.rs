@@ -264,7 +264,7 @@ async fn opening_a_window_warms_its_netting_in_one_batch() {
     );
 
     // The other node's first reads: Redis hits, no netting pass.
-    let got = b.bilateral.get_many(&bi).await;
+    let got = b.bilateral.batch().get(&bi).await;
     assert!(got.iter().all(Option::is_some));
     for k in &multi {
         b.multilateral_net(k).await.unwrap();

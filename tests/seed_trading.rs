@@ -136,7 +136,7 @@ async fn batch_set_on_a_is_a_batch_get_on_b() {
     await_applied(&b.cache, scenario::MARKET, 3).await;
     let keys: Vec<Symbol> = (0..N).map(scenario::symbol).collect();
     let before = *b.cache.stats().namespace(scenario::MARKET).unwrap();
-    let got = b.market.get_many(keys.iter()).await;
+    let got = b.market.batch().get(keys.iter()).await;
     let after = *b.cache.stats().namespace(scenario::MARKET).unwrap();
     assert_eq!(
         after.l2_hits - before.l2_hits,
@@ -147,7 +147,7 @@ async fn batch_set_on_a_is_a_batch_get_on_b() {
         assert_eq!(g.as_deref(), Some(q));
     }
     // Now in B's L1: a second batch read is all L1.
-    let again = b.market.get_many(keys.iter()).await;
+    let again = b.market.batch().get(keys.iter()).await;
     assert!(again.iter().all(Option::is_some));
     let last = *b.cache.stats().namespace(scenario::MARKET).unwrap();
     assert_eq!(last.l1_hits - after.l1_hits, N as u64);
@@ -174,7 +174,8 @@ async fn clearing_a_namespace_on_a_empties_it_on_b_only_there() {
     let keys: Vec<Symbol> = (0..20).map(scenario::symbol).collect();
     assert!(b
         .market
-        .get_many(keys.iter())
+        .batch()
+        .get(keys.iter())
         .await
         .iter()
         .all(Option::is_some));
@@ -193,7 +194,8 @@ async fn clearing_a_namespace_on_a_empties_it_on_b_only_there() {
     // Redis no longer serves them either.
     assert!(b
         .market
-        .get_many(keys.iter())
+        .batch()
+        .get(keys.iter())
         .await
         .iter()
         .all(Option::is_none));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::gate::{self, Gated};
 use support::listener::{sections_of, BusListener, KIND_MULTI};
 use support::{await_applied, eventually, node, node_with, node_with_fees, RedisServer, PATIENCE};
-use tiered_cache::{NamespacePolicy, TieredCache};
+use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), f)
@@ -38,20 +38,35 @@ async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
     let b = node(&server).await;
     let qa = a.namespace::<str, u64>("quote").unwrap();
     let qb = b.namespace::<str, u64>("quote").unwrap();
-    qa.set_tagged("p1", 1, &["W1"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["W1"]))
+        .unwrap()
+        .set("p1", 1)
+        .await
+        .unwrap();
     let out = qa
-        .set_many_tagged([("p2", 2), ("p3", 3)], &["W1", "T9"])
+        .with(EntryOptions::new().tags(["W1", "T9"]))
+        .unwrap()
+        .batch()
+        .set([("p2", 2), ("p3", 3)])
         .await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     qa.set("u1", 4).await.unwrap();
-    qa.set_tagged("p4", 5, &["W2"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["W2"]))
+        .unwrap()
+        .set("p4", 5)
+        .await
+        .unwrap();
     // Tagged, then rewritten without the tag: still listed (a spurious invalidation later).
-    qa.set_tagged("p5", 6, &["W1"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["W1"]))
+        .unwrap()
+        .set("p5", 6)
+        .await
+        .unwrap();
     qa.set("p5", 7).await.unwrap();
     await_applied(&b, "quote", 6).await;
     let all = ["p1", "p2", "p3", "u1", "p4", "p5"];
     assert_eq!(
-        values(&qb.get_many(all).await),
+        values(&qb.batch().get(all).await),
         [Some(1), Some(2), Some(3), Some(4), Some(5), Some(7)]
     );
     assert!(
@@ -101,7 +116,7 @@ async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
     assert_eq!(qb.get_local("u1").as_deref(), Some(&4));
     assert_eq!(qb.get_local("p4").as_deref(), Some(&5));
     assert_eq!(
-        values(&qb.get_many(all).await),
+        values(&qb.batch().get(all).await),
         [None, None, None, Some(4), Some(5), None]
     );
     // The writer skips its own message: its L1 was evicted from the script's answer.
@@ -133,18 +148,25 @@ async fn cache_wide_invalidate_tag_covers_every_namespace_in_one_message() {
         b.namespace::<str, u64>("quote").unwrap(),
         b.namespace::<str, u64>("rate").unwrap(),
     );
-    qa.set_tagged("q1", 1, &["S1"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["S1"]))
+        .unwrap()
+        .set("q1", 1)
+        .await
+        .unwrap();
     assert!(ra
-        .set_many_tagged([("r1", 1), ("r2", 2)], &["S1"])
+        .with(EntryOptions::new().tags(["S1"]))
+        .unwrap()
+        .batch()
+        .set([("r1", 1), ("r2", 2)])
         .await
         .iter()
         .all(Result::is_ok));
     ra.set("r3", 3).await.unwrap();
     await_applied(&b, "rate", 2).await;
     await_applied(&b, "quote", 1).await;
-    assert_eq!(values(&qb.get_many(["q1"]).await), [Some(1)]);
+    assert_eq!(values(&qb.batch().get(["q1"]).await), [Some(1)]);
     assert_eq!(
-        values(&rb.get_many(["r1", "r2", "r3"]).await),
+        values(&rb.batch().get(["r1", "r2", "r3"]).await),
         [Some(1), Some(2), Some(3)]
     );
 
@@ -177,10 +199,10 @@ async fn cache_wide_invalidate_tag_covers_every_namespace_in_one_message() {
     assert_eq!((rb.get_local("r1"), rb.get_local("r2")), (None, None));
     assert_eq!(rb.get_local("r3").as_deref(), Some(&3));
     assert_eq!(
-        values(&rb.get_many(["r1", "r2", "r3"]).await),
+        values(&rb.batch().get(["r1", "r2", "r3"]).await),
         [None, None, Some(3)]
     );
-    assert_eq!(values(&qb.get_many(["q1"]).await), [None]);
+    assert_eq!(values(&qb.batch().get(["q1"]).await), [None]);
 }
 
 /// B loads keys nobody has cached yet (no tag set lists them) while A invalidates their tag:
@@ -207,7 +229,10 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
                 };
                 if batch {
                     let out = qb
-                        .get_or_load_many_tagged(["b1", "b2"], &[tag], |keys| async move {
+                        .with(EntryOptions::new().tags([tag]))
+                        .unwrap()
+                        .batch()
+                        .get_or_load(["b1", "b2"], |keys| async move {
                             let v = slow.await;
                             Ok::<_, std::io::Error>(keys.iter().map(|_| Some(v)).collect())
                         })
@@ -215,9 +240,9 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
                     out.into_iter().map(|r| *r.unwrap().unwrap()).collect()
                 } else {
                     let v = qb
-                        .get_or_load_tagged("s1", &[tag], || async move {
-                            Ok::<_, std::io::Error>(slow.await)
-                        })
+                        .with(EntryOptions::new().tags([tag]))
+                        .unwrap()
+                        .get_or_load("s1", || async move { Ok::<_, std::io::Error>(slow.await) })
                         .await;
                     vec![*v.unwrap()]
                 }
@@ -244,7 +269,9 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
 
     // Loads that start after the invalidation are cached, and join the tag again.
     let v = qb
-        .get_or_load_tagged("s1", &["W1"], || async { Ok::<_, std::io::Error>(2) })
+        .with(EntryOptions::new().tags(["W1"]))
+        .unwrap()
+        .get_or_load("s1", || async { Ok::<_, std::io::Error>(2) })
         .await
         .unwrap();
     assert_eq!(*v, 2);
@@ -270,7 +297,11 @@ async fn a_read_racing_a_tag_invalidation_keeps_no_stale_value() {
     let b = node(&server).await;
     let qa = a.namespace::<str, Gated>("quote").unwrap();
     let qb = b.namespace::<str, Gated>("quote").unwrap();
-    qa.set_tagged("K", Gated(1), &["T"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("K", Gated(1))
+        .await
+        .unwrap();
     await_applied(&b, "quote", 1).await;
 
     gate::arm();
@@ -294,33 +325,28 @@ async fn tag_names_are_validated_before_any_io() {
     let q = cache.namespace::<str, u64>("quote").unwrap();
     let long = "n".repeat(65);
     for bad in ["a:b", "", "a b", "x{y}", long.as_str()] {
-        let e = q.set_tagged("k", 1, &["ok", bad]).await.unwrap_err();
+        // Options are checked when the handle is made: no verb of it runs.
+        let e = q.with(EntryOptions::new().tags(["ok", bad])).unwrap_err();
         assert!(e.is_invalid_tag(), "{bad:?}: {e}");
+        assert!(q
+            .with(EntryOptions::new().tag(bad))
+            .unwrap_err()
+            .is_invalid_tag());
         assert!(q.invalidate_tag(bad).await.unwrap_err().is_invalid_tag());
         assert!(cache
             .invalidate_tag(bad)
             .await
             .unwrap_err()
             .is_invalid_tag());
-        let e = q
-            .get_or_load_tagged("k", &[bad], || async {
-                Err::<u64, _>(std::io::Error::other("loader called despite a bad tag"))
-            })
-            .await
-            .unwrap_err();
-        assert!(e.is_invalid_tag());
-        let out = q.set_many_tagged([("k", 1), ("l", 2)], &[bad]).await;
-        assert!(out.iter().all(|r| r.as_ref().unwrap_err().is_invalid_tag()));
-        let out = q
-            .get_or_load_many_tagged(["k"], &[bad], |_| async {
-                Ok::<_, std::io::Error>(vec![Some(0)])
-            })
-            .await;
-        assert!(out[0].as_ref().unwrap_err().is_invalid_tag());
     }
     let written: u64 = server.cmd(&[b"EXISTS", b"v1:quote:k", b"v1:quote:l"]);
     assert_eq!(written, 0, "nothing was written");
-    assert!(q.set_tagged("k", 1, &["W-2025.11.21_a"]).await.is_ok());
+    assert!(q
+        .with(EntryOptions::new().tags(["W-2025.11.21_a"]))
+        .unwrap()
+        .set("k", 1)
+        .await
+        .is_ok());
 }
 
 /// Raw bytes of a value key (`None`: absent).
@@ -371,12 +397,27 @@ async fn a_tagged_write_without_redis_is_queued_as_an_invalidation() {
     let b = node_with_fees(&server).await;
     let fa = a.namespace::<str, u64>("fees").unwrap();
     let fb = b.namespace::<str, u64>("fees").unwrap();
-    fa.set_tagged("x", 1, &["T"]).await.unwrap();
-    fa.set_tagged("x2", 2, &["T"]).await.unwrap();
-    fa.set_tagged("y", 3, &["T"]).await.unwrap();
+    fa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("x", 1)
+        .await
+        .unwrap();
+    fa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("x2", 2)
+        .await
+        .unwrap();
+    fa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("y", 3)
+        .await
+        .unwrap();
     await_applied(&b, "fees", 3).await;
     let all = ["x", "x2", "y"];
-    assert_eq!(values(&fb.get_many(all).await), [Some(1), Some(2), Some(3)]);
+    assert_eq!(
+        values(&fb.batch().get(all).await),
+        [Some(1), Some(2), Some(3)]
+    );
     assert!(
         all.iter().all(|k| fb.get_local(k).is_some()),
         "b caches them"
@@ -385,10 +426,22 @@ async fn a_tagged_write_without_redis_is_queued_as_an_invalidation() {
     let old_y = raw(&server, "fees", "y").expect("y in Redis");
 
     crash_keeping_data(&mut server, &[&a, &b]).await;
-    bounded("set_tagged", fa.set_tagged("x", 10, &["T"]))
-        .await
-        .unwrap();
-    let out = bounded("set_many_tagged", fa.set_many_tagged([("x2", 20)], &["T"])).await;
+    bounded(
+        "set_tagged",
+        fa.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .set("x", 10),
+    )
+    .await
+    .unwrap();
+    let out = bounded(
+        "set_many_tagged",
+        fa.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .batch()
+            .set([("x2", 20)]),
+    )
+    .await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     assert_eq!(
         (fa.get_local("x"), fa.get_local("x2")),
@@ -412,7 +465,7 @@ async fn a_tagged_write_without_redis_is_queued_as_an_invalidation() {
         "x's old value survived"
     );
     // b (its L1 resynced) reads through Redis: a miss, never the old value; its loader runs.
-    assert_eq!(values(&fb.get_many(all).await), [None, None, Some(3)]);
+    assert_eq!(values(&fb.batch().get(all).await), [None, None, Some(3)]);
     assert_eq!(fb.get("x").await, None);
     let v = fb
         .get_or_load("x", || async { Ok::<_, std::io::Error>(10) })
@@ -439,14 +492,26 @@ async fn invalidate_tag_without_redis_queues_a_clear_of_its_namespace() {
     let fb = b.namespace::<str, u64>("fees").unwrap();
     let qb = b.namespace::<str, u64>("quote").unwrap();
     let qa = a.namespace::<str, u64>("quote").unwrap();
-    fa.set_tagged("x", 1, &["T"]).await.unwrap();
-    fa.set_tagged("z", 2, &["T"]).await.unwrap();
+    fa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("x", 1)
+        .await
+        .unwrap();
+    fa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("z", 2)
+        .await
+        .unwrap();
     fa.set("u", 3).await.unwrap();
-    qa.set_tagged("q", 4, &["T"]).await.unwrap();
+    qa.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("q", 4)
+        .await
+        .unwrap();
     await_applied(&b, "fees", 3).await;
     await_applied(&b, "quote", 1).await;
     assert_eq!(
-        values(&fb.get_many(["x", "z", "u"]).await),
+        values(&fb.batch().get(["x", "z", "u"]).await),
         [Some(1), Some(2), Some(3)]
     );
     assert_eq!(qb.get("q").await.as_deref(), Some(&4));
@@ -470,9 +535,14 @@ async fn invalidate_tag_without_redis_queues_a_clear_of_its_namespace() {
     );
     assert_eq!(a.stats().outbox_entries, 1, "one clear");
     // Behind the queued clear (which cannot be replayed first): queued as an invalidation.
-    bounded("set_tagged", fa.set_tagged("z", 20, &["T"]))
-        .await
-        .unwrap();
+    bounded(
+        "set_tagged",
+        fa.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .set("z", 20),
+    )
+    .await
+    .unwrap();
     assert_eq!(fa.get_local("z"), None);
     assert_eq!(
         a.stats().outbox_entries,
@@ -483,7 +553,7 @@ async fn invalidate_tag_without_redis_queues_a_clear_of_its_namespace() {
     recover(&mut server, &[&a, &b], &a).await;
     assert_eq!(outbox(&a, "fees").2, 2, "both replayed");
     assert_eq!(
-        values(&fb.get_many(["x", "z", "u"]).await),
+        values(&fb.batch().get(["x", "z", "u"]).await),
         [None, None, None],
         "old values read after the replay"
     );
@@ -514,8 +584,16 @@ async fn cache_wide_invalidate_tag_without_redis_queues_a_clear_of_every_namespa
     let fa = a.namespace::<str, u64>("fees").unwrap();
     let qa = a.namespace::<str, u64>("quote").unwrap();
     let fs = strict.namespace::<str, u64>("fees").unwrap();
-    fa.set_tagged("f", 1, &["S"]).await.unwrap();
-    qa.set_tagged("q", 2, &["S"]).await.unwrap();
+    fa.with(EntryOptions::new().tags(["S"]))
+        .unwrap()
+        .set("f", 1)
+        .await
+        .unwrap();
+    qa.with(EntryOptions::new().tags(["S"]))
+        .unwrap()
+        .set("q", 2)
+        .await
+        .unwrap();
     a.namespace::<str, u64>("rate")
         .unwrap()
         .set("r", 3)
@@ -571,8 +649,13 @@ async fn strict_tagged_calls_without_redis_fail_fast_and_drop_local_copies() {
     let fees = cache
         .namespace::<str, u64>("fees")
         .unwrap()
-        .strict_writes(true);
-    fees.set_tagged("x", 1, &["T"]).await.unwrap();
+        .with(EntryOptions::new().strict(true))
+        .unwrap();
+    fees.with(EntryOptions::new().tags(["T"]))
+        .unwrap()
+        .set("x", 1)
+        .await
+        .unwrap();
     fees.set("y", 2).await.unwrap();
     server.kill();
     assert_eq!(
@@ -580,16 +663,28 @@ async fn strict_tagged_calls_without_redis_fail_fast_and_drop_local_copies() {
         Some(&1),
         "unbounded: L1 serves"
     );
-    let e = bounded("set_tagged", fees.set_tagged("x", 3, &["T"]))
-        .await
-        .unwrap_err();
+    let e = bounded(
+        "set_tagged",
+        fees.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .set("x", 3),
+    )
+    .await
+    .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert_eq!(
         fees.get_local("x"),
         None,
         "an unpropagated write leaves no copy"
     );
-    let out = bounded("set_many_tagged", fees.set_many_tagged([("y", 4)], &["T"])).await;
+    let out = bounded(
+        "set_many_tagged",
+        fees.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .batch()
+            .set([("y", 4)]),
+    )
+    .await;
     assert!(out[0].as_ref().unwrap_err().is_unavailable(), "{out:?}");
     assert_eq!(fees.get_local("y"), None);
     fees.get_or_load("w", || async { Ok::<_, std::io::Error>(5) })
@@ -607,7 +702,11 @@ async fn strict_tagged_calls_without_redis_fail_fast_and_drop_local_copies() {
     server.restart();
     eventually("resubscribed", PATIENCE, || async { cache.is_subscribed() }).await;
     eventually("tagged writes go through again", PATIENCE, || async {
-        fees.set_tagged("x", 6, &["T"]).await.is_ok()
+        fees.with(EntryOptions::new().tags(["T"]))
+            .unwrap()
+            .set("x", 6)
+            .await
+            .is_ok()
     })
     .await;
     assert_eq!(fees.invalidate_tag("T").await.unwrap(), 1);

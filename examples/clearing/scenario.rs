@@ -25,7 +25,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tiered_cache::{CacheKey, Namespace, NamespacePolicy, NamespaceStats, TieredCache};
+use tiered_cache::{
+    CacheKey, EntryOptions, Namespace, NamespacePolicy, NamespaceStats, TieredCache,
+};
 use workload::{rng, skewed};
 
 /// The document's TTLs.
@@ -532,8 +534,8 @@ impl ClearingNode {
     /// library queues an invalidation of the region instead (a replay could not carry the
     /// tag): every node drops its copy and the next read loads the row.
     pub async fn publish_window(&self, w: &ClearingWindow) -> tiered_cache::Result<()> {
-        let tag = window_tag(&w.id);
-        self.windows.set_tagged(&w.region, w.clone(), &[&tag]).await
+        let windowed = EntryOptions::new().tag(window_tag(&w.id));
+        self.windows.with(windowed)?.set(&w.region, w.clone()).await
     }
 
     /// Scheduled → Open → InProgress → Completed: database, then cache.
@@ -567,21 +569,27 @@ impl ClearingNode {
     /// The document's warm-up, as batches: every net position of the window in one netting
     /// pass per kind, written back to Redis in one script each, tagged with the window.
     pub async fn warm_window(&self, window: &str) -> Warmed {
-        let tag = window_tag(window);
+        let windowed = EntryOptions::new().tag(window_tag(window));
         let (bi, multi) = self.store.netting_keys(window);
         let store = &self.store;
         let (b_passes, m_passes) = (AtomicU32::new(0), AtomicU32::new(0));
         let (b_passes, m_passes) = (&b_passes, &m_passes);
         let b = self
             .bilateral
-            .get_or_load_many_tagged(&bi, &[&tag], |missing| async move {
+            .with(windowed.clone())
+            .expect("window tags are valid tag names")
+            .batch()
+            .get_or_load(&bi, |missing| async move {
                 b_passes.fetch_add(1, Relaxed);
                 Ok::<_, std::io::Error>(store.compute_bilateral(&missing).await)
             })
             .await;
         let m = self
             .multilateral
-            .get_or_load_many_tagged(&multi, &[&tag], |missing| async move {
+            .with(windowed)
+            .expect("window tags are valid tag names")
+            .batch()
+            .get_or_load(&multi, |missing| async move {
                 m_passes.fetch_add(1, Relaxed);
                 Ok::<_, std::io::Error>(store.compute_multilateral(&missing).await)
             })
@@ -600,11 +608,12 @@ impl ClearingNode {
         &self,
         key: &BilateralKey,
     ) -> tiered_cache::Result<Arc<BilateralNet>> {
-        let tag = window_tag(&key.window);
-        let store = &self.store;
+        let (store, owned) = (self.store.clone(), key.clone());
+        let windowed = EntryOptions::new().tag(window_tag(&key.window));
         self.bilateral
-            .get_or_load_tagged(key, &[&tag], || async move {
-                let mut out = store.compute_bilateral(&[key]).await;
+            .with(windowed)?
+            .get_or_load(key, || async move {
+                let mut out = store.compute_bilateral(&[&owned]).await;
                 out.pop().flatten().ok_or("window unknown")
             })
             .await
@@ -614,11 +623,12 @@ impl ClearingNode {
         &self,
         key: &MultilateralKey,
     ) -> tiered_cache::Result<Arc<MultilateralNet>> {
-        let tag = window_tag(&key.window);
-        let store = &self.store;
+        let (store, owned) = (self.store.clone(), key.clone());
+        let windowed = EntryOptions::new().tag(window_tag(&key.window));
         self.multilateral
-            .get_or_load_tagged(key, &[&tag], || async move {
-                let mut out = store.compute_multilateral(&[key]).await;
+            .with(windowed)?
+            .get_or_load(key, || async move {
+                let mut out = store.compute_multilateral(&[&owned]).await;
                 out.pop().flatten().ok_or("window unknown")
             })
             .await
@@ -630,10 +640,10 @@ impl ClearingNode {
         window: &str,
         key: &MessageKey,
     ) -> tiered_cache::Result<Arc<ParsedMessage>> {
-        let tag = window_tag(window);
-        let store = &self.store;
+        let (store, owned) = (self.store.clone(), key.clone());
         self.messages
-            .get_or_load_tagged(key, &[&tag], || store.parse_message(key))
+            .with(EntryOptions::new().tag(window_tag(window)))?
+            .get_or_load(key, || async move { store.parse_message(&owned).await })
             .await
     }
 

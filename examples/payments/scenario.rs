@@ -23,7 +23,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tiered_cache::{CacheKey, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder};
+use tiered_cache::{
+    CacheKey, EntryOptions, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder,
+};
 pub use workload::Samples;
 use workload::{rng, skewed, wait_until};
 
@@ -686,7 +688,8 @@ impl Payments {
             pair: pair.clone(),
         };
         self.conversions
-            .get_or_load_tagged(&key, &[&pair.tag()], || async move {
+            .with(EntryOptions::new().tag(pair.tag()))?
+            .get_or_load(&key, move || async move {
                 Ok::<_, std::io::Error>(Conversion {
                     converted: (amount * rate.rate).round_dp(2),
                     rate_seq: rate.seq,
@@ -747,12 +750,12 @@ impl Payments {
         self.log.push(format!("store:transfer:{id}"));
         // One script and one message per namespace for both wallets.
         let balances = [BalanceKey(from.into()), BalanceKey(to.into())];
-        self.balances.invalidate_many(&balances).await?;
+        self.balances.batch().invalidate(&balances).await?;
         for key in &balances {
             self.log.push(format!("cache:invalidate:{key}"));
         }
         let recent = [RecentTxKey(from.into()), RecentTxKey(to.into())];
-        self.recent.invalidate_many(&recent).await?;
+        self.recent.batch().invalidate(&recent).await?;
         Ok(id)
     }
 

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tiered_cache::{CacheKey, Namespace, NamespacePolicy, Stats, TieredCache};
+use tiered_cache::{CacheKey, EntryOptions, Namespace, NamespacePolicy, Stats, TieredCache};
 
 /// The document's TTLs.
 pub const METRICS_TTL: Duration = Duration::from_secs(30);
@@ -354,11 +354,15 @@ impl RiskNode {
 
     /// The handle through which every read, write and invalidation of one tenant goes.
     pub fn tenant(&self, tenant: &TenantId) -> TenantRisk {
+        // Every entry written or loaded through the tenant's handles carries the tenant's tag.
+        let tag = format!("tenant.{}", tenant.0);
+        let tagged = EntryOptions::new().tag(&tag);
+        let bad_tag = "tenant ids are valid tag names";
         TenantRisk {
-            tag: format!("tenant.{}", tenant.0),
+            metrics: self.metrics.with(tagged.clone()).expect(bad_tag),
+            profiles: self.profiles.with(tagged).expect(bad_tag),
+            tag,
             tenant: tenant.clone(),
-            metrics: self.metrics.clone(),
-            profiles: self.profiles.clone(),
             store: self.store.clone(),
         }
     }
@@ -433,14 +437,16 @@ impl TenantRisk {
         &self,
         user: &UserId,
     ) -> tiered_cache::Result<(Arc<RiskMetrics>, bool)> {
-        let ran = AtomicBool::new(false);
-        let (store, tenant, ran_ref) = (&self.store, &self.tenant, &ran);
+        // The loader runs as a task of its own (single flight): it owns what it uses.
+        let ran = Arc::new(AtomicBool::new(false));
+        let (store, tenant, who) = (self.store.clone(), self.tenant.clone(), user.clone());
+        let ran_here = ran.clone();
         let m = self
             .metrics
-            .get_or_load_tagged(&self.key(user), &[&self.tag], || async move {
-                ran_ref.store(true, Relaxed);
-                let mut out = store.calculate_metrics(tenant, &[user]).await;
-                out.pop().flatten().ok_or_else(|| unknown(user))
+            .get_or_load(&self.key(user), move || async move {
+                ran_here.store(true, Relaxed);
+                let mut out = store.calculate_metrics(&tenant, &[&who]).await;
+                out.pop().flatten().ok_or_else(|| unknown(&who))
             })
             .await?;
         Ok((m, ran.load(Relaxed)))
@@ -448,11 +454,11 @@ impl TenantRisk {
 
     /// `getRiskProfile`.
     pub async fn get_risk_profile(&self, user: &UserId) -> tiered_cache::Result<Arc<RiskProfile>> {
-        let (store, tenant) = (&self.store, &self.tenant);
+        let (store, tenant, who) = (self.store.clone(), self.tenant.clone(), user.clone());
         self.profiles
-            .get_or_load_tagged(&self.key(user), &[&self.tag], || async move {
-                let mut out = store.query_profiles(tenant, &[user]).await;
-                out.pop().flatten().ok_or_else(|| unknown(user))
+            .get_or_load(&self.key(user), move || async move {
+                let mut out = store.query_profiles(&tenant, &[&who]).await;
+                out.pop().flatten().ok_or_else(|| unknown(&who))
             })
             .await
     }
@@ -468,9 +474,7 @@ impl TenantRisk {
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
         // With Redis unreachable the library queues an invalidation of the key instead: every
         // node drops its copy, and the next read loads this profile from the database.
-        (self.profiles)
-            .set_tagged(&self.key(user), p.clone(), &[&self.tag])
-            .await?;
+        (self.profiles).set(&self.key(user), p.clone()).await?;
         Ok(p)
     }
 
@@ -485,9 +489,7 @@ impl TenantRisk {
             .store
             .put_profile(&(self.tenant.clone(), user.clone()), tolerance);
         let key = self.key(user);
-        (self.profiles)
-            .set_tagged(&key, p.clone(), &[&self.tag])
-            .await?;
+        (self.profiles).set(&key, p.clone()).await?;
         self.metrics.invalidate(&key).await?;
         Ok(p)
     }
@@ -551,8 +553,8 @@ impl TenantRisk {
     pub async fn batch_invalidate(&self, users: &[UserId]) -> tiered_cache::Result<usize> {
         let keys: Vec<RiskKey> = users.iter().map(|u| self.key(u)).collect();
         let (m, p) = futures_util::future::join(
-            self.metrics.invalidate_many(&keys),
-            self.profiles.invalidate_many(&keys),
+            self.metrics.batch().invalidate(&keys),
+            self.profiles.batch().invalidate(&keys),
         )
         .await;
         m.and(p)?;
@@ -577,7 +579,8 @@ impl TenantRisk {
         let (pb, mb, pl, ml) = (&pb, &mb, &pl, &ml);
         let profiles = self
             .profiles
-            .get_or_load_many_tagged(&keys, &[&self.tag], |missing| async move {
+            .batch()
+            .get_or_load(&keys, |missing| async move {
                 pb.fetch_add(1, Relaxed);
                 pl.fetch_add(missing.len() as u64, Relaxed);
                 let users: Vec<&UserId> = missing.iter().map(|k| &k.user).collect();
@@ -586,7 +589,8 @@ impl TenantRisk {
             .await;
         let metrics = self
             .metrics
-            .get_or_load_many_tagged(&keys, &[&self.tag], |missing| async move {
+            .batch()
+            .get_or_load(&keys, |missing| async move {
                 mb.fetch_add(1, Relaxed);
                 ml.fetch_add(missing.len() as u64, Relaxed);
                 let users: Vec<&UserId> = missing.iter().map(|k| &k.user).collect();

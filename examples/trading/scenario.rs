@@ -477,7 +477,8 @@ impl Node {
             let started = Instant::now();
             let results = self
                 .market
-                .set_many(batch.iter().map(|(s, q)| (s, q.clone())))
+                .batch()
+                .set(batch.iter().map(|(s, q)| (s, q.clone())))
                 .await;
             out.push((batch.len(), started.elapsed()));
             for r in results {
@@ -566,7 +567,7 @@ pub async fn run(fleet: &Fleet, symbols: usize, reads_per_node: usize, batch: us
                             .map(|k| symbol((x as usize + k * 7) % symbols))
                             .collect();
                         let started = Instant::now();
-                        let got = node.market.get_many(keys.iter()).await;
+                        let got = node.market.batch().get(keys.iter()).await;
                         r.batch_per_key
                             .0
                             .push(started.elapsed() / keys.len() as u32);

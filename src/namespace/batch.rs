@@ -1,4 +1,4 @@
-//! Batch operations on a namespace: many keys per call, through both tiers, with the single-key
+//! [`Batch`]: many keys per call, through both tiers, with the single-key
 //! paths' guarantees.
 //!
 //! - **Reads** look in L1 first, then ask Redis for every key L1 could not answer in one MGET
@@ -28,32 +28,40 @@
 
 use crate::error::Result;
 use crate::key::{key_string, CacheKey};
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, INVALIDATE_BATCH};
 use crate::read::batch::scatter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 
-impl<K, V> Namespace<K, V>
+/// Many keys of one namespace at once, from [`Namespace::batch`]: one MGET for the keys L1
+/// lacks, one loader call for the keys neither tier has, one script and one message per write
+/// or invalidation. Applies the handle's [options](crate::EntryOptions) (tags, strictness,
+/// TTLs) as the single-key verbs do.
+pub struct Batch<'a, K: ?Sized, V> {
+    pub(crate) ns: &'a Namespace<K, V>,
+}
+
+impl<K, V> Batch<'_, K, V>
 where
     K: CacheKey + ?Sized + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Reads many keys: L1, then one MGET to Redis for all the keys L1 did not have. One
-    /// outcome per key, in order; `None` as for [`get`](Self::get) (no live value, or Redis
+    /// outcome per key, in order; `None` as for [`Namespace::get`] (no live value, or Redis
     /// unreachable).
     ///
     /// ```no_run
     /// # async fn run(quotes: tiered_cache::Namespace<str, f64>) {
-    /// let prices = quotes.get_many(["AAPL", "MSFT", "NVDA"]).await;
+    /// let prices = quotes.batch().get(["AAPL", "MSFT", "NVDA"]).await;
     /// # }
     /// ```
-    pub async fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Vec<Option<Arc<V>>>
+    pub async fn get<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Vec<Option<Arc<V>>>
     where
         K: 'k,
     {
-        let reads = self.reads();
+        let reads = self.ns.reads();
         let (mut out, pending) = reads.local_many(keys);
         if pending.is_empty() {
             return out;
@@ -70,10 +78,10 @@ where
     /// returns one `Option` per key, in the same order: `None` for a key it has no value for.
     /// Per key, the outcome is `Ok(Some(value))`, `Ok(None)` when the loader had none, or
     /// `Err` when the loader failed (every key it was asked for gets its error; so does a list
-    /// of the wrong length). As with [`get_or_load`](Self::get_or_load): when Redis is
-    /// unreachable loaded values are kept in L1 only, a value loaded while its key was written
-    /// or invalidated elsewhere is returned but not cached, and a value that cannot be encoded
-    /// is returned but not cached.
+    /// of the wrong length). As with [`Namespace::get_or_load`]: when Redis is unreachable
+    /// loaded values are kept in L1 only, a value loaded while its key was written or
+    /// invalidated elsewhere is returned but not cached, and a value that cannot be encoded is
+    /// returned but not cached. On a tagged handle the fills join the tags' sets.
     ///
     /// ```no_run
     /// # use std::collections::HashMap;
@@ -83,14 +91,15 @@ where
     /// # }
     /// # async fn run(quotes: tiered_cache::Namespace<str, f64>) {
     /// let prices = quotes
-    ///     .get_or_load_many(["AAPL", "MSFT", "NVDA"], |missing| async move {
+    ///     .batch()
+    ///     .get_or_load(["AAPL", "MSFT", "NVDA"], |missing| async move {
     ///         let mut rows = db_prices(&missing).await?;
     ///         Ok::<_, std::io::Error>(missing.iter().map(|s| rows.remove(*s)).collect())
     ///     })
     ///     .await;
     /// # }
     /// ```
-    pub async fn get_or_load_many<'k, F, Fut, E>(
+    pub async fn get_or_load<'k, F, Fut, E>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
         loader: F,
@@ -101,7 +110,8 @@ where
         Fut: Future<Output = std::result::Result<Vec<Option<V>>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.reads().load_many(keys, &[], loader).await
+        let (tags, ttl) = (self.ns.tags(), self.ns.ttl());
+        self.ns.reads().load_many(keys, (&tags, ttl), loader).await
     }
 
     /// Writes many values in one script: one version for all of them, every value stored in
@@ -110,29 +120,14 @@ where
     /// One outcome per entry, in order. A value that cannot be encoded fails alone
     /// (`Error::Encode`) and is not written. If Redis cannot be reached, or writes of this
     /// namespace are still queued from an outage, every entry is queued in the outbox and
-    /// replayed in order, as [`set`](Self::set) does, and each returns `Ok`. With
-    /// [strict writes](Self::strict_writes), Redis unreachable fails them with
+    /// replayed in order, as [`Namespace::set`] does, and each returns `Ok`. With
+    /// [strict](crate::EntryOptions::strict) writes, Redis unreachable fails them with
     /// `Error::Unavailable` (and this node's L1 no longer holds those keys), and with writes
     /// still queued the batch lands after what is queued for its keys, as `set` does. A
-    /// [tagged](Self::set_many_tagged) batch is never queued as values (a replay would lose the
-    /// tags): it lands after what is queued for its keys too, and with Redis unreachable each
-    /// key is queued as an invalidation instead (unless strict).
-    pub async fn set_many<'k>(
-        &self,
-        entries: impl IntoIterator<Item = (&'k K, V)>,
-    ) -> Vec<Result<()>>
-    where
-        K: 'k,
-    {
-        self.write_many(entries, &[]).await
-    }
-
-    /// `set_many`, with tags.
-    pub(crate) async fn write_many<'k>(
-        &self,
-        entries: impl IntoIterator<Item = (&'k K, V)>,
-        tags: &[&str],
-    ) -> Vec<Result<()>>
+    /// [tagged](crate::EntryOptions::tag) batch is never queued as values (a replay would lose
+    /// the tags): it lands after what is queued for its keys too, and with Redis unreachable
+    /// each key is queued as an invalidation instead (unless strict).
+    pub async fn set<'k>(&self, entries: impl IntoIterator<Item = (&'k K, V)>) -> Vec<Result<()>>
     where
         K: 'k,
     {
@@ -141,7 +136,41 @@ where
             .into_iter()
             .map(|(k, v)| (key_string(k), v))
             .collect();
-        let (shared, strict) = (self.cache.shared(), self.is_strict());
-        crate::write::batch::write_many(shared, &self.core, entries, tags, strict).await
+        let ns = self.ns;
+        let (shared, how) = (ns.cache.shared(), (ns.is_strict(), ns.ttl()));
+        crate::write::batch::write_many(shared, &ns.core, entries, &ns.tags(), how).await
+    }
+
+    /// Removes many keys from Redis and from every node's L1: one script and one message per
+    /// [`INVALIDATE_BATCH`] keys (duplicates removed), instead of one per key. Same guarantees
+    /// as [`Namespace::invalidate`], including the queue while Redis is unreachable. On an
+    /// error every listed key has left this node's L1, and the batches before the failed one
+    /// have been invalidated everywhere.
+    ///
+    /// ```no_run
+    /// # async fn run(metrics: tiered_cache::Namespace<str, f64>) -> tiered_cache::Result<()> {
+    /// // A tenant's risk limits changed: drop the metrics of every user it applies to.
+    /// metrics.batch().invalidate(["tenant-7:alice", "tenant-7:bob"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<()>
+    where
+        K: 'k,
+    {
+        let ns = self.ns;
+        let mut keys: Vec<String> = keys.into_iter().map(|k| key_string(k)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(INVALIDATE_BATCH) {
+            if let Err(e) = ns
+                .invalidate_strings(chunk.to_vec(), "invalidate_many")
+                .await
+            {
+                // What Redis did not get must not be served from here either.
+                keys.iter().for_each(|k| ns.core.evict(k));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! Tags: attach names to values when they are written or loaded (a clearing window's id on all
+//! Tags: attach names to values when they are written or loaded (through a handle
+//! [`with`](crate::Namespace::with) [tags](crate::EntryOptions::tag)) (a clearing window's id on all
 //! of that window's net positions, a tenant on a user's risk entries), then invalidate every
 //! value carrying a tag, on every node, in one script and one message, without `KEYS` or `SCAN`.
 //!
@@ -30,96 +31,17 @@
 
 use crate::cache::TieredCache;
 use crate::error::Result;
-use crate::key::{validate_tags, CacheKey};
+use crate::key::CacheKey;
 use crate::namespace::Namespace;
 use crate::space::NamespaceCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::future::Future;
-use std::sync::Arc;
 
 impl<K, V> Namespace<K, V>
 where
     K: CacheKey + ?Sized + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// [`set`](Self::set), with tags: the key joins each tag's set in the same script, so a
-    /// later [`invalidate_tag`](Self::invalidate_tag) of any of them reaches this value.
-    /// `Err(InvalidTag)` before any I/O for a bad tag name.
-    ///
-    /// When Redis is unreachable (breaker open, timeout, connection failure) the write is not
-    /// queued as a value, since a replayed write would not join the tags' sets: an
-    /// invalidation of the key is queued in the outbox instead and replayed when Redis is
-    /// back, this node's L1 drops the key, and this returns `Ok`. The value is then cached
-    /// nowhere: the next read after the replay misses (or loads afresh from the caller's
-    /// source of truth), on every node. Counted in the outbox's `queued` and `dropped`. With
-    /// [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead, as `set`
-    /// does.
-    pub async fn set_tagged(&self, key: &K, value: V, tags: &[&str]) -> Result<()> {
-        validate_tags(tags)?;
-        let mut out = self.write_many([(key, value)], tags).await;
-        out.pop().expect("one outcome per entry")
-    }
-
-    /// [`set_many`](Self::set_many), with the same tags on every entry. A bad tag name fails
-    /// every entry with `InvalidTag`, before any I/O. With Redis unreachable each key is
-    /// queued as an invalidation and returns `Ok`, as for
-    /// [`set_tagged`](Self::set_tagged) (strict: `Err(Unavailable)`).
-    pub async fn set_many_tagged<'k>(
-        &self,
-        entries: impl IntoIterator<Item = (&'k K, V)>,
-        tags: &[&str],
-    ) -> Vec<Result<()>>
-    where
-        K: 'k,
-    {
-        if let Err(e) = validate_tags(tags) {
-            return entries.into_iter().map(|_| Err(e.clone())).collect();
-        }
-        self.write_many(entries, tags).await
-    }
-
-    /// [`get_or_load`](Self::get_or_load), with tags: a loaded value written back to Redis
-    /// joins each tag's set, and is not written back if one of the tags was invalidated while
-    /// it loaded. A value found in either tier is returned as it is (its tags are those it was
-    /// written with). Single flight as for `get_or_load`: concurrent calls for a key share one
-    /// load. `Err(InvalidTag)` before any I/O for a bad tag name.
-    pub async fn get_or_load_tagged<F, Fut, E>(
-        &self,
-        key: &K,
-        tags: &[&str],
-        loader: F,
-    ) -> Result<Arc<V>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        validate_tags(tags)?;
-        self.reads().load_tagged(key, tags, loader).await
-    }
-
-    /// [`get_or_load_many`](Self::get_or_load_many), with tags for the loaded values (as
-    /// [`get_or_load_tagged`](Self::get_or_load_tagged)). A bad tag name fails every key with
-    /// `InvalidTag`, before any I/O.
-    pub async fn get_or_load_many_tagged<'k, F, Fut, E>(
-        &self,
-        keys: impl IntoIterator<Item = &'k K>,
-        tags: &[&str],
-        loader: F,
-    ) -> Vec<Result<Option<Arc<V>>>>
-    where
-        K: 'k,
-        F: FnOnce(Vec<&'k K>) -> Fut,
-        Fut: Future<Output = std::result::Result<Vec<Option<V>>, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if let Err(e) = validate_tags(tags) {
-            return keys.into_iter().map(|_| Err(e.clone())).collect();
-        }
-        self.reads().load_many(keys, tags, loader).await
-    }
-
     /// Removes every value of this namespace written or loaded with `tag`, from Redis and
     /// from every node's L1: one script, one message, no key scan. Returns how many keys the
     /// tag listed (each is now a tombstone; some may already have expired, or have been
@@ -137,7 +59,7 @@ where
     /// does not prove the tag listed nothing; until the replay lands, nodes that can still
     /// reach Redis (a partition, not an outage) may read the tag's old values from it.
     ///
-    /// With [strict writes](Self::strict_writes) it returns `Err(Unavailable)` instead: this
+    /// With [strict](crate::EntryOptions::strict) writes it returns `Err(Unavailable)` instead: this
     /// node's L1 of the namespace is cleared, and whether Redis and the other nodes saw the
     /// invalidation is unknown: retry once Redis is back.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {

@@ -31,7 +31,8 @@ where
     K: CacheKey + ?Sized + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Extends the live value of `key` by the namespace's L2 TTL from now, in Redis and in
+    /// Extends the live value of `key` by the namespace's L2 TTL (or the handle's
+    /// [`ttl`](crate::EntryOptions::ttl)) from now, in Redis and in
     /// this node's L1. Returns `Ok(false)` when Redis holds no live value for the key (never
     /// written, invalidated, expired, or a cached "not found"): nothing is revived.
     ///
@@ -43,7 +44,8 @@ where
     /// the next read there finds the extended value in Redis (one Redis read, never a wrong
     /// answer).
     pub async fn touch(&self, key: &K) -> Result<bool> {
-        crate::write::touch(self.cache.shared(), &self.core, &key_string(key), None).await
+        let how = (None, self.ttl());
+        crate::write::touch(self.cache.shared(), &self.core, &key_string(key), how).await
     }
 
     /// Reads a value as [`get`](Self::get) does and, if there is one, extends it as
@@ -59,7 +61,8 @@ where
         // an invalidation raced it), and then whichever version is live is extended.
         let expected = self.core.l1.get(&key).map(|e| e.version).filter(|v| *v > 0);
         // A failure is already counted, and the value stays valid until its old expiry.
-        let _ = crate::write::touch(self.cache.shared(), &self.core, &key, expected).await;
+        let how = (expected, self.ttl());
+        let _ = crate::write::touch(self.cache.shared(), &self.core, &key, how).await;
         Some(value)
     }
 }

@@ -9,6 +9,7 @@ use crate::guard::Ticket;
 use crate::key::{key_string, CacheKey};
 use crate::l1::AnyValue;
 use crate::l2::{Payload, Stamp};
+use crate::space::TtlOverride;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
@@ -172,7 +173,7 @@ impl Reads<'_> {
     pub(crate) async fn load_many<'k, K, V, F, Fut, E>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
-        tags: &[&str],
+        (tags, ttl): (&[&str], TtlOverride),
         loader: F,
     ) -> Vec<Result<Option<Arc<V>>>>
     where
@@ -188,7 +189,7 @@ impl Reads<'_> {
             return out;
         }
         // Boxed, as `get_or_load`'s miss path is.
-        let loaded = Box::pin(self.load_pending(&pending, tags, loader)).await;
+        let loaded = Box::pin(self.load_pending(&pending, (tags, ttl), loader)).await;
         scatter(&mut out, &pending, loaded);
         out
     }
@@ -198,7 +199,7 @@ impl Reads<'_> {
     pub(crate) async fn load_pending<'k, K, V, F, Fut, E>(
         &self,
         pending: &[Pending<'k, K>],
-        tags: &[&str],
+        (tags, ttl): (&[&str], TtlOverride),
         loader: F,
     ) -> Vec<Result<Option<Arc<V>>>>
     where
@@ -243,7 +244,7 @@ impl Reads<'_> {
             let Some(value) = value else { continue };
             core.metrics.loader_ok.inc();
             let p = &pending[i];
-            let life = core.l2_life(false);
+            let life = core.l2_life(false, ttl);
             let encoded = codec::encode(Some(&value), life.expires_ms, core.policy.compress_above);
             let value = Arc::new(value);
             out[i] = Ok(Some(value.clone()));
@@ -251,7 +252,7 @@ impl Reads<'_> {
             match (encoded, seen) {
                 (Ok(encoded), Some(_)) => fills.push((p, any, encoded, life)),
                 (Ok(encoded), None) => {
-                    let entry = core.l1_entry(any, 0, Some(life.expires_ms), encoded.plain_len);
+                    let entry = core.l1_entry_for(any, 0, &life, encoded.plain_len);
                     core.insert_guarded(p.string.clone(), entry, &p.ticket);
                 }
                 (Err(e), _) => {
@@ -274,8 +275,8 @@ impl Reads<'_> {
         .await;
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {
             let key = p.string.clone();
-            let encoded = (life.expires_ms, encoded.plain_len);
-            load::settle_fill(core, key, value, encoded, &p.ticket, filled);
+            let weight = encoded.plain_len;
+            load::settle_fill(core, key, value, (&life, weight), &p.ticket, filled);
         }
         out
     }

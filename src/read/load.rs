@@ -14,7 +14,7 @@ use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
 use crate::l2::{L2Result, Payload, Stamp};
 use crate::metrics::key_hash;
-use crate::space::NamespaceCore;
+use crate::space::{Life, NamespaceCore, TtlOverride};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -176,16 +176,15 @@ async fn classify<V: DeserializeOwned>(
 
 /// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
 /// refused it (the key changed while loading), and version 0 if Redis could not be asked.
-/// `encoded` is the value's expiry (unix ms) and its serialized size.
+/// `life` is the value's (its expiry, the call's L1 TTL), `weight` its serialized size.
 pub(crate) fn settle_fill(
     core: &NamespaceCore,
     key: String,
     value: Option<AnyValue>,
-    encoded: (u64, usize),
+    (life, weight): (&Life, usize),
     ticket: &Ticket,
     filled: L2Result<Result<Stamp, u64>>,
 ) {
-    let (expires_ms, weight) = encoded;
     let version = match filled {
         Ok(Err(_)) => {
             core.metrics.fill_refused.inc();
@@ -198,7 +197,7 @@ pub(crate) fn settle_fill(
         // Counted by the tier.
         Err(_) => 0,
     };
-    let entry = core.l1_entry(value, version, Some(expires_ms), weight);
+    let entry = core.l1_entry_for(value, version, life, weight);
     core.insert_guarded(key, entry, ticket);
 }
 
@@ -218,6 +217,7 @@ pub(crate) async fn fly<V, F, Fut>(
     loader: F,
     mode: Mode,
     leader: Leader,
+    ttl: TtlOverride,
 ) where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -229,6 +229,7 @@ pub(crate) async fn fly<V, F, Fut>(
         ticket: core.gens.ticket(&key),
         key,
         leader: &leader,
+        ttl,
     };
     let outcome = flight.run(loader, mode).await;
     leader.finish(outcome);
@@ -240,6 +241,8 @@ struct Flight<'a> {
     key: String,
     ticket: Ticket,
     leader: &'a Leader,
+    /// The leading caller's TTL overrides, for what this flight stores.
+    ttl: TtlOverride,
 }
 
 impl Flight<'_> {
@@ -465,13 +468,14 @@ impl Flight<'_> {
         replaces: Option<u64>,
     ) -> Option<AnyValue> {
         let core = self.core;
-        let life = core.l2_life(value.is_none());
+        let life = core.l2_life(value.is_none(), self.ttl);
         let encoded = codec::encode(value.as_ref(), life.expires_ms, core.policy.compress_above);
         let value = value.map(|v| Arc::new(v) as AnyValue);
         let (encoded, seen) = match (encoded, seen) {
             (Ok(e), Some(seen)) => (e, seen),
             (Ok(e), None) => {
-                self.keep_local(value.clone(), Some(life.expires_ms), e.plain_len);
+                // Redis could not be asked: L1 only, at version 0.
+                self.insert(core.l1_entry_for(value.clone(), 0, &life, e.plain_len));
                 return value;
             }
             (Err(e), _) => {
@@ -501,9 +505,15 @@ impl Flight<'_> {
                 Err(_) => "error",
             },
         );
-        let encoded = (life.expires_ms, encoded.plain_len);
         let (key, ticket) = (self.key.clone(), &self.ticket);
-        settle_fill(core, key, value.clone(), encoded, ticket, filled);
+        settle_fill(
+            core,
+            key,
+            value.clone(),
+            (&life, encoded.plain_len),
+            ticket,
+            filled,
+        );
         value
     }
 
@@ -521,11 +531,6 @@ impl Flight<'_> {
                 .l1_entry(value.clone(), version, expires_ms, weight),
         );
         value
-    }
-
-    /// Caches a value Redis could not take, in L1 only, at version 0.
-    fn keep_local(&self, value: Option<AnyValue>, expires_ms: Option<u64>, weight: usize) {
-        self.insert(self.core.l1_entry(value, 0, expires_ms, weight));
     }
 
     fn insert(&self, entry: L1Entry) {

@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
 use crate::l1::{AnyValue, L1Entry};
-use crate::space::{Lookup, NamespaceCore};
+use crate::space::{Lookup, NamespaceCore, TtlOverride};
 use load::{L2Read, Mode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -87,6 +87,7 @@ impl Reads<'_> {
         &self,
         key: &K,
         make_loader: M,
+        ttl: TtlOverride,
     ) -> Result<Option<Arc<V>>>
     where
         K: CacheKey + ?Sized,
@@ -100,7 +101,7 @@ impl Reads<'_> {
             Lookup::Fresh(e) => return Ok(downcast(e.value)),
             Lookup::Due(e) => {
                 let value = downcast(e.value.clone());
-                self.refresh(key, e, make_loader);
+                self.refresh(key, e, make_loader, ttl);
                 return Ok(value);
             }
             Lookup::Stale(e) => Some(e),
@@ -108,14 +109,19 @@ impl Reads<'_> {
         };
         self.core.metrics.l1_miss.inc();
         // Boxed for the same reason as in `get`.
-        Box::pin(self.load_once(key_string(key), make_loader(), stale)).await
+        Box::pin(self.load_once(key_string(key), make_loader(), stale, ttl)).await
     }
 
     /// Starts one background refresh of a key due for it, unless one is running.
     /// The key's string and the loader are made only by the caller that leads: a hit while
     /// a refresh is already running makes neither.
-    fn refresh<K, V, M, F, Fut, E>(&self, key: &K, current: L1Entry, make_loader: M)
-    where
+    fn refresh<K, V, M, F, Fut, E>(
+        &self,
+        key: &K,
+        current: L1Entry,
+        make_loader: M,
+        ttl: TtlOverride,
+    ) where
         K: CacheKey + ?Sized,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         M: FnOnce() -> F,
@@ -128,7 +134,7 @@ impl Reads<'_> {
         if let crate::flight::Role::Leader(leader, _) = role {
             self.core.metrics.refresh_started.inc();
             let mode = Mode::Refresh { current };
-            self.spawn_flight(key_string(key), make_loader(), mode, leader);
+            self.spawn_flight(key_string(key), make_loader(), (mode, ttl), leader);
         }
     }
 
@@ -136,7 +142,7 @@ impl Reads<'_> {
         &self,
         key: String,
         loader: F,
-        mode: Mode,
+        (mode, ttl): (Mode, TtlOverride),
         leader: crate::flight::Leader,
     ) where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -152,6 +158,7 @@ impl Reads<'_> {
             loader,
             mode,
             leader,
+            ttl,
         );
         self.shared.runtime.spawn(task);
     }
@@ -164,6 +171,7 @@ impl Reads<'_> {
         key: String,
         loader: F,
         stale: Option<L1Entry>,
+        ttl: TtlOverride,
     ) -> Result<Option<Arc<V>>>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -181,7 +189,7 @@ impl Reads<'_> {
                         let mode = Mode::Miss {
                             stale: stale.take(),
                         };
-                        self.spawn_flight(key.clone(), f, mode, leader);
+                        self.spawn_flight(key.clone(), f, (mode, ttl), leader);
                         slot
                     }
                     // Our own load went away, and nobody else is loading.

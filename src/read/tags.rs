@@ -4,18 +4,19 @@
 use super::{batch::Pending, downcast, Reads};
 use crate::error::Result;
 use crate::key::{key_string, CacheKey};
+use crate::space::TtlOverride;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 
 impl Reads<'_> {
-    /// `get_or_load` with tags for the fill (see `Namespace::get_or_load_tagged`); tags are
-    /// checked by the caller.
+    /// `get_or_load` with tags for the fill (see `Namespace::get_or_load` on a tagged handle);
+    /// tags are checked by the caller.
     pub(crate) async fn load_tagged<K, V, F, Fut, E>(
         &self,
         key: &K,
-        tags: &[&str],
+        (tags, ttl): (&[&str], TtlOverride),
         loader: F,
     ) -> Result<Arc<V>>
     where
@@ -33,7 +34,7 @@ impl Reads<'_> {
             let ticket = self.core.gens.ticket(&string);
             let pending = [Pending::one(key, string, ticket)];
             let batch_loader = |_| async move { loader().await.map(|v| vec![Some(v)]) };
-            let mut loaded = self.load_pending(&pending, tags, batch_loader).await;
+            let mut loaded = self.load_pending(&pending, (tags, ttl), batch_loader).await;
             match loaded.pop() {
                 Some(Ok(Some(v))) => Ok(v),
                 Some(Err(e)) => Err(e),

@@ -5,8 +5,9 @@ use crate::codec;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::guard::Ticket;
+use crate::l1::AnyValue;
 use crate::outbox::Route;
-use crate::space::NamespaceCore;
+use crate::space::{NamespaceCore, TtlOverride};
 use crate::wire::Outgoing;
 use serde::Serialize;
 use std::sync::Arc;
@@ -18,13 +19,13 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
     core: &NamespaceCore,
     entries: Vec<(String, V)>,
     tags: &[&str],
-    strict: bool,
+    (strict, ttl): (bool, TtlOverride),
 ) -> Vec<Result<()>> {
     let mut out = Vec::new();
     let mut batch = Vec::new();
     for (i, (key, value)) in entries.into_iter().enumerate() {
         // Each value its own life: with jitter, keys written together expire apart.
-        let life = core.l2_life(false);
+        let life = core.l2_life(false, ttl);
         match codec::encode(Some(&value), life.expires_ms, core.policy.compress_above) {
             Ok(encoded) => {
                 batch.push((i, key, (encoded, life), value));
@@ -83,12 +84,8 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
             for ((_, key, (encoded, life), value), (ticket, alone)) in batch.into_iter().zip(after)
             {
                 if alone {
-                    let entry = core.l1_entry(
-                        Some(Arc::new(value)),
-                        stamp.version,
-                        Some(life.expires_ms),
-                        encoded.plain_len,
-                    );
+                    let value = Some(Arc::new(value) as AnyValue);
+                    let entry = core.l1_entry_for(value, stamp.version, &life, encoded.plain_len);
                     core.insert_guarded(key, entry, &ticket);
                 } else {
                     // Another invalidation of the key landed meanwhile (as in `set`).

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::l1::{AnyValue, L1Entry};
 use crate::l2::{L2Result, Payload, Stamp};
 use crate::outbox::Route;
-use crate::space::{Life, NamespaceCore};
+use crate::space::{Life, NamespaceCore, TtlOverride};
 use crate::wire::Outgoing;
 use serde::Serialize;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub(crate) fn local_only<V: Send + Sync + 'static>(
     encoded: &codec::Encoded,
 ) -> L1Entry {
     let value = Some(Arc::new(value) as AnyValue);
-    core.l1_entry(value, 0, Some(life.expires_ms), encoded.plain_len)
+    core.l1_entry_for(value, 0, life, encoded.plain_len)
 }
 
 /// Writes `value` under `key` in Redis and this node's L1, and has every other node evict it
@@ -46,9 +46,9 @@ pub(crate) async fn set<V: Serialize + Send + Sync + 'static>(
     core: &NamespaceCore,
     key: String,
     value: V,
-    strict: bool,
+    (strict, ttl): (bool, TtlOverride),
 ) -> Result<()> {
-    let life = core.l2_life(false);
+    let life = core.l2_life(false, ttl);
     let encoded = codec::encode(Some(&value), life.expires_ms, core.policy.compress_above)
         .map_err(|e| Error::Encode(Arc::new(e)))?;
     let route = match crate::write::route(shared, core, Some(&[&key]), !strict).await {
@@ -86,12 +86,8 @@ pub(crate) async fn set<V: Serialize + Send + Sync + 'static>(
         Ok(stamp) => {
             core.metrics.inv_sent.inc();
             if after.directly_follows(&before) {
-                let entry = core.l1_entry(
-                    Some(Arc::new(value)),
-                    stamp.version,
-                    Some(life.expires_ms),
-                    encoded.plain_len,
-                );
+                let value = Some(Arc::new(value) as AnyValue);
+                let entry = core.l1_entry_for(value, stamp.version, &life, encoded.plain_len);
                 core.insert_guarded(key, entry, &after);
             } else {
                 // Another invalidation of this key landed meanwhile: its order against ours

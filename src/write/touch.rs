@@ -4,7 +4,7 @@
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::l2::touch::Extension;
-use crate::space::NamespaceCore;
+use crate::space::{NamespaceCore, TtlOverride};
 
 /// Runs the touch script and, when it extended a version this node's L1 holds, gives that
 /// L1 copy the new expiry.
@@ -12,9 +12,9 @@ pub(crate) async fn touch(
     shared: &Engine,
     core: &NamespaceCore,
     key: &str,
-    expected: Option<u64>,
+    (expected, ttl): (Option<u64>, TtlOverride),
 ) -> Result<bool> {
-    let life = core.l2_life(false);
+    let life = core.l2_life(false, ttl);
     let ext = Extension {
         expected,
         expires_ms: life.expires_ms,
