@@ -125,3 +125,9 @@ pub fn strict_node(url: &str) -> tiered_cache::TieredCache {
         .build()
         .unwrap()
 }
+
+/// The Redis key of `key` in namespace `ns` under the default prefix: the one place tests
+/// spell the key layout (`{prefix}:{namespace}:{key}`, see `src/key.rs`).
+pub fn value_key(ns: &str, key: &str) -> String {
+    format!("{}:{ns}:{key}", tiered_cache::DEFAULT_PREFIX)
+}

@@ -1,0 +1,159 @@
+//! Per-call options (`EntryOptions` through `Namespace::with`): TTL overrides reach Redis and
+//! L1 on every write and fill path, strictness and tags reach batches, and options a namespace
+//! cannot honour are refused when the handle is made, before any I/O.
+
+mod support;
+
+use std::time::Duration;
+use support::{eventually, node, value_key, RedisServer, PATIENCE};
+use tiered_cache::{EntryOptions, Error};
+
+/// Milliseconds Redis keeps `key` of `ns` (`PTTL`).
+fn pttl(server: &RedisServer, ns: &str, key: &str) -> i64 {
+    server.cmd(&[b"PTTL", value_key(ns, key).as_bytes()])
+}
+
+#[tokio::test]
+async fn a_call_ttl_is_the_values_life_in_redis_on_every_write_and_fill() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    // "rate" keeps values 90 s.
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    let short = rates
+        .with(EntryOptions::new().ttl(Duration::from_secs(5)))
+        .unwrap();
+    let long = rates
+        .with(EntryOptions::new().ttl(Duration::from_secs(600)))
+        .unwrap();
+
+    rates.set("plain", 1).await.unwrap();
+    short.set("set", 1).await.unwrap();
+    long.set("long", 1).await.unwrap();
+    short.batch().set([("b1", 1), ("b2", 2)]).await;
+    short
+        .get_or_load("filled", || async { Ok::<_, std::io::Error>(7) })
+        .await
+        .unwrap();
+    let loaded = short
+        .batch()
+        .get_or_load(["bf"], |_| async { Ok::<_, std::io::Error>(vec![Some(8)]) })
+        .await;
+    assert_eq!(loaded[0].as_ref().unwrap().as_deref(), Some(&8));
+
+    let plain = pttl(&server, "rate", "plain");
+    assert!((60_000..=90_000).contains(&plain), "namespace TTL: {plain}");
+    for key in ["set", "b1", "b2", "filled", "bf"] {
+        let ms = pttl(&server, "rate", key);
+        assert!(
+            (1..=5_000).contains(&ms),
+            "{key}: PTTL {ms}, wanted at most the call's 5 s"
+        );
+    }
+    let ms = pttl(&server, "rate", "long");
+    assert!(ms > 90_000, "a longer call TTL: {ms}");
+    // The L1 copy of a value written with a long TTL still lives at most the namespace's L1
+    // TTL; it is there now.
+    assert_eq!(long.get_local("long").as_deref(), Some(&1));
+}
+
+#[tokio::test]
+async fn a_call_l1_ttl_ends_the_local_copy_while_redis_keeps_the_value() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    let brief = rates
+        .with(EntryOptions::new().l1_ttl(Duration::from_millis(300)))
+        .unwrap();
+    brief.set("k", 1).await.unwrap();
+    brief
+        .get_or_load("loaded", || async { Ok::<_, std::io::Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(rates.get_local("k").as_deref(), Some(&1));
+    assert_eq!(rates.get_local("loaded").as_deref(), Some(&2));
+    eventually(
+        "the L1 copies expire after the call's L1 TTL",
+        PATIENCE,
+        || async { rates.get_local("k").is_none() && rates.get_local("loaded").is_none() },
+    )
+    .await;
+    // Redis still holds both for the namespace's TTL: the next read finds them there.
+    assert_eq!(rates.get("k").await.as_deref(), Some(&1));
+    assert_eq!(rates.get("loaded").await.as_deref(), Some(&2));
+}
+
+#[tokio::test]
+async fn touch_extends_by_the_call_ttl() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    rates.set("k", 1).await.unwrap();
+    let longer = rates
+        .with(EntryOptions::new().ttl(Duration::from_secs(900)))
+        .unwrap();
+    assert!(longer.touch("k").await.unwrap());
+    let ms = pttl(&server, "rate", "k");
+    assert!(ms > 90_000, "extended by the call's 900 s: {ms}");
+}
+
+#[tokio::test]
+async fn options_a_namespace_cannot_honour_are_refused_before_any_io() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    // "rate": L2 TTL 90 s, L1 TTL 60 s.
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    let refused = |o: EntryOptions| rates.with(o).unwrap_err();
+    for e in [
+        refused(EntryOptions::new().ttl(Duration::ZERO)),
+        refused(EntryOptions::new().l1_ttl(Duration::ZERO)),
+        refused(EntryOptions::new().l1_ttl(Duration::from_secs(61))),
+        refused(
+            EntryOptions::new()
+                .ttl(Duration::from_secs(5))
+                .l1_ttl(Duration::from_secs(10)),
+        ),
+        refused(EntryOptions::new().ttl(Duration::from_secs(200 * 365 * 24 * 3600))),
+    ] {
+        assert!(e.is_invalid_options(), "{e}");
+    }
+    assert!(refused(EntryOptions::new().tag("a b")).is_invalid_tag());
+    // A tagged handle cannot cache a "not found" (it could not join the tag's set).
+    let tagged = rates.with(EntryOptions::new().tag("t")).unwrap();
+    let e = tagged
+        .get_or_load_optional("k", || async { Ok::<Option<u64>, std::io::Error>(None) })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+    let touched: i64 = server.cmd(&[b"EXISTS", value_key("rate", "k").as_bytes()]);
+    assert_eq!(touched, 0, "nothing was written");
+    // What a handle holds can be read back.
+    assert_eq!(tagged.options(), EntryOptions::new().tag("t"));
+}
+
+#[tokio::test]
+async fn strictness_reaches_batches_and_invalidations() {
+    let mut server = RedisServer::start();
+    let cache = node(&server).await;
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    let strict = rates.with(EntryOptions::new().strict(true)).unwrap();
+    server.kill();
+    let out = strict.batch().set([("a", 1), ("b", 2)]).await;
+    assert!(
+        out.iter().all(|r| r.as_ref().unwrap_err().is_unavailable()),
+        "{out:?}"
+    );
+    assert!(strict
+        .batch()
+        .invalidate(["a"])
+        .await
+        .unwrap_err()
+        .is_unavailable());
+    assert!(strict
+        .invalidate_namespace()
+        .await
+        .unwrap_err()
+        .is_unavailable());
+    // The plain handle queues instead.
+    assert!(rates.batch().set([("a", 1)]).await[0].is_ok());
+    assert!(cache.health().await.outbox_entries > 0);
+}
