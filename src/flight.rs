@@ -132,46 +132,6 @@ pub(crate) async fn wait(mut slot: Slot) -> Option<Outcome> {
     }
 }
 
-/// Runs `lead` under single flight for `key`, in the caller's own task (for a miss path whose
-/// loader borrows from its caller: see `tags.rs`): the first caller runs it, the others share
-/// its outcome; a waiter whose leader was cancelled or panicked goes round again and may lead
-/// itself. `coalesced` counts the callers that shared. The value type must be the one pinned
-/// for the namespace the flights belong to; a cached "not found" another caller's flight
-/// produced is `Error::NotFound` here.
-pub(crate) async fn run<V, Fut>(
-    flights: &Flights,
-    coalesced: &crate::metrics::Tally,
-    key: String,
-    lead: impl FnOnce(String) -> Fut,
-) -> Result<Arc<V>, Error>
-where
-    V: Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Arc<V>, Error>>,
-{
-    loop {
-        match flights.join(&key) {
-            Role::Leader(leader, _) => {
-                let outcome = lead(key).await;
-                leader.finish(
-                    outcome
-                        .clone()
-                        .map(|v| Some(v as Arc<dyn Any + Send + Sync>)),
-                );
-                return outcome;
-            }
-            Role::Waiter(slot) => {
-                coalesced.inc();
-                match wait(slot).await {
-                    Some(Ok(Some(v))) => return Ok(v.downcast::<V>().expect("pinned type")),
-                    Some(Ok(None)) => return Err(Error::NotFound),
-                    Some(Err(e)) => return Err(e),
-                    None => continue,
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

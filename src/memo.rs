@@ -112,11 +112,11 @@ where
             let (f, arg) = (self.f.clone(), key.clone());
             move || async move { f(arg).await.map(Some) }
         };
-        let ttl = self.namespace.ttl();
+        let fill = self.namespace.fill();
         let found = self
             .namespace
             .reads()
-            .get_or_load_with(key, make, ttl)
+            .get_or_load_with(key, make, fill)
             .await?;
         found.ok_or(crate::Error::NotFound)
     }

@@ -13,7 +13,7 @@ use crate::cache::TieredCache;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
 use crate::options::EntryOptions;
-use crate::read::{downcast, Reads};
+use crate::read::{downcast, Fill, Reads};
 use crate::space::NamespaceCore;
 use crate::space::TtlOverride;
 use serde::de::DeserializeOwned;
@@ -158,18 +158,10 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        if !self.tags().is_empty() {
-            // The tagged miss path: its fills join the tags' sets.
-            let (tags, ttl) = (self.tags(), self.ttl());
-            return Box::pin(self.reads().load_tagged(key, (&tags, ttl), loader)).await;
-        }
+        let make = move || move || async move { loader().await.map(Some) };
         let found = self
             .reads()
-            .get_or_load_with(
-                key,
-                move || move || async move { loader().await.map(Some) },
-                self.ttl(),
-            )
+            .get_or_load_with(key, make, self.fill())
             .await?;
         found.ok_or(Error::NotFound)
     }
@@ -180,7 +172,8 @@ where
     /// exist is not looked up at the source on every call. A later write of the key replaces
     /// it everywhere, like any value.
     ///
-    /// `Err(InvalidOptions)` on a handle with tags: a cached "not found" cannot join a tag's set.
+    /// On a tagged handle a cached "not found" joins the tags' sets too: invalidating a tag
+    /// drops it like any value.
     pub async fn get_or_load_optional<F, Fut, E>(
         &self,
         key: &K,
@@ -191,14 +184,8 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        if !self.tags().is_empty() {
-            return Err(Error::InvalidOptions(format!(
-                "namespace {:?}: get_or_load_optional takes no tags (a cached \"not found\" cannot join a tag's set)",
-                self.core.name
-            )));
-        }
         self.reads()
-            .get_or_load_with(key, move || loader, self.ttl())
+            .get_or_load_with(key, move || loader, self.fill())
             .await
     }
 
@@ -264,9 +251,10 @@ where
         crate::write::clear(self.cache.shared(), &self.core, self.is_strict()).await
     }
 
-    /// A handle whose every verb applies `options` (tags, strictness, TTLs) instead of this
-    /// handle's: cheap (a clone of the handle and the options behind an `Arc`); build it once
-    /// and keep it, or make one per call.
+    /// A handle whose every verb applies `options` (tags, strictness, TTLs) on top of this
+    /// handle's: what `options` sets replaces this handle's setting, and its tags are added to
+    /// this handle's. Cheap (a clone of the handle and the options behind an `Arc`): build it
+    /// once and keep it, or make one per call.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -282,6 +270,7 @@ where
     /// `Err(InvalidTag)` for a bad tag name and `Err(InvalidOptions)` for a TTL this namespace
     /// cannot honour (zero, or an L1 TTL longer than the namespace's), before any I/O.
     pub fn with(&self, options: EntryOptions) -> Result<Self> {
+        let options = self.options().layered(options);
         options.validate(&self.core.name, &self.core.policy)?;
         Ok(Self {
             options: Some(Arc::new(options)),
@@ -303,6 +292,14 @@ where
         self.options
             .as_ref()
             .map_or_else(Vec::new, |o| o.tag_refs())
+    }
+
+    /// What loads through this handle store with their values.
+    pub(crate) fn fill(&self) -> Fill<'_> {
+        Fill {
+            ttl: self.ttl(),
+            tags: self.options.as_ref().map_or(&[], |o| &o.tags[..]),
+        }
     }
 
     pub(crate) fn ttl(&self) -> TtlOverride {

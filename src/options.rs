@@ -33,9 +33,8 @@ use std::time::Duration;
 /// | [`l1_ttl`](Self::l1_ttl) | this node's L1 copy | the fill's L1 copy | – | – |
 ///
 /// Concurrent loads of one key share one flight (single flight): the leader's options apply
-/// to the value it stores. A tagged handle's loads run in the caller's task (the tagged miss
-/// path), and [`get_or_load_optional`](crate::Namespace::get_or_load_optional) refuses tags: a
-/// cached "not found" cannot join a tag's set.
+/// to the value it stores. Tagged loads take every policy of the namespace, as untagged ones
+/// do (single flight, fleet lock, timeouts, fail-safe, refresh-ahead, negative caching).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryOptions {
     pub(crate) tags: Vec<String>,
@@ -86,6 +85,39 @@ impl EntryOptions {
     /// at most the call's L2 TTL. Default: the namespace's L1 TTL.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
         self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The tags set.
+    pub fn tag_names(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// The strictness set (`None`: the builder's default).
+    pub fn strict_value(&self) -> Option<bool> {
+        self.strict
+    }
+
+    /// The L2 TTL set (`None`: the namespace's).
+    pub fn ttl_value(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The L1 TTL set (`None`: the namespace's).
+    pub fn l1_ttl_value(&self) -> Option<Duration> {
+        self.l1_ttl
+    }
+
+    /// These options with `over`'s on top: its settings win, its tags are added.
+    pub(crate) fn layered(mut self, over: EntryOptions) -> Self {
+        for tag in over.tags {
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
+        self.strict = over.strict.or(self.strict);
+        self.ttl = over.ttl.or(self.ttl);
+        self.l1_ttl = over.l1_ttl.or(self.l1_ttl);
         self
     }
 

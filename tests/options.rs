@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 use support::{eventually, node, value_key, RedisServer, PATIENCE};
-use tiered_cache::{EntryOptions, Error};
+use tiered_cache::EntryOptions;
 
 /// Milliseconds Redis keeps `key` of `ns` (`PTTL`).
 fn pttl(server: &RedisServer, ns: &str, key: &str) -> i64 {
@@ -117,13 +117,7 @@ async fn options_a_namespace_cannot_honour_are_refused_before_any_io() {
         assert!(e.is_invalid_options(), "{e}");
     }
     assert!(refused(EntryOptions::new().tag("a b")).is_invalid_tag());
-    // A tagged handle cannot cache a "not found" (it could not join the tag's set).
     let tagged = rates.with(EntryOptions::new().tag("t")).unwrap();
-    let e = tagged
-        .get_or_load_optional("k", || async { Ok::<Option<u64>, std::io::Error>(None) })
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
     let touched: i64 = server.cmd(&[b"EXISTS", value_key("rate", "k").as_bytes()]);
     assert_eq!(touched, 0, "nothing was written");
     // What a handle holds can be read back.
@@ -156,4 +150,95 @@ async fn strictness_reaches_batches_and_invalidations() {
     // The plain handle queues instead.
     assert!(rates.batch().set([("a", 1)]).await[0].is_ok());
     assert!(cache.health().await.outbox_entries > 0);
+}
+
+#[tokio::test]
+async fn tagged_loads_take_the_namespaces_policies() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let cache = support::node_with(&server, |b| {
+        b.namespace(
+            "slow",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(60))
+                .staleness_bound(support::LOOSE_BOUND)
+                .hard_timeout(Duration::from_millis(100)),
+        )
+    })
+    .await;
+    let slow = cache.namespace::<str, u64>("slow").unwrap();
+    let tagged = slow.with(EntryOptions::new().tag("t")).unwrap();
+    // The hard timeout applies to a tagged load as to an untagged one.
+    let e = tagged
+        .get_or_load("k", || async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, std::io::Error>(1)
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_loader(), "{e}");
+
+    // Negative caching on a tagged handle: the "not found" is cached, and joins the tag.
+    let calls = Arc::new(AtomicU32::new(0));
+    let load = |calls: &Arc<AtomicU32>| {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, SeqCst);
+            Ok::<Option<u64>, std::io::Error>(None)
+        }
+    };
+    assert_eq!(
+        tagged
+            .get_or_load_optional("gone", load(&calls))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        tagged
+            .get_or_load_optional("gone", load(&calls))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "the cached \"not found\" answered the second call"
+    );
+    assert_eq!(
+        slow.invalidate_tag("t").await.unwrap(),
+        1,
+        "the tag listed the key"
+    );
+    assert_eq!(
+        tagged
+            .get_or_load_optional("gone", load(&calls))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(calls.load(SeqCst), 2, "invalidating the tag dropped it");
+}
+
+#[tokio::test]
+async fn with_layers_options_on_the_handles_own() {
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let rates = cache.namespace::<str, u64>("rate").unwrap();
+    let strict = rates
+        .with(EntryOptions::new().strict(true).tag("a"))
+        .unwrap();
+    let both = strict
+        .with(EntryOptions::new().tag("b").ttl(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        both.options(),
+        EntryOptions::new()
+            .tags(["a", "b"])
+            .strict(true)
+            .ttl(Duration::from_secs(5))
+    );
+    let lax = both.with(EntryOptions::new().strict(false)).unwrap();
+    assert_eq!(lax.options().strict_value(), Some(false));
 }

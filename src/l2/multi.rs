@@ -218,13 +218,13 @@ impl L2Tier {
         &self,
         ns: Target<'_>,
         key: &str,
-        seen: Stamp,
+        (seen, replaces): (Stamp, Option<u64>),
         value: Payload<'_>,
         tags: &[&str],
     ) -> L2Result<Result<Stamp, u64>> {
         let namespace = ns.name;
         if tags.is_empty() {
-            return self.fill(ns, key, seen, None, value).await;
+            return self.fill(ns, key, seen, replaces, value).await;
         }
         let ttl = ttl_ms(value.ttl);
         let extra = |inv: &mut redis::ScriptInvocation<'_>| {
@@ -239,7 +239,7 @@ impl L2Tier {
                 .arg(ttl)
                 .arg(tags.len());
         };
-        self.fill_with(&TAGGED_FILL_SCRIPT, ns, key, (seen, None), value, extra)
+        self.fill_with(&TAGGED_FILL_SCRIPT, ns, key, (seen, replaces), value, extra)
             .await
     }
 

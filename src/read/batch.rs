@@ -27,18 +27,6 @@ pub(crate) struct Pending<'k, K: ?Sized> {
     at: Vec<usize>,
 }
 
-impl<'k, K: ?Sized> Pending<'k, K> {
-    /// One key about to be read from Redis, at position 0.
-    pub(crate) fn one(key: &'k K, string: String, ticket: Ticket) -> Self {
-        Self {
-            key,
-            string,
-            ticket,
-            at: vec![0],
-        }
-    }
-}
-
 /// The loader of a batch returned a list whose length does not match the keys it was given.
 #[derive(Debug)]
 struct LoaderShape {
@@ -270,7 +258,7 @@ impl Reads<'_> {
             };
             shared
                 .l2
-                .fill_tagged(core.target(), &p.string, seen, payload, tags)
+                .fill_tagged(core.target(), &p.string, (seen, None), payload, tags)
         }))
         .await;
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {

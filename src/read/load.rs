@@ -217,7 +217,7 @@ pub(crate) async fn fly<V, F, Fut>(
     loader: F,
     mode: Mode,
     leader: Leader,
-    ttl: TtlOverride,
+    (ttl, tags): (TtlOverride, Vec<String>),
 ) where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -230,6 +230,7 @@ pub(crate) async fn fly<V, F, Fut>(
         key,
         leader: &leader,
         ttl,
+        tags,
     };
     let outcome = flight.run(loader, mode).await;
     leader.finish(outcome);
@@ -241,8 +242,9 @@ struct Flight<'a> {
     key: String,
     ticket: Ticket,
     leader: &'a Leader,
-    /// The leading caller's TTL overrides, for what this flight stores.
+    /// The leading caller's TTL overrides and tags, for what this flight stores.
     ttl: TtlOverride,
+    tags: Vec<String>,
 }
 
 impl Flight<'_> {
@@ -493,8 +495,11 @@ impl Flight<'_> {
         };
         let span = tracing::debug_span!(target: "tiered_cache::loader", "l2_fill", namespace = %core.name, tier = "l2",
             key_hash = key_hash(&self.key), outcome = Empty);
+        let tags: Vec<&str> = self.tags.iter().map(String::as_str).collect();
+        // With tags, the fill joins each tag's set and is refused if one was invalidated
+        // after `seen` (see `l2/multi.rs`).
         let filled = (self.shared.l2)
-            .fill(core.target(), &self.key, seen, replaces, payload)
+            .fill_tagged(core.target(), &self.key, (seen, replaces), payload, &tags)
             .instrument(span.clone())
             .await;
         span.record(

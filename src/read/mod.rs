@@ -4,7 +4,6 @@
 
 pub(crate) mod batch;
 pub(crate) mod load;
-mod tags;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -18,6 +17,20 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What a load stores along with its value: the caller's TTL overrides and tags.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Fill<'a> {
+    pub(crate) ttl: TtlOverride,
+    pub(crate) tags: &'a [String],
+}
+
+impl Fill<'_> {
+    /// An owned copy for a flight (made only by the caller that starts one).
+    fn owned(&self) -> (TtlOverride, Vec<String>) {
+        (self.ttl, self.tags.to_vec())
+    }
+}
 
 /// One namespace's read path, over the engine and the namespace's state.
 pub(crate) struct Reads<'a> {
@@ -87,7 +100,7 @@ impl Reads<'_> {
         &self,
         key: &K,
         make_loader: M,
-        ttl: TtlOverride,
+        fill: Fill<'_>,
     ) -> Result<Option<Arc<V>>>
     where
         K: CacheKey + ?Sized,
@@ -101,7 +114,7 @@ impl Reads<'_> {
             Lookup::Fresh(e) => return Ok(downcast(e.value)),
             Lookup::Due(e) => {
                 let value = downcast(e.value.clone());
-                self.refresh(key, e, make_loader, ttl);
+                self.refresh(key, e, make_loader, fill);
                 return Ok(value);
             }
             Lookup::Stale(e) => Some(e),
@@ -109,19 +122,14 @@ impl Reads<'_> {
         };
         self.core.metrics.l1_miss.inc();
         // Boxed for the same reason as in `get`.
-        Box::pin(self.load_once(key_string(key), make_loader(), stale, ttl)).await
+        Box::pin(self.load_once(key_string(key), make_loader(), stale, fill.owned())).await
     }
 
     /// Starts one background refresh of a key due for it, unless one is running.
     /// The key's string and the loader are made only by the caller that leads: a hit while
     /// a refresh is already running makes neither.
-    fn refresh<K, V, M, F, Fut, E>(
-        &self,
-        key: &K,
-        current: L1Entry,
-        make_loader: M,
-        ttl: TtlOverride,
-    ) where
+    fn refresh<K, V, M, F, Fut, E>(&self, key: &K, current: L1Entry, make_loader: M, fill: Fill<'_>)
+    where
         K: CacheKey + ?Sized,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         M: FnOnce() -> F,
@@ -134,7 +142,7 @@ impl Reads<'_> {
         if let crate::flight::Role::Leader(leader, _) = role {
             self.core.metrics.refresh_started.inc();
             let mode = Mode::Refresh { current };
-            self.spawn_flight(key_string(key), make_loader(), (mode, ttl), leader);
+            self.spawn_flight(key_string(key), make_loader(), (mode, fill.owned()), leader);
         }
     }
 
@@ -142,7 +150,7 @@ impl Reads<'_> {
         &self,
         key: String,
         loader: F,
-        (mode, ttl): (Mode, TtlOverride),
+        (mode, fill): (Mode, (TtlOverride, Vec<String>)),
         leader: crate::flight::Leader,
     ) where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -158,7 +166,7 @@ impl Reads<'_> {
             loader,
             mode,
             leader,
-            ttl,
+            fill,
         );
         self.shared.runtime.spawn(task);
     }
@@ -171,7 +179,7 @@ impl Reads<'_> {
         key: String,
         loader: F,
         stale: Option<L1Entry>,
-        ttl: TtlOverride,
+        fill: (TtlOverride, Vec<String>),
     ) -> Result<Option<Arc<V>>>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -189,7 +197,7 @@ impl Reads<'_> {
                         let mode = Mode::Miss {
                             stale: stale.take(),
                         };
-                        self.spawn_flight(key.clone(), f, (mode, ttl), leader);
+                        self.spawn_flight(key.clone(), f, (mode, fill.clone()), leader);
                         slot
                     }
                     // Our own load went away, and nobody else is loading.
