@@ -2,11 +2,13 @@
 //!
 //! What the envelope (MessagePack, structs as maps) does to the usual exact types, checked by
 //! property tests here (codec only) and in `tests/decimal.rs` (through Redis, node to node):
+//! `Decimal`s at every scale 0..=28 and at the extreme mantissas, compared by
+//! `Decimal::serialize()` (mantissa, sign and scale bits), not just `==`.
 //!
 //! | type | default serde form | round trip |
 //! |---|---|---|
-//! | `rust_decimal::Decimal` | its string, e.g. `"-1.500"` | exact (mantissa, scale, trailing zeros) for every value **except negative zero**: `-0.00` comes back as `0.00` (same scale, equal by `==`, sign bit lost: `Decimal`'s parser drops it) |
-//! | `Decimal` with [`exact::decimal`](crate::exact::decimal) | its 16-byte binary form (`Decimal::serialize`) | exact for every value, negative zero included; smaller and cheaper to decode |
+//! | `rust_decimal::Decimal` | its string, e.g. `"-1.500"` | exact (mantissa, scale, trailing zeros: `1.500` stays `1.500`) for every value **except negative zero**: `-0.00` comes back as `0.00` (same scale, equal by `==`, sign bit lost: `Decimal`'s parser drops it) |
+//! | `Decimal` with [`exact::decimal`](crate::exact::decimal) | its 16-byte binary form (`Decimal::serialize`) | exact for every value, negative zero included; smaller and cheaper to decode; still reads values stored in the string form |
 //! | `std::time::SystemTime` | `{secs_since_epoch, nanos_since_epoch}` | exact to the nanosecond from the Unix epoch on; a time before the epoch cannot be encoded (`set` returns `Error::Encode`, nothing is cached) |
 //! | `i64` Unix nanoseconds | a MessagePack integer | exact |
 //!

@@ -1,0 +1,74 @@
+//! The handles that carry no namespace: the invalidation bus's and the circuit breaker's.
+//! Several caches in one process share them (last writer wins for the gauges).
+
+use super::Tally;
+use metrics::{counter, gauge, Counter, Gauge};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Bus-wide counts.
+pub(crate) struct BusMetrics {
+    pub(crate) subscribed: Tally,
+    pub(crate) disconnected: Tally,
+    pub(crate) own_skipped: Tally,
+    pub(crate) malformed: Tally,
+    pub(crate) gaps: Tally,
+    /// Resynchronisations (after any subscription, gap, unreadable message, new epoch).
+    pub(crate) resyncs: Tally,
+    /// Messages known lost: the sum of the holes in the version sequence.
+    pub(crate) lost: Tally,
+    pub(crate) connected: Gauge,
+}
+
+impl BusMetrics {
+    pub(crate) fn new() -> Self {
+        let ev = |event: &'static str| {
+            Tally::new(counter!("tiered_cache_bus_events_total", "event" => event))
+        };
+        Self {
+            subscribed: ev("subscribed"),
+            disconnected: ev("disconnected"),
+            own_skipped: ev("own_skipped"),
+            malformed: ev("malformed"),
+            gaps: ev("gap"),
+            resyncs: ev("resync"),
+            lost: Tally::new(counter!("tiered_cache_invalidations_lost_total")),
+            connected: {
+                let g = gauge!("tiered_cache_bus_connected");
+                g.set(0.0);
+                g
+            },
+        }
+    }
+}
+
+/// The breaker's state gauge and transition counts.
+pub(crate) struct BreakerMetrics {
+    pub(crate) state: Gauge,
+    /// To closed, half-open, open.
+    to: [Counter; 3],
+    total: AtomicU64,
+}
+
+impl BreakerMetrics {
+    pub(crate) fn new() -> Self {
+        let to =
+            |state: &'static str| counter!("tiered_cache_breaker_transitions_total", "to" => state);
+        Self {
+            state: gauge!("tiered_cache_breaker_state"),
+            to: [to("closed"), to("half_open"), to("open")],
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a transition to the state whose gauge value is `to` (0 closed, 1 half-open,
+    /// 2 open) and sets the gauge.
+    pub(crate) fn transition(&self, to: f64) {
+        self.state.set(to);
+        self.to[(to as usize).min(2)].increment(1);
+        self.total.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn transitions(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+}
