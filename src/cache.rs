@@ -208,7 +208,7 @@ impl TieredCacheBuilder {
         let replay_wanted = Arc::new(tokio::sync::Notify::new());
         let breaker = Breaker::new(
             self.breaker_threshold,
-            self.reconnect_backoff,
+            self.breaker_cooldown,
             replay_wanted.clone(),
         );
         let l2 = L2Tier::new(
@@ -216,7 +216,7 @@ impl TieredCacheBuilder {
             keys,
             self.l2_timeout,
             self.connect_timeout,
-            self.reconnect_backoff,
+            self.breaker_cooldown,
             breaker,
         )
         .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
@@ -252,13 +252,13 @@ impl TieredCacheBuilder {
             connect_timeout: self.connect_timeout,
             command_timeout: self.l2_timeout,
             heartbeat: self.heartbeat,
-            max_backoff: self.reconnect_backoff.max(Duration::from_millis(100)),
+            max_backoff: self.subscriber_backoff.max(Duration::from_millis(100)),
         };
         let mut tasks = vec![
             runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
             runtime.spawn(crate::write::run_replayer(
                 shared.clone(),
-                self.reconnect_backoff,
+                self.outbox_retry,
             )),
         ];
         if self.track_external_writes {

@@ -324,7 +324,9 @@ pub struct TieredCacheBuilder {
     pub(crate) namespaces: Vec<(String, NamespacePolicy)>,
     pub(crate) l2_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) reconnect_backoff: Duration,
+    pub(crate) breaker_cooldown: Duration,
+    pub(crate) outbox_retry: Duration,
+    pub(crate) subscriber_backoff: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) track_external_writes: bool,
     pub(crate) breaker_threshold: u32,
@@ -341,7 +343,9 @@ impl Default for TieredCacheBuilder {
             namespaces: Vec::new(),
             l2_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
-            reconnect_backoff: Duration::from_millis(500),
+            breaker_cooldown: Self::DEFAULT_BACKOFF,
+            outbox_retry: Self::DEFAULT_BACKOFF,
+            subscriber_backoff: Self::DEFAULT_BACKOFF,
             heartbeat: Duration::from_millis(100),
             track_external_writes: false,
             breaker_threshold: Self::DEFAULT_BREAKER_THRESHOLD,
@@ -353,6 +357,9 @@ impl Default for TieredCacheBuilder {
 }
 
 impl TieredCacheBuilder {
+    /// Default for [`breaker_cooldown`](Self::breaker_cooldown),
+    /// [`outbox_retry`](Self::outbox_retry) and [`subscriber_backoff`](Self::subscriber_backoff).
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
     /// Default for [`breaker_threshold`](Self::breaker_threshold).
     pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
     /// Default for [`outbox_capacity`](Self::outbox_capacity).
@@ -393,11 +400,27 @@ impl TieredCacheBuilder {
     }
 
     /// The circuit breaker's cool-down: once open, how long calls skip Redis (reads answered
-    /// from L1 or the loader, writes queued, at once) before one probe is let through. Also
-    /// the outbox's retry interval and the subscriber's longest reconnect delay.
+    /// from L1 or the loader, writes queued, at once) before one probe is let through; also
+    /// the longest delay of the L2 connection's own reconnect. Default: 500 ms.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// How often the outbox tries to replay what it holds while Redis stays unreachable
+    /// (it also tries at once when the breaker closes or the subscriber resubscribes).
     /// Default: 500 ms.
-    pub fn reconnect_backoff(mut self, backoff: Duration) -> Self {
-        self.reconnect_backoff = backoff;
+    pub fn outbox_retry(mut self, interval: Duration) -> Self {
+        self.outbox_retry = interval;
+        self
+    }
+
+    /// The longest delay between the invalidation subscriber's (and external-write
+    /// tracking's) reconnect attempts; they start at 50 ms and double up to this (at least
+    /// 100 ms). While the subscriber is away, namespaces with a staleness bound bypass L1.
+    /// Default: 500 ms.
+    pub fn subscriber_backoff(mut self, max: Duration) -> Self {
+        self.subscriber_backoff = max;
         self
     }
 
@@ -483,7 +506,9 @@ impl TieredCacheBuilder {
         for (what, d) in [
             ("l2_timeout", self.l2_timeout),
             ("connect_timeout", self.connect_timeout),
-            ("reconnect_backoff", self.reconnect_backoff),
+            ("breaker_cooldown", self.breaker_cooldown),
+            ("outbox_retry", self.outbox_retry),
+            ("subscriber_backoff", self.subscriber_backoff),
             ("heartbeat", self.heartbeat),
         ] {
             if d.is_zero() {

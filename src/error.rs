@@ -45,8 +45,8 @@ pub enum Error {
     /// A tag name was rejected. Tags become part of Redis key names, so they follow the
     /// namespace rules: 1 to 64 bytes of `[A-Za-z0-9_.-]`. Nothing was read or written.
     InvalidTag(String),
-    /// Per-call options were rejected (see [`EntryOptions`](crate::EntryOptions)): a TTL this
-    /// namespace cannot honour, or an option the verb cannot take. Nothing was read or written.
+    /// Per-call options were rejected by [`Namespace::with`](crate::Namespace::with): a TTL
+    /// this namespace cannot honour. Nothing was read or written.
     InvalidOptions(String),
     /// The Redis key (named here) holds bytes this crate did not write: no envelope magic byte.
     /// Returned by tooling that reads raw values (`Admin::inspect`); the cache itself reads such

@@ -27,7 +27,9 @@ fn builder(url: &str) -> TieredCacheBuilder {
         .heartbeat(Duration::from_millis(50))
         .l2_timeout(L2_TIMEOUT)
         .connect_timeout(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(100))
+        .breaker_cooldown(Duration::from_millis(100))
+        .outbox_retry(Duration::from_millis(100))
+        .subscriber_backoff(Duration::from_millis(100))
 }
 
 async fn subscribed(c: &TieredCache) {
@@ -187,7 +189,9 @@ async fn open_breaker_answers_at_once_and_half_open_lets_exactly_one_probe_throu
         // probe the test counts.
         .heartbeat(Duration::from_secs(600))
         .l2_timeout(L2_TIMEOUT)
-        .reconnect_backoff(COOL_DOWN)
+        .breaker_cooldown(COOL_DOWN)
+        .outbox_retry(COOL_DOWN)
+        .subscriber_backoff(COOL_DOWN)
         .breaker_threshold(2)
         .build()
         .unwrap();
@@ -567,7 +571,9 @@ async fn a_caller_dropped_while_replaying_a_queued_clear_leaves_it_queued() {
     let a = builder(&proxy.url())
         .l2_timeout(Duration::from_millis(1500))
         .breaker_threshold(1000)
-        .reconnect_backoff(Duration::from_secs(60))
+        .breaker_cooldown(Duration::from_secs(60))
+        .outbox_retry(Duration::from_secs(60))
+        .subscriber_backoff(Duration::from_secs(60))
         .build()
         .unwrap();
     let b = builder(&server.url()).build().unwrap();

@@ -627,7 +627,9 @@ fn workload_node(url: &str, tracking: bool) -> TieredCache {
         .heartbeat(MS(50))
         .l2_timeout(MS(200))
         .connect_timeout(MS(300))
-        .reconnect_backoff(MS(100))
+        .breaker_cooldown(MS(100))
+        .outbox_retry(MS(100))
+        .subscriber_backoff(MS(100))
         .track_external_writes(tracking)
         .build()
         .expect("build")
@@ -825,7 +827,9 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
             .heartbeat(MS(50))
             .l2_timeout(MS(100))
             .connect_timeout(MS(100))
-            .reconnect_backoff(MS(100))
+            .breaker_cooldown(MS(100))
+            .outbox_retry(MS(100))
+            .subscriber_backoff(MS(100))
             .build()
             .unwrap();
         support::eventually("workload nodes subscribed", support::PATIENCE, || {

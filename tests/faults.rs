@@ -110,7 +110,9 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
         .heartbeat(Duration::from_secs(600))
         .l2_timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(100))
+        .breaker_cooldown(Duration::from_millis(100))
+        .outbox_retry(Duration::from_millis(100))
+        .subscriber_backoff(Duration::from_millis(100))
         .build()
         .unwrap();
     let mut messages = bus.into_on_message();

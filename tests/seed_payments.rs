@@ -29,7 +29,9 @@ async fn fleet(server: &RedisServer, nodes: usize) -> Fleet {
     let fleet = Fleet::start(&config, nodes, WALLETS, Some(support::LOOSE_BOUND), |b| {
         b.heartbeat(Duration::from_millis(50))
             .l2_timeout(Duration::from_millis(200))
-            .reconnect_backoff(Duration::from_millis(100))
+            .breaker_cooldown(Duration::from_millis(100))
+            .outbox_retry(Duration::from_millis(100))
+            .subscriber_backoff(Duration::from_millis(100))
     })
     .await
     .unwrap();

@@ -63,7 +63,9 @@ pub async fn node_with(
             NamespacePolicy::new(Duration::from_secs(60)).staleness_bound(LOOSE_BOUND),
         )
         .heartbeat(Duration::from_millis(50))
-        .reconnect_backoff(Duration::from_millis(100));
+        .breaker_cooldown(Duration::from_millis(100))
+        .outbox_retry(Duration::from_millis(100))
+        .subscriber_backoff(Duration::from_millis(100));
     let cache = tweak(b).build().expect("build");
     let c = cache.clone();
     eventually("subscribed", PATIENCE, || {
@@ -121,7 +123,9 @@ pub fn strict_node(url: &str) -> tiered_cache::TieredCache {
         .heartbeat(Duration::from_millis(50))
         .l2_timeout(Duration::from_millis(200))
         .connect_timeout(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(100))
+        .breaker_cooldown(Duration::from_millis(100))
+        .outbox_retry(Duration::from_millis(100))
+        .subscriber_backoff(Duration::from_millis(100))
         .build()
         .unwrap()
 }
