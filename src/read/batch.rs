@@ -2,7 +2,8 @@
 //! version counter in the same round trip when a load may follow), then one loader call for
 //! the keys still missing, then guarded fills to both tiers (see `batch.rs` for the contract).
 
-use super::{downcast, load, load::L2Read, Reads};
+use super::remote::{self, L2Read};
+use super::{downcast, Reads};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::guard::Ticket;
@@ -125,7 +126,7 @@ impl Reads<'_> {
         let mut found = Vec::with_capacity(pending.len());
         for (p, bytes) in pending.iter().zip(values) {
             let read = match bytes {
-                Some(bytes) => load::judge_l2::<V>(core, shared, &bytes).await,
+                Some(bytes) => remote::judge_l2::<V>(core, shared, &bytes).await,
                 None => {
                     core.metrics.l2_miss.inc();
                     L2Read::Miss
@@ -264,7 +265,7 @@ impl Reads<'_> {
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {
             let key = p.string.clone();
             let weight = encoded.plain_len;
-            load::settle_fill(core, key, value, (&life, weight), &p.ticket, filled);
+            remote::settle_fill(core, key, value, (&life, weight), &p.ticket, filled);
         }
         out
     }

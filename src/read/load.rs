@@ -6,15 +6,16 @@
 //! that stops waiting: at a soft timeout callers get the stale value while the load goes on,
 //! and a refresh-ahead runs while hits keep being served.
 
-use crate::codec::{self, Stored};
+use super::remote::{peek_l2, read_l2, settle_fill, L2Read};
+use crate::codec;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::flight::{Leader, Outcome};
 use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{L2Result, Payload, Stamp};
+use crate::l2::{Payload, Stamp};
 use crate::metrics::key_hash;
-use crate::space::{Life, NamespaceCore, TtlOverride};
+use crate::space::{NamespaceCore, TtlOverride};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -25,181 +26,6 @@ use tracing::Instrument;
 
 /// What a loader returns: the value, `None` for "not found", or its error.
 pub(crate) type Loaded<V> = Result<Option<V>, Box<dyn std::error::Error + Send + Sync>>;
-
-/// The outcome of one Redis read.
-pub(crate) enum L2Read<V> {
-    /// A live entry (`value: None` is a cached "not found").
-    Hit {
-        version: u64,
-        expires_ms: Option<u64>,
-        value: Option<V>,
-        weight: usize,
-    },
-    /// A value past its expiry that Redis keeps for fail-safe.
-    Expired {
-        version: u64,
-        value: Option<V>,
-        weight: usize,
-    },
-    /// No live value: absent, a tombstone, older than the namespace floor, or undecodable.
-    Miss,
-    /// Redis could not be asked.
-    Unavailable,
-}
-
-/// Reads and decodes one key from Redis, counting the outcome. Bad bytes are a counted miss,
-/// never a panic.
-pub(crate) async fn read_l2<V: DeserializeOwned>(
-    core: &NamespaceCore,
-    shared: &Engine,
-    key: &str,
-) -> L2Read<V> {
-    let read = peek_l2(core, shared, key).await;
-    let m = &core.metrics;
-    match &read {
-        L2Read::Hit { .. } => m.l2_hit.inc(),
-        L2Read::Expired { .. } | L2Read::Miss => m.l2_miss.inc(),
-        L2Read::Unavailable => {}
-    }
-    read
-}
-
-/// Reads one key from Redis without counting a hit or miss (errors are still counted), timed
-/// with its decode, under a span `l2_read`.
-async fn peek_l2<V: DeserializeOwned>(
-    core: &NamespaceCore,
-    shared: &Engine,
-    key: &str,
-) -> L2Read<V> {
-    let span = tracing::debug_span!(target: "tiered_cache::loader", "l2_read", namespace = %core.name, tier = "l2",
-        key_hash = key_hash(key), outcome = Empty);
-    let read = async {
-        let start = Instant::now();
-        let (read, asked) = match shared.l2.get(core.target(), key).await {
-            Ok(Some(bytes)) => (classify(core, shared, &bytes).await, true),
-            Ok(None) => (L2Read::Miss, true),
-            Err(e) => {
-                // Skipped by the open breaker: Redis was not asked, no latency to speak of.
-                (L2Read::Unavailable, e.kind() != "skipped")
-            }
-        };
-        if asked {
-            core.metrics.latency.l2.record(start.elapsed());
-        }
-        read
-    }
-    .instrument(span.clone())
-    .await;
-    span.record("outcome", read.outcome());
-    read
-}
-
-impl<V> L2Read<V> {
-    /// The outcome's name in spans.
-    fn outcome(&self) -> &'static str {
-        match self {
-            L2Read::Hit { .. } => "hit",
-            L2Read::Expired { .. } => "expired",
-            L2Read::Miss => "miss",
-            L2Read::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Judges bytes read from Redis under a key, counting the outcome as `read_l2` does (for
-/// batch reads, which fetch many keys at once).
-pub(crate) async fn judge_l2<V: DeserializeOwned>(
-    core: &NamespaceCore,
-    shared: &Engine,
-    bytes: &[u8],
-) -> L2Read<V> {
-    let read = classify(core, shared, bytes).await;
-    match &read {
-        L2Read::Hit { .. } => core.metrics.l2_hit.inc(),
-        _ => core.metrics.l2_miss.inc(),
-    }
-    read
-}
-
-/// A live value at or above the namespace floor is a hit (or, past its expiry and kept for
-/// fail-safe, expired); a tombstone, an older value or bytes that do not decode are misses.
-async fn classify<V: DeserializeOwned>(
-    core: &NamespaceCore,
-    shared: &Engine,
-    bytes: &[u8],
-) -> L2Read<V> {
-    match codec::decode::<V>(bytes) {
-        Ok(Stored::Value {
-            version,
-            expires_ms,
-            value,
-        }) if version >= core.floor() => {
-            let weight = codec::plain_len(bytes);
-            match expires_ms {
-                Some(at) if core.policy.fail_safe.is_some() && at <= codec::unix_ms() => {
-                    L2Read::Expired {
-                        version,
-                        value,
-                        weight,
-                    }
-                }
-                _ => L2Read::Hit {
-                    version,
-                    expires_ms,
-                    value,
-                    weight,
-                },
-            }
-        }
-        Ok(Stored::Value { .. }) => {
-            // Below the floor: cleared, or written after the counter started over while this
-            // node still holds the old floor. Asking for the epoch tells the two apart (the
-            // L2 tier acts on a new one).
-            let _ = shared.l2.current_stamp(None).await;
-            L2Read::Miss
-        }
-        Ok(Stored::Tombstone) => L2Read::Miss,
-        Err(e) => {
-            core.metrics.decode_error.inc();
-            tracing::warn!(
-                target: "tiered_cache::loader",
-                namespace = %core.name,
-                kind = e.kind(),
-                len = bytes.len(),
-                error = %e,
-                "undecodable value in redis, served as a miss"
-            );
-            L2Read::Miss
-        }
-    }
-}
-
-/// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
-/// refused it (the key changed while loading), and version 0 if Redis could not be asked.
-/// `life` is the value's (its expiry, the call's L1 TTL), `weight` its serialized size.
-pub(crate) fn settle_fill(
-    core: &NamespaceCore,
-    key: String,
-    value: Option<AnyValue>,
-    (life, weight): (&Life, usize),
-    ticket: &Ticket,
-    filled: L2Result<Result<Stamp, u64>>,
-) {
-    let version = match filled {
-        Ok(Err(_)) => {
-            core.metrics.fill_refused.inc();
-            return;
-        }
-        Ok(Ok(stamp)) => {
-            core.metrics.fill_stored.inc();
-            stamp.version
-        }
-        // Counted by the tier.
-        Err(_) => 0,
-    };
-    let entry = core.l1_entry_for(value, version, life, weight);
-    core.insert_guarded(key, entry, ticket);
-}
 
 /// Why a flight runs.
 pub(crate) enum Mode {

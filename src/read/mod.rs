@@ -4,13 +4,15 @@
 
 pub(crate) mod batch;
 pub(crate) mod load;
+pub(crate) mod remote;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::key::{key_string, with_key_str, CacheKey};
 use crate::l1::{AnyValue, L1Entry};
 use crate::space::{Lookup, NamespaceCore, TtlOverride};
-use load::{L2Read, Mode};
+use load::Mode;
+use remote::L2Read;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -76,7 +78,7 @@ impl Reads<'_> {
         let core: &NamespaceCore = self.core;
         core.metrics.l1_miss.inc();
         let ticket = core.gens.ticket(&key);
-        match load::read_l2::<V>(core, self.shared, &key).await {
+        match remote::read_l2::<V>(core, self.shared, &key).await {
             L2Read::Hit {
                 version,
                 expires_ms,
