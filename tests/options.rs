@@ -242,3 +242,33 @@ async fn with_layers_options_on_the_handles_own() {
     let lax = both.with(EntryOptions::new().strict(false)).unwrap();
     assert_eq!(lax.options().strict_value(), Some(false));
 }
+
+#[tokio::test]
+async fn a_queued_write_is_replayed_with_what_is_left_of_its_call_ttl() {
+    let mut server = RedisServer::start();
+    let cache = support::node_with_fees(&server).await;
+    // "fees" keeps values 90 s; these writes are for 4 s and for 10 minutes.
+    let fees = cache.namespace::<str, u64>("fees").unwrap();
+    let brief = fees
+        .with(EntryOptions::new().ttl(Duration::from_secs(4)))
+        .unwrap();
+    let long = fees
+        .with(EntryOptions::new().ttl(Duration::from_secs(600)))
+        .unwrap();
+    server.kill();
+    brief.set("brief", 1).await.unwrap();
+    long.set("long", 2).await.unwrap();
+    assert_eq!(cache.health().await.outbox_entries, 2, "both queued");
+    server.restart();
+    eventually("the outbox replayed", PATIENCE, || async {
+        cache.health().await.outbox_entries == 0
+    })
+    .await;
+    let ms = pttl(&server, "fees", "brief");
+    assert!(
+        (1..=4_000).contains(&ms),
+        "brief: PTTL {ms}, wanted what is left of 4 s"
+    );
+    let ms = pttl(&server, "fees", "long");
+    assert!(ms > 90_000, "long: PTTL {ms}, wanted what is left of 600 s");
+}

@@ -88,12 +88,13 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             ns, key, bytes, at, ..
         } => {
             let message = Outgoing::keys(shared.node_id, ns, &[key]);
-            let left = ttl.saturating_sub(at.elapsed());
-            // Past its TTL (jittered, as the envelope says) it goes out as an invalidation.
-            let past = bytes
-                .expires_ms()
-                .is_some_and(|at| at <= crate::codec::unix_ms());
-            let done = if past || left < Duration::from_millis(1) {
+            // What is left of its life is what its envelope says (its TTL, the call's if it set
+            // one, jittered), not the namespace's: past it, it goes out as an invalidation.
+            let left = match bytes.expires_ms() {
+                Some(exp) => Duration::from_millis(exp.saturating_sub(crate::codec::unix_ms())),
+                None => ttl.saturating_sub(at.elapsed()),
+            };
+            let done = if left < Duration::from_millis(1) {
                 expired = true;
                 l2.invalidate(target, &[key], ttl, &message).await
             } else {
