@@ -1,11 +1,11 @@
 //! The outbox: writes and invalidations made while Redis is unreachable, queued and replayed
 //! through the normal write scripts (so every other node evicts) once it answers again.
 //!
-//! A `set`, `set_many`, `invalidate`, `invalidate_many` or `invalidate_namespace` that finds
+//! A `set`, `invalidate` or `invalidate_namespace` (or a batch `set` or `invalidate`) that finds
 //! the breaker open, or whose call times out or fails at the connection level, is queued here
 //! instead of failing its caller (unless the caller asked for strict writes). Tagged calls are
-//! queued as what they are sure to cover, since a replay cannot carry tags: a `set_tagged` or
-//! `set_many_tagged` as an invalidation of each key (its value is given up, counted
+//! queued as what they are sure to cover, since a replay cannot carry tags: a tagged `set` or
+//! batch `set` as an invalidation of each key (its value is given up, counted
 //! `dropped`), an `invalidate_tag` as a clear of each namespace it covers (which keys the tag
 //! lists is known only to Redis). What is kept, per namespace:
 //!

@@ -132,7 +132,7 @@ static TAGGED_FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
 static INVALIDATE_TAG_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(&format!("{TAG_HELPERS}{INVALIDATE_TAG}")));
 
-/// What `get_many` read: the raw envelopes, in key order, and when asked, the version counter
+/// What a batch read (`get_many`) read: the raw envelopes, in key order, and when asked, the version counter
 /// read right after them (what a load notes before calling its loader).
 pub(crate) type ManyRead = (Vec<Option<Vec<u8>>>, Option<Stamp>);
 

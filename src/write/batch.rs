@@ -12,7 +12,7 @@ use crate::wire::Outgoing;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// Writes many values in one script, with `tags` (see `set_many`): one outcome per entry, in
+/// Writes many values in one script, with `tags` (see `Batch::set`): one outcome per entry, in
 /// order.
 pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
     shared: &Engine,
