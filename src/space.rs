@@ -145,6 +145,34 @@ impl NamespaceCore {
         false
     }
 
+    /// Writes a fail-safe fallback (or the current value of a failed refresh) back into L1 and
+    /// says whether it may be served. A copy read from L1 (`from_l1`, before `ticket` was
+    /// taken) is only put back over that same version, never into a key an invalidation
+    /// emptied; one read from Redis under `ticket` only while the ticket is current.
+    pub(crate) fn put_back(
+        &self,
+        key: &str,
+        entry: L1Entry,
+        from_l1: bool,
+        ticket: &Ticket,
+    ) -> bool {
+        if from_l1 {
+            if !self.l1.replace_same_version(key, entry) {
+                return false;
+            }
+        } else {
+            // Not cached while L1 is bypassed (or holds a newer version), yet servable.
+            self.insert_guarded(key.to_owned(), entry, ticket);
+        }
+        // As in `insert_guarded`: an invalidation that raced the write-back takes it out.
+        std::sync::atomic::fence(SeqCst);
+        if self.gens.is_current(ticket) {
+            return true;
+        }
+        self.l1.remove(key);
+        false
+    }
+
     /// Invalidates one key locally: bump first, then evict, so a load in flight either sees
     /// the bump or has its insert removed (see `guard.rs`).
     pub(crate) fn evict(&self, key: &str) {

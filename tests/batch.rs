@@ -654,3 +654,99 @@ async fn a_failed_invalidate_many_evicts_every_listed_key_locally() {
     assert_eq!(fees.get_local("k1499"), None, "a key of the second batch");
     assert!(keys().all(|k| fees.get_local(k).is_none()));
 }
+
+/// A node with batch-policy namespaces: `slow` (hard timeout 100 ms), `safe` (300 ms TTL,
+/// fail-safe 30 s), `locked` (fleet lock) and `soft` (soft and hard timeouts).
+async fn policy_node(server: &RedisServer) -> TieredCache {
+    use tiered_cache::NamespacePolicy;
+    let p = |ttl: Duration| NamespacePolicy::new(ttl).staleness_bound(support::LOOSE_BOUND);
+    let ms = Duration::from_millis;
+    support::node_with(server, |b| {
+        b.namespace("slow", p(Duration::from_secs(60)).hard_timeout(ms(100)))
+            .namespace("safe", p(ms(300)).fail_safe(Duration::from_secs(30)))
+            .namespace(
+                "locked",
+                p(Duration::from_secs(60)).fleet_single_flight(Duration::from_secs(1)),
+            )
+            .namespace(
+                "soft",
+                p(Duration::from_secs(60))
+                    .fail_safe(Duration::from_secs(30))
+                    .soft_timeout(ms(50))
+                    .hard_timeout(ms(500)),
+            )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_load_meets_the_namespaces_hard_timeout() {
+    let server = RedisServer::start();
+    let cache = policy_node(&server).await;
+    let slow = cache.namespace::<str, u64>("slow").unwrap();
+    let out = slow
+        .batch()
+        .get_or_load(["a", "b"], |_| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, std::io::Error>(vec![Some(1), Some(2)])
+        })
+        .await;
+    for r in &out {
+        assert!(matches!(r, Err(Error::LoaderTimeout(_))), "{out:?}");
+    }
+    assert_eq!(cache.stats().namespace("slow").unwrap().loader_timeouts, 1);
+}
+
+#[tokio::test]
+async fn a_failed_batch_load_serves_fail_safe_copies_nobody_invalidated() {
+    let server = RedisServer::start();
+    let cache = policy_node(&server).await;
+    let safe = cache.namespace::<str, u64>("safe").unwrap();
+    let loaded = safe
+        .batch()
+        .get_or_load(["a", "b", "c"], |_| async {
+            Ok::<_, std::io::Error>(vec![Some(1), Some(2), Some(3)])
+        })
+        .await;
+    assert!(loaded.iter().all(|r| r.is_ok()), "{loaded:?}");
+    eventually("the values expire (300 ms TTL)", PATIENCE, || async {
+        ["a", "b", "c"].iter().all(|k| safe.get_local(k).is_none())
+    })
+    .await;
+    // "b" is invalidated: its copy must not be served.
+    safe.invalidate("b").await.unwrap();
+    let out = safe
+        .batch()
+        .get_or_load(["a", "b", "c"], |_| async {
+            Err::<Vec<Option<u64>>, _>(std::io::Error::other("source down"))
+        })
+        .await;
+    assert_eq!(out[0].as_ref().unwrap().as_deref(), Some(&1), "{out:?}");
+    assert!(out[1].as_ref().unwrap_err().is_loader(), "{out:?}");
+    assert_eq!(out[2].as_ref().unwrap().as_deref(), Some(&3), "{out:?}");
+    assert_eq!(cache.stats().namespace("safe").unwrap().stale_served, 2);
+    // Served as fresh for the throttle: the failing source is not asked again at once.
+    assert_eq!(safe.get_local("a").as_deref(), Some(&1));
+}
+
+#[tokio::test]
+async fn a_batch_load_refuses_policies_it_cannot_apply() {
+    let server = RedisServer::start();
+    let cache = policy_node(&server).await;
+    for ns in ["locked", "soft"] {
+        let handle = cache.namespace::<str, u64>(ns).unwrap();
+        let out = handle
+            .batch()
+            .get_or_load(["a"], |_| async {
+                Err::<Vec<Option<u64>>, _>(std::io::Error::other("loader called"))
+            })
+            .await;
+        assert!(
+            out[0].as_ref().unwrap_err().is_invalid_options(),
+            "{ns}: {out:?}"
+        );
+        // Batch reads and writes are fine there.
+        handle.batch().set([("a", 1)]).await[0].as_ref().unwrap();
+        assert_eq!(handle.batch().get(["a"]).await[0].as_deref(), Some(&1));
+    }
+}

@@ -66,7 +66,7 @@ where
         if pending.is_empty() {
             return out;
         }
-        let (found, _) = reads.read_many(&pending, false).await;
+        let (found, ..) = reads.read_many(&pending, false).await;
         scatter(&mut out, &pending, found);
         out
     }

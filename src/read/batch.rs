@@ -8,9 +8,9 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::guard::Ticket;
 use crate::key::{key_string, CacheKey};
-use crate::l1::AnyValue;
+use crate::l1::{AnyValue, L1Entry};
 use crate::l2::{Payload, Stamp};
-use crate::space::TtlOverride;
+use crate::space::{Lookup, NamespaceCore, TtlOverride};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
@@ -26,6 +26,8 @@ pub(crate) struct Pending<'k, K: ?Sized> {
     ticket: Ticket,
     /// Where the key stands in the caller's list.
     at: Vec<usize>,
+    /// L1's expired copy, read before the ticket, kept for fail-safe (`None` without it).
+    stale: Option<L1Entry>,
 }
 
 /// The loader of a batch returned a list whose length does not match the keys it was given.
@@ -47,6 +49,19 @@ impl std::fmt::Display for LoaderShape {
 
 impl std::error::Error for LoaderShape {}
 
+/// Why a batch load cannot apply a namespace's policy, if it cannot: it answers every key at
+/// once, so it can neither hand out stale values at a soft timeout while loading on, nor wait
+/// on one fleet lock per key.
+fn batch_refuses(policy: &crate::config::NamespacePolicy) -> Option<&'static str> {
+    if policy.soft_timeout.is_some() {
+        return Some("a batch load cannot apply the soft timeout (it answers every key at once); load these keys one by one with get_or_load");
+    }
+    if policy.fleet_lock.is_some() {
+        return Some("a batch load cannot take the fleet-wide load lock of each key; load these keys one by one with get_or_load");
+    }
+    None
+}
+
 /// Puts each pending key's outcome at every position it was asked at.
 pub(crate) fn scatter<K: ?Sized, T: Clone>(
     out: &mut [T],
@@ -61,6 +76,70 @@ pub(crate) fn scatter<K: ?Sized, T: Clone>(
 }
 
 impl Reads<'_> {
+    /// Awaits a batch loader under the namespace's hard timeout, checking it returned one
+    /// value per key asked.
+    async fn call_batch_loader<V, E>(
+        &self,
+        load: impl Future<Output = std::result::Result<Vec<Option<V>>, E>>,
+        asked: usize,
+    ) -> Result<Vec<Option<V>>>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let m = &self.core.metrics;
+        let start = std::time::Instant::now();
+        let result = match self.core.policy.hard_timeout {
+            Some(hard) => match tokio::time::timeout(hard, load).await {
+                Ok(r) => r,
+                Err(_) => {
+                    m.latency.loader.record(start.elapsed());
+                    m.loader_hard_timeout.inc();
+                    return Err(Error::LoaderTimeout(hard));
+                }
+            },
+            None => load.await,
+        };
+        m.latency.loader.record(start.elapsed());
+        match result {
+            Ok(values) if values.len() == asked => Ok(values),
+            Ok(values) => Err(Error::Loader(Arc::new(LoaderShape {
+                asked,
+                returned: values.len(),
+            }))),
+            Err(e) => Err(Error::Loader(Arc::from(e.into()))),
+        }
+    }
+
+    /// A failed batch load's outcome for one key: with fail-safe, its stale copy (L1's, read
+    /// before its ticket, or Redis's expired one, read under it) if nobody invalidated it
+    /// meanwhile, served as fresh for the throttle; else the error.
+    fn fail_safe<K: ?Sized, V: Send + Sync + 'static>(
+        &self,
+        p: &Pending<'_, K>,
+        expired: Option<L1Entry>,
+        err: Error,
+    ) -> Result<Option<Arc<V>>> {
+        let core: &NamespaceCore = self.core;
+        if core.policy.fail_safe.is_none() {
+            return Err(err);
+        }
+        // The newer of the two fallbacks, as a single-key flight picks.
+        let fallback = match (p.stale.clone(), expired) {
+            (Some(l1), Some(l2)) if l2.version > l1.version => Some((l2, false)),
+            (Some(l1), _) => Some((l1, true)),
+            (None, l2) => l2.map(|e| (e, false)),
+        };
+        let Some((stale, from_l1)) = fallback else {
+            return Err(err);
+        };
+        let value = stale.value.clone();
+        if !core.put_back(&p.string, core.throttled(stale), from_l1, &p.ticket) {
+            return Err(err);
+        }
+        core.metrics.stale_served.inc();
+        Ok(downcast::<V>(value))
+    }
+
     /// L1 for each key; the keys it could not answer, each once, with a ticket taken now.
     pub(crate) fn local_many<'k, K, V>(
         &self,
@@ -74,8 +153,14 @@ impl Reads<'_> {
         let mut out = Vec::with_capacity(keys.size_hint().0);
         let mut pending: Vec<Pending<'k, K>> = Vec::new();
         let mut index = HashMap::<String, usize>::new();
+        let fail_safe = self.core.policy.fail_safe.is_some();
         for (i, key) in keys.enumerate() {
-            let hit = self.local_value(key).and_then(downcast::<V>);
+            let (hit, stale) = match self.local(key) {
+                Lookup::Fresh(e) | Lookup::Due(e) => (e.value, None),
+                Lookup::Stale(e) => (None, Some(e).filter(|_| fail_safe)),
+                Lookup::Miss => (None, None),
+            };
+            let hit = downcast::<V>(hit);
             if hit.is_none() {
                 self.core.metrics.l1_miss.inc();
                 match index.entry(key_string(key)) {
@@ -87,6 +172,7 @@ impl Reads<'_> {
                             string: e.key().clone(),
                             ticket,
                             at: vec![i],
+                            stale,
                         });
                         e.insert(pending.len() - 1);
                     }
@@ -98,12 +184,13 @@ impl Reads<'_> {
     }
 
     /// One MGET for the pending keys (and the version counter, with `stamp`); hits go to L1
-    /// through the guard. The stamp is `None` when Redis could not be asked.
+    /// through the guard. The stamp is `None` when Redis could not be asked. Values past their
+    /// expiry that Redis keeps for fail-safe come back as fallbacks, one slot per key.
     pub(crate) async fn read_many<K, V>(
         &self,
         pending: &[Pending<'_, K>],
         stamp: bool,
-    ) -> (Vec<Option<Arc<V>>>, Option<Stamp>)
+    ) -> (Vec<Option<Arc<V>>>, Option<Stamp>, Vec<Option<L1Entry>>)
     where
         K: ?Sized,
         V: DeserializeOwned + Send + Sync + 'static,
@@ -121,10 +208,11 @@ impl Reads<'_> {
             .await;
         let (values, seen) = match read {
             Ok(read) => read,
-            Err(_) => return (vec![None; pending.len()], None),
+            Err(_) => return (vec![None; pending.len()], None, vec![None; pending.len()]),
         };
         let mut found = Vec::with_capacity(pending.len());
-        for (p, bytes) in pending.iter().zip(values) {
+        let mut expired = vec![None; pending.len()];
+        for (i, (p, bytes)) in pending.iter().zip(values).enumerate() {
             let read = match bytes {
                 Some(bytes) => remote::judge_l2::<V>(core, shared, &bytes).await,
                 None => {
@@ -145,6 +233,15 @@ impl Reads<'_> {
                     core.insert_guarded(p.string.clone(), entry, &p.ticket);
                     Some(value)
                 }
+                L2Read::Expired {
+                    version,
+                    value: value @ Some(_),
+                    weight,
+                } => {
+                    let value = value.map(|v| Arc::new(v) as AnyValue);
+                    expired[i] = Some(core.l1_entry(value, version, Some(0), weight));
+                    None
+                }
                 // A cached "not found" (see `get_or_load_optional`) is asked of the loader
                 // again by a batch, which has no way to return it.
                 L2Read::Hit { value: None, .. }
@@ -155,7 +252,7 @@ impl Reads<'_> {
         }
         core.metrics.latency.l2.record(start.elapsed());
         span.record("hits", found.iter().filter(|f| f.is_some()).count());
-        (found, seen)
+        (found, seen, expired)
     }
 
     /// `get_or_load_many`, with tags for the fills.
@@ -201,7 +298,11 @@ impl Reads<'_> {
         let (core, shared) = (&**self.core, self.shared);
         // `seen`: the version counter noted before the loader runs; `None` when Redis is out
         // of reach (cache locally only).
-        let (found, seen) = self.read_many(pending, true).await;
+        if let Some(why) = batch_refuses(&core.policy) {
+            let err = Error::InvalidOptions(format!("namespace {:?}: {why}", core.name));
+            return pending.iter().map(|_| Err(err.clone())).collect();
+        }
+        let (found, seen, expired) = self.read_many(pending, true).await;
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         let mut out: Vec<Result<Option<Arc<V>>>> = found.into_iter().map(Ok).collect();
         if missing.is_empty() {
@@ -209,20 +310,12 @@ impl Reads<'_> {
         }
 
         let asked = missing.iter().map(|&i| pending[i].key).collect();
-        let values = match loader(asked).await {
-            Ok(values) if values.len() == missing.len() => values,
-            failed => {
-                let cause: crate::error::SharedError = match failed {
-                    Err(e) => Arc::from(e.into()),
-                    Ok(values) => Arc::new(LoaderShape {
-                        asked: missing.len(),
-                        returned: values.len(),
-                    }),
-                };
-                let err = Error::Loader(cause);
+        let values = match self.call_batch_loader(loader(asked), missing.len()).await {
+            Ok(values) => values,
+            Err(err) => {
                 for &i in &missing {
                     core.metrics.loader_error.inc();
-                    out[i] = Err(err.clone());
+                    out[i] = self.fail_safe(&pending[i], expired[i].clone(), err.clone());
                 }
                 return out;
             }

@@ -271,21 +271,7 @@ impl Flight<'_> {
     /// whether it may be served (see `still_valid`). A copy from L1 is only put back over
     /// that same version, never into a key an invalidation emptied.
     fn put_back(&self, entry: L1Entry, from_l1: bool) -> bool {
-        let core = self.core;
-        if from_l1 {
-            if !core.l1.replace_same_version(&self.key, entry) {
-                return false;
-            }
-        } else {
-            self.insert(entry);
-        }
-        // As in `insert_guarded`: an invalidation that raced the write-back takes it out.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        if core.gens.is_current(&self.ticket) {
-            return true;
-        }
-        core.l1.remove(&self.key);
-        false
+        (self.core).put_back(&self.key, entry, from_l1, &self.ticket)
     }
 
     /// Caches a loaded value on both tiers (unless the key changed meanwhile) and returns it.
