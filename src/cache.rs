@@ -6,8 +6,7 @@ use crate::bus::{self, BusConfig};
 use crate::config::TieredCacheBuilder;
 use crate::engine::{BusState, Engine};
 use crate::error::{Error, Result};
-use crate::key::KeySpace;
-use crate::l2::L2Tier;
+use crate::l2::{L2Settings, L2Tier};
 use crate::metrics::NamespaceStats;
 use crate::outbox::Outbox;
 use crate::space::NamespaceCore;
@@ -179,17 +178,6 @@ impl TieredCache {
     }
 }
 
-/// The same server, spoken to in RESP3 (tracking pushes need it on the same connection).
-fn tracking_client(client: &redis::Client) -> Result<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let redis = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(redis))
-        .map_err(|e| Error::Config(format!("tracking connection settings rejected: {e}")))
-}
-
 impl TieredCacheBuilder {
     /// Checks the configuration and starts the cache. Must be called inside a Tokio runtime: it
     /// spawns the invalidation subscriber.
@@ -201,25 +189,20 @@ impl TieredCacheBuilder {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("build() must be called inside a Tokio runtime".into()))?;
         let url = self.effective_url();
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
-        let db = client.get_connection_info().redis_settings().db();
-        let keys = KeySpace::new(&self.prefix, db);
         let replay_wanted = Arc::new(tokio::sync::Notify::new());
         let breaker = Breaker::new(
             self.breaker_threshold,
             self.breaker_cooldown,
             replay_wanted.clone(),
         );
-        let l2 = L2Tier::new(
-            &client,
-            keys,
-            self.l2_timeout,
-            self.connect_timeout,
-            self.breaker_cooldown,
-            breaker,
-        )
-        .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
+        let settings = L2Settings {
+            url: &url,
+            prefix: &self.prefix,
+            timeout: self.l2_timeout,
+            connect_timeout: self.connect_timeout,
+            reconnect_delay: self.breaker_cooldown,
+        };
+        let l2 = L2Tier::open(settings, breaker)?;
 
         let namespaces: Vec<Arc<NamespaceCore>> = self
             .namespaces
@@ -249,7 +232,6 @@ impl TieredCacheBuilder {
             }
         });
         let bus_config = BusConfig {
-            connect_timeout: self.connect_timeout,
             command_timeout: self.l2_timeout,
             heartbeat: self.heartbeat,
             max_backoff: self.subscriber_backoff.max(Duration::from_millis(100)),
@@ -263,10 +245,9 @@ impl TieredCacheBuilder {
         ];
         if self.track_external_writes {
             shared.bus.tracking_ok.store(false, SeqCst);
-            let resp3 = tracking_client(&client)?;
-            tasks.push(runtime.spawn(bus::run_tracker(resp3, shared.clone(), bus_config.clone())));
+            tasks.push(runtime.spawn(bus::run_tracker(shared.clone(), bus_config.clone())));
         }
-        tasks.push(runtime.spawn(bus::run_subscriber(client, shared.clone(), bus_config)));
+        tasks.push(runtime.spawn(bus::run_subscriber(shared.clone(), bus_config)));
         bus::spawn_watchdog(&shared);
         Ok(TieredCache {
             inner: Arc::new(Inner { shared, tasks }),

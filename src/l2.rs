@@ -117,6 +117,18 @@ impl Target<'_> {
     }
 }
 
+/// How the L2 tier reaches Redis.
+pub(crate) struct L2Settings<'a> {
+    pub(crate) url: &'a str,
+    /// The first part of every key and of the bus channel's name.
+    pub(crate) prefix: &'a str,
+    /// Every call's bound (and the bus connections' command timeout).
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    /// The longest delay of the connection's own reconnect.
+    pub(crate) reconnect_delay: Duration,
+}
+
 /// An encoded entry ready to be written, and how long Redis keeps it.
 pub(crate) struct Payload<'a> {
     pub(crate) encoded: &'a codec::Encoded,
@@ -124,7 +136,10 @@ pub(crate) struct Payload<'a> {
 }
 
 pub(crate) struct L2Tier {
+    /// Where the dedicated bus connections are opened from (see `link.rs`).
+    client: Client,
     conn: ConnectionManager,
+    connect_timeout: Duration,
     epochs: Epochs,
     keys: KeySpace,
     timeout: Duration,
@@ -138,25 +153,33 @@ pub(crate) struct L2Tier {
 }
 
 impl L2Tier {
-    /// Creates the tier without connecting: the connection is made on first use, so a cache
-    /// can start while Redis is down.
-    pub(crate) fn new(
-        client: &Client,
-        keys: KeySpace,
-        timeout: Duration,
-        connect_timeout: Duration,
-        backoff: Duration,
-        breaker: Breaker,
-    ) -> redis::RedisResult<Self> {
+    /// Checks the URL and creates the tier without connecting: the connection is made on
+    /// first use, so a cache can start while Redis is down. Its keys live under `prefix`, in
+    /// the database the URL selects.
+    pub(crate) fn open(settings: L2Settings<'_>, breaker: Breaker) -> Result<Self, Error> {
+        let L2Settings {
+            url,
+            prefix,
+            timeout,
+            connect_timeout,
+            reconnect_delay,
+        } = settings;
+        let client = Client::open(url)
+            .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
+        let keys = KeySpace::new(prefix, client.get_connection_info().redis_settings().db());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(timeout))
             // Reconnection is retried per call, under our own breaker, rather than inside
             // one long-lived future every caller would queue behind.
             .set_number_of_retries(1)
-            .set_max_delay(backoff);
+            .set_max_delay(reconnect_delay);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            client,
+            conn,
+            connect_timeout,
             epochs: Epochs::new(),
             keys,
             timeout,
@@ -498,6 +521,8 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 /// The epoch of the version counter, recorded from every reply.
 mod epoch;
+/// The bus's dedicated connections: the subscription and external-write tracking.
+pub(crate) mod link;
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones in `scripts` and its calls go through `call`).
 pub(crate) mod multi;

@@ -232,3 +232,28 @@ fn the_parser_finds_grouped_and_plain_paths() {
     let found: Vec<String> = crate_paths(code).into_iter().collect();
     assert_eq!(found, ["a", "c", "d", "g", "i"]);
 }
+
+#[test]
+fn only_the_tiers_speak_to_their_engines() {
+    let krate = read_crate();
+    let mut wrong = Vec::new();
+    for (module, files) in &krate.files {
+        for (path, code) in files {
+            for (engine, owner) in [("redis", "l2"), ("moka", "l1")] {
+                let named = code.match_indices(engine).any(|(i, _)| {
+                    let before = code[..i].chars().next_back();
+                    let after = &code[i + engine.len()..];
+                    !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && after.starts_with("::")
+                });
+                if named && module != owner {
+                    wrong.push(format!(
+                        "{} uses {engine} (only {owner} may)",
+                        path.strip_prefix(src()).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

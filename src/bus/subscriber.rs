@@ -3,7 +3,7 @@
 
 use super::{apply, After};
 use crate::engine::Engine;
-use futures_util::StreamExt;
+use crate::l2::link::{Pinger, Subscription};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +11,19 @@ use std::time::Duration;
 /// Settings of the subscriber task.
 #[derive(Debug, Clone)]
 pub(crate) struct BusConfig {
-    pub(crate) connect_timeout: Duration,
+    /// Bounds each PING (with the heartbeat, whichever is longer).
     pub(crate) command_timeout: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) max_backoff: Duration,
 }
 
 /// Runs until aborted (when the last cache handle is dropped).
-pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Engine>, cfg: BusConfig) {
+pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
     let min_backoff = Duration::from_millis(50);
     let mut backoff = min_backoff;
     let mut first = true;
     loop {
-        let outcome = session(&client, &shared, &cfg).await;
+        let outcome = session(&shared, &cfg).await;
         let was_subscribed = shared.bus.subscribed.swap(false, Relaxed);
         shared.bus.metrics.connected.set(0.0);
         // The link is known lost: stop trusting L1 now, not when the watchdog notices, and
@@ -49,23 +49,11 @@ pub(crate) async fn run_subscriber(client: redis::Client, shared: Arc<Engine>, c
 }
 
 /// One connection's life: subscribe, resync, then listen until something fails.
-async fn session(
-    client: &redis::Client,
-    shared: &Arc<Engine>,
-    cfg: &BusConfig,
-) -> Result<(), String> {
-    let pubsub = tokio::time::timeout(cfg.connect_timeout, client.get_async_pubsub())
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(
-        cfg.command_timeout,
-        sink.subscribe(shared.l2.keys().channel()),
-    )
-    .await
-    .map_err(|_| "subscribe timed out".to_string())?
-    .map_err(|e| format!("subscribe: {e}"))?;
+async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
+    let Subscription {
+        mut messages,
+        pinger,
+    } = shared.l2.subscribe().await?;
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     super::resync(shared)
         .await
@@ -81,15 +69,15 @@ async fn session(
     // back the messages it does deliver.
     let (failed_tx, mut ping_failed) = tokio::sync::oneshot::channel::<String>();
     let pinger = AbortOnDrop(tokio::spawn(ping_loop(
-        sink,
+        pinger,
         shared.clone(),
         cfg.clone(),
         failed_tx,
     )));
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => if apply(shared, msg.get_payload_bytes()) == After::Resync {
+            msg = messages.next() => match msg {
+                Some(msg) => if apply(shared, msg.payload()) == After::Resync {
                     super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
                 },
                 None => return Err("connection closed".into()),
@@ -107,7 +95,7 @@ async fn session(
 
 /// Pings the subscriber connection every heartbeat; reports the first failure and stops.
 async fn ping_loop(
-    mut sink: redis::aio::PubSubSink,
+    mut pinger: Pinger,
     shared: Arc<Engine>,
     cfg: BusConfig,
     failed: tokio::sync::oneshot::Sender<String>,
@@ -117,18 +105,13 @@ async fn ping_loop(
     heartbeat.tick().await;
     loop {
         heartbeat.tick().await;
-        let ping = sink.ping::<redis::Value>();
-        let reason = match tokio::time::timeout(cfg.command_timeout.max(cfg.heartbeat), ping).await
-        {
-            Ok(Ok(_)) => {
-                shared.bus.touch();
-                continue;
+        match pinger.ping(cfg.command_timeout.max(cfg.heartbeat)).await {
+            Ok(()) => shared.bus.touch(),
+            Err(reason) => {
+                let _ = failed.send(reason);
+                return;
             }
-            Ok(Err(e)) => format!("ping: {e}"),
-            Err(_) => "ping timed out".to_string(),
-        };
-        let _ = failed.send(reason);
-        return;
+        }
     }
 }
 

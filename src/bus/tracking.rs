@@ -13,16 +13,16 @@
 use crate::bus::BusConfig;
 use crate::engine::Engine;
 use crate::key::SEPARATOR;
-use redis::{PushKind, Value};
+use crate::l2::link::Tracked;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs until aborted.
-pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Engine>, cfg: BusConfig) {
+pub(crate) async fn run_tracker(shared: Arc<Engine>, cfg: BusConfig) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let reason = session(&client, &shared, &cfg).await.unwrap_err();
+        let reason = session(&shared, &cfg).await.unwrap_err();
         if shared.bus.tracking_ok.swap(false, SeqCst) {
             tracing::warn!(target: "tiered_cache::tracking", %reason,
                 "lost the tracking connection: external writes go unseen until it is back");
@@ -34,29 +34,9 @@ pub(crate) async fn run_tracker(client: redis::Client, shared: Arc<Engine>, cfg:
     }
 }
 
-async fn session(client: &redis::Client, shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
-    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(cfg.connect_timeout))
-        .set_response_timeout(Some(cfg.command_timeout))
-        .set_push_sender(tx);
-    let mut conn = tokio::time::timeout(
-        cfg.connect_timeout,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
+async fn session(shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
     let prefix = format!("{}{SEPARATOR}", shared.l2.keys().prefix());
-    redis::cmd("CLIENT")
-        .arg("TRACKING")
-        .arg("ON")
-        .arg("BCAST")
-        .arg("PREFIX")
-        .arg(&prefix)
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(|e| format!("CLIENT TRACKING: {e}"))?;
+    let mut tracker = shared.l2.track(&prefix).await?;
     // Every write from here on reaches us; what happened before may not have: the subscriber
     // clears L1 before anything is trusted again.
     shared.suspect();
@@ -68,37 +48,27 @@ async fn session(client: &redis::Client, shared: &Engine, cfg: &BusConfig) -> Re
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            push = pushes.recv() => match push {
-                None => return Err("push channel closed".into()),
-                Some(p) if p.kind == PushKind::Disconnection => return Err("disconnected".into()),
-                Some(p) if p.kind == PushKind::Invalidate => apply(shared, &prefix, &p.data),
-                Some(_) => {}
+            tracked = tracker.next() => match tracked {
+                Tracked::Lost(reason) => return Err(reason.into()),
+                Tracked::Flushed => flushed(shared),
+                Tracked::Keys(keys) => apply(shared, &prefix, &keys),
             },
-            _ = ping.tick() => {
-                redis::cmd("PING")
-                    .query_async::<Value>(&mut conn)
-                    .await
-                    .map_err(|e| format!("ping: {e}"))?;
-            }
+            _ = ping.tick() => tracker.ping().await?,
         }
     }
 }
 
-/// Applies one invalidation push: a list of keys, or null for a flush of everything.
-fn apply(shared: &Engine, prefix: &str, data: &[Value]) {
-    let Some(Value::Array(keys)) = data.first() else {
-        tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
-        shared.suspect();
-        shared.clear_all_l1();
-        shared.resync_wanted.notify_one();
-        return;
-    };
-    for key in keys {
-        let name = match key {
-            Value::BulkString(b) => String::from_utf8_lossy(b),
-            Value::SimpleString(s) => s.as_str().into(),
-            _ => continue,
-        };
+/// The whole keyspace was flushed: nothing cached here may be trusted.
+fn flushed(shared: &Engine) {
+    tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
+    shared.suspect();
+    shared.clear_all_l1();
+    shared.resync_wanted.notify_one();
+}
+
+/// Evicts the keys Redis reported modified.
+fn apply(shared: &Engine, prefix: &str, keys: &[String]) {
+    for name in keys {
         // `{prefix}:{namespace}:{key}`; anything else (the meta hash, another namespace) is
         // not cached here.
         let Some((ns, key)) = name

@@ -41,11 +41,11 @@ impl L2Tier {
 /// The connection the `Admin` handle uses (feature `admin`).
 #[cfg(feature = "admin")]
 mod tooling {
+    use super::super::link::{Messages, Pinger};
     use super::{L2Result, L2Tier};
     use crate::breaker::Breaker;
     use crate::error::{Error, Result};
-    use crate::key::KeySpace;
-    use futures_util::StreamExt;
+    use crate::l2::L2Settings;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -63,12 +63,10 @@ mod tooling {
         pub(crate) keys: Vec<String>,
     }
 
-    /// A connection for tooling: an L2 tier of its own (timeout, breaker) plus the client, for the
-    /// bus listener's dedicated connection.
+    /// A connection for tooling: an L2 tier of its own (timeout, breaker), which also opens
+    /// the bus listener's dedicated connection.
     pub(crate) struct AdminLink {
         l2: L2Tier,
-        client: redis::Client,
-        connect_timeout: Duration,
     }
 
     impl AdminLink {
@@ -79,24 +77,17 @@ mod tooling {
             timeout: Duration,
             connect_timeout: Duration,
         ) -> Result<Self> {
-            let client = redis::Client::open(url)
-                .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
-            let db = client.get_connection_info().redis_settings().db();
             // A tool makes a handful of calls: one failure is enough to stop asking.
             let breaker = Breaker::new(1, Duration::from_millis(500), Arc::default());
-            let l2 = L2Tier::new(
-                &client,
-                KeySpace::new(prefix, db),
+            let settings = L2Settings {
+                url,
+                prefix,
                 timeout,
                 connect_timeout,
-                Duration::from_millis(100),
-                breaker,
-            )
-            .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
+                reconnect_delay: Duration::from_millis(100),
+            };
             Ok(Self {
-                l2,
-                client,
-                connect_timeout,
+                l2: L2Tier::open(settings, breaker)?,
             })
         }
 
@@ -194,31 +185,15 @@ mod tooling {
         /// Subscribes a dedicated connection to the bus channel; returns once Redis confirmed the
         /// subscription, so nothing published afterwards is missed.
         pub(crate) async fn tap(&self) -> Result<BusTap> {
-            let unavailable = |what: &str, e: Option<redis::RedisError>| {
-                let source: Option<crate::error::SharedError> = Some(match e {
-                    Some(e) => Arc::new(e),
-                    None => Arc::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("{what} timed out"),
-                    )),
-                });
-                Error::unavailable("subscribe", source)
-            };
-            let pubsub = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
-                .await
-                .map_err(|_| unavailable("connect", None))?
-                .map_err(|e| unavailable("connect", Some(e)))?;
-            let (mut sink, stream) = pubsub.split();
-            tokio::time::timeout(
-                self.connect_timeout,
-                sink.subscribe(self.l2.keys().channel()),
-            )
-            .await
-            .map_err(|_| unavailable("subscribe", None))?
-            .map_err(|e| unavailable("subscribe", Some(e)))?;
+            let sub = self.l2.subscribe().await.map_err(|reason| {
+                Error::unavailable(
+                    "subscribe",
+                    Some(Arc::new(std::io::Error::other(reason)) as _),
+                )
+            })?;
             Ok(BusTap {
-                _sink: sink,
-                stream: Box::pin(stream.map(|m| m.get_payload_bytes().to_vec())),
+                _pinger: sub.pinger,
+                messages: sub.messages,
             })
         }
     }
@@ -226,14 +201,14 @@ mod tooling {
     /// A subscription to the bus channel, yielding raw messages.
     pub(crate) struct BusTap {
         // Kept: dropping the sink would end the subscription.
-        _sink: redis::aio::PubSubSink,
-        stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>,
+        _pinger: Pinger,
+        messages: Messages,
     }
 
     impl BusTap {
         /// The next message's payload; `None` once the connection is closed.
         pub(crate) async fn next(&mut self) -> Option<Vec<u8>> {
-            self.stream.next().await
+            self.messages.next().await.map(|m| m.payload().to_vec())
         }
     }
 }
