@@ -226,9 +226,9 @@ impl TieredCacheBuilder {
         });
         // The L2 tier reports a counter that started over from any reply; the engine acts.
         let weak = Arc::downgrade(&shared);
-        shared.l2.epochs().on_change(move |_, epoch| {
+        shared.l2.epochs().on_change(move |prev, epoch| {
             if let Some(engine) = weak.upgrade() {
-                engine.counter_started_over(epoch);
+                engine.counter_started_over(prev, epoch);
             }
         });
         let bus_config = BusConfig {

@@ -145,24 +145,24 @@ impl Engine {
     /// this node's state belongs to, clears every L1 at once and returns true; the subscriber
     /// then resynchronises.
     pub(crate) fn epoch_changed(&self, epoch: u64) -> bool {
-        let changed = self.l2.epochs().swap(epoch);
-        if changed {
-            self.forget_old_epoch(epoch);
+        let replaced = self.l2.epochs().replace(epoch);
+        if let Some(prev) = replaced {
+            self.forget_old_epoch(prev, epoch);
         }
-        changed
+        replaced.is_some()
     }
 
     /// The hook the L2 tier calls when any other reply shows the version counter started
     /// over: versions and floors from before mean nothing now. Clears every L1 and wakes the
     /// subscriber to resynchronise.
-    pub(crate) fn counter_started_over(&self, epoch: u64) {
-        self.forget_old_epoch(epoch);
+    pub(crate) fn counter_started_over(&self, prev: u64, epoch: u64) {
+        self.forget_old_epoch(prev, epoch);
         self.suspect();
         self.resync_wanted.notify_one();
     }
 
-    fn forget_old_epoch(&self, epoch: u64) {
-        tracing::warn!(target: "tiered_cache::cache", epoch,
+    fn forget_old_epoch(&self, prev: u64, epoch: u64) {
+        tracing::warn!(target: "tiered_cache::cache", prev, epoch,
             "redis version counter started over; clearing L1 and resynchronising");
         self.clear_all_l1();
     }

@@ -98,8 +98,9 @@ impl L2Error {
 pub(crate) type L2Result<T> = Result<T, L2Error>;
 
 /// The namespace an L2 call is made for: its name, for its keys, and where the call's failure
-/// is counted (`tiered_cache_l2_errors_total`). The tier counts every failed call it makes for
-/// a namespace, once; calls made for no namespace (heartbeat, resync, health) count nowhere.
+/// is counted (`tiered_cache_l2_errors_total`). The tier counts every failed call made with a
+/// target, once; calls made for no namespace (heartbeat, resync, health, the epoch check of
+/// a value below the floor) count nowhere.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
     pub(crate) name: &'a str,
@@ -201,7 +202,8 @@ impl L2Tier {
         &self.breaker
     }
 
-    /// The epoch of the version counter, as recorded from every reply that carries one.
+    /// The epoch of the version counter, as recorded from every reply that carries one (but
+    /// the resync's `floors`, whose caller adopts it).
     pub(crate) fn epochs(&self) -> &Epochs {
         &self.epochs
     }

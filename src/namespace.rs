@@ -137,7 +137,7 @@ where
         }
         // Boxed: the miss path's state stays out of this future, so an L1 hit through `get`
         // moves a few words, not the whole Redis read. The miss path allocates anyway.
-        Box::pin(reads.get_remote(key_string(key))).await
+        Box::pin(reads.get_remote(key_string(key), self.ttl().l1)).await
     }
 
     /// Reads a value, calling `loader` on a miss and caching what it returns on both tiers.

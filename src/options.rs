@@ -30,7 +30,7 @@ use std::time::Duration;
 /// | [`tag`](Self::tag) | the key joins each tag's set | the fill joins them, refused if a tag was invalidated meanwhile | – | – |
 /// | [`strict`](Self::strict) | fail instead of queuing | – | – | fail instead of queuing |
 /// | [`ttl`](Self::ttl) | the value's L2 TTL | the fill's L2 TTL | extends by it | – |
-/// | [`l1_ttl`](Self::l1_ttl) | this node's L1 copy | the fill's L1 copy | – | – |
+/// | [`l1_ttl`](Self::l1_ttl) | this node's L1 copy | this node's L1 copy, whether the loader or Redis answered (also for `get`) | the copy's new expiry | – |
 ///
 /// Concurrent loads of one key share one flight (single flight): the leader's options apply
 /// to the value it stores. Tagged loads take every policy of the namespace, as untagged ones
@@ -73,14 +73,16 @@ impl EntryOptions {
 
     /// How long written and loaded values live in Redis (shortened by the namespace's jitter,
     /// as the namespace's own TTL is). This node's L1 copy lives at most the shorter of this
-    /// and the namespace's L1 TTL. Default: the namespace's
+    /// and the namespace's L1 TTL. A cached "not found" keeps the namespace's
+    /// [negative TTL](crate::NamespacePolicy::negative_ttl). Default: the namespace's
     /// [L2 TTL](crate::NamespacePolicy::new).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
-    /// How long this node's L1 copy of a written or loaded value lives: at most the
+    /// How long this node's L1 copy of a value written, loaded or read through the handle
+    /// lives (also when the load or the read is answered by Redis): at most the
     /// namespace's [L1 TTL](crate::NamespacePolicy::l1_ttl) (which bounds every L1 entry) and
     /// at most the call's L2 TTL. Default: the namespace's L1 TTL.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {

@@ -289,7 +289,7 @@ impl NamespaceCore {
     }
 
     /// [`l1_entry`](Self::l1_entry), living at most `l1_ttl` (a call's override) too.
-    fn l1_entry_within(
+    pub(crate) fn l1_entry_within(
         &self,
         value: Option<AnyValue>,
         version: u64,
@@ -368,12 +368,20 @@ impl NamespaceCore {
 
     /// Whether a value Redis holds until `expires_ms` would, copied now, live past its own
     /// refresh point: then a refresh-ahead can take it instead of calling the loader.
-    pub(crate) fn outlives_refresh(&self, expires_ms: Option<u64>) -> bool {
+    /// `l1_ttl` is the loading call's L1 TTL, if it set one.
+    pub(crate) fn outlives_refresh(
+        &self,
+        expires_ms: Option<u64>,
+        l1_ttl: Option<Duration>,
+    ) -> bool {
         let (Some(at), Some(f)) = (expires_ms, self.policy.refresh_ahead) else {
             return false;
         };
+        let l1 = l1_ttl.map_or(self.policy.l1_ttl_value(), |t| {
+            t.min(self.policy.l1_ttl_value())
+        });
         let left = at.saturating_sub(codec::unix_ms());
-        left as f64 > self.policy.l1_ttl_value().as_millis() as f64 * (1.0 - f)
+        left as f64 > l1.as_millis() as f64 * (1.0 - f)
     }
 
     /// Looks a key up in L1, without counting.

@@ -272,3 +272,96 @@ async fn a_queued_write_is_replayed_with_what_is_left_of_its_call_ttl() {
     let ms = pttl(&server, "fees", "long");
     assert!(ms > 90_000, "long: PTTL {ms}, wanted what is left of 600 s");
 }
+
+#[tokio::test]
+async fn a_call_l1_ttl_holds_for_values_read_from_redis_and_refreshed() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let cache = support::node_with(&server, |b| {
+        b.namespace(
+            "hot",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(90))
+                .l1_ttl(Duration::from_secs(60))
+                .refresh_ahead(0.5)
+                .staleness_bound(support::LOOSE_BOUND),
+        )
+    })
+    .await;
+    let hot = cache.namespace::<str, u64>("hot").unwrap();
+    let brief = hot
+        .with(EntryOptions::new().l1_ttl(Duration::from_millis(400)))
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let load = |calls: &Arc<AtomicU32>| {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, SeqCst);
+            Ok::<_, std::io::Error>(1)
+        }
+    };
+    let gone = |key: &'static str| {
+        let hot = hot.clone();
+        move || {
+            let hot = hot.clone();
+            async move { hot.get_local(key).is_none() }
+        }
+    };
+
+    // A refresh-ahead that finds the same version in Redis keeps the call's L1 TTL.
+    brief.get_or_load("r", load(&calls)).await.unwrap();
+    eventually(
+        "a hit past half the L1 TTL starts a refresh",
+        PATIENCE,
+        || async {
+            brief.get_or_load("r", load(&calls)).await.unwrap();
+            cache.stats().namespace("hot").unwrap().refreshes > 0
+        },
+    )
+    .await;
+    eventually(
+        "the refreshed copy ends with the call's L1 TTL",
+        PATIENCE,
+        gone("r"),
+    )
+    .await;
+
+    // A second load answered by Redis keeps it too.
+    brief.get_or_load("k", load(&calls)).await.unwrap();
+    eventually("the first copy expires", PATIENCE, gone("k")).await;
+    let before = calls.load(SeqCst);
+    brief.get_or_load("k", load(&calls)).await.unwrap();
+    assert_eq!(calls.load(SeqCst), before, "Redis answered the second load");
+    assert!(hot.get_local("k").is_some());
+    eventually(
+        "the copy read from Redis ends with the call's L1 TTL",
+        PATIENCE,
+        gone("k"),
+    )
+    .await;
+
+    // So does a plain read through the handle.
+    hot.set("g", 1).await.unwrap();
+    hot.invalidate("g").await.unwrap();
+    hot.set("g", 2).await.unwrap();
+    let other = support::node_with(&server, |b| {
+        b.namespace(
+            "hot",
+            tiered_cache::NamespacePolicy::new(Duration::from_secs(90))
+                .staleness_bound(support::LOOSE_BOUND),
+        )
+    })
+    .await;
+    let other_hot = other.namespace::<str, u64>("hot").unwrap();
+    let other_brief = other_hot
+        .with(EntryOptions::new().l1_ttl(Duration::from_millis(400)))
+        .unwrap();
+    assert_eq!(other_brief.get("g").await.as_deref(), Some(&2));
+    assert!(other_hot.get_local("g").is_some());
+    eventually(
+        "a read's copy ends with the call's L1 TTL",
+        PATIENCE,
+        || async { other_hot.get_local("g").is_none() },
+    )
+    .await;
+}

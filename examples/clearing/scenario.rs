@@ -6,9 +6,9 @@
 //!
 //! | document | here |
 //! |---|---|
-//! | `clearing:window:active:{region}`, 300 s, dropped on every status change and new window | namespace `window`, written through (`set_tagged`) on every change |
+//! | `clearing:window:active:{region}`, 300 s, dropped on every status change and new window | namespace `window`, written through (a tagged `set`) on every change |
 //! | `netting:bilateral:{window}:{ccy}:{a}:{b}`, `netting:multilateral:{window}:{ccy}:{bank}`, 600 s | namespaces `net_bilateral`, `net_multilateral`, tagged with the window |
-//! | warm-up when a window opens | `warm_window`: one loader call per kind, one fill script (`get_or_load_many_tagged`) |
+//! | warm-up when a window opens | `warm_window`: one loader call per kind, one fill script (a tagged `batch().get_or_load`) |
 //! | `iso20022:{type}:{txn}`, 3600 s | namespace `iso20022`, tagged with the window of the transaction |
 //! | obligation Created/Updated: `KEYS netting:*:{window}:*` + `DEL` | `Namespace::invalidate_tag` on both netting namespaces: no `KEYS`, every node |
 //! | Settled: every cache of the window | `TieredCache::invalidate_tag`: every namespace, one script, one message |

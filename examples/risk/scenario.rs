@@ -548,7 +548,7 @@ impl TenantRisk {
     }
 
     /// `batchInvalidate`: many users of this tenant, on every node: one script and one message
-    /// per namespace (`invalidate_many`), whatever the number of users. Returns how many
+    /// per namespace (`batch().invalidate`), whatever the number of users. Returns how many
     /// entries were invalidated.
     pub async fn batch_invalidate(&self, users: &[UserId]) -> tiered_cache::Result<usize> {
         let keys: Vec<RiskKey> = users.iter().map(|u| self.key(u)).collect();

@@ -181,7 +181,7 @@ impl std::error::Error for ConfigError {}
 /// | `CACHE_SESSION_TTL` (s) | 1800 | `session`, extended on use; every TTL 1..=2 592 000 |
 /// | `CACHE_KEY_PREFIX` | trading | the key prefix (`trading:market:AAPL`) |
 /// | `CACHE_COMPRESS_THRESHOLD` (bytes) | 1024 | compress payloads above it; 0 turns compression off; at most 16 MiB |
-/// | `CACHE_MAX_BATCH_SIZE` | 100 | the largest `set_many`/`get_many` the example sends (1..=10 000) |
+/// | `CACHE_MAX_BATCH_SIZE` | 100 | the largest `batch().set`/`batch().get` the example sends (1..=10 000) |
 /// | `CACHE_ENABLE_METRICS` | true | accepted: the cache always emits its metrics through the `metrics` facade (install a recorder to collect them); `true` prints per-namespace stats |
 /// | `CACHE_LOG_SLOW_OPS`, `CACHE_SLOW_OP_THRESHOLD` (s) | true, 0.1 | the example counts and reports operations slower than the threshold (0 < t <= 60) |
 #[derive(Debug, Clone, PartialEq)]

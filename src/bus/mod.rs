@@ -12,6 +12,7 @@
 //! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
 //! waited on. A message it cannot parse, or one from a new epoch of the version counter (Redis
 //! flushed or restarted), makes it resynchronise the same way without reconnecting: the
+//! subscription is still confirmed, so nothing published from then on is missed.
 
 mod heartbeat;
 mod subscriber;

@@ -35,23 +35,22 @@ impl Epochs {
         let _ = self.on_change.set(Box::new(hook));
     }
 
-    /// Records an epoch Redis reported; true when it replaced another known one (0, "no
-    /// write since the counter was created", changes nothing). Does not call the hook: for
-    /// the subscriber, which handles the change itself.
-    pub(crate) fn swap(&self, epoch: u64) -> bool {
+    /// Records an epoch Redis reported; the epoch it replaced, when that was another known
+    /// one (0, "no write since the counter was created", changes nothing). Does not
+    /// call the hook: for the subscriber, which handles the change itself.
+    pub(crate) fn replace(&self, epoch: u64) -> Option<u64> {
         if epoch == 0 {
-            return false;
+            return None;
         }
         let prev = self.current.swap(epoch, SeqCst);
         // Epochs are below 2^52 (see `l2::new_epoch`): exact as a float.
         self.gauge.set(epoch as f64);
-        prev != 0 && prev != epoch
+        (prev != 0 && prev != epoch).then_some(prev)
     }
 
     /// Records an epoch from a reply, calling the hook when it changed.
     pub(crate) fn observe(&self, epoch: u64) {
-        let prev = self.current.load(SeqCst);
-        if self.swap(epoch) {
+        if let Some(prev) = self.replace(epoch) {
             if let Some(hook) = self.on_change.get() {
                 hook(prev, epoch);
             }

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 // Makes a tag set live at least `ttl` ms more, never less than it had: it must outlive every
-// value it lists (all of one namespace, so all with the same TTL).
+// value it lists (values may carry TTLs of their own, so a set is only ever extended).
 const TAG_HELPERS: &str = r"
 local function extend(k, ttl)
   if redis.call('PTTL', k) < tonumber(ttl) then redis.call('PEXPIRE', k, ttl) end

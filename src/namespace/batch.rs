@@ -66,7 +66,7 @@ where
         if pending.is_empty() {
             return out;
         }
-        let (found, ..) = reads.read_many(&pending, false).await;
+        let (found, ..) = reads.read_many(&pending, (false, self.ns.ttl().l1)).await;
         scatter(&mut out, &pending, found);
         out
     }

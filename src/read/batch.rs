@@ -1,6 +1,6 @@
 //! Batch reads: L1 for every key, then one MGET for the keys L1 could not answer (with the
 //! version counter in the same round trip when a load may follow), then one loader call for
-//! the keys still missing, then guarded fills to both tiers (see `batch.rs` for the contract).
+//! the keys still missing, then guarded fills to both tiers (see `namespace/batch.rs` for the contract).
 
 use super::remote::{self, L2Read};
 use super::{downcast, Reads};
@@ -16,6 +16,7 @@ use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 /// A key of a batch that L1 could not answer.
@@ -189,7 +190,7 @@ impl Reads<'_> {
     pub(crate) async fn read_many<K, V>(
         &self,
         pending: &[Pending<'_, K>],
-        stamp: bool,
+        (stamp, l1_ttl): (bool, Option<Duration>),
     ) -> (Vec<Option<Arc<V>>>, Option<Stamp>, Vec<Option<L1Entry>>)
     where
         K: ?Sized,
@@ -229,7 +230,7 @@ impl Reads<'_> {
                 } => {
                     let value = Arc::new(value);
                     let any = Some(value.clone() as AnyValue);
-                    let entry = core.l1_entry(any, version, expires_ms, weight);
+                    let entry = core.l1_entry_within(any, version, expires_ms, l1_ttl, weight);
                     core.insert_guarded(p.string.clone(), entry, &p.ticket);
                     Some(value)
                 }
@@ -302,7 +303,7 @@ impl Reads<'_> {
             let err = Error::InvalidOptions(format!("namespace {:?}: {why}", core.name));
             return pending.iter().map(|_| Err(err.clone())).collect();
         }
-        let (found, seen, expired) = self.read_many(pending, true).await;
+        let (found, seen, expired) = self.read_many(pending, (true, ttl.l1)).await;
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         let mut out: Vec<Result<Option<Arc<V>>>> = found.into_iter().map(Ok).collect();
         if missing.is_empty() {
@@ -333,10 +334,13 @@ impl Reads<'_> {
             let any = Some(value as AnyValue);
             match (encoded, seen) {
                 (Ok(encoded), Some(_)) => fills.push((p, any, encoded, life)),
-                (Ok(encoded), None) => {
+                // Redis could not be asked: L1 only, at version 0, unless tagged (in no tag's
+                // set, a tag invalidation could not reach the copy).
+                (Ok(encoded), None) if tags.is_empty() => {
                     let entry = core.l1_entry_for(any, 0, &life, encoded.plain_len);
                     core.insert_guarded(p.string.clone(), entry, &p.ticket);
                 }
+                (Ok(_), None) => {}
                 (Err(e), _) => {
                     tracing::warn!(target: "tiered_cache::loader", namespace = %core.name,
                         error = %e, "loaded value could not be encoded; not cached");

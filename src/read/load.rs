@@ -99,7 +99,9 @@ impl Flight<'_> {
                 let usable = match &current {
                     None => true,
                     // Another node refreshed it already, or Redis's copy outlives L1's.
-                    Some(cur) => version > cur.version || self.core.outlives_refresh(expires_ms),
+                    Some(cur) => {
+                        version > cur.version || self.core.outlives_refresh(expires_ms, self.ttl.l1)
+                    }
                 };
                 if usable {
                     return Ok(self.keep(value, version, expires_ms, weight));
@@ -288,8 +290,12 @@ impl Flight<'_> {
         let (encoded, seen) = match (encoded, seen) {
             (Ok(e), Some(seen)) => (e, seen),
             (Ok(e), None) => {
-                // Redis could not be asked: L1 only, at version 0.
-                self.insert(core.l1_entry_for(value.clone(), 0, &life, e.plain_len));
+                // Redis could not be asked: L1 only, at version 0; not for a tagged load,
+                // whose copy would be in no tag's set, out of reach of a tag invalidation (a
+                // tagged write drops its copy for the same reason).
+                if self.tags.is_empty() {
+                    self.insert(core.l1_entry_for(value.clone(), 0, &life, e.plain_len));
+                }
                 return value;
             }
             (Err(e), _) => {
@@ -343,10 +349,10 @@ impl Flight<'_> {
         weight: usize,
     ) -> Option<AnyValue> {
         let value = value.map(|v| Arc::new(v) as AnyValue);
-        self.insert(
-            self.core
-                .l1_entry(value.clone(), version, expires_ms, weight),
-        );
+        // Within the loading call's L1 TTL, as a value it loaded itself would be.
+        let l1_ttl = self.ttl.l1;
+        let entry = (self.core).l1_entry_within(value.clone(), version, expires_ms, l1_ttl, weight);
+        self.insert(entry);
         value
     }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a load stores along with its value: the caller's TTL overrides and tags.
 #[derive(Clone, Copy, Default)]
@@ -28,7 +28,8 @@ pub(crate) struct Fill<'a> {
 }
 
 impl Fill<'_> {
-    /// An owned copy for a flight (made only by the caller that starts one).
+    /// An owned copy for a flight (made by each caller that misses L1, for the flight it may
+    /// start).
     fn owned(&self) -> (TtlOverride, Vec<String>) {
         (self.ttl, self.tags.to_vec())
     }
@@ -71,9 +72,12 @@ impl Reads<'_> {
         found
     }
 
+    /// Reads Redis after an L1 miss; a hit is cached within `l1_ttl` (the handle's L1 TTL,
+    /// if it set one).
     pub(crate) async fn get_remote<V: DeserializeOwned + Send + Sync + 'static>(
         &self,
         key: String,
+        l1_ttl: Option<Duration>,
     ) -> Option<Arc<V>> {
         let core: &NamespaceCore = self.core;
         core.metrics.l1_miss.inc();
@@ -87,7 +91,7 @@ impl Reads<'_> {
             } => {
                 let value = value.map(Arc::new);
                 let any = value.clone().map(|v| v as AnyValue);
-                let entry = core.l1_entry(any, version, expires_ms, weight);
+                let entry = core.l1_entry_within(any, version, expires_ms, l1_ttl, weight);
                 core.insert_guarded(key, entry, &ticket);
                 value
             }

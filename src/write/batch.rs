@@ -1,5 +1,5 @@
 //! Batch writes: one version drawn for the whole batch, every value stored, one invalidation
-//! message listing every key, in one script (see `batch.rs` for the contract with the outbox).
+//! message listing every key, in one script (see `namespace/batch.rs` for the contract with the outbox).
 
 use crate::codec;
 use crate::engine::Engine;

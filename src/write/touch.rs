@@ -30,7 +30,8 @@ pub(crate) async fn touch(
     if let Some(held) = core.l1.get(key) {
         if held.version == touched.version && held.value.is_some() {
             let weight = held.weight as usize;
-            let entry = core.l1_entry(held.value, held.version, Some(touched.expires_ms), weight);
+            let expires = Some(touched.expires_ms);
+            let entry = core.l1_entry_within(held.value, held.version, expires, ttl.l1, weight);
             // Only over the very version extended: an invalidation meanwhile removed it.
             core.l1.replace_same_version(key, entry);
         }
