@@ -246,6 +246,18 @@ impl KeySpace {
         &self.meta_key
     }
 
+    /// The meta hash's field holding the version counter (the Lua scripts in `l2/scripts.rs`
+    /// spell it, and the epoch's, themselves).
+    pub(crate) const VERSION_FIELD: &'static str = "version";
+    /// The meta hash's field holding the counter's epoch (see `l2.rs`).
+    pub(crate) const EPOCH_FIELD: &'static str = "epoch";
+
+    /// A pattern matching every bookkeeping key of the prefix (`{prefix}:_tc:*`).
+    #[cfg(feature = "test-util")]
+    pub(crate) fn bookkeeping_pattern(&self) -> String {
+        format!("{p}{SEPARATOR}_tc{SEPARATOR}*", p = self.prefix)
+    }
+
     /// The fleet-wide load lock of a key (see `NamespacePolicy::fleet_single_flight`). Under the
     /// reserved `_tc` part, so it can never collide with a value key.
     pub(crate) fn lock_key(&self, namespace: &str, key: &str) -> String {

@@ -268,8 +268,8 @@ impl L2Tier {
         self.call(ns, |mut c| async move {
             let (v, e): (Option<String>, Option<String>) = redis::cmd("HMGET")
                 .arg(k)
-                .arg("version")
-                .arg("epoch")
+                .arg(KeySpace::VERSION_FIELD)
+                .arg(KeySpace::EPOCH_FIELD)
                 .query_async(&mut c)
                 .await?;
             Ok(Stamp {
@@ -421,8 +421,8 @@ impl L2Tier {
         self.call(None, |mut c| async move {
             let v: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(meta)
-                .arg("epoch")
-                .arg("version")
+                .arg(KeySpace::EPOCH_FIELD)
+                .arg(KeySpace::VERSION_FIELD)
                 .arg(fields)
                 .query_async(&mut c)
                 .await?;

@@ -35,7 +35,7 @@
 // The modules, top to bottom: each uses only the ones below it (data goes down, behaviour goes
 // up through callbacks installed at build time). `tests/architecture.rs` enforces the order.
 //
-//   handle       admin · memo · namespace (+ its batch, tags, touch verbs) · cache, options
+//   handle       admin, testing (feature `test-util`) · memo · namespace (+ its batch, tags, touch verbs) · cache, options
 //   paths        read · write (with the outbox's routing and replay) · bus
 //   engine       engine (plain data) · outbox (the queue) · space (one namespace's state)
 //   tiers        l1 (the only moka user) · l2 (the only redis user) · flight · guard
@@ -52,6 +52,12 @@ pub mod memo;
 pub mod namespace;
 /// Per-call options: tags, strictness and TTL overrides, as values.
 pub mod options;
+/// The crate's formats (key layout, bus messages, value envelope) for its own integration
+/// tests (feature `test-util`, on for every test build through the self dev-dependency). Not a
+/// stable API.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod testing;
 
 /// The invalidation bus: applying messages, resync, the subscriber, heartbeat, watchdog and
 /// external-write tracking.

@@ -31,11 +31,11 @@
 
 use crate::codec::unix_ms;
 
-const MAGIC: u8 = 0xC1;
-const FORMAT: u8 = 2;
+pub(crate) const MAGIC: u8 = 0xC1;
+pub(crate) const FORMAT: u8 = 2;
 /// The format before the send time: still read (without a lag sample), so nodes of this
 /// version tolerate older ones during a rolling upgrade.
-const FORMAT_1: u8 = 1;
+pub(crate) const FORMAT_1: u8 = 1;
 const KIND_KEYS: u8 = 0;
 const KIND_NAMESPACE: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
@@ -117,6 +117,14 @@ impl Outgoing {
         t
     }
 
+    /// The same message, stamped as sent at `sent_ms` instead of when it was built.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn with_sent_ms(mut self, sent_ms: u64) -> Self {
+        // The tail starts with the send time (see `tail_start`).
+        self.tail[..8].copy_from_slice(&sent_ms.to_be_bytes());
+        self
+    }
+
     pub(crate) fn head(&self) -> &[u8] {
         &self.head
     }
@@ -125,8 +133,9 @@ impl Outgoing {
         &self.tail
     }
 
-    #[cfg(test)]
-    fn assemble(&self, version: u64, epoch: u64) -> Vec<u8> {
+    /// The message as published at `version` and `epoch` (what the script's splice yields).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn assemble(&self, version: u64, epoch: u64) -> Vec<u8> {
         [
             &self.head[..],
             &version.to_be_bytes(),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{eventually, node, node_with, RedisServer, PATIENCE};
+use support::{envelope, eventually, keys, node, node_with, RedisServer, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,8 +36,11 @@ async fn set_get_invalidate_round_trip() {
     quotes.set("AAPL", quote("149.99")).await.unwrap();
     // Own write lands in L1 (no Redis needed to read it back) and in Redis.
     assert_eq!(quotes.get_local("AAPL").as_deref(), Some(&quote("149.99")));
-    let raw: Vec<u8> = server.cmd(&[b"GET", b"v1:quote:AAPL"]);
-    assert_eq!(raw[0], 0xC1, "stored in the versioned envelope");
+    let raw: Vec<u8> = server.cmd(&[b"GET", keys::value("quote", "AAPL").as_bytes()]);
+    assert!(
+        envelope::is_envelope(&raw),
+        "stored in the versioned envelope"
+    );
 
     quotes.invalidate("AAPL").await.unwrap();
     assert_eq!(quotes.get_local("AAPL"), None);
@@ -111,7 +114,7 @@ async fn get_or_load_loads_once_then_serves_from_the_tiers() {
         1.2345
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", b"v1:rate:CNGN:USD"]);
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", keys::value("rate", "CNGN:USD").as_bytes()]);
     assert!(raw.is_some(), "filled under the seed's key layout");
     assert_eq!(b.stats().namespace("rate").unwrap().l2_hits, 1);
 }
@@ -171,9 +174,13 @@ async fn invalidate_namespace_clears_every_key_without_scanning() {
     qa.set("A", quote("2")).await.unwrap();
     assert_eq!(qb.get("A").await.as_deref(), Some(&quote("2")));
     // The crate's only bookkeeping key: one hash with the version counter and the floors.
-    let meta: Vec<String> = server.cmd(&[b"KEYS", b"v1:_tc:*"]);
-    assert_eq!(meta, vec!["v1:_tc:meta".to_string()]);
-    let floor: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"floor:quote"]);
+    let meta: Vec<String> = server.cmd(&[b"KEYS", keys::bookkeeping_pattern().as_bytes()]);
+    assert_eq!(meta, vec![keys::meta()]);
+    let floor: u64 = server.cmd(&[
+        b"HGET",
+        keys::meta().as_bytes(),
+        keys::floor_field("quote").as_bytes(),
+    ]);
     assert!(floor > 0);
     // A node that starts later learns the floor from Redis and does not serve the old values.
     let c = node(&server).await;
@@ -197,7 +204,8 @@ async fn ttls_apply_on_both_tiers() {
     .await;
     let ns = cache.namespace::<str, u32>("short").unwrap();
     ns.set("k", 7).await.unwrap();
-    let pttl: i64 = server.cmd(&[b"PTTL", b"v1:short:k"]);
+    let key = keys::value("short", "k");
+    let pttl: i64 = server.cmd(&[b"PTTL", key.as_bytes()]);
     assert!((1..=1500).contains(&pttl), "L2 TTL set on the key: {pttl}");
     assert!(ns.get_local("k").is_some());
     eventually("L1 entry expires", PATIENCE, || async {
@@ -207,7 +215,7 @@ async fn ttls_apply_on_both_tiers() {
     assert_eq!(ns.get("k").await.as_deref(), Some(&7), "still in L2");
     eventually("L2 entry expires", PATIENCE, || async {
         server
-            .cmd::<Option<Vec<u8>>>(&[b"GET", b"v1:short:k"])
+            .cmd::<Option<Vec<u8>>>(&[b"GET", key.as_bytes()])
             .is_none()
     })
     .await;
@@ -223,14 +231,17 @@ async fn corrupt_or_foreign_bytes_are_a_counted_miss() {
     let server = RedisServer::start();
     let cache = node(&server).await;
     let quotes = cache.namespace::<str, Quote>("quote").unwrap();
-    let bad: [&[u8]; 4] = [
-        b"{\"bid\":\"1.0\"}",                              // foreign JSON
-        &[0xC1, 1, 0, 0, 0],                               // truncated envelope
-        &[0xC1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x90],       // unknown format
-        &[0xC1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0x00], // bad payload
+    let key = keys::value("quote", "BAD");
+    let key = key.as_bytes();
+    let (format, unknown_format) = (envelope::FORMAT, envelope::FORMAT + 8);
+    let bad: [Vec<u8>; 4] = [
+        b"{\"bid\":\"1.0\"}".to_vec(),                    // foreign JSON
+        envelope::forge(format, 0, 0, &[])[..5].to_vec(), // truncated envelope
+        envelope::forge(unknown_format, 0, 1, &[0x90]),   // unknown format
+        envelope::forge(format, 0, 1, &[0xFF, 0x00]),     // bad payload
     ];
     for (i, bytes) in bad.iter().enumerate() {
-        server.cmd::<()>(&[b"SET", b"v1:quote:BAD", bytes]);
+        server.cmd::<()>(&[b"SET", key, bytes]);
         assert_eq!(quotes.get("BAD").await, None, "case {i}");
         assert_eq!(
             quotes.get_local("BAD"),
@@ -247,24 +258,24 @@ async fn corrupt_or_foreign_bytes_are_a_counted_miss() {
         .await
         .unwrap();
     assert_eq!(*q, quote("3"));
-    let kept: Vec<u8> = server.cmd(&[b"GET", b"v1:quote:BAD"]);
-    assert_eq!(&kept[..], bad[3]);
+    let kept: Vec<u8> = server.cmd(&[b"GET", key]);
+    assert_eq!(kept, bad[3]);
     assert_eq!(cache.stats().namespace("quote").unwrap().fills_refused, 1);
 
     // So is an envelope of a format this build does not know: a newer deploy may have written it.
     // (Shorter than a format-1 header: only the format check keeps it.)
-    let newer: &[u8] = &[0xC1, 2, 0, 0xAB];
-    server.cmd::<()>(&[b"SET", b"v1:quote:BAD", newer]);
+    let newer: &[u8] = &[&envelope::head(envelope::NEWER_FORMAT, 0)[..], &[0xAB]].concat();
+    server.cmd::<()>(&[b"SET", key, newer]);
     let q = quotes
         .get_or_load("BAD", || async { Ok::<_, std::io::Error>(quote("4")) })
         .await
         .unwrap();
     assert_eq!(*q, quote("4"));
-    let kept: Vec<u8> = server.cmd(&[b"GET", b"v1:quote:BAD"]);
+    let kept: Vec<u8> = server.cmd(&[b"GET", key]);
     assert_eq!(&kept[..], newer);
 
     // Bytes that are not ours at all are replaced by the loaded value.
-    server.cmd::<()>(&[b"SET", b"v1:quote:BAD", bad[0]]);
+    server.cmd::<()>(&[b"SET", key, &bad[0]]);
     let q = quotes
         .get_or_load("BAD", || async { Ok::<_, std::io::Error>(quote("3")) })
         .await
@@ -305,7 +316,11 @@ async fn bad_config_fails_at_build() {
         .unwrap_err();
     assert!(e.is_config(), "{e}");
     let e = TieredCache::builder()
-        .prefix("v1:bad")
+        .prefix(format!(
+            "{}{}bad",
+            tiered_cache::DEFAULT_PREFIX,
+            tiered_cache::key::SEPARATOR
+        ))
         .namespace("rate", ns())
         .build()
         .unwrap_err();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom. A module may use modules of strictly lower layers only.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("tooling", &["admin"]),
+    ("tooling", &["admin", "testing"]),
     ("memoized functions", &["memo"]),
     ("typed namespace", &["namespace"]),
     ("handle", &["cache", "options"]),

@@ -9,8 +9,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::gate::{self, Gated};
-use support::listener::{command_calls, keys_of, BusListener, KIND_KEYS};
-use support::{await_applied, eventually, node, node_with_fees, RedisServer, PATIENCE};
+use support::listener::{command_calls, is_keys, keys_of, BusListener};
+use support::{
+    await_applied, envelope, eventually, keys, meta_version, node, node_with_fees, RedisServer,
+    PATIENCE,
+};
 use tiered_cache::{EntryOptions, Error, NamespaceStats, TieredCache};
 
 /// "Never hangs": far above the configured timeouts, not a speed claim.
@@ -48,7 +51,11 @@ async fn get_many_mixes_tiers_and_asks_redis_once() {
     qa.invalidate("gone").await.unwrap();
     await_applied(&b, "quote", 2).await;
     qb.set("local", 1).await.unwrap();
-    let _: () = server.cmd(&[b"SET", b"v1:quote:foreign", b"{\"not\":\"ours\"}"]);
+    let _: () = server.cmd(&[
+        b"SET",
+        keys::value("quote", "foreign").as_bytes(),
+        b"{\"not\":\"ours\"}",
+    ]);
 
     let before = stats(&b, "quote");
     let (mget, get) = (
@@ -187,7 +194,7 @@ async fn batch_loader_failures_are_per_key_outcomes() {
     }
     assert_eq!(stats(&cache, "quote").load_errors, 4);
     // Nothing was cached for them.
-    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", b"v1:quote:x"]);
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", keys::value("quote", "x").as_bytes()]);
     assert_eq!(raw, None);
     assert_eq!(values(&q.batch().get(["x", "y"]).await), [None, None]);
 }
@@ -257,7 +264,7 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
     );
 
     let mut bus = BusListener::start(&server).await;
-    let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    let version = meta_version(&server);
     let sent = stats(&a, "quote").invalidations_sent;
     let applied = support::applied(&b, "quote");
     let out = qa.batch().set(keys().zip(100..)).await;
@@ -267,19 +274,20 @@ async fn set_many_is_one_version_one_message_and_evicts_other_nodes() {
     let messages = bus.until(b"marker").await;
     assert_eq!(messages.len(), 2, "one message for the batch, one marker");
     let (ns, listed) = keys_of(&messages[0]);
-    assert_eq!((messages[0][2], ns.as_str()), (KIND_KEYS, "quote"));
+    assert!(is_keys(&messages[0]), "a keys message");
+    assert_eq!(ns, "quote");
     assert_eq!(listed, names);
-    let after: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    let after = meta_version(&server);
     assert_eq!(
         after,
         version + 2,
         "one version for the batch, one for the marker"
     );
     for k in keys() {
-        let raw: Vec<u8> = server.cmd(&[b"GET", format!("v1:quote:{k}").as_bytes()]);
+        let raw: Vec<u8> = server.cmd(&[b"GET", keys::value("quote", k).as_bytes()]);
         assert_eq!(
-            raw[3..11],
-            (version + 1).to_be_bytes(),
+            envelope::version(&raw),
+            version + 1,
             "{k}: the batch's version"
         );
     }
@@ -493,7 +501,7 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let mut bus = BusListener::start(&server).await;
     let applied = support::applied(&b, "quote");
     let sent = stats(&a, "quote").invalidations_sent;
-    let version: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    let version = meta_version(&server);
     // Duplicates are invalidated once.
     qa.batch()
         .invalidate(["k1", "k3", "k5", "k3"])
@@ -504,9 +512,10 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     let messages = bus.until(b"marker").await;
     assert_eq!(messages.len(), 2, "one message for the batch, one marker");
     let (ns, listed) = keys_of(&messages[0]);
-    assert_eq!((messages[0][2], ns.as_str()), (KIND_KEYS, "quote"));
+    assert!(is_keys(&messages[0]), "a keys message");
+    assert_eq!(ns, "quote");
     assert_eq!(listed, ["k1", "k3", "k5"]);
-    let after: u64 = server.cmd(&[b"HGET", b"v1:_tc:meta", b"version"]);
+    let after = meta_version(&server);
     assert_eq!(after, version + 2, "one version for the batch");
     assert_eq!(stats(&a, "quote").invalidations_sent, sent + 2);
 
@@ -567,10 +576,9 @@ async fn invalidate_many_is_one_script_and_one_message_and_evicts_other_nodes() 
     .await;
     // The restarted Redis kept nothing: the tombstones there are the replayed invalidations.
     for k in ["x", "y"] {
-        let raw: Vec<u8> = server.cmd(&[b"GET", format!("v1:fees:{k}").as_bytes()]);
-        assert_eq!(
-            raw.get(2).map(|f| f & 1),
-            Some(1),
+        let raw: Vec<u8> = server.cmd(&[b"GET", keys::value("fees", k).as_bytes()]);
+        assert!(
+            envelope::has_flag(&raw, envelope::FLAG_TOMBSTONE),
             "{k}: a tombstone in Redis"
         );
     }
@@ -620,8 +628,11 @@ async fn invalidate_many_sends_one_message_per_thousand_keys_and_lands_after_que
     })
     .await;
     assert_eq!(fb.get("x").await, None, "the invalidation is the last word");
-    let raw: Vec<u8> = server.cmd(&[b"GET", b"v1:fees:x"]);
-    assert_eq!(raw.get(2).map(|f| f & 1), Some(1), "a tombstone in Redis");
+    let raw: Vec<u8> = server.cmd(&[b"GET", keys::value("fees", "x").as_bytes()]);
+    assert!(
+        envelope::has_flag(&raw, envelope::FLAG_TOMBSTONE),
+        "a tombstone in Redis"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
+use support::{
+    await_applied, envelope, eventually, keys, Fault, FaultProxy, RedisServer, Target, PATIENCE,
+};
 use tiered_cache::{BreakerState, EntryOptions, NamespacePolicy, TieredCache, TieredCacheBuilder};
 
 /// "Never hangs": far above every configured timeout; a functional bound, not a speed claim.
@@ -43,23 +45,30 @@ async fn breaker_is(c: &TieredCache, want: BreakerState) {
     .await;
 }
 
-/// The value Redis itself holds under `key` (a library envelope: 11 header bytes, then
-/// MessagePack), or `None` for no key or a tombstone.
-fn in_redis<T: serde::de::DeserializeOwned>(server: &RedisServer, key: &str) -> Option<T> {
-    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", key.as_bytes()]);
+/// The value Redis itself holds under `key` of `ns` (a library envelope around MessagePack),
+/// or `None` for no key or a tombstone.
+fn in_redis<T: serde::de::DeserializeOwned>(
+    server: &RedisServer,
+    ns: &str,
+    key: &str,
+) -> Option<T> {
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", keys::value(ns, key).as_bytes()]);
     let raw = raw?;
-    assert_eq!(raw[0], 0xC1, "not a library envelope");
-    if raw[2] & 1 == 1 {
+    assert!(envelope::is_envelope(&raw), "not a library envelope");
+    if envelope::has_flag(&raw, envelope::FLAG_TOMBSTONE) {
         return None;
     }
-    assert_eq!(
-        raw[2] & 0b10,
-        0,
+    assert!(
+        !envelope::has_flag(&raw, envelope::FLAG_COMPRESSED),
         "test values are too small to be compressed"
     );
-    // After the header, an 8-byte expiry when flag bit 2 says so (see `codec.rs`).
-    let payload = if raw[2] & 0b100 != 0 { 19 } else { 11 };
-    Some(rmp_serde::from_slice(&raw[payload..]).expect("payload decodes"))
+    match envelope::open(&raw) {
+        Ok(envelope::Envelope::Value {
+            payload: Some(payload),
+            ..
+        }) => Some(rmp_serde::from_slice(&payload).expect("payload decodes")),
+        other => panic!("not a stored value: {other:?}"),
+    }
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -144,9 +153,9 @@ async fn breaker_opens_as_redis_dies_and_closes_after_restart_with_no_caller_err
     })
     .await;
     // The empty Redis holds the queued writes, and b, whose L1 the resync cleared, follows.
-    assert_eq!(in_redis::<u64>(&server, "v1:fees:k"), Some(2));
-    assert_eq!(in_redis::<u64>(&server, "v1:rate:j"), Some(5));
-    assert_eq!(in_redis::<u64>(&server, "v1:rate:k"), None);
+    assert_eq!(in_redis::<u64>(&server, "fees", "k"), Some(2));
+    assert_eq!(in_redis::<u64>(&server, "rate", "j"), Some(5));
+    assert_eq!(in_redis::<u64>(&server, "rate", "k"), None);
     eventually(
         "b serves the replayed write, never its old copy",
         PATIENCE,
@@ -330,7 +339,7 @@ async fn a_replayed_write_reaches_other_nodes_l1() {
     })
     .await;
     assert_eq!(rb.get("k").await.map(|v| *v), Some(2));
-    assert_eq!(in_redis::<u64>(&server, "v1:rate:k"), Some(2));
+    assert_eq!(in_redis::<u64>(&server, "rate", "k"), Some(2));
     eventually("a's outbox empty", PATIENCE, || async {
         a.stats().outbox_entries == 0
     })
@@ -387,7 +396,7 @@ async fn a_timed_out_write_is_retried_and_keeps_its_local_copy_meanwhile() {
         fb.get("k").await.map(|v| *v) == Some(2)
     })
     .await;
-    assert_eq!(in_redis::<u64>(&server, "v1:fees:k"), Some(2));
+    assert_eq!(in_redis::<u64>(&server, "fees", "k"), Some(2));
     eventually("a's outbox empty", PATIENCE, || async {
         a.stats().outbox_entries == 0
     })
@@ -467,7 +476,7 @@ async fn a_clear_while_down_supersedes_the_keys_queued_before_it() {
         assert_eq!(ra.get(k).await, None, "{k}: written before the clear");
     }
     assert_eq!(
-        in_redis::<String>(&server, "v1:rate:k3").as_deref(),
+        in_redis::<String>(&server, "rate", "k3").as_deref(),
         Some("after")
     );
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::process::{Output, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
-use support::{eventually, RedisServer, PATIENCE};
+use support::{eventually, keys, RedisServer, PATIENCE};
 use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -94,7 +94,7 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     rates.set("CNGN:USD", 0.00065).await.unwrap();
     let seen = ok_json(&cli(&server, &["inspect", "rate", "CNGN:USD"]).await);
     assert_eq!(seen["value"], json!(0.00065));
-    assert_eq!(seen["redis_key"], "v1:rate:CNGN:USD");
+    assert_eq!(seen["redis_key"], keys::value("rate", "CNGN:USD"));
     assert_eq!(
         seen["version"],
         json!(rates.local_version("CNGN:USD").unwrap())
@@ -163,16 +163,17 @@ async fn foreign_missing_and_unknown_are_clear_errors() {
         .set("known", 1.0)
         .await
         .unwrap();
-    let _: () = server.cmd(&[b"SET", b"v1:rate:foreign", b"{\"json\":true}"]);
+    let foreign = keys::value("rate", "foreign");
+    let _: () = server.cmd(&[b"SET", foreign.as_bytes(), b"{\"json\":true}"]);
 
     let err = error_line(&cli(&server, &["inspect", "rate", "foreign"]).await);
     assert!(
-        err.contains("foreign value") && err.contains("v1:rate:foreign"),
+        err.contains("foreign value") && err.contains(&foreign),
         "{err}"
     );
     let err = error_line(&cli(&server, &["inspect", "rate", "absent"]).await);
     assert!(
-        err.contains("no such key") && err.contains("v1:rate:absent"),
+        err.contains("no such key") && err.contains(&keys::value("rate", "absent")),
         "{err}"
     );
     let err = error_line(&cli(&server, &["inspect", "ratez", "known"]).await);
@@ -181,7 +182,7 @@ async fn foreign_missing_and_unknown_are_clear_errors() {
     let err = error_line(&cli(&server, &["flush", "--namespace", "ratez"]).await);
     assert!(err.contains("unknown namespace"), "{err}");
     // Nothing was flushed by the refused command: no floor for the typo.
-    let floors: Vec<String> = server.cmd(&[b"HKEYS", b"v1:_tc:meta"]);
+    let floors: Vec<String> = server.cmd(&[b"HKEYS", keys::meta().as_bytes()]);
     assert!(!floors.iter().any(|f| f.contains("ratez")), "{floors:?}");
 
     // Usage errors are clap's: exit 2.
@@ -291,7 +292,11 @@ async fn redis_info_reports_the_servers_figures() {
         .build()
         .unwrap();
     eventually("subscribed, first heartbeat sent", PATIENCE, || async {
-        let sent: bool = server.cmd(&[b"HEXISTS", b"v1:_tc:meta", b"epoch"]);
+        let sent: bool = server.cmd(&[
+            b"HEXISTS",
+            keys::meta().as_bytes(),
+            keys::EPOCH_FIELD.as_bytes(),
+        ]);
         a.is_subscribed() && sent
     })
     .await;
@@ -429,7 +434,7 @@ async fn watch_prints_each_invalidation_with_its_lag() {
         .expect("watch says when it listens")
         .unwrap()
         .unwrap_or_default();
-    assert_eq!(first, "watching v1:_tc:inv:db0");
+    assert_eq!(first, format!("watching {}", keys::channel()));
 
     let before = unix_ms();
     rates.set("CNGN:USD", 0.00065).await.unwrap();
@@ -515,7 +520,7 @@ async fn watch_ends_with_an_error_when_redis_goes_away() {
         .await
         .expect("watch says when it listens")
         .unwrap();
-    assert_eq!(first.as_deref(), Some("watching v1:_tc:inv:db0"));
+    assert_eq!(first, Some(format!("watching {}", keys::channel())));
     server.kill();
     let status = tokio::time::timeout(HANG, child.wait())
         .await

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{eventually, node, RedisServer, PATIENCE};
+use support::{eventually, keys, node, wire, RedisServer, PATIENCE};
 use tiered_cache::{Namespace, TieredCache};
 
 async fn nodes(server: &RedisServer, n: usize) -> Vec<TieredCache> {
@@ -143,7 +143,9 @@ async fn an_unreadable_bus_message_clears_l1() {
     let ns = cache.namespace::<str, u64>("rate").unwrap();
     ns.set("k", 1).await.unwrap();
     assert!(ns.get_local("k").is_some());
-    let receivers: i64 = server.cmd(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x01garbage"]);
+    // A format 1 header (a format this build reads), then nothing it can parse.
+    let garbage = wire::with_header(wire::BUS_FORMAT_1, b"garbage");
+    let receivers: i64 = server.cmd(&[b"PUBLISH", keys::channel().as_bytes(), &garbage]);
     assert_eq!(receivers, 1);
     eventually("L1 cleared", PATIENCE, || async {
         ns.get_local("k").is_none()

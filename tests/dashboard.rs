@@ -23,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::keys::{self, Keys};
+use support::wire::{self, Message};
 use support::RedisServer;
 use tiered_cache::{NamespacePolicy, TieredCache};
 
@@ -603,11 +605,19 @@ fn demo_binary() -> PathBuf {
     bin
 }
 
-/// Builds one node of the workload on `url` with prefix `obs`.
+/// The prefix of the workload's nodes.
+const PREFIX: &str = "obs";
+
+/// The Redis names of the workload's nodes.
+fn obs_keys() -> Keys {
+    keys::with_prefix(PREFIX)
+}
+
+/// Builds one node of the workload on `url` with prefix [`PREFIX`].
 fn workload_node(url: &str, tracking: bool) -> TieredCache {
     TieredCache::builder()
         .redis_url(url)
-        .prefix("obs")
+        .prefix(PREFIX)
         .namespace("rate", NamespacePolicy::new(Duration::from_secs(90)))
         // Fail-safe, soft and hard timeouts: short TTL so values go stale within the test.
         .namespace(
@@ -685,7 +695,8 @@ async fn round(i: u64, a: &TieredCache, b: &TieredCache, c: &TieredCache, redis:
         let _ = rb2.invalidate(&k2).await;
     });
     // Undecodable bytes under a cache key.
-    redis.cmd::<String>(&[b"SET", format!("obs:rate:junk{i}").as_bytes(), b"\x00junk"]);
+    let junk = obs_keys().value_key("rate", &format!("junk{i}"));
+    redis.cmd::<String>(&[b"SET", junk.as_bytes(), b"\x00junk"]);
     let _ = ra.get(&format!("junk{i}")).await;
     // Fleet-wide single flight: both nodes load one key at once.
     let (fa, fb) = (
@@ -736,20 +747,32 @@ async fn round(i: u64, a: &TieredCache, b: &TieredCache, c: &TieredCache, redis:
     // The bus: a write whose message is lost (a gap), an unreadable message, a killed
     // subscriber connection, and a write made outside the library (tracked on b).
     // One per round: each makes the nodes resync, which would hide the next one's cause.
+    let obs = obs_keys();
     match i % 3 {
-        0 => redis.cmd::<u64>(&[b"HINCRBY", b"obs:_tc:meta", b"version", b"1"]) as i64,
-        1 => redis.cmd::<i64>(&[b"PUBLISH", b"obs:_tc:inv:db0", b"\xC1\x09garbage"]),
+        0 => redis.cmd::<u64>(&[
+            b"HINCRBY",
+            obs.meta_key().as_bytes(),
+            keys::VERSION_FIELD.as_bytes(),
+            b"1",
+        ]) as i64,
+        1 => redis.cmd::<i64>(&[
+            b"PUBLISH",
+            obs.channel().as_bytes(),
+            &wire::from_a_newer_build(b"garbage"),
+        ]),
         _ => redis.cmd::<i64>(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]),
     };
-    redis.cmd::<String>(&[b"SET", format!("obs:rate:ext{i}").as_bytes(), b"x"]);
+    let ext = obs.value_key("rate", &format!("ext{i}"));
+    redis.cmd::<String>(&[b"SET", ext.as_bytes(), b"x"]);
 }
 
-/// Publishes an invalidation of `key` as another node would, stamped 5 s ago (message layout:
-/// `src/bus.rs`), at the current version and epoch so the receivers apply it in sequence.
+/// Publishes an invalidation of `key` as another node would, stamped 5 s ago, at the current
+/// version and epoch so the receivers apply it in sequence.
 fn lagged_message(redis: &RedisServer, ns: &str, key: &str) {
-    let meta = |f: &[u8]| -> u64 {
+    let obs = obs_keys();
+    let meta = |f: &str| -> u64 {
         redis
-            .cmd::<Option<u64>>(&[b"HGET", b"obs:_tc:meta", f])
+            .cmd::<Option<u64>>(&[b"HGET", obs.meta_key().as_bytes(), f.as_bytes()])
             .unwrap_or(0)
     };
     let sent_ms = std::time::SystemTime::now()
@@ -757,17 +780,10 @@ fn lagged_message(redis: &RedisServer, ns: &str, key: &str) {
         .unwrap()
         .as_millis() as u64
         - 5_000;
-    let mut m = vec![0xC1, 2, 0];
-    m.extend_from_slice(&0x1A66_u64.to_be_bytes()); // origin: no real node
-    m.extend_from_slice(&meta(b"version").to_be_bytes());
-    m.extend_from_slice(&meta(b"epoch").to_be_bytes());
-    m.extend_from_slice(&sent_ms.to_be_bytes());
-    m.extend_from_slice(&(ns.len() as u16).to_be_bytes());
-    m.extend_from_slice(ns.as_bytes());
-    m.extend_from_slice(&1u32.to_be_bytes());
-    m.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    m.extend_from_slice(key.as_bytes());
-    redis.cmd::<i64>(&[b"PUBLISH", b"obs:_tc:inv:db0", &m]);
+    let m = Message::keys(wire::FOREIGN_ORIGIN, ns, &[key])
+        .sent_at(sent_ms)
+        .assemble(meta(keys::VERSION_FIELD), meta(keys::EPOCH_FIELD));
+    redis.cmd::<i64>(&[b"PUBLISH", obs.channel().as_bytes(), &m]);
 }
 
 #[test]

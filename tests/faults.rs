@@ -6,7 +6,9 @@ mod support;
 
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-use support::{await_applied, eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
+use support::{
+    await_applied, eventually, keys, wire, Fault, FaultProxy, RedisServer, Target, PATIENCE,
+};
 use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 
 use support::BOUND;
@@ -100,7 +102,7 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
         .get_async_pubsub()
         .await
         .unwrap();
-    bus.subscribe("v1:_tc:inv:db0").await.unwrap();
+    bus.subscribe(keys::channel()).await.unwrap();
     let writer = TieredCache::builder()
         .redis_url(proxy.url())
         .namespace(
@@ -116,13 +118,13 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
         .build()
         .unwrap();
     let mut messages = bus.into_on_message();
-    let origin = writer.node_id().to_be_bytes();
+    let origin = writer.node_id();
     tokio::time::timeout(PATIENCE, async {
         loop {
             let m = messages.next().await.expect("listener connection closed");
             let bytes = m.get_payload_bytes();
-            // Kind 2 is a heartbeat; bytes 3-10 are its sender (see `src/bus.rs`).
-            if bytes.get(2) == Some(&2) && bytes.get(3..11) == Some(&origin[..]) {
+            if wire::is_heartbeat(bytes) && wire::decode(bytes).is_some_and(|m| m.origin == origin)
+            {
                 return;
             }
         }
@@ -156,7 +158,7 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
     assert!(e.is_unavailable(), "{e}");
     proxy.heal();
     // The script ran: Redis has 2, the others were told, the writer dropped its copy.
-    assert_eq!(server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", b"version"]), 2);
+    assert_eq!(support::meta_version(&server), 2);
     for (i, r) in rs.iter().enumerate() {
         eventually(&format!("node {i} converges"), PATIENCE, || async {
             r.get("k").await.map(|v| *v) == Some(2)

@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{await_applied, eventually, node_with, RedisServer, PATIENCE};
+use support::{await_applied, envelope, eventually, keys, node_with, RedisServer, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
 /// Session TTL: short, so the test can outlive it several times over.
@@ -28,7 +28,7 @@ async fn memo_node(server: &RedisServer) -> TieredCache {
 }
 
 fn pttl(server: &RedisServer, key: &str) -> i64 {
-    server.cmd(&[b"PTTL", format!("v1:session:{key}").as_bytes()])
+    server.cmd(&[b"PTTL", keys::value("session", key).as_bytes()])
 }
 
 #[tokio::test]
@@ -201,7 +201,7 @@ async fn touch_refuses_invalidated_and_keeps_a_racing_write() {
     stop.store(true, SeqCst);
     assert!(toucher.await.unwrap() > 0);
     let last = format!("w{WRITES}");
-    let raw: Vec<u8> = server.cmd(&[b"GET", b"v1:session:s"]);
+    let raw: Vec<u8> = server.cmd(&[b"GET", keys::value("session", "s").as_bytes()]);
     assert!(
         raw.windows(last.len()).any(|w| w == last.as_bytes()),
         "Redis does not hold the last write"
@@ -221,7 +221,7 @@ async fn touch_refuses_invalidated_and_keeps_a_racing_write() {
 
 /// What Redis holds for a session key, and its PTTL.
 fn raw(server: &RedisServer, ns: &str, key: &str) -> (Vec<u8>, i64) {
-    let k = format!("v1:{ns}:{key}");
+    let k = keys::value(ns, key);
     (
         server.cmd(&[b"GET", k.as_bytes()]),
         server.cmd(&[b"PTTL", k.as_bytes()]),
@@ -260,9 +260,8 @@ async fn touch_refuses_what_is_not_a_live_value_and_leaves_it_untouched() {
         .await
         .unwrap();
     assert!(absent.is_none());
-    assert_eq!(
-        raw(&server, "session", "absent").0[2] & 8,
-        8,
+    assert!(
+        envelope::has_flag(&raw(&server, "session", "absent").0, envelope::FLAG_ABSENT),
         "an absent entry"
     );
     refused("session", "absent").await;
@@ -270,7 +269,7 @@ async fn touch_refuses_what_is_not_a_live_value_and_leaves_it_untouched() {
     // Foreign bytes, and an envelope with a flag this build does not know.
     let _: () = server.cmd(&[
         b"SET",
-        b"v1:session:foreign",
+        keys::value("session", "foreign").as_bytes(),
         b"hello, not ours",
         b"PX",
         b"60000",
@@ -278,8 +277,9 @@ async fn touch_refuses_what_is_not_a_live_value_and_leaves_it_untouched() {
     refused("session", "foreign").await;
     sessions.set("flagged", "v".into()).await.unwrap();
     let (mut bytes, _) = raw(&server, "session", "flagged");
-    bytes[2] |= 0x10;
-    let _: () = server.cmd(&[b"SET", b"v1:session:flagged", &bytes, b"PX", b"60000"]);
+    envelope::add_flag(&mut bytes, envelope::UNKNOWN_FLAG);
+    let flagged = keys::value("session", "flagged");
+    let _: () = server.cmd(&[b"SET", flagged.as_bytes(), &bytes, b"PX", b"60000"]);
     refused("session", "flagged").await;
 
     // A live value under a namespace clear: still in Redis, dead by the floor.
@@ -293,7 +293,7 @@ async fn touch_refuses_what_is_not_a_live_value_and_leaves_it_untouched() {
 
     // A value past its expiry, kept in Redis only for fail-safe.
     safe.set("old", "v".into()).await.unwrap();
-    let expiry = u64::from_be_bytes(raw(&server, "safe", "old").0[11..19].try_into().unwrap());
+    let expiry = envelope::expires_ms(&raw(&server, "safe", "old").0).expect("an expiry");
     eventually("the value is past its expiry", PATIENCE, || async {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

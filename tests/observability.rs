@@ -6,7 +6,8 @@ mod support;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use std::time::Duration;
-use support::{await_applied, eventually, node, node_with, RedisServer, PATIENCE};
+use support::wire::{self, Message};
+use support::{await_applied, eventually, keys, node, node_with, RedisServer, PATIENCE};
 use tiered_cache::TieredCache;
 
 /// A node whose metric handles are bound to `recorder` (handles are resolved at `build()`).
@@ -180,7 +181,7 @@ async fn lost_messages_are_counted_from_the_hole_in_the_sequence() {
     let b = node(&server).await;
     let before = b.stats();
     // Three versions drawn without a message, as if three messages were lost on the way.
-    server.cmd::<u64>(&[b"HINCRBY", b"v1:_tc:meta", b"version", b"3"]);
+    support::draw_versions(&server, 3);
     a.namespace::<str, u64>("rate")
         .unwrap()
         .set("k", 1)
@@ -236,7 +237,7 @@ async fn time_bypassed_grows_while_the_bus_cannot_vouch() {
 async fn lag_is_the_receivers_clock_minus_the_senders() {
     let server = RedisServer::start();
     let a = node(&server).await;
-    let meta = |f: &[u8]| -> u64 { server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", f]) };
+    let meta = |f: &str| -> u64 { support::meta_field(&server, f) };
     // A write first, so the counter and its epoch exist.
     a.namespace::<str, u64>("rate")
         .unwrap()
@@ -248,17 +249,10 @@ async fn lag_is_the_receivers_clock_minus_the_senders() {
         .unwrap()
         .as_millis() as u64;
     for sent_ms in [now_ms - 5_000, now_ms + 60_000] {
-        let mut m = vec![0xC1, 2, 0];
-        m.extend_from_slice(&0x1A66_u64.to_be_bytes());
-        m.extend_from_slice(&meta(b"version").to_be_bytes());
-        m.extend_from_slice(&meta(b"epoch").to_be_bytes());
-        m.extend_from_slice(&sent_ms.to_be_bytes());
-        m.extend_from_slice(&4u16.to_be_bytes());
-        m.extend_from_slice(b"rate");
-        m.extend_from_slice(&1u32.to_be_bytes());
-        m.extend_from_slice(&1u32.to_be_bytes());
-        m.extend_from_slice(b"k");
-        server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", &m]);
+        let m = Message::keys(wire::FOREIGN_ORIGIN, "rate", &["k"])
+            .sent_at(sent_ms)
+            .assemble(meta(keys::VERSION_FIELD), meta(keys::EPOCH_FIELD));
+        server.cmd::<i64>(&[b"PUBLISH", keys::channel().as_bytes(), &m]);
     }
     await_applied(&a, "rate", 2).await;
     let lag = a.stats().namespace("rate").unwrap().invalidation_lag;

@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{await_applied, eventually, RedisServer, PATIENCE};
+use support::{await_applied, eventually, keys, RedisServer, PATIENCE};
 use tiered_cache::{Namespace, NamespacePolicy, TieredCache};
 use tokio::sync::Semaphore;
 
@@ -237,7 +237,7 @@ async fn ttl_jitter_spreads_expiry_without_exceeding_the_ttl() {
     for i in 0..100u64 {
         let key = format!("k{i}");
         na.set(&key, i).await.unwrap();
-        let ms: i64 = server.cmd(&[b"PTTL", format!("v1:px:{key}").as_bytes()]);
+        let ms: i64 = server.cmd(&[b"PTTL", keys::value("px", &key).as_bytes()]);
         ttls.push(ms);
     }
     let (min, max) = (*ttls.iter().min().unwrap(), *ttls.iter().max().unwrap());
@@ -506,7 +506,8 @@ async fn waiters_take_the_holders_value_even_if_its_unlock_never_comes() {
         node(&server, policy).await,
     );
     // A lock held by a node that will never release it.
-    let _: String = server.cmd(&[b"SET", b"v1:_tc:lock:px:hot", b"1", b"PX", b"60000"]);
+    let lock = keys::lock("px", "hot");
+    let _: String = server.cmd(&[b"SET", lock.as_bytes(), b"1", b"PX", b"60000"]);
     let calls = Arc::new(AtomicU64::new(0));
     let waiter = {
         let (na, calls) = (px(&a), calls.clone());

@@ -5,31 +5,26 @@
 
 mod support;
 
-use support::{await_applied, eventually, node, RedisServer, PATIENCE};
+use support::wire::{self, Message};
+use support::{await_applied, eventually, keys, meta_field, node, RedisServer, PATIENCE};
 use tiered_cache::TieredCache;
-
-fn meta_u64(server: &RedisServer, field: &str) -> u64 {
-    server.cmd::<u64>(&[b"HGET", b"v1:_tc:meta", field.as_bytes()])
-}
 
 /// What the clear script stores for namespace `rate` at version `floor`, with no message.
 fn record_clear_in_redis(server: &RedisServer, floor: u64) {
     let floor = floor.to_string();
-    for field in [&b"version"[..], b"floor:rate"] {
-        server.cmd::<()>(&[b"HSET", b"v1:_tc:meta", field, floor.as_bytes()]);
+    for field in [keys::VERSION_FIELD.to_owned(), keys::floor_field("rate")] {
+        server.cmd::<()>(&[
+            b"HSET",
+            keys::meta().as_bytes(),
+            field.as_bytes(),
+            floor.as_bytes(),
+        ]);
     }
 }
 
-/// A whole-namespace message as the clear script publishes it.
-fn namespace_message(origin: u64, version: u64, epoch: u64, ns: &str) -> Vec<u8> {
-    let mut m = vec![0xC1, 2, 1];
-    m.extend_from_slice(&origin.to_be_bytes());
-    m.extend_from_slice(&version.to_be_bytes());
-    m.extend_from_slice(&epoch.to_be_bytes());
-    m.extend_from_slice(&0u64.to_be_bytes()); // send time: feeds the lag metric only
-    m.extend_from_slice(&(ns.len() as u16).to_be_bytes());
-    m.extend_from_slice(ns.as_bytes());
-    m
+/// Publishes `msg` on the invalidation channel.
+fn publish(server: &RedisServer, msg: &[u8]) {
+    server.cmd::<i64>(&[b"PUBLISH", keys::channel().as_bytes(), msg]);
 }
 
 fn own_skipped(c: &TieredCache) -> u64 {
@@ -48,14 +43,15 @@ async fn an_own_namespace_clear_whose_reply_was_lost_still_sets_the_floor() {
         b.namespace::<str, u64>("rate").unwrap(),
     );
     rb.set("k", 1).await.unwrap();
-    let version = meta_u64(&server, "version");
-    let epoch = meta_u64(&server, "epoch");
+    let version = meta_field(&server, keys::VERSION_FIELD);
+    let epoch = meta_field(&server, keys::EPOCH_FIELD);
     // What `invalidate_namespace` on `a` would have published, as if its reply never came.
     let floor = version + 1;
     record_clear_in_redis(&server, floor);
     let before = own_skipped(&a);
-    let msg = namespace_message(a.node_id(), floor, epoch, "rate");
-    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", &msg]);
+    // A whole-namespace message as the clear script publishes it.
+    let msg = Message::namespace(a.node_id(), "rate").assemble(floor, epoch);
+    publish(&server, &msg);
     eventually("a saw its own echo", PATIENCE, || async {
         own_skipped(&a) > before
     })
@@ -74,9 +70,9 @@ async fn an_unreadable_message_reloads_the_floors() {
     let ra = a.namespace::<str, u64>("rate").unwrap();
     ra.set("k", 1).await.unwrap();
     // A clear this node never heard of (say, its message was the unreadable one).
-    let floor = meta_u64(&server, "version") + 1;
+    let floor = meta_field(&server, keys::VERSION_FIELD) + 1;
     record_clear_in_redis(&server, floor);
-    server.cmd::<i64>(&[b"PUBLISH", b"v1:_tc:inv:db0", b"\xC1\x09from a newer build"]);
+    publish(&server, &wire::from_a_newer_build(b"from a newer build"));
     eventually("L1 cleared", PATIENCE, || async {
         ra.get_local("k").is_none()
     })
@@ -136,7 +132,12 @@ async fn a_corrupt_floor_field_does_not_stop_resubscription() {
     let a = node(&server).await;
     let ra = a.namespace::<str, u64>("rate").unwrap();
     ra.set("k", 1).await.unwrap();
-    server.cmd::<()>(&[b"HSET", b"v1:_tc:meta", b"floor:rate", b"not-a-number"]);
+    server.cmd::<()>(&[
+        b"HSET",
+        keys::meta().as_bytes(),
+        keys::floor_field("rate").as_bytes(),
+        b"not-a-number",
+    ]);
     let before = a.stats().bus_subscriptions;
     server.cmd::<i64>(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
     eventually("resubscribed", PATIENCE, || async {
@@ -161,7 +162,7 @@ async fn a_lost_message_is_caught_by_the_next_heartbeat() {
     assert!(ra.get_local("k").is_some());
     let subscriptions = a.stats().bus_subscriptions;
 
-    server.cmd::<u64>(&[b"HINCRBY", b"v1:_tc:meta", b"version", b"1"]);
+    support::draw_versions(&server, 1);
     eventually("gap detected", PATIENCE, || async { gaps(&a) >= 1 }).await;
     eventually("L1 cleared", PATIENCE, || async {
         ra.get_local("k").is_none()

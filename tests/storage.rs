@@ -3,11 +3,14 @@
 mod support;
 
 use std::time::Duration;
-use support::{RedisServer, PATIENCE};
+use support::envelope::{self, FLAG_COMPRESSED};
+use support::{keys, RedisServer, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
-const FLAGS: usize = 2;
-const COMPRESSED: u8 = 0b10;
+/// Whether stored bytes hold a compressed payload.
+fn compressed(raw: &[u8]) -> bool {
+    envelope::has_flag(raw, FLAG_COMPRESSED)
+}
 
 async fn node(server: &RedisServer, policy: NamespacePolicy) -> TieredCache {
     support::node_with(server, |b| b.namespace("book", policy)).await
@@ -21,7 +24,7 @@ fn book(n: usize) -> Vec<(String, u64, u64)> {
 }
 
 fn raw(server: &RedisServer, key: &str) -> Vec<u8> {
-    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", format!("v1:book:{key}").as_bytes()]);
+    let raw: Option<Vec<u8>> = server.cmd(&[b"GET", keys::value("book", key).as_bytes()]);
     raw.expect("stored")
 }
 
@@ -39,17 +42,13 @@ async fn payloads_over_the_threshold_are_compressed_and_read_back_exactly() {
     na.set("big", big.clone()).await.unwrap();
     na.set("small", small.clone()).await.unwrap();
     let (raw_big, raw_small) = (raw(&server, "big"), raw(&server, "small"));
-    assert_ne!(raw_big[FLAGS] & COMPRESSED, 0, "over 1 KiB: compressed");
+    assert!(compressed(&raw_big), "over 1 KiB: compressed");
     assert!(
         raw_big.len() < 200 * 20,
         "and smaller: {} bytes",
         raw_big.len()
     );
-    assert_eq!(
-        raw_small[FLAGS] & COMPRESSED,
-        0,
-        "under 1 KiB: stored as it is"
-    );
+    assert!(!compressed(&raw_small), "under 1 KiB: stored as it is");
     // Node b decodes both from Redis.
     assert_eq!(*nb.get("big").await.unwrap(), big);
     assert_eq!(*nb.get("small").await.unwrap(), small);
@@ -65,7 +64,7 @@ async fn compression_can_be_turned_off() {
     .await;
     let na = a.namespace::<str, Vec<(String, u64, u64)>>("book").unwrap();
     na.set("big", book(200)).await.unwrap();
-    assert_eq!(raw(&server, "big")[FLAGS] & COMPRESSED, 0);
+    assert!(!compressed(&raw(&server, "big")));
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use support::gate::{self, Gated};
-use support::listener::{sections_of, BusListener, KIND_MULTI};
-use support::{await_applied, eventually, node, node_with, node_with_fees, RedisServer, PATIENCE};
+use support::listener::{is_multi, sections_of, BusListener};
+use support::{
+    await_applied, eventually, keys, node, node_with, node_with_fees, RedisServer, PATIENCE,
+};
 use tiered_cache::{EntryOptions, NamespacePolicy, TieredCache};
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
@@ -27,8 +29,13 @@ fn members(server: &RedisServer, set: &str) -> BTreeSet<String> {
     server.cmd(&[b"SMEMBERS", set.as_bytes()])
 }
 
-fn set_of(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
+fn names_of(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|k| k.to_string()).collect()
+}
+
+/// The Redis keys of `names` in `ns`, as a tag's set lists them.
+fn set_of(ns: &str, names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|k| keys::value(ns, k)).collect()
 }
 
 #[tokio::test]
@@ -76,15 +83,15 @@ async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
 
     // The bookkeeping in Redis: value keys per tag, living at least as long as the values.
     assert_eq!(
-        members(&server, "v1:_tc:tag:quote:W1"),
-        set_of(&["v1:quote:p1", "v1:quote:p2", "v1:quote:p3", "v1:quote:p5"])
+        members(&server, &keys::tag("quote", "W1")),
+        set_of("quote", &["p1", "p2", "p3", "p5"])
     );
     assert_eq!(
-        members(&server, "v1:_tc:tag:quote:T9"),
-        set_of(&["v1:quote:p2", "v1:quote:p3"])
+        members(&server, &keys::tag("quote", "T9")),
+        set_of("quote", &["p2", "p3"])
     );
-    let set_ttl: i64 = server.cmd(&[b"PTTL", b"v1:_tc:tag:quote:W1"]);
-    let value_ttl: i64 = server.cmd(&[b"PTTL", b"v1:quote:p1"]);
+    let set_ttl: i64 = server.cmd(&[b"PTTL", keys::tag("quote", "W1").as_bytes()]);
+    let value_ttl: i64 = server.cmd(&[b"PTTL", keys::value("quote", "p1").as_bytes()]);
     assert!(
         set_ttl >= value_ttl && set_ttl <= 60_000,
         "{set_ttl} vs {value_ttl}"
@@ -97,12 +104,12 @@ async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
     qa.invalidate("marker").await.unwrap();
     let messages = bus.until(b"marker").await;
     assert_eq!(messages.len(), 2, "one message for the tag, one marker");
-    assert_eq!(messages[0][2], KIND_MULTI);
+    assert!(is_multi(&messages[0]), "a multi-namespace message");
     let sections = sections_of(&messages[0]);
     assert_eq!(sections.len(), 1);
     assert_eq!(sections[0].0, "quote");
     let listed: BTreeSet<String> = sections[0].1.iter().cloned().collect();
-    assert_eq!(listed, set_of(&["p1", "p2", "p3", "p5"]));
+    assert_eq!(listed, names_of(&["p1", "p2", "p3", "p5"]));
     assert_eq!(
         a.stats().namespace("quote").unwrap().invalidations_sent,
         sent + 2
@@ -126,9 +133,9 @@ async fn invalidate_tag_reaches_every_node_and_spares_other_keys() {
     assert_eq!(qa.get_local("u1").as_deref(), Some(&4));
 
     // The set is gone; the tag's floor stays for the namespace's L2 TTL.
-    let exists: u64 = server.cmd(&[b"EXISTS", b"v1:_tc:tag:quote:W1"]);
+    let exists: u64 = server.cmd(&[b"EXISTS", keys::tag("quote", "W1").as_bytes()]);
     assert_eq!(exists, 0);
-    let floor_ttl: i64 = server.cmd(&[b"PTTL", b"v1:_tc:tagfloor:quote:W1"]);
+    let floor_ttl: i64 = server.cmd(&[b"PTTL", keys::tag_floor("quote", "W1").as_bytes()]);
     assert!(floor_ttl > 0 && floor_ttl <= 60_000, "{floor_ttl}");
     // Another tag of p2 and p3 still lists them: tombstoning them again is harmless.
     assert_eq!(qa.invalidate_tag("T9").await.unwrap(), 2);
@@ -260,7 +267,7 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
         assert!(read.iter().all(|v| *v == 1), "answered with what it loaded");
     }
     for k in ["s1", "b1", "b2"] {
-        let raw: Option<Vec<u8>> = server.cmd(&[b"GET", format!("v1:quote:{k}").as_bytes()]);
+        let raw: Option<Vec<u8>> = server.cmd(&[b"GET", keys::value("quote", k).as_bytes()]);
         assert_eq!(raw, None, "{k}: stale value written back to Redis");
         assert_eq!(qb.get_local(k), None, "{k}: stale value kept in L1");
     }
@@ -277,8 +284,8 @@ async fn a_tagged_load_racing_a_tag_invalidation_cannot_fill_back() {
     assert_eq!(*v, 2);
     assert_eq!(qa.get("s1").await.as_deref(), Some(&2), "written back");
     assert_eq!(
-        members(&server, "v1:_tc:tag:quote:W1"),
-        set_of(&["v1:quote:s1"])
+        members(&server, &keys::tag("quote", "W1")),
+        set_of("quote", &["s1"])
     );
     // And the next invalidation of the tag reaches them.
     let applied = support::applied(&b, "quote");
@@ -339,7 +346,11 @@ async fn tag_names_are_validated_before_any_io() {
             .unwrap_err()
             .is_invalid_tag());
     }
-    let written: u64 = server.cmd(&[b"EXISTS", b"v1:quote:k", b"v1:quote:l"]);
+    let written: u64 = server.cmd(&[
+        b"EXISTS",
+        keys::value("quote", "k").as_bytes(),
+        keys::value("quote", "l").as_bytes(),
+    ]);
     assert_eq!(written, 0, "nothing was written");
     assert!(q
         .with(EntryOptions::new().tags(["W-2025.11.21_a"]))
@@ -351,7 +362,7 @@ async fn tag_names_are_validated_before_any_io() {
 
 /// Raw bytes of a value key (`None`: absent).
 fn raw(server: &RedisServer, ns: &str, key: &str) -> Option<Vec<u8>> {
-    server.cmd(&[b"GET", format!("v1:{ns}:{key}").as_bytes()])
+    server.cmd(&[b"GET", keys::value(ns, key).as_bytes()])
 }
 
 /// Stops Redis as a crash would, keeping its data (as a persistent Redis does): the values

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{eventually, node_with, RedisServer, PATIENCE};
+use support::{eventually, keys, node_with, RedisServer, PATIENCE};
 use tiered_cache::TieredCache;
 
 async fn tracked(server: &RedisServer) -> TieredCache {
@@ -46,7 +46,7 @@ async fn writes_from_outside_the_library_evict_l1() {
     }
 
     // Another service deletes the key directly.
-    server.cmd::<()>(&[b"DEL", b"v1:rate:k"]);
+    server.cmd::<()>(&[b"DEL", keys::value("rate", "k").as_bytes()]);
     for (name, r) in [("a", &ra), ("b", &rb)] {
         eventually(&format!("{name} evicted k"), PATIENCE, || async {
             r.get_local("k").is_none()
@@ -63,7 +63,11 @@ async fn writes_from_outside_the_library_evict_l1() {
         rb.get("k").await.map(|v| *v) == Some(2) && rb.get_local("k").is_some()
     })
     .await;
-    server.cmd::<()>(&[b"SET", b"v1:rate:k", b"{\"rate\": 3}"]);
+    server.cmd::<()>(&[
+        b"SET",
+        keys::value("rate", "k").as_bytes(),
+        b"{\"rate\": 3}",
+    ]);
     eventually("b evicted k", PATIENCE, || async {
         rb.get_local("k").is_none()
     })
@@ -111,7 +115,7 @@ async fn losing_the_tracking_connection_stops_trusting_l1_until_it_is_back() {
     })
     .await;
     // Written while tracking was down: must not be served from the old copy afterwards.
-    server.cmd::<()>(&[b"DEL", b"v1:rate:k"]);
+    server.cmd::<()>(&[b"DEL", keys::value("rate", "k").as_bytes()]);
     eventually("trusted again", PATIENCE, || async {
         a.health().await.bypassing.is_empty()
     })

@@ -154,8 +154,8 @@ impl L2Tier {
         if stamp {
             pipe.cmd("HMGET")
                 .arg(self.keys.meta_key())
-                .arg("version")
-                .arg("epoch");
+                .arg(crate::key::KeySpace::VERSION_FIELD)
+                .arg(crate::key::KeySpace::EPOCH_FIELD);
         }
         let pipe = &pipe;
         self.call(ns, |mut c| async move {

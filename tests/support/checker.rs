@@ -10,7 +10,14 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tiered_cache::testing::{self, Keys};
 use tiered_cache::TieredCache;
+
+/// The Redis names of the nodes under test (default prefix, database 0). Straight from the
+/// crate's `testing` module: this file is also compiled alone, by `examples/staleness.rs`.
+fn default_keys() -> Keys {
+    Keys::new(tiered_cache::DEFAULT_PREFIX, 0)
+}
 
 /// How a run is shaped.
 #[derive(Debug, Clone)]
@@ -160,7 +167,7 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
         }));
     }
     if let Some((url, every)) = w.rogue.clone() {
-        let (acks, prefix) = (acks.clone(), format!("v1:{ns}:"));
+        let (acks, prefix) = (acks.clone(), default_keys().value_key(ns, ""));
         tasks.push(tokio::spawn(async move {
             rogue_writer(&url, &prefix, writer_keys, rogue_keys, every, end, &acks).await;
             (Vec::new(), 0)
@@ -193,7 +200,7 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
 /// What the library's write script does, minus the PUBLISH: the value changes, the version
 /// is drawn, and nobody is told.
 const ROGUE_WRITE: &str = r"
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 redis.call('SET', KEYS[2], ARGV[1] .. struct.pack('>I8', v) .. ARGV[2], 'PX', 90000)
 return v
 ";
@@ -221,10 +228,11 @@ async fn rogue_writer(
         turn += 1;
         let payload = rmp_serde::to_vec_named(&value).unwrap();
         let ok: redis::RedisResult<u64> = script
-            .key("v1:_tc:meta")
+            .key(default_keys().meta_key())
             .key(format!("{prefix}{}", key_name(k)))
-            .arg(&[0xC1u8, 1, 0][..])
+            .arg(&testing::envelope_head(testing::ENVELOPE_FORMAT, 0)[..])
             .arg(payload)
+            .arg(testing::VERSION_FIELD)
             .invoke_async(&mut conn)
             .await;
         if ok.is_ok() {

@@ -1,11 +1,18 @@
 //! Test support: a private `redis-server` per test (see `server.rs`), and polling helpers.
 //! Waiting is always a poll against a deadline, never a bare sleep.
+//!
+//! What tests know of the crate's formats comes from here, and from the crate itself through
+//! its `test-util` feature: Redis key names from `keys`, bus messages from `wire`, stored
+//! values from `envelope`. No test spells a key, an offset or a message byte by hand.
 #![allow(dead_code)]
 
+pub mod envelope;
 pub mod gate;
+pub mod keys;
 pub mod listener;
 mod proxy;
 mod server;
+pub mod wire;
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Target};
 pub use server::RedisServer;
@@ -130,8 +137,29 @@ pub fn strict_node(url: &str) -> tiered_cache::TieredCache {
         .unwrap()
 }
 
-/// The Redis key of `key` in namespace `ns` under the default prefix: the one place tests
-/// spell the key layout (`{prefix}:{namespace}:{key}`, see `src/key.rs`).
+/// The Redis key of `key` in namespace `ns` under the default prefix (see [`keys::value`]).
 pub fn value_key(ns: &str, key: &str) -> String {
-    format!("{}:{ns}:{key}", tiered_cache::DEFAULT_PREFIX)
+    keys::value(ns, key)
+}
+
+/// A numeric field of the meta hash (default prefix): [`keys::VERSION_FIELD`],
+/// [`keys::EPOCH_FIELD`] or a [`keys::floor_field`].
+pub fn meta_field(server: &RedisServer, field: &str) -> u64 {
+    server.cmd(&[b"HGET", keys::meta().as_bytes(), field.as_bytes()])
+}
+
+/// The version counter (default prefix).
+pub fn meta_version(server: &RedisServer) -> u64 {
+    meta_field(server, keys::VERSION_FIELD)
+}
+
+/// Draws `n` versions without publishing anything, as if their messages were lost on the
+/// way (default prefix). Returns the counter after.
+pub fn draw_versions(server: &RedisServer, n: u64) -> u64 {
+    server.cmd(&[
+        b"HINCRBY",
+        keys::meta().as_bytes(),
+        keys::VERSION_FIELD.as_bytes(),
+        n.to_string().as_bytes(),
+    ])
 }

@@ -80,8 +80,8 @@ impl Admin {
                         .or_insert_with(|| named(ns))
                         .floor = number;
                 }
-                _ if field == "version" => census.version = number,
-                _ if field == "epoch" => census.epoch = number,
+                _ if field == KeySpace::VERSION_FIELD => census.version = number,
+                _ if field == KeySpace::EPOCH_FIELD => census.epoch = number,
                 _ => {}
             }
         }
