@@ -54,24 +54,17 @@ impl Generations {
         self.stripes[t.stripe].load(SeqCst) == t.key_gen && self.namespace.load(SeqCst) == t.ns_gen
     }
 
-    /// Marks the key invalidated; call before evicting it from L1. Returns the ticket as of
-    /// right after this bump (see [`Ticket::directly_follows`]).
-    pub(crate) fn bump_key(&self, key: &str) -> Ticket {
-        let stripe = stripe_of(key);
-        let prev = self.stripes[stripe].fetch_add(1, SeqCst);
+    /// Marks the key invalidated; call before evicting it from L1.
+    pub(crate) fn bump_key(&self, key: &str) {
+        self.stripes[stripe_of(key)].fetch_add(1, SeqCst);
         // The caller's eviction (moka's own, weaker atomics) must not be seen before the bump.
         fence(SeqCst);
-        Ticket {
-            stripe,
-            key_gen: prev + 1,
-            ns_gen: self.namespace.load(SeqCst),
-        }
     }
 
     /// [`bump_key`](Self::bump_key) for every key of one batch write. Returns, per key, the
     /// ticket as of after all the bumps, and whether the batch's own bumps are the only thing
-    /// its stripe and the namespace saw since `before` (the batch form of
-    /// [`Ticket::directly_follows`]: two keys of a batch may share a stripe).
+    /// its stripe and the namespace saw since `before`: then the writer's own write is the
+    /// latest thing that happened to the key (two keys of a batch may share a stripe).
     pub(crate) fn bump_keys(&self, keys: &[&str], before: &[Ticket]) -> Vec<(Ticket, bool)> {
         let mut own = std::collections::HashMap::<usize, u64>::with_capacity(keys.len());
         for key in keys {
@@ -99,16 +92,6 @@ impl Generations {
     pub(crate) fn bump_namespace(&self) {
         self.namespace.fetch_add(1, SeqCst);
         fence(SeqCst);
-    }
-}
-
-impl Ticket {
-    /// True when `self` was taken right after one bump on top of `before`, with nothing else
-    /// in between: the bumper's own write is the latest thing that happened to the key.
-    pub(crate) fn directly_follows(&self, before: &Ticket) -> bool {
-        self.stripe == before.stripe
-            && self.key_gen == before.key_gen + 1
-            && self.ns_gen == before.ns_gen
     }
 }
 
@@ -140,14 +123,16 @@ mod tests {
 
     #[test]
     fn own_bump_directly_follows_unless_interleaved() {
+        // A one-key write (`set` is a one-entry batch).
         let g = Generations::new();
-        let before = g.ticket("k");
-        let after = g.bump_key("k");
-        assert!(after.directly_follows(&before));
-        let before = g.ticket("k");
+        let before = [g.ticket("k")];
+        let [(after, alone)] = g.bump_keys(&["k"], &before)[..] else {
+            panic!("one key")
+        };
+        assert!(alone && g.is_current(&after));
+        let before = [g.ticket("k")];
         g.bump_key("k"); // someone else's invalidation lands first
-        let after = g.bump_key("k");
-        assert!(!after.directly_follows(&before));
+        assert!(!g.bump_keys(&["k"], &before)[0].1);
     }
 
     #[test]

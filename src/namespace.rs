@@ -210,17 +210,9 @@ where
     /// the next read after the replay loads afresh. Counted in the outbox's `queued` and
     /// `dropped`.
     pub async fn set(&self, key: &K, value: V) -> Result<()> {
-        let (shared, strict, ttl) = (self.cache.shared(), self.is_strict(), self.ttl());
-        let tags = self.tags();
-        if tags.is_empty() {
-            return crate::write::set(shared, &self.core, key_string(key), value, (strict, ttl))
-                .await;
-        }
-        let entries = vec![(key_string(key), value)];
-        let mut out =
-            crate::write::batch::write_many(shared, &self.core, entries, &tags, (strict, ttl))
-                .await;
-        out.pop().expect("one outcome per entry")
+        let (shared, how) = (self.cache.shared(), (self.is_strict(), self.ttl()));
+        let entry = (key_string(key), value);
+        crate::write::set(shared, &self.core, entry, &self.tags(), how).await
     }
 
     /// Removes a key from Redis and from every node's L1.

@@ -190,6 +190,11 @@ impl L2Tier {
         tags: &[&str],
         message: &Outgoing,
     ) -> L2Result<Stamp> {
+        if let ([(key, encoded, ttl)], []) = (entries, tags) {
+            // One untagged value: the single-key script, which needs no loop.
+            let payload = Payload { encoded, ttl: *ttl };
+            return self.write(ns, key, payload, message).await;
+        }
         let (namespace, ns) = (ns.name, Some(ns));
         let mut inv = WRITE_MANY_SCRIPT.prepare_invoke();
         inv.key(self.keys.meta_key());

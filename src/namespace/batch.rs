@@ -138,7 +138,8 @@ where
             .collect();
         let ns = self.ns;
         let (shared, how) = (ns.cache.shared(), (ns.is_strict(), ns.ttl()));
-        crate::write::batch::write_many(shared, &ns.core, entries, &ns.tags(), how).await
+        let tags = ns.tags();
+        crate::write::batch::write_many(shared, &ns.core, entries, &tags, how, "set_many").await
     }
 
     /// Removes many keys from Redis and from every node's L1: one script and one message per

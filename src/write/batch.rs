@@ -13,13 +13,15 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// Writes many values in one script, with `tags` (see `Batch::set`): one outcome per entry, in
-/// order.
+/// order. The one write sequence: encode, route around the outbox, one script, fence loads in
+/// flight, settle L1, degrade once. `op` names the call in errors.
 pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
     shared: &Engine,
     core: &NamespaceCore,
     entries: Vec<(String, V)>,
     tags: &[&str],
     (strict, ttl): (bool, TtlOverride),
+    op: &'static str,
 ) -> Vec<Result<()>> {
     let mut out = Vec::new();
     let mut batch = Vec::new();
@@ -54,7 +56,7 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
             return out;
         }
         Err(e) => {
-            let err = e.into_error("set_many");
+            let err = e.into_error(op);
             for (i, key, ..) in &batch {
                 core.evict(key);
                 out[*i] = Err(err.clone());
@@ -95,7 +97,7 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
         }
         Err(e) if e.is_unreachable() && !strict => degrade(shared, core, batch, tags),
         Err(e) => {
-            let err = e.into_error("set_many");
+            let err = e.into_error(op);
             for (i, key, ..) in batch {
                 core.l1.remove(&key);
                 out[i] = Err(err.clone());

@@ -18,9 +18,9 @@ pub(crate) use touch::touch;
 
 use crate::codec;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{L2Result, Payload, Stamp};
+use crate::l2::{L2Result, Stamp};
 use crate::outbox::Route;
 use crate::space::{Life, NamespaceCore, TtlOverride};
 use crate::wire::Outgoing;
@@ -40,72 +40,17 @@ pub(crate) fn local_only<V: Send + Sync + 'static>(
 }
 
 /// Writes `value` under `key` in Redis and this node's L1, and has every other node evict it
-/// (see [`Namespace::set`](crate::Namespace::set) for the degraded and strict cases).
+/// (see [`Namespace::set`](crate::Namespace::set) for the degraded and strict cases): the
+/// batch write of one entry, so one sequence serves every write.
 pub(crate) async fn set<V: Serialize + Send + Sync + 'static>(
     shared: &Engine,
     core: &NamespaceCore,
-    key: String,
-    value: V,
-    (strict, ttl): (bool, TtlOverride),
+    (key, value): (String, V),
+    tags: &[&str],
+    how: (bool, TtlOverride),
 ) -> Result<()> {
-    let life = core.l2_life(false, ttl);
-    let encoded = codec::encode(Some(&value), life.expires_ms, core.policy.compress_above)
-        .map_err(|e| Error::Encode(Arc::new(e)))?;
-    let route = match crate::write::route(shared, core, Some(&[&key]), !strict).await {
-        Ok(Route::Queue) => {
-            let entry = local_only(core, value, &life, &encoded);
-            shared.outbox.enqueue_write(core, key, encoded, Some(entry));
-            return Ok(());
-        }
-        Ok(route) => route,
-        Err(e) => {
-            core.evict(&key);
-            return Err(e.into_error("set"));
-        }
-    };
-    let before = core.gens.ticket(&key);
-    let message = Outgoing::keys(shared.node_id, &core.name, &[&key]);
-    let written = shared
-        .l2
-        .write(
-            core.target(),
-            &key,
-            Payload {
-                encoded: &encoded,
-                ttl: life.keep_for,
-            },
-            &message,
-        )
-        .await;
-    route.landed(written.is_ok());
-    // Fences loads that read Redis before the write landed.
-    let after = core.gens.bump_key(&key);
-    // A load that started before this write must not be shared with later callers.
-    core.flights.detach(&key);
-    match written {
-        Ok(stamp) => {
-            core.metrics.inv_sent.inc();
-            if after.directly_follows(&before) {
-                let value = Some(Arc::new(value) as AnyValue);
-                let entry = core.l1_entry_for(value, stamp.version, &life, encoded.plain_len);
-                core.insert_guarded(key, entry, &after);
-            } else {
-                // Another invalidation of this key landed meanwhile: its order against ours
-                // is unknown here, so let the next read ask Redis.
-                core.l1.remove(&key);
-            }
-            Ok(())
-        }
-        Err(e) if e.is_unreachable() && !strict => {
-            let entry = local_only(core, value, &life, &encoded);
-            shared.outbox.enqueue_write(core, key, encoded, Some(entry));
-            Ok(())
-        }
-        Err(e) => {
-            core.l1.remove(&key);
-            Err(e.into_error("set"))
-        }
-    }
+    let mut out = batch::write_many(shared, core, vec![(key, value)], tags, how, "set").await;
+    out.pop().expect("one outcome per entry")
 }
 
 /// Invalidates keys in one script and message, queued while Redis is unreachable (unless
