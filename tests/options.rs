@@ -365,3 +365,67 @@ async fn a_call_l1_ttl_holds_for_values_read_from_redis_and_refreshed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_loads_share_one_flight_and_fall_back_on_fail_safe() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let cache = support::node_with(&server, |b| {
+        b.namespace(
+            "safe",
+            tiered_cache::NamespacePolicy::new(Duration::from_millis(300))
+                .fail_safe(Duration::from_secs(30))
+                .staleness_bound(support::LOOSE_BOUND),
+        )
+    })
+    .await;
+    let safe = cache.namespace::<str, u64>("safe").unwrap();
+    let tagged = safe.with(EntryOptions::new().tag("t")).unwrap();
+
+    // Single flight: four concurrent tagged loads of one key run the loader once.
+    let calls = Arc::new(AtomicU32::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(4));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (tagged, calls, gate) = (tagged.clone(), calls.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            tagged
+                .get_or_load("k", move || async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::io::Error>(7)
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(*t.await.unwrap(), 7);
+    }
+    assert_eq!(calls.load(SeqCst), 1, "one load for four callers");
+    assert_eq!(
+        tagged.invalidate_tag("t").await.unwrap(),
+        1,
+        "the fill joined the tag"
+    );
+
+    // Fail-safe: an expired tagged value is served when the loader fails.
+    tagged
+        .get_or_load("f", || async { Ok::<_, std::io::Error>(1) })
+        .await
+        .unwrap();
+    eventually("the value expires (300 ms TTL)", PATIENCE, || async {
+        safe.get_local("f").is_none()
+    })
+    .await;
+    let got = tagged
+        .get_or_load("f", || async {
+            Err::<u64, _>(std::io::Error::other("source down"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(*got, 1);
+    assert_eq!(cache.stats().namespace("safe").unwrap().stale_served, 1);
+}
