@@ -65,7 +65,10 @@ impl TieredCacheBuilder {
     pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
     /// Default for [`outbox_max_bytes`](Self::outbox_max_bytes): 16 MiB.
     pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 16 << 20;
+}
 
+/// # What is cached, and where: the Redis server, the key prefix, the namespaces.
+impl TieredCacheBuilder {
     /// The Redis server. Default: the `REDIS_URL` environment variable, else
     /// `redis://127.0.0.1:6379`. Add `/N` to select database N.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
@@ -84,7 +87,10 @@ impl TieredCacheBuilder {
         self.namespaces.push((name.into(), policy));
         self
     }
+}
 
+/// # Timeouts and the circuit breaker in front of Redis.
+impl TieredCacheBuilder {
     /// The longest any single Redis call may take before the cache gives up on it and degrades
     /// (serves from L1 or the loader). Default: 250 ms.
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
@@ -98,6 +104,15 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// How many consecutive Redis calls must time out or fail at the connection level before
+    /// the circuit breaker opens. A dead or hung Redis then costs callers at most this many
+    /// L2 timeouts; an error reply, or a success, resets the count. At least 1.
+    /// Default: 3 (one lost packet or slow call does not cut a node off Redis).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
     /// The circuit breaker's cool-down: once open, how long calls skip Redis (reads answered
     /// from L1 or the loader, writes queued, at once) before one probe is let through; also
     /// the longest delay of the L2 connection's own reconnect. Default: 500 ms.
@@ -105,30 +120,19 @@ impl TieredCacheBuilder {
         self.breaker_cooldown = cooldown;
         self
     }
+}
 
-    /// How often the outbox tries to replay what it holds while Redis stays unreachable
-    /// (it also tries at once when the breaker closes or the subscriber resubscribes).
-    /// Default: 500 ms.
-    pub fn outbox_retry(mut self, interval: Duration) -> Self {
-        self.outbox_retry = interval;
-        self
-    }
-
-    /// The longest delay between the invalidation subscriber's (and external-write
-    /// tracking's) reconnect attempts; they start at 50 ms and double up to this (at least
-    /// 100 ms). While the subscriber is away, namespaces with a staleness bound bypass L1.
-    /// Default: 500 ms.
-    pub fn subscriber_backoff(mut self, max: Duration) -> Self {
-        self.subscriber_backoff = max;
-        self
-    }
-
-    /// How many consecutive Redis calls must time out or fail at the connection level before
-    /// the circuit breaker opens. A dead or hung Redis then costs callers at most this many
-    /// L2 timeouts; an error reply, or a success, resets the count. At least 1.
-    /// Default: 3 (one lost packet or slow call does not cut a node off Redis).
-    pub fn breaker_threshold(mut self, failures: u32) -> Self {
-        self.breaker_threshold = failures;
+/// # Writes while Redis is unreachable: the outbox, or strict writes.
+impl TieredCacheBuilder {
+    /// Fail writes and invalidations (`set`, `invalidate`, `invalidate_namespace`,
+    /// `invalidate_tag` and their batch forms) with `Err(Unavailable)` when Redis is
+    /// unreachable, instead of queuing them in the outbox and returning `Ok`. Per handle:
+    /// [`EntryOptions::strict`](crate::EntryOptions::strict); the
+    /// cache-wide [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag) follows
+    /// this setting. Default: off (degrade, do not fail: callers of a cache rarely have
+    /// anything better to do with the error).
+    pub fn strict_writes(mut self, strict: bool) -> Self {
+        self.strict_writes = strict;
         self
     }
 
@@ -150,23 +154,31 @@ impl TieredCacheBuilder {
         self
     }
 
-    /// Fail writes and invalidations (`set`, `invalidate`, `invalidate_namespace`,
-    /// `invalidate_tag` and their batch forms) with `Err(Unavailable)` when Redis is
-    /// unreachable, instead of queuing them in the outbox and returning `Ok`. Per handle:
-    /// [`EntryOptions::strict`](crate::EntryOptions::strict); the
-    /// cache-wide [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag) follows
-    /// this setting. Default: off (degrade, do not fail: callers of a cache rarely have
-    /// anything better to do with the error).
-    pub fn strict_writes(mut self, strict: bool) -> Self {
-        self.strict_writes = strict;
+    /// How often the outbox tries to replay what it holds while Redis stays unreachable
+    /// (it also tries at once when the breaker closes or the subscriber resubscribes).
+    /// Default: 500 ms.
+    pub fn outbox_retry(mut self, interval: Duration) -> Self {
+        self.outbox_retry = interval;
         self
     }
+}
 
+/// # The invalidation bus: heartbeat, reconnects, external writes.
+impl TieredCacheBuilder {
     /// How often this node publishes a heartbeat on the bus (carrying the current version, so
     /// receivers notice lost messages even when no write follows) and pings its subscriber
     /// connection (so a dead or half-open link is replaced). Default: 100 ms.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
+        self
+    }
+
+    /// The longest delay between the invalidation subscriber's (and external-write
+    /// tracking's) reconnect attempts; they start at 50 ms and double up to this (at least
+    /// 100 ms). While the subscriber is away, namespaces with a staleness bound bypass L1.
+    /// Default: 500 ms.
+    pub fn subscriber_backoff(mut self, max: Duration) -> Self {
+        self.subscriber_backoff = max;
         self
     }
 
@@ -178,7 +190,9 @@ impl TieredCacheBuilder {
         self.track_external_writes = on;
         self
     }
+}
 
+impl TieredCacheBuilder {
     /// The URL that `build()` will use.
     pub(crate) fn effective_url(&self) -> String {
         self.redis_url
