@@ -30,6 +30,13 @@
 //! - `get_many`: one `get_many` of 100 keys against 100 sequential `get`s of 100 other keys,
 //!   all L1 misses answered by Redis (L1 entries live 1 ms, and a key comes round again only
 //!   after 50 pairs). `cargo bench --bench tiers -- get_many`.
+//!
+//! The L1 groups (`l1_hit`, `l1_features`, `metrics`) measure hits, so their namespaces have
+//! no staleness bound: on a starved machine the watchdog could otherwise switch L1 off
+//! mid-run (the hit path reads the same bypass flag either way). Should a lookup miss all the
+//! same (a subscriber reconnect's resync empties L1), the key is read back from Redis on the
+//! runtime and the lookup retried; the refill's time is left out of the op's, and the group
+//! says how many it needed.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -41,9 +48,10 @@ use criterion::{
 use futures_util::FutureExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
-use tiered_cache::{NamespacePolicy, TieredCache};
+use std::time::{Duration, Instant};
+use tiered_cache::{Namespace, NamespacePolicy, TieredCache};
 
 /// A market quote: the trading seed's hot value (about 60 bytes encoded).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +114,27 @@ fn env() -> Env {
 }
 
 fn cache(env: &Env, l1_capacity: u64, l1_ttl: Option<Duration>) -> TieredCache {
-    let p = NamespacePolicy::new(Duration::from_secs(600)).l1_capacity(l1_capacity);
+    cache_from(
+        env,
+        NamespacePolicy::new(Duration::from_secs(600)),
+        l1_capacity,
+        l1_ttl,
+    )
+}
+
+/// The L1 groups' cache: [`cache`]'s, with no staleness bound (see the module doc).
+fn hot_cache(env: &Env) -> TieredCache {
+    let p = NamespacePolicy::new(Duration::from_secs(600)).unbounded_staleness();
+    cache_from(env, p, 100_000, None)
+}
+
+fn cache_from(
+    env: &Env,
+    p: NamespacePolicy,
+    l1_capacity: u64,
+    l1_ttl: Option<Duration>,
+) -> TieredCache {
+    let p = p.l1_capacity(l1_capacity);
     cache_with(
         env,
         "bench",
@@ -133,6 +161,62 @@ fn cache_with(env: &Env, prefix: &str, policy: NamespacePolicy) -> TieredCache {
     c
 }
 
+/// How many L1 lookups of the L1 groups missed and were refilled, and the time the refills
+/// took (left out of the ops' times by `rotate`).
+static REFILLS: AtomicU64 = AtomicU64::new(0);
+static REFILL_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// An L1 group's op: `op` is the measured lookup, tried again after a refill of `key` should
+/// it miss. Misses only when L1 was emptied or switched off under it (see [`refill`]).
+#[inline(always)]
+fn hit<T>(
+    env: &Env,
+    ns: &Namespace<str, Quote>,
+    key: &str,
+    mut op: impl FnMut() -> Option<T>,
+) -> T {
+    loop {
+        if let Some(v) = op() {
+            return v;
+        }
+        refill(env, ns, key);
+    }
+}
+
+/// Puts `key` back in L1 after a lookup that should have hit did not: on a loaded machine
+/// the subscriber can reconnect, and its resync empties L1 (as can L1's own 60 s TTL, if a
+/// group runs that long). Reads the key through `get` on the runtime, which fills L1 from
+/// Redis, until L1 holds it; a resync still in flight may fence a fill, hence the retries.
+#[cold]
+#[inline(never)]
+fn refill(env: &Env, ns: &Namespace<str, Quote>, key: &str) {
+    let start = Instant::now();
+    REFILLS.fetch_add(1, Relaxed);
+    while ns.get_local(key).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{key}: L1 still misses after 30 s of refills"
+        );
+        if env.rt.block_on(ns.get(key)).is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    REFILL_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+}
+
+/// Resets the refill count for an L1 group; see [`report_refills`].
+fn reset_refills() {
+    REFILLS.store(0, Relaxed);
+}
+
+/// Says how many lookups of an L1 group had to refill L1, if any did.
+fn report_refills(group: &str) {
+    let n = REFILLS.load(Relaxed);
+    if n > 0 {
+        eprintln!("{group}: {n} lookups missed L1 and refilled it (time left out)");
+    }
+}
+
 /// Runs the operations in turn, in batches of 256, and returns the time spent in `ops[which]`:
 /// the same pairing as the Redis groups, at a granularity where timer overhead is amortized.
 static ROTATE_TOTALS: std::sync::Mutex<[Duration; 5]> = std::sync::Mutex::new([Duration::ZERO; 5]);
@@ -144,11 +228,14 @@ fn rotate(iters: u64, which: usize, ops: &mut [&mut dyn FnMut(u64)]) -> Duration
     while done < iters {
         let n = BATCH.min(iters - done);
         for (k, op) in ops.iter_mut().enumerate() {
-            let t = std::time::Instant::now();
+            let refilling = REFILL_NANOS.load(Relaxed);
+            let t = Instant::now();
             for i in done..done + n {
                 op(i);
             }
             let took = t.elapsed();
+            let refilled = Duration::from_nanos(REFILL_NANOS.load(Relaxed) - refilling);
+            let took = took.saturating_sub(refilled);
             ROTATE_TOTALS.lock().unwrap()[k] += took;
             if k == which {
                 spent += took;
@@ -176,8 +263,10 @@ fn rotated(
 
 fn l1_hit(c: &mut Criterion) {
     let env = env();
-    let cache = cache(&env, 100_000, None);
+    let cache = hot_cache(&env);
     let ns = cache.namespace::<str, Quote>("quote").unwrap();
+    // A `get` that misses L1 reaches Redis: it needs the runtime's reactor to be polled.
+    let _rt = env.rt.enter();
     let mut g = c.benchmark_group("l1_hit");
     g.throughput(Throughput::Elements(1));
     for keys in [16usize, 10_000] {
@@ -190,7 +279,10 @@ fn l1_hit(c: &mut Criterion) {
                 raw.insert(k.clone(), Arc::new(quote(i)));
             }
         });
-        assert!(names.iter().all(|k| ns.get_local(k).is_some()));
+        reset_refills();
+        for k in &names {
+            hit(&env, &ns, k, || ns.get_local(k));
+        }
         let seq: Vec<&str> = order(keys, 1 << 16)
             .into_iter()
             .map(|i| names[i].as_str())
@@ -202,10 +294,12 @@ fn l1_hit(c: &mut Criterion) {
             std::hint::black_box(raw.get(at(i, 0)).unwrap());
         };
         let mut get_local = |i| {
-            std::hint::black_box(ns.get_local(at(i, 1)).unwrap());
+            let k = at(i, 1);
+            std::hint::black_box(hit(&env, &ns, k, || ns.get_local(k)));
         };
         let mut get_polled = |i| {
-            std::hint::black_box(ns.get(at(i, 2)).now_or_never().unwrap().unwrap());
+            let k = at(i, 2);
+            std::hint::black_box(hit(&env, &ns, k, || ns.get(k).now_or_never().flatten()));
         };
         let ids = ["raw_moka_get", "get_local", "get_async_polled_once"]
             .map(|name| BenchmarkId::new(name, keys));
@@ -223,6 +317,7 @@ fn l1_hit(c: &mut Criterion) {
             r(1),
             r(2)
         );
+        report_refills(&format!("l1_hit/{keys}"));
     }
     g.finish();
 }
@@ -231,12 +326,13 @@ fn l1_hit(c: &mut Criterion) {
 /// a namespace with every feature off and one with every feature on, against raw moka.
 fn l1_features(c: &mut Criterion) {
     let env = env();
-    let plain = cache(&env, 100_000, None);
+    let plain = hot_cache(&env);
     // Its own prefix: the two caches must not evict each other's keys.
     let all = cache_with(
         &env,
         "bench-all",
         NamespacePolicy::new(Duration::from_secs(600))
+            .unbounded_staleness()
             .l1_max_bytes(64 << 20)
             .fail_safe(Duration::from_secs(600))
             .soft_timeout(Duration::from_millis(100))
@@ -261,21 +357,28 @@ fn l1_features(c: &mut Criterion) {
     });
     let at = |i: u64| names[(i % 16) as usize].as_str();
     let load = || async { Ok::<_, std::io::Error>(quote(0)) };
+    // A `get_or_load` that misses L1 reaches Redis: it needs the runtime's reactor.
+    let _rt = env.rt.enter();
+    reset_refills();
     let mut raw_get = |i| {
         std::hint::black_box(raw.get(at(i)).unwrap());
     };
     let mut local_off = |i| {
-        std::hint::black_box(off.get_local(at(i)).unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &off, k, || off.get_local(k)));
     };
     let mut local_on = |i| {
-        std::hint::black_box(on.get_local(at(i)).unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &on, k, || on.get_local(k)));
     };
     let mut load_off = |i| {
-        let v = off.get_or_load(at(i), load).now_or_never().unwrap();
+        let k = at(i);
+        let v = hit(&env, &off, k, || off.get_or_load(k, load).now_or_never());
         std::hint::black_box(v.unwrap());
     };
     let mut load_on = |i| {
-        let v = on.get_or_load(at(i), load).now_or_never().unwrap();
+        let k = at(i);
+        let v = hit(&env, &on, k, || on.get_or_load(k, load).now_or_never());
         std::hint::black_box(v.unwrap());
     };
     let mut g = c.benchmark_group("l1_features");
@@ -309,6 +412,7 @@ fn l1_features(c: &mut Criterion) {
             r(4)
         );
     }
+    report_refills("l1_features");
     g.finish();
 }
 
@@ -316,7 +420,7 @@ fn l1_features(c: &mut Criterion) {
 /// hit bumps an exported counter, and one in 64 records a latency sample.
 fn metrics_cost(c: &mut Criterion) {
     let env = env();
-    let policy = || NamespacePolicy::new(Duration::from_secs(600));
+    let policy = || NamespacePolicy::new(Duration::from_secs(600)).unbounded_staleness();
     let bare = cache_with(&env, "bench-bare", policy());
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0])
@@ -336,17 +440,24 @@ fn metrics_cost(c: &mut Criterion) {
         }
     });
     let at = |i: u64| names[(i % 16) as usize].as_str();
+    // A `get` that misses L1 reaches Redis: it needs the runtime's reactor to be polled.
+    let _rt = env.rt.enter();
+    reset_refills();
     let mut local_off = |i| {
-        std::hint::black_box(off.get_local(at(i)).unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &off, k, || off.get_local(k)));
     };
     let mut local_on = |i| {
-        std::hint::black_box(on.get_local(at(i)).unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &on, k, || on.get_local(k)));
     };
     let mut get_off = |i| {
-        std::hint::black_box(off.get(at(i)).now_or_never().unwrap().unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &off, k, || off.get(k).now_or_never().flatten()));
     };
     let mut get_on = |i| {
-        std::hint::black_box(on.get(at(i)).now_or_never().unwrap().unwrap());
+        let k = at(i);
+        std::hint::black_box(hit(&env, &on, k, || on.get(k).now_or_never().flatten()));
     };
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(1));
@@ -370,6 +481,7 @@ fn metrics_cost(c: &mut Criterion) {
             r(3, 2)
         );
     }
+    report_refills("metrics");
     g.finish();
 }
 
