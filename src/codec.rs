@@ -310,6 +310,32 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// The stored format outlives a deploy: values written by one build are read by the next.
+    /// These bytes are the format; a change here is a format change (bump `FORMAT`).
+    #[test]
+    fn the_envelope_bytes_are_the_format() {
+        assert_eq!((MAGIC, FORMAT), (0xC1, 1));
+        assert_eq!(
+            [FLAG_TOMBSTONE, FLAG_COMPRESSED, FLAG_EXPIRY, FLAG_ABSENT],
+            [1, 2, 4, 8]
+        );
+        assert_eq!(HEADER_LEN, 11);
+        let bytes = envelope(
+            0x0102_0304_0506_0708,
+            &encode(Some(&7u8), 0x1122, None).unwrap(),
+        );
+        assert_eq!(
+            bytes,
+            [
+                0xC1, 1, 0b0100, // magic, format, flags (expiry)
+                1, 2, 3, 4, 5, 6, 7, 8, // version
+                0, 0, 0, 0, 0, 0, 0x11, 0x22, // expiry, unix ms
+                7,    // MessagePack 7
+            ]
+        );
+        assert_eq!(tombstone_head(), [0xC1, 1, 1]);
+    }
+
     #[test]
     fn round_trip() {
         let mut m = BTreeMap::new();

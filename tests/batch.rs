@@ -756,8 +756,24 @@ async fn a_batch_load_refuses_policies_it_cannot_apply() {
             out[0].as_ref().unwrap_err().is_invalid_options(),
             "{ns}: {out:?}"
         );
-        // Batch reads and writes are fine there.
+        // Batch reads and writes are fine there, and so is a batch load the tiers answer:
+        // only the keys its loader would be asked for are refused.
         handle.batch().set([("a", 1)]).await[0].as_ref().unwrap();
         assert_eq!(handle.batch().get(["a"]).await[0].as_deref(), Some(&1));
+        let out = handle
+            .batch()
+            .get_or_load(["a", "b"], |_| async {
+                Err::<Vec<Option<u64>>, _>(std::io::Error::other("loader called"))
+            })
+            .await;
+        assert_eq!(
+            out[0].as_ref().unwrap().as_deref(),
+            Some(&1),
+            "{ns}: {out:?}"
+        );
+        assert!(
+            out[1].as_ref().unwrap_err().is_invalid_options(),
+            "{ns}: {out:?}"
+        );
     }
 }

@@ -124,9 +124,9 @@ impl Reads<'_> {
         if core.policy.fail_safe.is_none() {
             return Err(err);
         }
-        // The newer of the two fallbacks, as a single-key flight picks.
+        // The newer of the two fallbacks (Redis's on a tie), as a single-key flight picks.
         let fallback = match (p.stale.clone(), expired) {
-            (Some(l1), Some(l2)) if l2.version > l1.version => Some((l2, false)),
+            (Some(l1), Some(l2)) if l1.version <= l2.version => Some((l2, false)),
             (Some(l1), _) => Some((l1, true)),
             (None, l2) => l2.map(|e| (e, false)),
         };
@@ -299,14 +299,16 @@ impl Reads<'_> {
         let (core, shared) = (&**self.core, self.shared);
         // `seen`: the version counter noted before the loader runs; `None` when Redis is out
         // of reach (cache locally only).
-        if let Some(why) = batch_refuses(&core.policy) {
-            let err = Error::InvalidOptions(format!("namespace {:?}: {why}", core.name));
-            return pending.iter().map(|_| Err(err.clone())).collect();
-        }
         let (found, seen, expired) = self.read_many(pending, (true, ttl.l1)).await;
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         let mut out: Vec<Result<Option<Arc<V>>>> = found.into_iter().map(Ok).collect();
         if missing.is_empty() {
+            return out;
+        }
+        // Refused only when the loader would run: what the tiers answered stands.
+        if let Some(why) = batch_refuses(&core.policy) {
+            let err = Error::InvalidOptions(format!("namespace {:?}: {why}", core.name));
+            missing.iter().for_each(|&i| out[i] = Err(err.clone()));
             return out;
         }
 
@@ -360,7 +362,7 @@ impl Reads<'_> {
         }))
         .await;
         for ((p, value, encoded, life), filled) in fills.into_iter().zip(filled) {
-            let key = p.string.clone();
+            let key = (p.string.clone(), !tags.is_empty());
             let weight = encoded.plain_len;
             remote::settle_fill(core, key, value, (&life, weight), &p.ticket, filled);
         }

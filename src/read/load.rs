@@ -328,7 +328,7 @@ impl Flight<'_> {
                 Err(_) => "error",
             },
         );
-        let (key, ticket) = (self.key.clone(), &self.ticket);
+        let (key, ticket) = ((self.key.clone(), !self.tags.is_empty()), &self.ticket);
         settle_fill(
             core,
             key,

@@ -163,11 +163,13 @@ async fn classify<V: DeserializeOwned>(
 }
 
 /// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
-/// refused it (the key changed while loading), and version 0 if Redis could not be asked.
-/// `life` is the value's (its expiry, the call's L1 TTL), `weight` its serialized size.
+/// refused it (the key changed while loading), and version 0 if Redis could not be asked,
+/// unless the fill was `tagged` (its key would be in no tag's set, out of reach of a tag
+/// invalidation). `life` is the value's (its expiry, the call's L1 TTL), `weight` its
+/// serialized size.
 pub(crate) fn settle_fill(
     core: &NamespaceCore,
-    key: String,
+    (key, tagged): (String, bool),
     value: Option<AnyValue>,
     (life, weight): (&Life, usize),
     ticket: &Ticket,
@@ -183,6 +185,7 @@ pub(crate) fn settle_fill(
             stamp.version
         }
         // Counted by the tier.
+        Err(_) if tagged => return,
         Err(_) => 0,
     };
     let entry = core.l1_entry_for(value, version, life, weight);
