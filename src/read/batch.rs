@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::guard::Ticket;
 use crate::key::{key_string, CacheKey};
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{Payload, Stamp};
+use crate::l2::{L2Error, Payload, Stamp};
 use crate::space::{Lookup, NamespaceCore, TtlOverride};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -87,27 +87,13 @@ impl Reads<'_> {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let m = &self.core.metrics;
-        let start = std::time::Instant::now();
-        let result = match self.core.policy.hard_timeout {
-            Some(hard) => match tokio::time::timeout(hard, load).await {
-                Ok(r) => r,
-                Err(_) => {
-                    m.latency.loader.record(start.elapsed());
-                    m.loader_hard_timeout.inc();
-                    return Err(Error::LoaderTimeout(hard));
-                }
-            },
-            None => load.await,
-        };
-        m.latency.loader.record(start.elapsed());
-        match result {
-            Ok(values) if values.len() == asked => Ok(values),
-            Ok(values) => Err(Error::Loader(Arc::new(LoaderShape {
+        let result = super::load::call_timed(self.core, load).await;
+        match result? {
+            values if values.len() == asked => Ok(values),
+            values => Err(Error::Loader(Arc::new(LoaderShape {
                 asked,
                 returned: values.len(),
             }))),
-            Err(e) => Err(Error::Loader(Arc::from(e.into()))),
         }
     }
 
@@ -336,13 +322,13 @@ impl Reads<'_> {
             let any = Some(value as AnyValue);
             match (encoded, seen) {
                 (Ok(encoded), Some(_)) => fills.push((p, any, encoded, life)),
-                // Redis could not be asked: L1 only, at version 0, unless tagged (in no tag's
-                // set, a tag invalidation could not reach the copy).
-                (Ok(encoded), None) if tags.is_empty() => {
-                    let entry = core.l1_entry_for(any, 0, &life, encoded.plain_len);
-                    core.insert_guarded(p.string.clone(), entry, &p.ticket);
+                // Redis could not be asked: settled as a fill that could not reach it.
+                (Ok(encoded), None) => {
+                    let key = (p.string.clone(), !tags.is_empty());
+                    let how = (&life, encoded.plain_len);
+                    let unasked = Err(L2Error::Skipped);
+                    remote::settle_fill(core, key, any, how, &p.ticket, unasked);
                 }
-                (Ok(_), None) => {}
                 (Err(e), _) => {
                     tracing::warn!(target: "tiered_cache::loader", namespace = %core.name,
                         error = %e, "loaded value could not be encoded; not cached");

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::flight::{Leader, Outcome};
 use crate::guard::Ticket;
 use crate::l1::{AnyValue, L1Entry};
-use crate::l2::{Payload, Stamp};
+use crate::l2::{L2Error, Payload, Stamp};
 use crate::metrics::key_hash;
 use crate::space::{NamespaceCore, TtlOverride};
 use serde::de::DeserializeOwned;
@@ -26,6 +26,32 @@ use tracing::Instrument;
 
 /// What a loader returns: the value, `None` for "not found", or its error.
 pub(crate) type Loaded<V> = Result<Option<V>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Awaits a loader under the namespace's hard timeout, recording its latency: the one place
+/// a loader is called (a single-key flight, or a batch).
+pub(super) async fn call_timed<T, E>(
+    core: &NamespaceCore,
+    load: impl Future<Output = Result<T, E>>,
+) -> Result<T, Error>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let m = &core.metrics;
+    let start = Instant::now();
+    let result = match core.policy.hard_timeout {
+        Some(hard) => match tokio::time::timeout(hard, load).await {
+            Ok(r) => r,
+            Err(_) => {
+                m.latency.loader.record(start.elapsed());
+                m.loader_hard_timeout.inc();
+                return Err(Error::LoaderTimeout(hard));
+            }
+        },
+        None => load.await,
+    };
+    m.latency.loader.record(start.elapsed());
+    result.map_err(|e| Error::Loader(Arc::from(e.into())))
+}
 
 /// Why a flight runs.
 pub(crate) enum Mode {
@@ -191,23 +217,7 @@ impl Flight<'_> {
         let m = &self.core.metrics;
         let span = tracing::debug_span!(target: "tiered_cache::loader", "load", namespace = %self.core.name, tier = "loader",
             key_hash = key_hash(&self.key), outcome = Empty);
-        let load = async {
-            let start = Instant::now();
-            let result = match policy.hard_timeout {
-                Some(hard) => match tokio::time::timeout(hard, loader()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        m.latency.loader.record(start.elapsed());
-                        m.loader_hard_timeout.inc();
-                        return Err(Error::LoaderTimeout(hard));
-                    }
-                },
-                None => loader().await,
-            };
-            m.latency.loader.record(start.elapsed());
-            result.map_err(|e| Error::Loader(Arc::from(e)))
-        }
-        .instrument(span.clone());
+        let load = call_timed(self.core, loader()).instrument(span.clone());
         let mut load = std::pin::pin!(load);
         let result = match (policy.soft_timeout, fallback) {
             (Some(soft), Some((stale, from_l1))) if policy.fail_safe.is_some() => {
@@ -290,12 +300,17 @@ impl Flight<'_> {
         let (encoded, seen) = match (encoded, seen) {
             (Ok(e), Some(seen)) => (e, seen),
             (Ok(e), None) => {
-                // Redis could not be asked: L1 only, at version 0; not for a tagged load,
-                // whose copy would be in no tag's set, out of reach of a tag invalidation (a
-                // tagged write drops its copy for the same reason).
-                if self.tags.is_empty() {
-                    self.insert(core.l1_entry_for(value.clone(), 0, &life, e.plain_len));
-                }
+                // Redis could not be asked: settled as a fill that could not reach it.
+                let key = (self.key.clone(), !self.tags.is_empty());
+                let how = (&life, e.plain_len);
+                settle_fill(
+                    core,
+                    key,
+                    value.clone(),
+                    how,
+                    &self.ticket,
+                    Err(L2Error::Skipped),
+                );
                 return value;
             }
             (Err(e), _) => {

@@ -162,9 +162,10 @@ async fn classify<V: DeserializeOwned>(
     }
 }
 
-/// After a fill: L1 gets the value at the fill's version if Redis stored it, nothing if Redis
-/// refused it (the key changed while loading), and version 0 if Redis could not be asked,
-/// unless the fill was `tagged` (its key would be in no tag's set, out of reach of a tag
+/// After a fill (or a load Redis could not be asked before, as `Err`): the one place L1 is
+/// settled after a load. L1 gets the value at the fill's version if Redis stored it, nothing
+/// if Redis refused it (the key changed while loading), and version 0 if Redis could not be
+/// reached, unless the fill was `tagged` (its key would be in no tag's set, out of reach of a tag
 /// invalidation). `life` is the value's (its expiry, the call's L1 TTL), `weight` its
 /// serialized size.
 pub(crate) fn settle_fill(
