@@ -133,21 +133,28 @@ async fn get_or_load_many_loads_exactly_the_missing_keys_once() {
         "one loader call, with exactly the keys neither tier had"
     );
     let after = stats(&b, "quote");
-    assert_eq!(after.loads - before.loads, 2);
-    assert_eq!(after.fills_stored - before.fills_stored, 2);
+    assert_eq!(after.loads - before.loads, 3);
+    // The "not found" too, for the negative TTL.
+    assert_eq!(after.fills_stored - before.fills_stored, 3);
     // Written back to Redis: the other node reads them without a loader.
     assert_eq!(
         values(&qa.batch().get(["m1", "m2", "nope"]).await),
         [Some(10), Some(20), None]
     );
 
-    // Again: only the key nobody has goes to the loader.
+    // Again: every key is answered by a tier, "nope" by its cached "not found".
     asked.lock().unwrap().clear();
     let out = qb.batch().get_or_load(keys, load(asked.clone())).await;
     assert_eq!(
         loaded(&out),
         [Some(1), Some(10), Some(2), Some(20), None, Some(10)]
     );
+    assert!(asked.lock().unwrap().is_empty());
+    // Once the "not found" is gone, the key goes to the loader again.
+    qa.invalidate("nope").await.unwrap();
+    await_applied(&b, "quote", 2).await;
+    let out = qb.batch().get_or_load(keys, load(asked.clone())).await;
+    assert_eq!(loaded(&out)[4], None);
     assert_eq!(*asked.lock().unwrap(), [["nope"]]);
     // Nothing missing: no loader call at all.
     asked.lock().unwrap().clear();
@@ -776,4 +783,156 @@ async fn a_batch_load_refuses_policies_it_cannot_apply() {
             "{ns}: {out:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_loads_and_single_loads_share_flights_both_ways() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let quotes = cache.namespace::<str, u64>("quote").unwrap();
+    let coalesced = |c: &TieredCache| stats(c, "quote").coalesced_loads;
+
+    // A single-key load is in flight for "a": a batch asking for "a" and "b" waits for it
+    // and asks its own loader for "b" only.
+    let single_calls = Arc::new(AtomicU32::new(0));
+    let single = {
+        let (quotes, calls, node) = (quotes.clone(), single_calls.clone(), cache.clone());
+        tokio::spawn(async move {
+            quotes
+                .get_or_load("a", move || async move {
+                    calls.fetch_add(1, SeqCst);
+                    // Held until the batch has joined this flight.
+                    eventually("the batch joins the flight", PATIENCE, || async {
+                        coalesced(&node) >= 1
+                    })
+                    .await;
+                    Ok::<_, std::io::Error>(1)
+                })
+                .await
+                .unwrap()
+        })
+    };
+    eventually("the single load starts", PATIENCE, || async {
+        single_calls.load(SeqCst) == 1
+    })
+    .await;
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let out = bounded(
+        "a batch joining a single flight",
+        quotes.batch().get_or_load(["a", "b"], |keys| {
+            let asked = asked.clone();
+            async move {
+                asked
+                    .lock()
+                    .unwrap()
+                    .extend(keys.iter().map(|k| k.to_string()));
+                Ok::<_, std::io::Error>(keys.iter().map(|_| Some(2)).collect())
+            }
+        }),
+    )
+    .await;
+    assert_eq!(
+        loaded(&out),
+        vec![Some(1), Some(2)],
+        "\"a\" came from the single flight"
+    );
+    assert_eq!(*asked.lock().unwrap(), vec!["b".to_string()]);
+    assert_eq!(*single.await.unwrap(), 1);
+    assert_eq!(single_calls.load(SeqCst), 1);
+
+    // The reverse: a batch leads the load of "c"; a get_or_load of "c" meanwhile waits for it
+    // and never calls its own loader.
+    let before = coalesced(&cache);
+    let started = Arc::new(AtomicU32::new(0));
+    let batch = {
+        let (quotes, node, started) = (quotes.clone(), cache.clone(), started.clone());
+        tokio::spawn(async move {
+            let out = quotes
+                .batch()
+                .get_or_load(["c"], move |keys| async move {
+                    started.fetch_add(1, SeqCst);
+                    eventually(
+                        "the single caller joins the batch's flight",
+                        PATIENCE,
+                        || async { coalesced(&node) > before },
+                    )
+                    .await;
+                    Ok::<_, std::io::Error>(keys.iter().map(|_| Some(3)).collect())
+                })
+                .await;
+            loaded(&out)
+        })
+    };
+    eventually("the batch's load starts", PATIENCE, || async {
+        started.load(SeqCst) == 1
+    })
+    .await;
+    let got = bounded(
+        "a single load joining a batch's flight",
+        quotes.get_or_load("c", || async {
+            Err::<u64, _>(std::io::Error::other("the single loader ran"))
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*got, 3);
+    assert_eq!(batch.await.unwrap(), vec![Some(3)]);
+}
+
+#[tokio::test]
+async fn batch_loads_cache_not_found_for_the_negative_ttl_on_both_tiers() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    for (i, cache) in [&a, &b, &a].into_iter().enumerate() {
+        let quotes = cache.namespace::<str, u64>("quote").unwrap();
+        let tagged = quotes.with(EntryOptions::new().tag("t")).unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let load = |keys: Vec<&str>| {
+            calls.fetch_add(keys.len() as u32, SeqCst);
+            let values: Vec<Option<u64>> =
+                keys.iter().map(|k| (*k == "here").then_some(5)).collect();
+            async move { Ok::<_, std::io::Error>(values) }
+        };
+        // Untagged and tagged batches, on the first node then a second one (from Redis) then
+        // the first again (from L1).
+        let plain = quotes.batch().get_or_load(["here", "gone"], load).await;
+        assert_eq!(loaded(&plain), vec![Some(5), None], "pass {i}");
+        let out = tagged.batch().get_or_load(["t_here", "t_gone"], load).await;
+        assert_eq!(loaded(&out), vec![None, None], "pass {i}");
+        let expected = if i == 0 { 4 } else { 0 };
+        assert_eq!(
+            calls.load(SeqCst),
+            expected,
+            "pass {i}: \"not found\" was cached"
+        );
+        // A single optional load finds the batch's "not found" too.
+        let single = quotes
+            .get_or_load_optional("gone", || async {
+                Err::<Option<u64>, _>(std::io::Error::other("loader ran"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(single, None, "pass {i}");
+    }
+    // The tagged "not found"s joined their tag: invalidating it drops them everywhere.
+    let quotes = a.namespace::<str, u64>("quote").unwrap();
+    assert_eq!(quotes.invalidate_tag("t").await.unwrap(), 2);
+    await_applied(&b, "quote", 1).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let out = {
+        let calls = calls.clone();
+        b.namespace::<str, u64>("quote")
+            .unwrap()
+            .batch()
+            .get_or_load(["t_gone"], move |keys| async move {
+                calls.fetch_add(1, SeqCst);
+                Ok::<_, std::io::Error>(keys.iter().map(|_| Some(9)).collect())
+            })
+            .await
+    };
+    assert_eq!(loaded(&out), vec![Some(9)]);
+    assert_eq!(calls.load(SeqCst), 1);
 }

@@ -22,9 +22,10 @@
 //! Counts are per key too (a batch of 100 counts like 100 single calls), except Redis errors,
 //! which count failed calls.
 //!
-//! Batch loads do not take part in single flight: a `get_or_load` and a batch loading the same
-//! key at the same time both run their loaders. Coherence does not depend on it; both fills
-//! are conditional.
+//! Batch loads take part in single flight: a key another call is loading is waited for, and
+//! the keys a batch loads are flights other callers join. A key the loader has no value for is
+//! cached as "not found" for the negative TTL, as `get_or_load_optional` does. Refresh-ahead
+//! is left to single-key reads (see `docs/resilience.md`).
 
 use crate::error::Result;
 use crate::key::{key_string, CacheKey};
@@ -66,7 +67,8 @@ where
         if pending.is_empty() {
             return out;
         }
-        let (found, ..) = reads.read_many(&pending, (false, self.ns.ttl().l1)).await;
+        let read = reads.read_many(&pending, (false, self.ns.ttl().l1)).await;
+        let found = read.answered.into_iter().map(Option::flatten).collect();
         scatter(&mut out, &pending, found);
         out
     }
@@ -76,12 +78,14 @@ where
     ///
     /// `loader` receives the keys still missing (each once, in the order first asked) and
     /// returns one `Option` per key, in the same order: `None` for a key it has no value for.
-    /// Per key, the outcome is `Ok(Some(value))`, `Ok(None)` when the loader had none, or
+    /// Per key, the outcome is `Ok(Some(value))`, `Ok(None)` when the loader had none (cached
+    /// as "not found" for the namespace's negative TTL, on both tiers), or
     /// `Err` when the loader failed (every key it was asked for gets its error; so does a list
     /// of the wrong length). As with [`Namespace::get_or_load`]: when Redis is unreachable
     /// loaded values are kept in L1 only, a value loaded while its key was written or
     /// invalidated elsewhere is returned but not cached, and a value that cannot be encoded is
-    /// returned but not cached. On a tagged handle the fills join the tags' sets.
+    /// returned but not cached. On a tagged handle the fills join the tags' sets. A key that
+    /// another call is loading is not asked of `loader`: its outcome is that load's.
     ///
     /// ```no_run
     /// # use std::collections::HashMap;

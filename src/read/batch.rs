@@ -6,6 +6,7 @@ use super::remote::{self, L2Read};
 use super::{downcast, Reads};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::flight::{self, Leader, Role};
 use crate::guard::Ticket;
 use crate::key::{key_string, CacheKey};
 use crate::l1::{AnyValue, L1Entry};
@@ -29,6 +30,17 @@ pub(crate) struct Pending<'k, K: ?Sized> {
     at: Vec<usize>,
     /// L1's expired copy, read before the ticket, kept for fail-safe (`None` without it).
     stale: Option<L1Entry>,
+}
+
+/// What one MGET answered for a batch's pending keys.
+pub(crate) struct ManyRead<V> {
+    /// Per key: `Some` when Redis answered it (a value, or a cached "not found"), `None` when
+    /// it has no live value or could not be asked.
+    pub(crate) answered: Vec<Option<Option<Arc<V>>>>,
+    /// The version counter, when asked for and Redis answered.
+    pub(crate) seen: Option<Stamp>,
+    /// Per key: a value past its expiry that Redis keeps for fail-safe.
+    pub(crate) expired: Vec<Option<L1Entry>>,
 }
 
 /// The loader of a batch returned a list whose length does not match the keys it was given.
@@ -142,13 +154,14 @@ impl Reads<'_> {
         let mut index = HashMap::<String, usize>::new();
         let fail_safe = self.core.policy.fail_safe.is_some();
         for (i, key) in keys.enumerate() {
-            let (hit, stale) = match self.local(key) {
-                Lookup::Fresh(e) | Lookup::Due(e) => (e.value, None),
-                Lookup::Stale(e) => (None, Some(e).filter(|_| fail_safe)),
-                Lookup::Miss => (None, None),
+            // A cached "not found" answers its key as `None`, as it does for a single key.
+            let (hit, stale, answered) = match self.local(key) {
+                Lookup::Fresh(e) | Lookup::Due(e) => (e.value, None, true),
+                Lookup::Stale(e) => (None, Some(e).filter(|_| fail_safe), false),
+                Lookup::Miss => (None, None, false),
             };
             let hit = downcast::<V>(hit);
-            if hit.is_none() {
+            if !answered {
                 self.core.metrics.l1_miss.inc();
                 match index.entry(key_string(key)) {
                     Entry::Occupied(e) => pending[*e.get()].at.push(i),
@@ -170,14 +183,13 @@ impl Reads<'_> {
         (out, pending)
     }
 
-    /// One MGET for the pending keys (and the version counter, with `stamp`); hits go to L1
-    /// through the guard. The stamp is `None` when Redis could not be asked. Values past their
-    /// expiry that Redis keeps for fail-safe come back as fallbacks, one slot per key.
+    /// One MGET for the pending keys (and the version counter, with `stamp`); hits (values
+    /// and cached "not found"s) go to L1 through the guard.
     pub(crate) async fn read_many<K, V>(
         &self,
         pending: &[Pending<'_, K>],
         (stamp, l1_ttl): (bool, Option<Duration>),
-    ) -> (Vec<Option<Arc<V>>>, Option<Stamp>, Vec<Option<L1Entry>>)
+    ) -> ManyRead<V>
     where
         K: ?Sized,
         V: DeserializeOwned + Send + Sync + 'static,
@@ -195,7 +207,13 @@ impl Reads<'_> {
             .await;
         let (values, seen) = match read {
             Ok(read) => read,
-            Err(_) => return (vec![None; pending.len()], None, vec![None; pending.len()]),
+            Err(_) => {
+                return ManyRead {
+                    answered: vec![None; pending.len()],
+                    seen: None,
+                    expired: vec![None; pending.len()],
+                }
+            }
         };
         let mut found = Vec::with_capacity(pending.len());
         let mut expired = vec![None; pending.len()];
@@ -211,11 +229,11 @@ impl Reads<'_> {
                 L2Read::Hit {
                     version,
                     expires_ms,
-                    value: Some(value),
+                    value,
                     weight,
                 } => {
-                    let value = Arc::new(value);
-                    let any = Some(value.clone() as AnyValue);
+                    let value = value.map(Arc::new);
+                    let any = value.clone().map(|v| v as AnyValue);
                     let entry = core.l1_entry_within(any, version, expires_ms, l1_ttl, weight);
                     core.insert_guarded(p.string.clone(), entry, &p.ticket);
                     Some(value)
@@ -229,17 +247,16 @@ impl Reads<'_> {
                     expired[i] = Some(core.l1_entry(value, version, Some(0), weight));
                     None
                 }
-                // A cached "not found" (see `get_or_load_optional`) is asked of the loader
-                // again by a batch, which has no way to return it.
-                L2Read::Hit { value: None, .. }
-                | L2Read::Expired { .. }
-                | L2Read::Miss
-                | L2Read::Unavailable => None,
+                L2Read::Expired { .. } | L2Read::Miss | L2Read::Unavailable => None,
             });
         }
         core.metrics.latency.l2.record(start.elapsed());
         span.record("hits", found.iter().filter(|f| f.is_some()).count());
-        (found, seen, expired)
+        ManyRead {
+            answered: found,
+            seen,
+            expired,
+        }
     }
 
     /// `get_or_load_many`, with tags for the fills.
@@ -267,12 +284,13 @@ impl Reads<'_> {
         out
     }
 
-    /// The miss path for keys L1 could not answer: Redis, then one loader call for what Redis
-    /// had not, then guarded fills to both tiers. One outcome per pending key.
+    /// The miss path for keys L1 could not answer: Redis, then single flight (a key another
+    /// call is loading is waited for), then one loader call for the keys this batch leads,
+    /// then guarded fills to both tiers. One outcome per pending key.
     pub(crate) async fn load_pending<'k, K, V, F, Fut, E>(
         &self,
         pending: &[Pending<'k, K>],
-        (tags, ttl): (&[&str], TtlOverride),
+        fill: (&[&str], TtlOverride),
         loader: F,
     ) -> Vec<Result<Option<Arc<V>>>>
     where
@@ -282,12 +300,20 @@ impl Reads<'_> {
         Fut: Future<Output = std::result::Result<Vec<Option<V>>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (core, shared) = (&**self.core, self.shared);
+        let core: &NamespaceCore = self.core;
         // `seen`: the version counter noted before the loader runs; `None` when Redis is out
         // of reach (cache locally only).
-        let (found, seen, expired) = self.read_many(pending, (true, ttl.l1)).await;
-        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
-        let mut out: Vec<Result<Option<Arc<V>>>> = found.into_iter().map(Ok).collect();
+        let read = self.read_many(pending, (true, fill.1.l1)).await;
+        let ManyRead {
+            answered,
+            seen,
+            expired,
+        } = read;
+        let missing: Vec<usize> = (0..answered.len())
+            .filter(|&i| answered[i].is_none())
+            .collect();
+        let mut out: Vec<Result<Option<Arc<V>>>> =
+            answered.into_iter().map(|a| Ok(a.flatten())).collect();
         if missing.is_empty() {
             return out;
         }
@@ -297,29 +323,100 @@ impl Reads<'_> {
             missing.iter().for_each(|&i| out[i] = Err(err.clone()));
             return out;
         }
-
-        let asked = missing.iter().map(|&i| pending[i].key).collect();
-        let values = match self.call_batch_loader(loader(asked), missing.len()).await {
-            Ok(values) => values,
-            Err(err) => {
-                for &i in &missing {
-                    core.metrics.loader_error.inc();
-                    out[i] = self.fail_safe(&pending[i], expired[i].clone(), err.clone());
+        let (mut leading, mut waiting) = (Vec::new(), Vec::new());
+        for &i in &missing {
+            match core.flights.join(&pending[i].string) {
+                Role::Leader(leader, _) => leading.push((i, leader)),
+                Role::Waiter(slot) => {
+                    core.metrics.coalesced.inc();
+                    waiting.push((i, slot));
                 }
-                return out;
             }
-        };
+        }
+        // Our own load runs while we wait for the others': two batches each leading a key
+        // the other waits for both finish.
+        let own = self.load_leading(pending, leading, (seen, &expired), fill, loader);
+        let others = futures_util::future::join_all(
+            waiting.iter().map(|(_, slot)| flight::wait(slot.clone())),
+        );
+        let (own, others) = futures_util::future::join(own, others).await;
+        for (i, outcome) in own {
+            out[i] = outcome;
+        }
+        for ((i, _), outcome) in waiting.into_iter().zip(others) {
+            out[i] = match outcome {
+                Some(outcome) => outcome.map(downcast),
+                // The load this key joined ended without an answer (its caller was cancelled,
+                // or its loader panicked); this batch's loader has been spent.
+                None => self.fail_safe(&pending[i], expired[i].clone(), super::lost_load()),
+            };
+        }
+        out
+    }
 
+    /// This batch's share of a load: one loader call for the keys it leads, guarded fills,
+    /// then each key's outcome handed to whoever waits on it. One outcome per led key.
+    async fn load_leading<'k, K, V, F, Fut, E>(
+        &self,
+        pending: &[Pending<'k, K>],
+        leading: Vec<(usize, Leader)>,
+        (seen, expired): (Option<Stamp>, &[Option<L1Entry>]),
+        fill: (&[&str], TtlOverride),
+        loader: F,
+    ) -> Vec<(usize, Result<Option<Arc<V>>>)>
+    where
+        K: ?Sized,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce(Vec<&'k K>) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<Option<V>>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if leading.is_empty() {
+            return Vec::new();
+        }
+        let led: Vec<&Pending<'k, K>> = leading.iter().map(|(i, _)| &pending[*i]).collect();
+        let asked = led.iter().map(|p| p.key).collect();
+        let outcomes = match self.call_batch_loader(loader(asked), led.len()).await {
+            Ok(values) => self.store_loaded(&led, values, seen, fill).await,
+            Err(err) => (leading.iter())
+                .map(|&(i, _)| {
+                    self.core.metrics.loader_error.inc();
+                    self.fail_safe(&pending[i], expired[i].clone(), err.clone())
+                })
+                .collect(),
+        };
+        (leading.into_iter().zip(outcomes))
+            .map(|((i, leader), outcome)| {
+                leader.finish(outcome.clone().map(|v| v.map(|v| v as AnyValue)));
+                (i, outcome)
+            })
+            .collect()
+    }
+
+    /// Caches what the loader returned (a "not found" too, for the negative TTL) on both
+    /// tiers, as a single-key load stores its value. One outcome per key, in order.
+    async fn store_loaded<K, V>(
+        &self,
+        led: &[&Pending<'_, K>],
+        values: Vec<Option<V>>,
+        seen: Option<Stamp>,
+        (tags, ttl): (&[&str], TtlOverride),
+    ) -> Vec<Result<Option<Arc<V>>>>
+    where
+        K: ?Sized,
+        V: Serialize + Send + Sync + 'static,
+    {
+        let (core, shared) = (&**self.core, self.shared);
+        let mut out = Vec::with_capacity(led.len());
         let mut fills = Vec::new();
-        for (&i, value) in missing.iter().zip(values) {
-            let Some(value) = value else { continue };
+        for (&p, value) in led.iter().zip(values) {
             core.metrics.loader_ok.inc();
-            let p = &pending[i];
-            let life = core.l2_life(false, ttl);
-            let encoded = codec::encode(Some(&value), life.expires_ms, core.policy.compress_above);
-            let value = Arc::new(value);
-            out[i] = Ok(Some(value.clone()));
-            let any = Some(value as AnyValue);
+            let life = core.l2_life(value.is_none(), ttl);
+            let encoded =
+                codec::encode(value.as_ref(), life.expires_ms, core.policy.compress_above);
+            let value = value.map(Arc::new);
+            out.push(Ok(value.clone()));
+            let any = value.map(|v| v as AnyValue);
             match (encoded, seen) {
                 (Ok(encoded), Some(_)) => fills.push((p, any, encoded, life)),
                 // Redis could not be asked: settled as a fill that could not reach it.

@@ -227,7 +227,7 @@ impl Reads<'_> {
 }
 
 /// The error of a caller whose own load ended without an outcome.
-fn lost_load() -> Error {
+pub(super) fn lost_load() -> Error {
     Error::Loader(Arc::new(std::io::Error::other(
         "the load ended without an answer: the loader panicked, or its runtime shut down",
     )))
