@@ -6,6 +6,7 @@ use crate::bus::{self, BusConfig};
 use crate::config::TieredCacheBuilder;
 use crate::engine::{BusState, Engine};
 use crate::error::{Error, Result};
+use crate::l2::connect::ConnectionCensus;
 use crate::l2::{L2Settings, L2Tier};
 use crate::metrics::NamespaceStats;
 use crate::outbox::Outbox;
@@ -53,8 +54,13 @@ impl std::fmt::Debug for TieredCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Health {
+    /// Where Redis is (its URL, any password shown as `***`).
+    pub redis: String,
     /// Redis answered a PING within the L2 timeout just now.
     pub redis_reachable: bool,
+    /// The connections reads and writes are spread over, by how their last call went
+    /// (`redis_connections`; the bus's own connections are `subscribed`).
+    pub connections: ConnectionCensus,
     /// The invalidation subscriber is connected and listening.
     pub subscribed: bool,
     /// Time since the subscriber last heard from Redis (subscription or heartbeat).
@@ -136,7 +142,9 @@ impl TieredCache {
         let shared = self.shared();
         let redis_reachable = shared.l2.ping().await;
         Health {
+            redis: shared.l2.describe().to_owned(),
             redis_reachable,
+            connections: shared.l2.connections(),
             breaker: shared.l2.breaker().state(),
             outbox_entries: shared.outbox.len(),
             subscribed: self.is_subscribed(),
@@ -188,7 +196,7 @@ impl TieredCacheBuilder {
         self.validate()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("build() must be called inside a Tokio runtime".into()))?;
-        let url = self.effective_url();
+        let endpoint = self.endpoint()?;
         let replay_wanted = Arc::new(tokio::sync::Notify::new());
         let breaker = Breaker::new(
             self.breaker_threshold,
@@ -196,10 +204,8 @@ impl TieredCacheBuilder {
             replay_wanted.clone(),
         );
         let settings = L2Settings {
-            url: &url,
+            endpoint: &endpoint,
             prefix: &self.prefix,
-            timeout: self.l2_timeout,
-            connect_timeout: self.connect_timeout,
             reconnect_delay: self.breaker_cooldown,
         };
         let l2 = L2Tier::open(settings, breaker)?;
@@ -232,7 +238,7 @@ impl TieredCacheBuilder {
             }
         });
         let bus_config = BusConfig {
-            command_timeout: self.l2_timeout,
+            command_timeout: endpoint.command_timeout,
             heartbeat: self.heartbeat,
             max_backoff: self.subscriber_backoff.max(Duration::from_millis(100)),
         };

@@ -2,11 +2,20 @@
 
 use crate::error::{Error, Result};
 use crate::key::{validate_name, validate_namespace};
+mod connection;
 mod policy;
 
+pub use connection::{redact_url, ENV_VARS};
+pub(crate) use connection::{Address, Endpoint};
+use connection::{ConnectionSettings, Pem, Secret};
 pub use policy::NamespacePolicy;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where `build()` reads `REDIS_*` variables from.
+type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The Redis URL used when none is given and `REDIS_URL` is unset.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -16,13 +25,12 @@ pub const DEFAULT_PREFIX: &str = "v1";
 /// Builds a [`TieredCache`](crate::TieredCache). Every setter documents its default;
 /// [`build`](Self::build) checks the whole configuration and returns an error instead of a cache
 /// that would misbehave later.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TieredCacheBuilder {
-    pub(crate) redis_url: Option<String>,
+    pub(crate) connection: ConnectionSettings,
+    env: Option<EnvLookup>,
     pub(crate) prefix: String,
     pub(crate) namespaces: Vec<(String, NamespacePolicy)>,
-    pub(crate) l2_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) outbox_retry: Duration,
     pub(crate) subscriber_backoff: Duration,
@@ -37,11 +45,10 @@ pub struct TieredCacheBuilder {
 impl Default for TieredCacheBuilder {
     fn default() -> Self {
         Self {
-            redis_url: None,
+            connection: ConnectionSettings::default(),
+            env: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             namespaces: Vec::new(),
-            l2_timeout: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(1),
             breaker_cooldown: Self::DEFAULT_BACKOFF,
             outbox_retry: Self::DEFAULT_BACKOFF,
             subscriber_backoff: Self::DEFAULT_BACKOFF,
@@ -67,15 +74,135 @@ impl TieredCacheBuilder {
     pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 16 << 20;
 }
 
-/// # What is cached, and where: the Redis server, the key prefix, the namespaces.
+impl std::fmt::Debug for TieredCacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand: the URL may hold a password, and the environment lookup is a closure.
+        let c = &self.connection;
+        f.debug_struct("TieredCacheBuilder")
+            .field("redis_url", &c.url.as_ref().map(|u| redact_url(u.expose())))
+            .field("redis_username", &c.username)
+            .field("redis_password", &c.password)
+            .field("redis_tls", &c.tls)
+            .field("tls_ca", &c.ca)
+            .field(
+                "tls_client_identity",
+                &c.identity.as_ref().map(|(cert, _)| cert),
+            )
+            .field("redis_connections", &c.connections)
+            .field("l2_timeout", &c.command_timeout)
+            .field("connect_timeout", &c.connect_timeout)
+            .field("custom_environment", &self.env.is_some())
+            .field("prefix", &self.prefix)
+            .field("namespaces", &self.namespaces)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("outbox_retry", &self.outbox_retry)
+            .field("subscriber_backoff", &self.subscriber_backoff)
+            .field("heartbeat", &self.heartbeat)
+            .field("track_external_writes", &self.track_external_writes)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("strict_writes", &self.strict_writes)
+            .finish()
+    }
+}
+
+/// # Where Redis is, and how to reach it.
+///
+/// Each of these settings not given in code is read from the environment at `build()` (see
+/// [`environment`](Self::environment) and `docs/configuration.md`): `REDIS_URL`, or
+/// `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`; `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_SSL`,
+/// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`/`REDIS_TLS_KEY_FILE`, `REDIS_MAX_CONNECTIONS`,
+/// `REDIS_CONNECTION_TIMEOUT`, `REDIS_COMMAND_TIMEOUT`. A bad or conflicting value fails
+/// `build()` with `Error::Config` naming the variable (never its secret value).
 impl TieredCacheBuilder {
-    /// The Redis server. Default: the `REDIS_URL` environment variable, else
-    /// `redis://127.0.0.1:6379`. Add `/N` to select database N.
+    /// The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
+    /// Percent-encode `@ / # % ?` and `:` in a password, or give it with
+    /// [`redis_password`](Self::redis_password) instead. Default: `REDIS_URL`, else
+    /// `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB` (127.0.0.1, 6379, 0), else `redis://127.0.0.1:6379`.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.connection.url = Some(Secret::new(url));
         self
     }
 
+    /// The ACL user to authenticate as. Default: `REDIS_USERNAME`, else the URL's, else
+    /// `default`. Giving one here and another in the URL fails `build()`.
+    pub fn redis_username(mut self, user: impl Into<String>) -> Self {
+        self.connection.username = Some(user.into());
+        self
+    }
+
+    /// The password, as it is (no percent-encoding). Never printed. Default: `REDIS_PASSWORD`,
+    /// else the URL's, else none. Giving one here and another in the URL fails `build()`.
+    pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+        self.connection.password = Some(Secret::new(password));
+        self
+    }
+
+    /// TLS on (even for a `redis://` URL or host/port) or off (a `rediss://` URL then fails
+    /// `build()`). Default: `REDIS_SSL`, else what the URL's scheme says.
+    pub fn redis_tls(mut self, on: bool) -> Self {
+        self.connection.tls = Some(on);
+        self
+    }
+
+    /// The CA certificates (PEM) that Redis's certificate must chain to, instead of the
+    /// system's trust store. Default: the file `REDIS_TLS_CA_FILE` names, else the system's.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.connection.ca = Some(Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// Like [`tls_ca_pem`](Self::tls_ca_pem), from a file read at `build()`.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.connection.ca = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for servers that ask for one (mutual
+    /// TLS, `tls-auth-clients yes`). Default: the files `REDIS_TLS_CERT_FILE` and
+    /// `REDIS_TLS_KEY_FILE` name, else none.
+    pub fn tls_client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.connection.identity = Some((Pem::Bytes(cert.into()), Pem::Bytes(key.into())));
+        self
+    }
+
+    /// Like [`tls_client_identity_pem`](Self::tls_client_identity_pem), from files read at
+    /// `build()`.
+    pub fn tls_client_identity_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.connection.identity = Some((Pem::File(cert.into()), Pem::File(key.into())));
+        self
+    }
+
+    /// How many multiplexed connections reads and writes are spread over (each pipelines many
+    /// concurrent commands; the bus has connections of its own). 1 to 256. Default:
+    /// `REDIS_MAX_CONNECTIONS`, else 1.
+    pub fn redis_connections(mut self, n: usize) -> Self {
+        self.connection.connections = Some(n);
+        self
+    }
+
+    /// Where `build()` reads the `REDIS_*` variables from. Default: the process environment.
+    /// `|_| None` ignores the environment.
+    pub fn environment(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.env = Some(Arc::new(lookup));
+        self
+    }
+}
+
+/// # What is cached: the key prefix, the namespaces.
+impl TieredCacheBuilder {
     /// The first part of every Redis key and of the bus channel's name. Default: `v1`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -92,15 +219,16 @@ impl TieredCacheBuilder {
 /// # Timeouts and the circuit breaker in front of Redis.
 impl TieredCacheBuilder {
     /// The longest any single Redis call may take before the cache gives up on it and degrades
-    /// (serves from L1 or the loader). Default: 250 ms.
+    /// (serves from L1 or the loader). Default: `REDIS_COMMAND_TIMEOUT`, else 250 ms.
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
-        self.l2_timeout = timeout;
+        self.connection.command_timeout = Some(timeout);
         self
     }
 
-    /// The longest a connection attempt to Redis may take. Default: 1 s.
+    /// The longest a connection attempt to Redis (TLS handshake and authentication included)
+    /// may take. Default: `REDIS_CONNECTION_TIMEOUT`, else 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connection.connect_timeout = Some(timeout);
         self
     }
 
@@ -193,12 +321,14 @@ impl TieredCacheBuilder {
 }
 
 impl TieredCacheBuilder {
-    /// The URL that `build()` will use.
-    pub(crate) fn effective_url(&self) -> String {
-        self.redis_url
-            .clone()
-            .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
-            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
+    /// The connection settings `build()` will use: the builder's, completed from the
+    /// environment.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint> {
+        let resolved = match &self.env {
+            Some(lookup) => self.connection.resolve(&|k| lookup(k)),
+            None => self.connection.resolve(&|k| std::env::var(k).ok()),
+        };
+        resolved.map_err(Error::Config)
     }
 
     /// Checks everything that does not need Redis.
@@ -216,9 +346,13 @@ impl TieredCacheBuilder {
             }
             policy.validate(name, self.heartbeat).map_err(config)?;
         }
+        let c = &self.connection;
         for (what, d) in [
-            ("l2_timeout", self.l2_timeout),
-            ("connect_timeout", self.connect_timeout),
+            ("l2_timeout", c.command_timeout.unwrap_or(Duration::MAX)),
+            (
+                "connect_timeout",
+                c.connect_timeout.unwrap_or(Duration::MAX),
+            ),
             ("breaker_cooldown", self.breaker_cooldown),
             ("outbox_retry", self.outbox_retry),
             ("subscriber_backoff", self.subscriber_backoff),

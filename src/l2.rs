@@ -23,8 +23,9 @@ use crate::error::{Error, SharedError};
 use crate::key::KeySpace;
 use crate::metrics::NamespaceMetrics;
 use crate::wire::Outgoing;
+use connect::{Pool, Tls};
 use epoch::Epochs;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Client, Script};
 use scripts::{script, CLEAR_NAMESPACE, FILL, HEARTBEAT, INVALIDATE, UNLOCK, WRITE};
 use std::future::Future;
@@ -120,12 +121,11 @@ impl Target<'_> {
 
 /// How the L2 tier reaches Redis.
 pub(crate) struct L2Settings<'a> {
-    pub(crate) url: &'a str,
+    /// Address, credentials, TLS, connection count, connect and command timeouts (the
+    /// command timeout bounds every call, and the bus connections' commands).
+    pub(crate) endpoint: &'a crate::config::Endpoint,
     /// The first part of every key and of the bus channel's name.
     pub(crate) prefix: &'a str,
-    /// Every call's bound (and the bus connections' command timeout).
-    pub(crate) timeout: Duration,
-    pub(crate) connect_timeout: Duration,
     /// The longest delay of the connection's own reconnect.
     pub(crate) reconnect_delay: Duration,
 }
@@ -139,7 +139,11 @@ pub(crate) struct Payload<'a> {
 pub(crate) struct L2Tier {
     /// Where the dedicated bus connections are opened from (see `link.rs`).
     client: Client,
-    conn: ConnectionManager,
+    /// The CA bundle and client identity, for the connections `link.rs` opens itself.
+    tls: Tls,
+    /// Where the address is, safe to print.
+    describe: String,
+    pool: Pool,
     connect_timeout: Duration,
     epochs: Epochs,
     keys: KeySpace,
@@ -159,27 +163,20 @@ impl L2Tier {
     /// the database the URL selects.
     pub(crate) fn open(settings: L2Settings<'_>, breaker: Breaker) -> Result<Self, Error> {
         let L2Settings {
-            url,
+            endpoint,
             prefix,
-            timeout,
-            connect_timeout,
             reconnect_delay,
         } = settings;
-        let client = Client::open(url)
-            .map_err(|e| Error::Config(format!("redis URL {url:?} is not valid: {e}")))?;
+        let (timeout, connect_timeout) = (endpoint.command_timeout, endpoint.connect_timeout);
+        let (client, tls) = connect::open_client(endpoint)?;
         let keys = KeySpace::new(prefix, client.get_connection_info().redis_settings().db());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(timeout))
-            // Reconnection is retried per call, under our own breaker, rather than inside
-            // one long-lived future every caller would queue behind.
-            .set_number_of_retries(1)
-            .set_max_delay(reconnect_delay);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
+        let timeouts = (connect_timeout, timeout, reconnect_delay);
+        let pool = Pool::new(&client, endpoint.connections, timeouts)?;
         Ok(Self {
             client,
-            conn,
+            tls,
+            describe: endpoint.describe(),
+            pool,
             connect_timeout,
             epochs: Epochs::new(),
             keys,
@@ -196,6 +193,16 @@ impl L2Tier {
 
     pub(crate) fn keys(&self) -> &KeySpace {
         &self.keys
+    }
+
+    /// How the pooled connections stand.
+    pub(crate) fn connections(&self) -> connect::ConnectionCensus {
+        self.pool.census()
+    }
+
+    /// Where Redis is, safe to print.
+    pub(crate) fn describe(&self) -> &str {
+        &self.describe
     }
 
     pub(crate) fn breaker(&self) -> &Breaker {
@@ -226,10 +233,11 @@ impl L2Tier {
             }
             return Err(L2Error::Skipped);
         };
+        let (i, conn) = self.pool.pick();
         let attempt = async {
-            match f(self.conn.clone()).await {
+            match f(conn.clone()).await {
                 Err(e) if (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
-                    f(self.conn.clone()).await
+                    f(conn).await
                 }
                 other => other,
             }
@@ -239,11 +247,9 @@ impl L2Tier {
             Ok(Err(e)) => Err(L2Error::Redis(e)),
             Err(_) => Err(L2Error::Timeout),
         };
-        permit.record(
-            result
-                .as_ref()
-                .map_or_else(|e| !e.is_unreachable(), |_| true),
-        );
+        let reached = (result.as_ref()).map_or_else(|e| !e.is_unreachable(), |_| true);
+        self.pool.record(i, reached);
+        permit.record(reached);
         if let (Some(target), Err(e)) = (target, &result) {
             target.count(e);
         }
@@ -521,6 +527,8 @@ fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
 
+/// Opening Redis: the client from the connection settings, and the connection pool.
+pub(crate) mod connect;
 /// The epoch of the version counter, recorded from every reply.
 mod epoch;
 /// The bus's dedicated connections: the subscription and external-write tracking.

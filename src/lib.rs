@@ -115,6 +115,7 @@ pub use cache::{Health, Stats, TieredCache};
 pub use config::{NamespacePolicy, TieredCacheBuilder, DEFAULT_PREFIX, DEFAULT_REDIS_URL};
 pub use error::{Error, Result, SharedError};
 pub use key::CacheKey;
+pub use l2::connect::ConnectionCensus;
 pub use memo::Memoized;
 pub use metrics::{LagPercentiles, NamespaceStats};
 pub use namespace::{Batch, Namespace};

@@ -193,10 +193,8 @@ async fn foreign_missing_and_unknown_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_url_and_unreachable_redis_fail_with_one_line() {
     let err = error_line(&cli_at("not a url", &["stats"]).await);
-    assert!(
-        err.contains("redis URL \"not a url\" is not valid"),
-        "{err}"
-    );
+    // Not echoed: a string that is not a URL may be a password pasted in the wrong place.
+    assert!(err.contains("redis URL <not a URL> is not valid"), "{err}");
 
     // A port nobody listens on: refused.
     let mut server = RedisServer::start();

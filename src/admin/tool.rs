@@ -7,7 +7,7 @@
 use crate::breaker::BreakerState;
 use crate::cache::TieredCache;
 use crate::codec;
-use crate::config::NamespacePolicy;
+use crate::config::{NamespacePolicy, TieredCacheBuilder};
 use crate::error::{Error, Result};
 use crate::key::{validate_name, validate_namespace, KeySpace};
 use crate::l2::admin::AdminLink;
@@ -44,6 +44,9 @@ pub use watch::{BusEvent, BusEventKind, EventTarget, Watch};
 /// ```
 pub struct Admin {
     link: AdminLink,
+    /// The connection settings, completed from the environment (see `TieredCacheBuilder`).
+    builder: TieredCacheBuilder,
+    /// Where Redis is, redacted.
     url: String,
     prefix: String,
     timeout: Duration,
@@ -69,14 +72,29 @@ impl Admin {
     /// Default for [`with_memory_sample`](Self::with_memory_sample): 64 keys per namespace.
     pub const DEFAULT_MEMORY_SAMPLE: usize = 64;
 
-    /// A handle on the caches under `prefix` in the Redis at `url`. `Err(Config)` for a URL
-    /// that does not parse or a prefix the library would refuse. Does not connect.
+    /// A handle on the caches under `prefix` in the Redis at `url`. What the URL does not say
+    /// (a password, TLS files) is read from the environment, as the cache's builder does.
+    /// `Err(Config)` for a URL that does not parse, a bad `REDIS_*` variable or a prefix the
+    /// library would refuse. Does not connect.
     pub fn new(url: &str, prefix: &str) -> Result<Self> {
+        Self::with_builder(TieredCache::builder().redis_url(url), prefix)
+    }
+
+    /// Like [`new`](Self::new), with the address from the environment as well (`REDIS_URL`,
+    /// or `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`), as a node built without `redis_url` finds it.
+    pub fn from_env(prefix: &str) -> Result<Self> {
+        Self::with_builder(TieredCache::builder(), prefix)
+    }
+
+    fn with_builder(builder: TieredCacheBuilder, prefix: &str) -> Result<Self> {
         validate_name("prefix", prefix).map_err(Error::Config)?;
         let timeout = Self::DEFAULT_TIMEOUT;
+        let builder = builder.prefix(prefix);
+        let url = builder.endpoint()?.describe();
         Ok(Self {
-            link: AdminLink::new(url, prefix, timeout, timeout)?,
-            url: url.to_owned(),
+            link: Self::link(&builder, prefix, timeout)?,
+            builder,
+            url,
             prefix: prefix.to_owned(),
             timeout,
             tombstone_ttl: Self::DEFAULT_TOMBSTONE_TTL,
@@ -89,9 +107,14 @@ impl Admin {
         if timeout.is_zero() {
             return Err(Error::Config("admin timeout must be above zero".into()));
         }
-        self.link = AdminLink::new(&self.url, &self.prefix, timeout, timeout)?;
+        self.link = Self::link(&self.builder, &self.prefix, timeout)?;
         self.timeout = timeout;
         Ok(self)
+    }
+
+    fn link(builder: &TieredCacheBuilder, prefix: &str, timeout: Duration) -> Result<AdminLink> {
+        let b = builder.clone().l2_timeout(timeout).connect_timeout(timeout);
+        AdminLink::new(&b.endpoint()?, prefix)
     }
 
     /// How long the tombstones of a [`flush_tag`](Self::flush_tag) (and the tag's floor) are
@@ -109,9 +132,9 @@ impl Admin {
         self
     }
 
-    /// The Redis URL this handle talks to.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The Redis URL this handle talks to, its password (if any) replaced by `***`.
+    pub fn url(&self) -> String {
+        self.url.clone()
     }
 
     /// The key prefix this handle looks under.
@@ -274,9 +297,7 @@ impl Admin {
     /// A node of the fleet for one invalidation: the given namespaces, writes strict (a tool
     /// must say when Redis did not take it, not queue it in a process about to exit).
     fn node(&self, namespaces: &[&str]) -> Result<TieredCache> {
-        let mut b = TieredCache::builder()
-            .redis_url(self.url.as_str())
-            .prefix(self.prefix.as_str())
+        let mut b = (self.builder.clone())
             .l2_timeout(self.timeout)
             .connect_timeout(self.timeout)
             .strict_writes(true);

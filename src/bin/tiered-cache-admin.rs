@@ -16,9 +16,12 @@ use tiered_cache::{Admin, BreakerState, Error, RedisInfo};
 #[command(name = "tiered-cache-admin", version, about)]
 /// Inspect and manage the Redis shared by a fleet of tiered-cache nodes.
 struct Cli {
-    /// The Redis server, as the nodes are configured (`/N` selects database N).
-    #[arg(long, env = "REDIS_URL", default_value = tiered_cache::DEFAULT_REDIS_URL)]
-    url: String,
+    /// The Redis server, as the nodes are configured (`/N` selects database N). Without it, the
+    /// nodes' `REDIS_*` variables are read as the library reads them (REDIS_URL, or
+    /// REDIS_HOST/PORT/DB; REDIS_USERNAME, REDIS_PASSWORD, REDIS_SSL, REDIS_TLS_*), else
+    /// redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    url: Option<String>,
     /// The nodes' key prefix (`TieredCacheBuilder::prefix`).
     #[arg(long, default_value = tiered_cache::DEFAULT_PREFIX)]
     prefix: String,
@@ -83,10 +86,9 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("could not start the runtime: {e}")),
     };
-    let url = cli.url.clone();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => fail(&describe(&e, &url)),
+        Err((e, url)) => fail(&describe(&e, &url)),
     }
 }
 
@@ -97,7 +99,7 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The error as the operator needs it.
+/// The error as the operator needs it; `url` is already redacted.
 fn describe(e: &Error, url: &str) -> String {
     if e.is_unavailable() {
         return format!("cannot reach Redis at {url}: {e}");
@@ -105,9 +107,20 @@ fn describe(e: &Error, url: &str) -> String {
     e.to_string()
 }
 
-async fn run(cli: Cli) -> tiered_cache::Result<ExitCode> {
-    let admin =
-        Admin::new(&cli.url, &cli.prefix)?.with_timeout(Duration::from_millis(cli.timeout_ms))?;
+/// Runs the command; an error comes with where Redis was looked for (redacted).
+async fn run(cli: Cli) -> Result<ExitCode, (Error, String)> {
+    let admin = match &cli.url {
+        Some(url) => Admin::new(url, &cli.prefix),
+        None => Admin::from_env(&cli.prefix),
+    };
+    let admin = admin
+        .and_then(|a| a.with_timeout(Duration::from_millis(cli.timeout_ms)))
+        .map_err(|e| (e, "the configured Redis".to_owned()))?;
+    let url = admin.url();
+    execute(cli, admin).await.map_err(|e| (e, url))
+}
+
+async fn execute(cli: Cli, admin: Admin) -> tiered_cache::Result<ExitCode> {
     match cli.command {
         Command::Inspect { namespace, key } => {
             let seen = admin.inspect(&namespace, &key).await?;

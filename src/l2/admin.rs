@@ -71,19 +71,12 @@ mod tooling {
 
     impl AdminLink {
         /// Checks the URL and prepares the connection; nothing is connected until the first call.
-        pub(crate) fn new(
-            url: &str,
-            prefix: &str,
-            timeout: Duration,
-            connect_timeout: Duration,
-        ) -> Result<Self> {
+        pub(crate) fn new(endpoint: &crate::config::Endpoint, prefix: &str) -> Result<Self> {
             // A tool makes a handful of calls: one failure is enough to stop asking.
             let breaker = Breaker::new(1, Duration::from_millis(500), Arc::default());
             let settings = L2Settings {
-                url,
+                endpoint,
                 prefix,
-                timeout,
-                connect_timeout,
                 reconnect_delay: Duration::from_millis(100),
             };
             Ok(Self {

@@ -137,7 +137,7 @@ impl L2Tier {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3))
+        let client = super::connect::client_for(info.set_redis_settings(resp3), &self.tls)
             .map_err(|e| format!("tracking connection settings rejected: {e}"))?;
         let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
         let config = redis::AsyncConnectionConfig::new()

@@ -1,0 +1,464 @@
+//! How the cache reaches Redis: the address (a URL, or host, port and database), credentials,
+//! TLS, the number of connections and the timeouts. Each comes from the builder or, where the
+//! builder was not given it, from the environment (`REDIS_*`, see `docs/configuration.md`);
+//! `build()` resolves and checks them together. Secrets are held so that no `Debug` or error
+//! message can print them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A password, or a URL that may hold one: printed as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`: safe to print.
+///
+/// ```
+/// use tiered_cache::config::redact_url;
+/// assert_eq!(redact_url("rediss://app:s3cr%40t@db:6380/2"), "rediss://app:***@db:6380/2");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        // Not a URL: it may be anything, a password pasted in the wrong place included.
+        return "<not a URL>".to_owned();
+    };
+    let rest = &url[scheme_end..];
+    // The authority ends at the first '/', '?' or '#'; its user part before the last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let user = &authority[..at];
+    let user = match user.find(':') {
+        Some(colon) => format!("{}:***", &user[..colon]),
+        // A lone user part may be a password (`redis://secret@host` is read as a username by
+        // some clients and as a password by others): hide it too.
+        None => "***".to_owned(),
+    };
+    format!("{}{user}{}", &url[..scheme_end], &url[scheme_end + at..])
+}
+
+/// PEM bytes given in code, or a file read by `build()`.
+#[derive(Clone)]
+pub(crate) enum Pem {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::Bytes(b) => write!(f, "<{} bytes of PEM>", b.len()),
+            Pem::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Pem {
+    fn read(&self, what: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::Bytes(b) => Ok(b.clone()),
+            Pem::File(path) => std::fs::read(path)
+                .map_err(|e| format!("{what}: cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The connection settings given to the builder; `None` means "not given in code".
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) url: Option<Secret>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+    pub(crate) tls: Option<bool>,
+    pub(crate) ca: Option<Pem>,
+    pub(crate) identity: Option<(Pem, Pem)>,
+    pub(crate) connections: Option<usize>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) command_timeout: Option<Duration>,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Address {
+    Url(Secret),
+    Parts { host: String, port: u16, db: i64 },
+}
+
+/// The connection settings after the environment filled what the builder was not given.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) address: Address,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+    /// `Some(true)`: TLS even for a `redis://` URL; `Some(false)`: refuse a `rediss://` one.
+    pub(crate) tls: Option<bool>,
+    pub(crate) ca: Option<Vec<u8>>,
+    /// The client certificate and its key (mutual TLS).
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) connections: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+}
+
+impl Endpoint {
+    /// Whether the connection is TLS: asked for, or a `rediss://` URL.
+    pub(crate) fn wants_tls(&self) -> bool {
+        match (&self.address, self.tls) {
+            (_, Some(tls)) => tls,
+            (Address::Url(url), None) => url.expose().starts_with("rediss://"),
+            (Address::Parts { .. }, None) => false,
+        }
+    }
+
+    /// The address, safe to print.
+    pub(crate) fn describe(&self) -> String {
+        match &self.address {
+            Address::Url(url) => redact_url(url.expose()),
+            Address::Parts { host, port, db } => {
+                let scheme = if self.wants_tls() { "rediss" } else { "redis" };
+                format!("{scheme}://{host}:{port}/{db}")
+            }
+        }
+    }
+}
+
+/// The environment variables read, in the order of `docs/configuration.md`'s table.
+pub const ENV_VARS: &[&str] = &[
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "REDIS_USERNAME",
+    "REDIS_PASSWORD",
+    "REDIS_SSL",
+    "REDIS_TLS_CA_FILE",
+    "REDIS_TLS_CERT_FILE",
+    "REDIS_TLS_KEY_FILE",
+    "REDIS_MAX_CONNECTIONS",
+    "REDIS_CONNECTION_TIMEOUT",
+    "REDIS_COMMAND_TIMEOUT",
+];
+
+/// The most connections [`ConnectionSettings::connections`] accepts.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Reads one variable: unset and empty are the same.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn number<T>(&self, var: &str, range: (T, T)) -> Result<Option<T>, String>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(var) else {
+            return Ok(None);
+        };
+        match raw.trim().parse::<T>() {
+            Ok(n) if n >= range.0 && n <= range.1 => Ok(Some(n)),
+            _ => Err(format!(
+                "{var}={raw:?} is not a whole number from {} to {}",
+                range.0, range.1
+            )),
+        }
+    }
+
+    fn flag(&self, var: &str) -> Result<Option<bool>, String> {
+        let Some(raw) = self.get(var) else {
+            return Ok(None);
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" => Ok(Some(false)),
+            _ => Err(format!("{var}={raw:?} is not true or false")),
+        }
+    }
+
+    /// Seconds, fractions allowed (`5`, `0.25`), or with a unit (`250ms`, `5s`).
+    fn duration(&self, var: &str) -> Result<Option<Duration>, String> {
+        let Some(raw) = self.get(var) else {
+            return Ok(None);
+        };
+        let t = raw.trim();
+        let (number, scale) = match t.strip_suffix("ms") {
+            Some(n) => (n, 1e-3),
+            None => (t.strip_suffix('s').unwrap_or(t), 1.0),
+        };
+        match number.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 && n * scale <= 3600.0 => {
+                Ok(Some(Duration::from_secs_f64(n * scale)))
+            }
+            _ => Err(format!(
+                "{var}={raw:?} is not a duration from 1 ms to 1 hour (seconds, or with ms/s)"
+            )),
+        }
+    }
+}
+
+impl ConnectionSettings {
+    /// Fills what the builder was not given from `env`, and checks the whole.
+    pub(crate) fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Endpoint, String> {
+        let env = Env(env);
+        let address = match &self.url {
+            Some(url) => Address::Url(url.clone()),
+            None => self.address_from(&env)?,
+        };
+        let username = self.username.clone().or_else(|| env.get("REDIS_USERNAME"));
+        let password = (self.password.clone()).or_else(|| env.get("REDIS_PASSWORD").map(Secret));
+        let tls = match self.tls {
+            Some(tls) => Some(tls),
+            None => env.flag("REDIS_SSL")?,
+        };
+        let ca = match &self.ca {
+            Some(pem) => Some(pem.read("the TLS CA bundle")?),
+            None => (env.get("REDIS_TLS_CA_FILE"))
+                .map(|p| Pem::File(p.into()).read("REDIS_TLS_CA_FILE"))
+                .transpose()?,
+        };
+        let identity = match &self.identity {
+            Some((cert, key)) => Some((
+                cert.read("the TLS client certificate")?,
+                key.read("the TLS client key")?,
+            )),
+            None => match (
+                env.get("REDIS_TLS_CERT_FILE"),
+                env.get("REDIS_TLS_KEY_FILE"),
+            ) {
+                (Some(cert), Some(key)) => Some((
+                    Pem::File(cert.into()).read("REDIS_TLS_CERT_FILE")?,
+                    Pem::File(key.into()).read("REDIS_TLS_KEY_FILE")?,
+                )),
+                (None, None) => None,
+                _ => return Err(
+                    "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together: set both or neither"
+                        .into(),
+                ),
+            },
+        };
+        let connections = match self.connections {
+            Some(n) => n,
+            None => env
+                .number("REDIS_MAX_CONNECTIONS", (1, MAX_CONNECTIONS))?
+                .unwrap_or(1),
+        };
+        if connections == 0 || connections > MAX_CONNECTIONS {
+            return Err(format!(
+                "redis_connections must be from 1 to {MAX_CONNECTIONS}, not {connections}"
+            ));
+        }
+        let connect_timeout = match self.connect_timeout {
+            Some(d) => d,
+            None => env
+                .duration("REDIS_CONNECTION_TIMEOUT")?
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        };
+        let command_timeout = match self.command_timeout {
+            Some(d) => d,
+            None => env
+                .duration("REDIS_COMMAND_TIMEOUT")?
+                .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        };
+        let endpoint = Endpoint {
+            address,
+            username,
+            password,
+            tls,
+            ca,
+            identity,
+            connections,
+            connect_timeout,
+            command_timeout,
+        };
+        if !endpoint.wants_tls() && (endpoint.ca.is_some() || endpoint.identity.is_some()) {
+            return Err(format!(
+                "a TLS CA bundle or client certificate is set, but {} is not a TLS connection \
+                 (use a rediss:// URL, REDIS_SSL=true or redis_tls(true))",
+                endpoint.describe()
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// `REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`, or the default URL.
+    fn address_from(&self, env: &Env<'_>) -> Result<Address, String> {
+        let parts = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB"];
+        let given: Vec<&str> = parts.into_iter().filter(|v| env.get(v).is_some()).collect();
+        if let Some(url) = env.get("REDIS_URL") {
+            if !given.is_empty() {
+                return Err(format!(
+                    "REDIS_URL and {} are both set: give the address one way",
+                    given.join("/")
+                ));
+            }
+            return Ok(Address::Url(Secret(url.trim().to_owned())));
+        }
+        if given.is_empty() {
+            return Ok(Address::Url(Secret(super::DEFAULT_REDIS_URL.to_owned())));
+        }
+        let host = env.get("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".into());
+        let host = host.trim().to_owned();
+        if host.contains(['/', '@', ' ', '?', '#']) {
+            return Err(format!("REDIS_HOST={host:?} is not a host name or address"));
+        }
+        Ok(Address::Parts {
+            host,
+            port: env.number("REDIS_PORT", (1, u16::MAX))?.unwrap_or(6379),
+            db: env
+                .number("REDIS_DB", (0, i64::from(i32::MAX)))?
+                .unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(s: &ConnectionSettings, vars: &[(&str, &str)]) -> Result<Endpoint, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.resolve(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        for (url, shown) in [
+            ("redis://u:p%40ss@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("rediss://pw@h:6380", "rediss://***@h:6380"),
+            ("redis://h:1?x=@y", "redis://h:1?x=@y"),
+            (
+                "redis+sentinel://u:p@a:1,b:2/m",
+                "redis+sentinel://u:***@a:1,b:2/m",
+            ),
+            ("not a url with secret", "<not a URL>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+
+    #[test]
+    fn the_environment_fills_what_code_did_not_set() {
+        let none = ConnectionSettings::default();
+        let e = resolve(&none, &[]).unwrap();
+        assert_eq!(
+            e.address,
+            Address::Url(Secret::new("redis://127.0.0.1:6379"))
+        );
+        assert_eq!((e.connections, e.wants_tls()), (1, false));
+        let e = resolve(
+            &none,
+            &[
+                ("REDIS_HOST", "cache.internal"),
+                ("REDIS_PORT", "6380"),
+                ("REDIS_DB", "3"),
+                ("REDIS_PASSWORD", "p@ss/#%?"),
+                ("REDIS_SSL", "TRUE"),
+                ("REDIS_MAX_CONNECTIONS", "20"),
+                ("REDIS_CONNECTION_TIMEOUT", "5"),
+                ("REDIS_COMMAND_TIMEOUT", "150ms"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            e.address,
+            Address::Parts {
+                host: "cache.internal".into(),
+                port: 6380,
+                db: 3
+            }
+        );
+        assert_eq!(e.password.as_ref().unwrap().expose(), "p@ss/#%?");
+        assert!(e.wants_tls());
+        assert_eq!(e.connections, 20);
+        assert_eq!(e.connect_timeout, Duration::from_secs(5));
+        assert_eq!(e.command_timeout, Duration::from_millis(150));
+        assert_eq!(e.describe(), "rediss://cache.internal:6380/3");
+        // Code wins, item by item.
+        let code = ConnectionSettings {
+            url: Some(Secret::new("redis://10.0.0.1")),
+            connections: Some(4),
+            ..Default::default()
+        };
+        let e = resolve(
+            &code,
+            &[("REDIS_URL", "redis://x"), ("REDIS_MAX_CONNECTIONS", "9")],
+        );
+        let e = e.unwrap();
+        assert_eq!(e.address, Address::Url(Secret::new("redis://10.0.0.1")));
+        assert_eq!(e.connections, 4);
+    }
+
+    #[test]
+    fn bad_or_conflicting_variables_are_named() {
+        let none = ConnectionSettings::default();
+        for (vars, says) in [
+            (
+                vec![("REDIS_URL", "redis://a"), ("REDIS_HOST", "b")],
+                "both set",
+            ),
+            (vec![("REDIS_PORT", "70000")], "REDIS_PORT"),
+            (vec![("REDIS_DB", "-1")], "REDIS_DB"),
+            (vec![("REDIS_SSL", "maybe")], "REDIS_SSL"),
+            (
+                vec![("REDIS_MAX_CONNECTIONS", "0")],
+                "REDIS_MAX_CONNECTIONS",
+            ),
+            (
+                vec![("REDIS_MAX_CONNECTIONS", "1000")],
+                "REDIS_MAX_CONNECTIONS",
+            ),
+            (
+                vec![("REDIS_COMMAND_TIMEOUT", "0")],
+                "REDIS_COMMAND_TIMEOUT",
+            ),
+            (
+                vec![("REDIS_CONNECTION_TIMEOUT", "fast")],
+                "REDIS_CONNECTION_TIMEOUT",
+            ),
+            (vec![("REDIS_TLS_CERT_FILE", "/x")], "set both"),
+            (
+                vec![("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem")],
+                "cannot read",
+            ),
+            (vec![("REDIS_HOST", "a/b")], "REDIS_HOST"),
+        ] {
+            let err = resolve(&none, &vars).unwrap_err();
+            assert!(err.contains(says), "{vars:?}: {err}");
+        }
+        let ca_without_tls = ConnectionSettings {
+            ca: Some(Pem::Bytes(b"pem".to_vec())),
+            ..Default::default()
+        };
+        let err = resolve(&ca_without_tls, &[]).unwrap_err();
+        assert!(err.contains("not a TLS connection"), "{err}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Opening Redis: the client built from the resolved connection settings (address,
+//! credentials, TLS), and the pool of multiplexed connections the tier's calls are spread over.
+
+use crate::config::{redact_url, Address, Endpoint};
+use crate::error::Error;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// The CA bundle and client identity, kept to open more connections to the same server.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The redis client for `endpoint`, and its TLS material for later connections.
+pub(crate) fn open_client(endpoint: &Endpoint) -> Result<(Client, Tls), Error> {
+    let where_ = endpoint.describe();
+    if endpoint.wants_tls() && !cfg!(feature = "tls") {
+        return Err(Error::Config(format!(
+            "{where_} needs TLS, but tiered-cache was built without its `tls` feature"
+        )));
+    }
+    let info = connection_info(endpoint).map_err(Error::Config)?;
+    let tls = Tls {
+        ca: endpoint.ca.clone(),
+        identity: endpoint.identity.clone(),
+    };
+    let client = client_for(info, &tls)
+        .map_err(|e| Error::Config(format!("redis settings for {where_} rejected: {e}")))?;
+    Ok((client, tls))
+}
+
+/// A client for `info`, with the CA bundle and client identity if there are any.
+pub(crate) fn client_for(info: ConnectionInfo, tls: &Tls) -> redis::RedisResult<Client> {
+    #[cfg(feature = "tls")]
+    if tls.ca.is_some() || tls.identity.is_some() {
+        let certs = redis::TlsCertificates {
+            client_tls: (tls.identity.clone()).map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: tls.ca.clone(),
+        };
+        return Client::build_with_tls(info, certs);
+    }
+    let _ = tls;
+    Client::open(info)
+}
+
+/// The redis-rs connection info: the URL parsed, or the parts assembled; then TLS and the
+/// credentials given apart from the URL, each refused if the URL says otherwise.
+fn connection_info(endpoint: &Endpoint) -> Result<ConnectionInfo, String> {
+    let where_ = endpoint.describe();
+    let mut info = match &endpoint.address {
+        Address::Url(url) => url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| format!("redis URL {} is not valid: {e}", redact_url(url.expose())))?,
+        Address::Parts { host, port, db } => (ConnectionAddr::Tcp(host.clone(), *port))
+            .into_connection_info()
+            .map_err(|e| format!("redis address {where_} is not valid: {e}"))?
+            .set_redis_settings(RedisConnectionInfo::default().set_db(*db)),
+    };
+    let addr = match (info.addr().clone(), endpoint.tls) {
+        (ConnectionAddr::Tcp(host, port), Some(true)) => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+        (ConnectionAddr::TcpTls { .. }, Some(false)) => {
+            return Err(format!(
+                "{where_} is a TLS URL, but TLS is turned off (REDIS_SSL=false or redis_tls(false))"
+            ))
+        }
+        (addr, _) => addr,
+    };
+    info = info.set_addr(addr);
+    let mut redis = info.redis_settings().clone();
+    if let Some(user) = &endpoint.username {
+        if redis.username().is_some_and(|u| u != user) {
+            return Err(format!(
+                "the Redis user is given twice, in the URL and apart from it ({where_})"
+            ));
+        }
+        redis = redis.set_username(user);
+    }
+    if let Some(password) = &endpoint.password {
+        if redis.password().is_some_and(|p| p != password.expose()) {
+            return Err(format!(
+                "the Redis password is given twice, in the URL and apart from it ({where_})"
+            ));
+        }
+        redis = redis.set_password(password.expose());
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
+/// How a pooled connection's last call went.
+const UNUSED: u8 = 0;
+const OPEN: u8 = 1;
+const FAILING: u8 = 2;
+
+/// The multiplexed connections calls are spread over, each re-opened by its manager after a
+/// failure; one is picked per call, in turn.
+pub(crate) struct Pool {
+    conns: Vec<ConnectionManager>,
+    state: Vec<AtomicU8>,
+    next: AtomicUsize,
+}
+
+/// How the pooled connections stand, by their last call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionCensus {
+    /// Connections configured (`redis_connections`).
+    pub configured: usize,
+    /// Whose last call was answered.
+    pub open: usize,
+    /// Whose last call failed at the connection level: re-opened on their next call.
+    pub reconnecting: usize,
+}
+
+impl Pool {
+    /// `n` connections, each opened on first use.
+    pub(crate) fn new(
+        client: &Client,
+        n: usize,
+        (connect, response, max_delay): (Duration, Duration, Duration),
+    ) -> Result<Self, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response))
+            // Reconnection is retried per call, under our own breaker, rather than inside
+            // one long-lived future every caller would queue behind.
+            .set_number_of_retries(1)
+            .set_max_delay(max_delay);
+        let conns = (0..n)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Config(format!("redis connection settings rejected: {e}")))?;
+        Ok(Self {
+            state: (0..n).map(|_| AtomicU8::new(UNUSED)).collect(),
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next connection in turn, and its index for [`record`](Self::record).
+    pub(crate) fn pick(&self) -> (usize, ConnectionManager) {
+        let i = match self.conns.len() {
+            1 => 0,
+            n => self.next.fetch_add(1, Relaxed) % n,
+        };
+        (i, self.conns[i].clone())
+    }
+
+    /// Notes whether connection `i` reached Redis on its last call.
+    pub(crate) fn record(&self, i: usize, reached: bool) {
+        self.state[i].store(if reached { OPEN } else { FAILING }, Relaxed);
+    }
+
+    pub(crate) fn census(&self) -> ConnectionCensus {
+        let count = |s| self.state.iter().filter(|a| a.load(Relaxed) == s).count();
+        ConnectionCensus {
+            configured: self.conns.len(),
+            open: count(OPEN),
+            reconnecting: count(FAILING),
+        }
+    }
+}
