@@ -13,6 +13,8 @@
 mod checker;
 #[path = "../tests/support/server.rs"]
 mod server;
+// The checker's connections are made as the tests make them.
+use server::client;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;

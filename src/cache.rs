@@ -63,6 +63,9 @@ pub struct Health {
     pub connections: ConnectionCensus,
     /// The invalidation subscriber is connected and listening.
     pub subscribed: bool,
+    /// Why Redis refuses the subscriber (the user lacks the channel permission, or a wrong
+    /// password), while it does. See [`TieredCache::ready`].
+    pub subscriber_refused: Option<String>,
     /// Time since the subscriber last heard from Redis (subscription or heartbeat).
     pub last_heartbeat_age: Option<Duration>,
     /// Age of the newest proof that everything published has been applied here: the send
@@ -136,6 +139,31 @@ impl TieredCache {
         self.shared().bus.subscribed.load(Relaxed)
     }
 
+    /// Waits until the invalidation subscriber listens (at most `within`): call it after
+    /// [`build`](TieredCacheBuilder::build), which does not wait for Redis, to fail at start
+    /// on a configuration Redis refuses. `Err(Config)` at once when Redis refuses the
+    /// subscriber (the ACL user lacks the channel permission or SUBSCRIBE, or the password is
+    /// wrong); `Err(Unavailable)` when Redis did not answer within `within` (the cache still
+    /// works, degraded, and joins the fleet when Redis is back).
+    pub async fn ready(&self, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.is_subscribed() {
+                return Ok(());
+            }
+            if let Some(why) = self.shared().bus.refusal() {
+                return Err(Error::Config(format!(
+                    "Redis at {} refuses the invalidation subscriber: {why}",
+                    self.shared().l2.describe()
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable("ready", None));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Checks Redis now (one PING, bounded by the L2 timeout, through the breaker: while it is
     /// open, Redis is reported unreachable without being asked) and reports the subscriber.
     pub async fn health(&self) -> Health {
@@ -148,6 +176,7 @@ impl TieredCache {
             breaker: shared.l2.breaker().state(),
             outbox_entries: shared.outbox.len(),
             subscribed: self.is_subscribed(),
+            subscriber_refused: shared.bus.refusal(),
             last_heartbeat_age: shared.bus.last_alive_age(),
             last_delivery_age: shared.bus.delivery_age(),
             bypassing: shared

@@ -34,6 +34,9 @@ pub(crate) struct BusState {
     pub(crate) resync_pending: AtomicBool,
     /// False while external-write tracking is on but its connection is down.
     pub(crate) tracking_ok: AtomicBool,
+    /// Why Redis refused the subscriber (a permission or authentication error), while it does:
+    /// a configuration fault no retry will mend.
+    pub(crate) refused: std::sync::Mutex<Option<String>>,
 }
 
 impl BusState {
@@ -49,7 +52,16 @@ impl BusState {
             past_resync: AtomicBool::new(false),
             resync_pending: AtomicBool::new(true),
             tracking_ok: AtomicBool::new(true),
+            refused: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why Redis refuses the subscriber, if it does.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True when every invalidation source this node relies on is connected.

@@ -545,7 +545,7 @@ async fn strict_writes_return_the_typed_error_and_queue_nothing() {
         .local_addr()
         .unwrap()
         .port(); // released at once: nothing listens there
-    let cache = builder(&format!("redis://127.0.0.1:{port}"))
+    let cache = builder(&support::url_for_port(port))
         .strict_writes(true)
         .build()
         .unwrap();

@@ -119,14 +119,14 @@ async fn nothing_listening_at_start_up() {
         .local_addr()
         .unwrap()
         .port(); // released at once: nothing listens there
-    serves_without_redis(&cache_at(format!("redis://127.0.0.1:{port}"))).await;
+    serves_without_redis(&cache_at(support::url_for_port(port))).await;
 }
 
 #[tokio::test]
 async fn a_hung_server_at_start_up() {
     // Accepts connections (the kernel completes the handshake) but never answers a byte.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://{}", hung.local_addr().unwrap());
+    let url = support::url_for_port(hung.local_addr().unwrap().port());
     serves_without_redis(&cache_at(url)).await;
     drop(hung);
 }

@@ -97,8 +97,7 @@ async fn a_connection_cut_between_write_and_reply_leaves_every_node_converged() 
     // heartbeats, so `rate` is unbounded here; the claim (every node converges, the writer
     // drops its copy) is about the write path, not about the bound, and an L1 that is always
     // trusted makes "the writer dropped its copy" a stricter check.
-    let mut bus = redis::Client::open(server.url())
-        .unwrap()
+    let mut bus = support::client(&server.url())
         .get_async_pubsub()
         .await
         .unwrap();
@@ -353,12 +352,9 @@ async fn a_stalled_redis_degrades_within_the_bound_and_recovers_without_a_flush(
     let subscriptions = a.stats().bus_subscriptions;
     let gaps = a.stats().bus_gaps;
 
-    let url = server.url();
+    let url = server.admin_url();
     let sleeper = std::thread::spawn(move || {
-        let mut c = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut c = support::client(url.as_str()).get_connection().unwrap();
         let _: () = redis::cmd("DEBUG")
             .arg("SLEEP")
             .arg(1)

@@ -14,6 +14,8 @@ use support::{eventually, Fault, FaultProxy, RedisServer, Target, PATIENCE};
 use tiered_cache::{NamespacePolicy, TieredCache};
 
 use support::BOUND;
+// The checker's connections are made as the other tests' are.
+use support::client;
 const NODES: usize = 3;
 
 fn build(url: &str) -> TieredCache {
@@ -85,12 +87,9 @@ async fn subscribers_killed_every_200ms_staleness_stays_within_the_bound() {
     let server = RedisServer::start();
     let nodes: Vec<_> = (0..NODES).map(|_| build(&server.url())).collect();
     all_subscribed(&nodes).await;
-    let url = server.url();
+    let url = server.admin_url();
     let report = run_with(&nodes, Duration::from_millis(200), move |_| {
-        let mut c = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut c = support::client(url.as_str()).get_connection().unwrap();
         let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")

@@ -488,7 +488,8 @@ impl fmt::Display for ConfigError {
             } => write!(f, "{var}={value} is outside {min}..={max}"),
             ConfigError::BadUrl(url) => write!(
                 f,
-                "REDIS_URL={url:?} is not a redis:// or unix:// URL (rediss:// needs TLS, not built in)"
+                "REDIS_URL={} is not a redis://, rediss:// or unix:// URL",
+                tiered_cache::config::redact_url(url)
             ),
             ConfigError::Inconsistent(why) => f.write_str(why),
         }
@@ -554,7 +555,10 @@ impl PaymentsConfig {
         let redis_url = get("REDIS_URL")
             .filter(|u| !u.trim().is_empty())
             .unwrap_or_else(|| tiered_cache::DEFAULT_REDIS_URL.to_string());
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("unix://")) {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|scheme| redis_url.starts_with(scheme))
+        {
             return Err(ConfigError::BadUrl(redis_url));
         }
         let secs =
@@ -1022,7 +1026,7 @@ mod config_tests {
             Err(ConfigError::Inconsistent(_))
         ));
         assert!(matches!(
-            parse(&[("REDIS_URL", "rediss://cache:6380")]),
+            parse(&[("REDIS_URL", "http://cache:6380")]),
             Err(ConfigError::BadUrl(_))
         ));
         assert!(matches!(

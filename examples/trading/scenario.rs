@@ -680,6 +680,8 @@ mod config_tests {
         parse(&[("CACHE_COMPRESS_THRESHOLD", "0")])
             .unwrap()
             .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
+            // This configuration only: not the REDIS_* variables of the process running it.
+            .environment(|_| None)
             .build()
             .unwrap();
     }

@@ -35,8 +35,17 @@ pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
         }
         let reason = outcome.unwrap_err();
         let retry_in_ms = backoff.as_millis() as u64;
-        // Loud once when the link is lost; quiet while retrying against a server still down.
-        if was_subscribed || first {
+        let refused = is_refusal(&reason);
+        *shared.bus.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+            refused.then(|| reason.clone());
+        if refused {
+            // A configuration fault: loud on every attempt, since no retry will mend it.
+            tracing::error!(target: "tiered_cache::bus", %reason, retry_in_ms,
+                channel = shared.l2.keys().channel(),
+                "Redis refuses the invalidation subscriber: the user needs the channel permission \
+                 (`&{{prefix}}:_tc:*`) and SUBSCRIBE; L1 is bypassed where a staleness bound is set");
+        } else if was_subscribed || first {
+            // Loud once when the link is lost; quiet while retrying against a server still down.
             tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,
                 "invalidation subscriber not listening; L1 will be cleared on resubscription");
         } else {
@@ -46,6 +55,20 @@ pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
     }
+}
+
+/// Whether Redis answered the subscriber with a refusal (ACL or authentication) rather than
+/// being out of reach.
+fn is_refusal(reason: &str) -> bool {
+    [
+        "NOPERM",
+        "WRONGPASS",
+        "NOAUTH",
+        "permission",
+        "AuthenticationFailed",
+    ]
+    .iter()
+    .any(|code| reason.contains(code))
 }
 
 /// One connection's life: subscribe, resync, then listen until something fails.
@@ -58,6 +81,7 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     super::resync(shared)
         .await
         .map_err(|e| format!("resync: {e}"))?;
+    *shared.bus.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
     shared.bus.subscribed.store(true, Relaxed);
     shared.bus.metrics.connected.set(1.0);
     shared.bus.metrics.subscribed.inc();

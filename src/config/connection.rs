@@ -282,7 +282,7 @@ impl ConnectionSettings {
                 .duration("REDIS_COMMAND_TIMEOUT")?
                 .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
         };
-        let endpoint = Endpoint {
+        Ok(Endpoint {
             address,
             username,
             password,
@@ -292,15 +292,7 @@ impl ConnectionSettings {
             connections,
             connect_timeout,
             command_timeout,
-        };
-        if !endpoint.wants_tls() && (endpoint.ca.is_some() || endpoint.identity.is_some()) {
-            return Err(format!(
-                "a TLS CA bundle or client certificate is set, but {} is not a TLS connection \
-                 (use a rediss:// URL, REDIS_SSL=true or redis_tls(true))",
-                endpoint.describe()
-            ));
-        }
-        Ok(endpoint)
+        })
     }
 
     /// `REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`, or the default URL.
@@ -454,11 +446,5 @@ mod tests {
             let err = resolve(&none, &vars).unwrap_err();
             assert!(err.contains(says), "{vars:?}: {err}");
         }
-        let ca_without_tls = ConnectionSettings {
-            ca: Some(Pem::Bytes(b"pem".to_vec())),
-            ..Default::default()
-        };
-        let err = resolve(&ca_without_tls, &[]).unwrap_err();
-        assert!(err.contains("not a TLS connection"), "{err}");
     }
 }

@@ -80,6 +80,13 @@ fn connection_info(endpoint: &Endpoint) -> Result<ConnectionInfo, String> {
         }
         (addr, _) => addr,
     };
+    let tls_files = endpoint.ca.is_some() || endpoint.identity.is_some();
+    if tls_files && !matches!(addr, ConnectionAddr::TcpTls { .. }) {
+        return Err(format!(
+            "a TLS CA bundle or client certificate is set, but {where_} is not a TLS connection \
+             (use a rediss:// URL, REDIS_SSL=true or redis_tls(true))"
+        ));
+    }
     info = info.set_addr(addr);
     let mut redis = info.redis_settings().clone();
     if let Some(user) = &endpoint.username {

@@ -214,8 +214,7 @@ async fn rogue_writer(
     end: Instant,
     acks: &[Mutex<Vec<Ack>>],
 ) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
+    let mut conn = super::client(url)
         .get_multiplexed_async_connection()
         .await
         .unwrap();

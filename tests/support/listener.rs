@@ -13,7 +13,7 @@ pub struct BusListener {
 
 impl BusListener {
     pub async fn start(server: &RedisServer) -> Self {
-        let client = redis::Client::open(server.url()).unwrap();
+        let client = super::client(&server.url());
         let mut pubsub = client.get_async_pubsub().await.unwrap();
         pubsub.subscribe(keys::channel()).await.unwrap();
         Self {

@@ -15,7 +15,8 @@ mod server;
 pub mod wire;
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Target};
-pub use server::RedisServer;
+#[allow(unused_imports)]
+pub use server::{client, secure, url_for_port, RedisServer};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

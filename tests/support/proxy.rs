@@ -94,7 +94,7 @@ impl FaultProxy {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        super::server::url_for_port(self.port)
     }
 
     pub fn set(&self, fault: Fault, target: Target) {

@@ -1,5 +1,11 @@
 //! A private `redis-server` on a free loopback port, stopped on drop. Shared by the tests, the
 //! demo and the benches (`#[path]`-included), so all three start Redis the same way.
+//!
+//! With `TIERED_TEST_REDIS=secure` (the test command's second pass), every server is TLS-only
+//! (certificates from `TIERED_TEST_TLS_DIR`, made by `scripts/test-certs.sh`), its `default`
+//! user has a password, and [`RedisServer::url`] logs the library in as `cache`, a user with
+//! only the rights the README's ACL line grants. The library finds the CA through
+//! `REDIS_TLS_CA_FILE`, as a deployment would.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -30,6 +36,91 @@ pub fn redis_server_bin() -> Option<PathBuf> {
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
+}
+
+/// The secure mode's settings, when it is on.
+pub struct Secure {
+    pub dir: PathBuf,
+    pub ca: Vec<u8>,
+}
+
+/// The library's user in secure mode, and its password (with the characters a URL must
+/// percent-encode).
+pub const CACHE_USER: &str = "cache";
+pub const CACHE_PASSWORD: &str = "p@ss/w#rd%?:1";
+/// The `default` user's password in secure mode: the tests' own commands use it.
+const ADMIN_PASSWORD: &str = "admin-secret-7f3a";
+
+/// The key prefixes the tests use: the ACL grants the library user these and nothing else.
+pub const TEST_PREFIXES: &[&str] = &["v1", "trading", "obs", "risk", "deltran"];
+
+/// The least-privilege ACL rules of the library's user for `prefix` (README, "Redis users").
+pub fn acl_rules(prefix: &str) -> String {
+    format!(
+        "~{prefix}:* &{prefix}:_tc:* -@all +ping +get +mget +set +exists +pttl +hmget \
+         +evalsha +eval +script|load +publish +subscribe +unsubscribe +select +hello \
+         +client|tracking +del +hget +hset +hincrby +pexpire +sadd \
+         +setrange +smembers +info +slowlog|len"
+    )
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// The secure mode's settings, or `None` in the plain mode.
+pub fn secure() -> Option<&'static Secure> {
+    static SECURE: std::sync::OnceLock<Option<Secure>> = std::sync::OnceLock::new();
+    SECURE
+        .get_or_init(|| {
+            if std::env::var("TIERED_TEST_REDIS").ok().as_deref() != Some("secure") {
+                return None;
+            }
+            let dir: PathBuf = std::env::var("TIERED_TEST_TLS_DIR")
+                .expect("TIERED_TEST_REDIS=secure needs TIERED_TEST_TLS_DIR (see scripts/test.sh)")
+                .into();
+            let ca = std::fs::read(dir.join("ca.crt"))
+                .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test-certs.sh)", dir.display()));
+            assert!(
+                std::env::var_os("REDIS_TLS_CA_FILE").is_some(),
+                "TIERED_TEST_REDIS=secure needs REDIS_TLS_CA_FILE set to the test CA"
+            );
+            Some(Secure { dir, ca })
+        })
+        .as_ref()
+}
+
+/// A URL for the library on `port`: plain, or in secure mode TLS as the `cache` user.
+pub fn url_for_port(port: u16) -> String {
+    match secure() {
+        None => format!("redis://127.0.0.1:{port}"),
+        Some(_) => {
+            let pw: String = CACHE_PASSWORD
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("rediss://{CACHE_USER}:{pw}@127.0.0.1:{port}")
+        }
+    }
+}
+
+/// A redis-rs client for `url` (one of [`url_for_port`]'s), trusting the test CA in secure mode.
+pub fn client(url: &str) -> redis::Client {
+    match secure() {
+        None => redis::Client::open(url),
+        Some(secure) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(secure.ca.clone()),
+            },
+        ),
+    }
+    .expect("a valid test URL")
 }
 
 const MISSING: &str = "redis-server not found: it is started privately per test. Install it \
@@ -75,8 +166,26 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new(&self.bin);
+        match secure() {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(secure) => {
+                let file = |f: &str| secure.dir.join(f).display().to_string();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args(["--tls-cert-file", &file("server.crt")])
+                    .args(["--tls-key-file", &file("server.key")])
+                    .args(["--tls-ca-cert-file", &file("ca.crt")])
+                    .args(["--tls-auth-clients", "optional"])
+                    .args(["--requirepass", ADMIN_PASSWORD])
+                    .args(["--user", CACHE_USER, "on", &format!(">{CACHE_PASSWORD}")]);
+                for prefix in TEST_PREFIXES {
+                    cmd.args(acl_rules(prefix).split(' '));
+                }
+                &mut cmd
+            }
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--enable-debug-command", "local", "--loglevel", "warning"])
             .arg("--dir")
@@ -111,15 +220,31 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        redis::Client::open(self.url())
+        self.admin_client()
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
     }
 
+    /// The tests' own client: the `default` user, with every right.
+    fn admin_client(&self) -> redis::RedisResult<redis::Client> {
+        match secure() {
+            None => redis::Client::open(self.url()),
+            Some(secure) => {
+                let url = format!("rediss://default:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port);
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(secure.ca.clone()),
+                };
+                redis::Client::build_with_tls(url, certs)
+            }
+        }
+    }
+
     /// Whether the server answering on the port is this one (its working directory is ours).
     fn is_ours(&self) -> bool {
-        let dir: Option<Vec<String>> = redis::Client::open(self.url())
+        let dir: Option<Vec<String>> = self
+            .admin_client()
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut c))
             .ok();
@@ -137,8 +262,18 @@ impl RedisServer {
         self.port
     }
 
+    /// A URL for the tests' own privileged commands (`DEBUG`, `CLIENT KILL`, `CONFIG`): the
+    /// `default` user; open it with [`client`].
+    pub fn admin_url(&self) -> String {
+        match secure() {
+            None => self.url(),
+            Some(_) => format!("rediss://default:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The URL the library connects with (see the module's note on the secure mode).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        url_for_port(self.port)
     }
 
     /// SIGKILLs the server: no goodbye to clients, like a crash.
@@ -158,7 +293,7 @@ impl RedisServer {
 
     /// A plain connection for the test's own commands.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.admin_client()
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .unwrap()

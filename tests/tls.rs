@@ -1,0 +1,322 @@
+//! TLS, authentication and secrets against real TLS `redis-server`s started here: a custom CA,
+//! mutual TLS, the `REDIS_*` variables (a password with `@ / # % ?`), a wrong CA and a
+//! plaintext client failing fast with a clear error, an ACL user without the channel
+//! permission refused at start, and a marker password absent from every output.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{eventually, PATIENCE};
+use tiered_cache::{NamespacePolicy, TieredCache, TieredCacheBuilder};
+
+/// "Fails fast": far above the 300 ms timeouts configured, far below a hang.
+const FAST: Duration = Duration::from_secs(3);
+const MARKER: &str = "Mk7@pw/#%?zz";
+
+fn certs() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tls");
+    let status = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/test-certs.sh"
+        ))
+        .arg(&dir)
+        .status()
+        .expect("bash");
+    assert!(status.success(), "scripts/test-certs.sh failed");
+    dir
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(certs().join(name)).unwrap()
+}
+
+/// A TLS-only redis-server: `mutual` asks clients for a certificate; `extra` adds arguments.
+struct TlsServer {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TlsServer {
+    fn start(mutual: bool, extra: &[&str]) -> Self {
+        let certs = certs();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tiered-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |f: &str| certs.join(f).display().to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &file("server.crt")])
+            .args(["--tls-key-file", &file("server.key")])
+            .args(["--tls-ca-cert-file", &file("ca.crt")])
+            .args(["--tls-auth-clients", if mutual { "yes" } else { "no" }])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (the test command installs it)");
+        let server = Self { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn url(&self, userinfo: &str) -> String {
+        format!("rediss://{userinfo}127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A builder with one namespace and short timeouts, reading no environment but `env`.
+fn builder(env: &[(&str, String)]) -> TieredCacheBuilder {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    TieredCache::builder()
+        .environment(move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        .namespace(
+            "rate",
+            NamespacePolicy::new(Duration::from_secs(60)).staleness_bound(support::LOOSE_BOUND),
+        )
+        .heartbeat(Duration::from_millis(50))
+        .l2_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .subscriber_backoff(Duration::from_millis(100))
+}
+
+/// Two nodes on `b()` see each other's writes: a write on one evicts the other's copy.
+async fn coherent(b: impl Fn() -> TieredCacheBuilder) {
+    let (x, y) = (b().build().unwrap(), b().build().unwrap());
+    for n in [&x, &y] {
+        n.ready(PATIENCE).await.expect("subscribed over TLS");
+    }
+    let (rx, ry) = (
+        x.namespace::<str, u64>("rate").unwrap(),
+        y.namespace::<str, u64>("rate").unwrap(),
+    );
+    rx.set("k", 1).await.unwrap();
+    assert_eq!(ry.get("k").await.as_deref(), Some(&1));
+    rx.set("k", 2).await.unwrap();
+    eventually("y drops its copy", PATIENCE, || async {
+        ry.get_local("k").is_none()
+    })
+    .await;
+    assert_eq!(ry.get("k").await.as_deref(), Some(&2));
+    let health = y.health().await;
+    assert!(health.redis_reachable, "{health:?}");
+    assert_eq!(health.connections.reconnecting, 0, "{health:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_custom_ca_keeps_nodes_coherent() {
+    let server = TlsServer::start(true, &[]);
+    let url = server.url("");
+    coherent(|| {
+        builder(&[])
+            .redis_url(url.clone())
+            .tls_ca_pem(pem("ca.crt"))
+            .tls_client_identity_pem(pem("client.crt"), pem("client.key"))
+            .redis_connections(4)
+    })
+    .await;
+    // Without the client certificate the server refuses the handshake: an error, fast.
+    let cache = builder(&[])
+        .redis_url(url.clone())
+        .tls_ca_pem(pem("ca.crt"))
+        .strict_writes(true)
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let e = cache
+        .namespace::<str, u64>("rate")
+        .unwrap()
+        .set("k", 3)
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_reaches_a_tls_server_with_an_acl_user() {
+    let user = format!(">{MARKER}");
+    let server = TlsServer::start(false, &["--user", "app", "on", &user, "~*", "&*", "+@all"]);
+    let ca = certs().join("ca.crt").display().to_string();
+    let env = vec![
+        ("REDIS_HOST", "127.0.0.1".to_string()),
+        ("REDIS_PORT", server.port.to_string()),
+        ("REDIS_USERNAME", "app".to_string()),
+        ("REDIS_PASSWORD", MARKER.to_string()),
+        ("REDIS_SSL", "true".to_string()),
+        ("REDIS_TLS_CA_FILE", ca.clone()),
+        ("REDIS_MAX_CONNECTIONS", "3".to_string()),
+    ];
+    coherent(|| builder(&env)).await;
+    let cache = builder(&env).build().unwrap();
+    assert_eq!(cache.health().await.connections.configured, 3);
+
+    // The same password percent-encoded in a URL.
+    let encoded = "Mk7%40pw%2F%23%25%3Fzz";
+    let url = server.url(&format!("app:{encoded}@"));
+    coherent(|| builder(&[("REDIS_TLS_CA_FILE", ca.clone())]).redis_url(url.clone())).await;
+
+    // A wrong password: refused at start with a clear error, which does not print it.
+    let wrong = builder(&[("REDIS_TLS_CA_FILE", ca.clone())])
+        .redis_url(server.url("app:not-it@"))
+        .build()
+        .unwrap();
+    let e = wrong.ready(PATIENCE).await.unwrap_err();
+    assert!(e.is_config(), "{e}");
+    assert!(!e.to_string().contains("not-it"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_or_a_plaintext_client_fails_fast_with_a_clear_error() {
+    let server = TlsServer::start(false, &[]);
+    // Redis's certificate does not chain to the CA given.
+    let cache = builder(&[])
+        .redis_url(server.url(""))
+        .tls_ca_pem(pem("other-ca.crt"))
+        .l2_timeout(Duration::from_secs(2))
+        .strict_writes(true)
+        .build()
+        .unwrap();
+    let rate = cache.namespace::<str, u64>("rate").unwrap();
+    let t = Instant::now();
+    let e = rate.set("k", 1).await.unwrap_err();
+    assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+    assert!(e.is_unavailable(), "{e}");
+    let source = format!("{:?}", std::error::Error::source(&e));
+    assert!(source.contains("certificate"), "{source}");
+    assert!(!cache.health().await.redis_reachable);
+
+    // A plaintext client on the TLS port.
+    let plain = builder(&[])
+        .redis_url(format!("redis://127.0.0.1:{}", server.port))
+        .strict_writes(true)
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let e = (plain.namespace::<str, u64>("rate").unwrap())
+        .set("k", 1)
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+
+    // TLS files with a plaintext URL: a configuration error at build().
+    let e = builder(&[])
+        .redis_url(format!("redis://127.0.0.1:{}", server.port))
+        .tls_ca_pem(pem("ca.crt"))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("not a TLS connection"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_the_channel_permission_is_refused_at_start() {
+    // Every command and key, but no channel: invalidations could never be heard.
+    let user = format!(">{MARKER}");
+    let server = TlsServer::start(false, &["--user", "nochan", "on", &user, "~*", "+@all"]);
+    let cache = builder(&[])
+        .redis_url(server.url("nochan:Mk7%40pw%2F%23%25%3Fzz@"))
+        .tls_ca_pem(pem("ca.crt"))
+        .build()
+        .unwrap();
+    let e = cache.ready(PATIENCE).await.unwrap_err();
+    assert!(e.is_config(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("refuses the invalidation subscriber"),
+        "{e}"
+    );
+    let health = cache.health().await;
+    assert!(health.subscriber_refused.is_some(), "{health:?}");
+    // Where a staleness bound is set, L1 is not trusted meanwhile.
+    assert_eq!(health.bypassing, ["rate"], "{health:?}");
+    assert!(!format!("{health:?}").contains(MARKER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_appears_in_no_output() {
+    let server = TlsServer::start(false, &["--requirepass", MARKER]);
+    let encoded = "Mk7%40pw%2F%23%25%3Fzz";
+    let url = server.url(&format!(":{encoded}@"));
+    let ca = certs().join("ca.crt").display().to_string();
+    let mut seen = String::new();
+
+    // The builder, the handle's health, a config error, a refused password.
+    let b = builder(&[("REDIS_TLS_CA_FILE", ca.clone())]).redis_url(url.clone());
+    seen += &format!("{b:?}");
+    let b2 = builder(&[("REDIS_PASSWORD", MARKER.into())]).redis_password(MARKER);
+    seen += &format!("{b2:?}");
+    let cache = b.build().unwrap();
+    cache.ready(PATIENCE).await.unwrap();
+    let health = cache.health().await;
+    assert!(health.redis.contains("***"), "{}", health.redis);
+    seen += &format!("{health:?}");
+    let e = builder(&[("REDIS_TLS_CA_FILE", ca.clone())])
+        .redis_url(format!("{url}/notadb"))
+        .build()
+        .unwrap_err();
+    seen += &format!("{e} {e:?}");
+    let e = builder(&[("REDIS_PASSWORD", MARKER.into())])
+        .redis_url(url.clone())
+        .redis_password("another")
+        .build()
+        .unwrap_err();
+    seen += &format!("{e} {e:?}");
+
+    #[cfg(feature = "cli")]
+    cli_output(&url, &ca, &mut seen);
+    for needle in [MARKER, "Mk7%40pw", "Mk7@pw"] {
+        assert!(!seen.contains(needle), "{needle:?} printed in:\n{seen}");
+    }
+}
+
+/// The admin handle and the CLI: --help with REDIS_URL set, health JSON, an error.
+#[cfg(feature = "cli")]
+fn cli_output(url: &str, ca: &str, seen: &mut String) {
+    let admin = tiered_cache::Admin::new(url, "v1").unwrap();
+    *seen += &format!("{admin:?} {}", admin.url());
+    let bin = env!("CARGO_BIN_EXE_tiered-cache-admin");
+    for args in [&["--help"][..], &["health"], &["inspect", "nope", "x"]] {
+        let out = Command::new(bin)
+            .args(args)
+            .env("REDIS_URL", url)
+            .env("REDIS_TLS_CA_FILE", ca)
+            .output()
+            .unwrap();
+        *seen += &String::from_utf8_lossy(&out.stdout);
+        *seen += &String::from_utf8_lossy(&out.stderr);
+    }
+    assert!(seen.contains("redis_reachable"), "the CLI ran: {seen}");
+}
