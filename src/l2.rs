@@ -248,7 +248,11 @@ impl L2Tier {
             Err(_) => Err(L2Error::Timeout),
         };
         let reached = (result.as_ref()).map_or_else(|e| !e.is_unreachable(), |_| true);
-        self.pool.record(i, reached);
+        let answered = match &result {
+            Err(L2Error::Timeout) => None,
+            _ => Some(reached),
+        };
+        self.pool.record(i, answered);
         permit.record(reached);
         if let (Some(target), Err(e)) = (target, &result) {
             target.count(e);

@@ -939,3 +939,50 @@ async fn batch_loads_cache_not_found_for_the_negative_ttl_on_both_tiers() {
     assert_eq!(loaded(&out), vec![Some(9)]);
     assert_eq!(calls.load(SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_on_a_cancelled_batch_loads_the_key_itself() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let server = RedisServer::start();
+    let cache = node(&server).await;
+    let quotes = cache.namespace::<str, u64>("quote").unwrap();
+    // Batch A leads "k" and never finishes its load.
+    let started = Arc::new(AtomicU32::new(0));
+    let a = {
+        let (quotes, started) = (quotes.clone(), started.clone());
+        tokio::spawn(async move {
+            quotes
+                .batch()
+                .get_or_load(["k"], move |_| async move {
+                    started.fetch_add(1, SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::io::Error>(vec![Some(0)])
+                })
+                .await
+        })
+    };
+    eventually("A's load starts", PATIENCE, || async {
+        started.load(SeqCst) == 1
+    })
+    .await;
+    // Batch B waits on A's flight for "k", its own loader unspent.
+    let b = {
+        let quotes = quotes.clone();
+        tokio::spawn(async move {
+            quotes
+                .batch()
+                .get_or_load(["k"], |keys| async move {
+                    Ok::<_, std::io::Error>(keys.iter().map(|_| Some(2)).collect())
+                })
+                .await
+        })
+    };
+    eventually("B joins A's flight", PATIENCE, || async {
+        stats(&cache, "quote").coalesced_loads >= 1
+    })
+    .await;
+    // A's caller gives up: B loads "k" itself rather than failing.
+    a.abort();
+    let out = bounded("B after A was cancelled", b).await.unwrap();
+    assert_eq!(loaded(&out), vec![Some(2)]);
+}

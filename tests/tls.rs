@@ -130,9 +130,17 @@ async fn coherent(b: impl Fn() -> TieredCacheBuilder) {
     })
     .await;
     assert_eq!(ry.get("k").await.as_deref(), Some(&2));
+    for i in 0..8 {
+        ry.get(&format!("spread-{i}")).await;
+    }
     let health = y.health().await;
     assert!(health.redis_reachable, "{health:?}");
     assert_eq!(health.connections.reconnecting, 0, "{health:?}");
+    let c = health.connections;
+    assert_eq!(
+        c.open, c.configured,
+        "calls are spread over every connection: {c:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,6 +239,10 @@ async fn a_wrong_ca_or_a_plaintext_client_fails_fast_with_a_clear_error() {
         .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+    // Redis waits for the rest of what it takes for a TLS record: to this client it is a
+    // server that never answers, so the call ends at its timeout, bounded, not hung.
+    let source = format!("{:?}", std::error::Error::source(&e));
+    assert!(source.contains("no answer within"), "{source}");
 
     // TLS files with a plaintext URL: a configuration error at build().
     let e = builder(&[])
@@ -267,11 +279,40 @@ async fn a_user_without_the_channel_permission_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_appears_in_no_output() {
+    let logs = capture_logs();
     let server = TlsServer::start(false, &["--requirepass", MARKER]);
     let encoded = "Mk7%40pw%2F%23%25%3Fzz";
     let url = server.url(&format!(":{encoded}@"));
     let ca = certs().join("ca.crt").display().to_string();
     let mut seen = String::new();
+
+    // The password not percent-encoded (a mistake the URL parser may or may not catch), as
+    // a URL and as REDIS_URL, and a unix-socket URL carrying it as a query value.
+    for raw in [
+        format!("rediss://:{MARKER}@127.0.0.1:{}", server.port),
+        format!("redis+unix:///nonexistent.sock?password={MARKER}"),
+    ] {
+        let b = builder(&[("REDIS_TLS_CA_FILE", ca.clone())]).redis_url(raw.clone());
+        seen += &format!("{b:?}");
+        match b.build() {
+            Ok(cache) => {
+                let _ = cache.ready(Duration::from_millis(500)).await;
+                seen += &format!("{:?}", cache.health().await);
+            }
+            Err(e) => seen += &format!("{e} {e:?}"),
+        }
+        let b = builder(&[("REDIS_URL", raw), ("REDIS_TLS_CA_FILE", ca.clone())]);
+        seen += &format!("{b:?}");
+        if let Err(e) = b.build() {
+            seen += &format!("{e} {e:?}");
+        }
+    }
+    // A wrong password: the subscriber logs Redis's refusal.
+    let wrong = builder(&[("REDIS_TLS_CA_FILE", ca.clone())])
+        .redis_url(server.url(":Mk7%40pw-wrong@"))
+        .build()
+        .unwrap();
+    seen += &format!("{}", wrong.ready(PATIENCE).await.unwrap_err());
 
     // The builder, the handle's health, a config error, a refused password.
     let b = builder(&[("REDIS_TLS_CA_FILE", ca.clone())]).redis_url(url.clone());
@@ -297,9 +338,38 @@ async fn the_password_appears_in_no_output() {
 
     #[cfg(feature = "cli")]
     cli_output(&url, &ca, &mut seen);
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("refuses"),
+        "the refusal was logged: {logged}"
+    );
+    seen += &logged;
     for needle in [MARKER, "Mk7%40pw", "Mk7@pw"] {
         assert!(!seen.contains(needle), "{needle:?} printed in:\n{seen}");
     }
+}
+
+/// Every log line of this process, at every level, from here on.
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_writer(move || Sink(sink.clone()))
+        .with_ansi(false)
+        .try_init()
+        .expect("one subscriber per test process (nextest)");
+    buf
 }
 
 /// The admin handle and the CLI: --help with REDIS_URL set, health JSON, an error.

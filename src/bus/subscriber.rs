@@ -42,8 +42,9 @@ pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
             // A configuration fault: loud on every attempt, since no retry will mend it.
             tracing::error!(target: "tiered_cache::bus", %reason, retry_in_ms,
                 channel = shared.l2.keys().channel(),
-                "Redis refuses the invalidation subscriber: the user needs the channel permission \
-                 (`&{{prefix}}:_tc:*`) and SUBSCRIBE; L1 is bypassed where a staleness bound is set");
+                "Redis refuses the invalidation subscriber's commands (an ACL or password problem): \
+                 its user needs SUBSCRIBE and the channel (`&{{prefix}}:_tc:*`), and the \
+                 README's rights for the resync; L1 is bypassed where a staleness bound is set");
         } else if was_subscribed || first {
             // Loud once when the link is lost; quiet while retrying against a server still down.
             tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,

@@ -27,11 +27,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `url` with the password of its user part, if any, replaced by `***`: safe to print.
+/// `url` with its credentials hidden: the password of the user part (everything up to the last
+/// `@`, since a password that should have been percent-encoded may hold `/ # ? @`) and any
+/// `pass`/`password` query value (unix-socket URLs) become `***`. Safe to print.
 ///
 /// ```
 /// use tiered_cache::config::redact_url;
 /// assert_eq!(redact_url("rediss://app:s3cr%40t@db:6380/2"), "rediss://app:***@db:6380/2");
+/// assert_eq!(redact_url("redis://:pa/ss@db"), "redis://:***@db");
+/// assert_eq!(redact_url("unix:///run/redis.sock?pass=x"), "unix:///run/redis.sock?pass=***");
 /// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
 /// ```
 pub fn redact_url(url: &str) -> String {
@@ -39,21 +43,38 @@ pub fn redact_url(url: &str) -> String {
         // Not a URL: it may be anything, a password pasted in the wrong place included.
         return "<not a URL>".to_owned();
     };
-    let rest = &url[scheme_end..];
-    // The authority ends at the first '/', '?' or '#'; its user part before the last '@'.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let (scheme, rest) = url.split_at(scheme_end);
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let shown = match user.find(':') {
+                Some(colon) => format!("{}:***@", &user[..colon]),
+                // A lone user part may be a password (some clients read `redis://secret@host`
+                // as one): hide it too.
+                None => "***@".to_owned(),
+            };
+            (shown, &rest[at + 1..])
+        }
+        None => (String::new(), rest),
     };
-    let user = &authority[..at];
-    let user = match user.find(':') {
-        Some(colon) => format!("{}:***", &user[..colon]),
-        // A lone user part may be a password (`redis://secret@host` is read as a username by
-        // some clients and as a password by others): hide it too.
-        None => "***".to_owned(),
+    let rest = match rest.split_once('?') {
+        None => rest.to_owned(),
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
     };
-    format!("{}{user}{}", &url[..scheme_end], &url[scheme_end + at..])
+    format!("{scheme}{user}{rest}")
 }
 
 /// PEM bytes given in code, or a file read by `build()`.
@@ -104,7 +125,7 @@ pub(crate) enum Address {
 }
 
 /// The connection settings after the environment filled what the builder was not given.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) address: Address,
     pub(crate) username: Option<String>,
@@ -117,6 +138,23 @@ pub(crate) struct Endpoint {
     pub(crate) connections: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand: the client key is as secret as a password.
+        f.debug_struct("Endpoint")
+            .field("address", &self.describe())
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("identity", &self.identity.is_some())
+            .field("connections", &self.connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -227,11 +265,20 @@ impl ConnectionSettings {
             Some(url) => Address::Url(url.clone()),
             None => self.address_from(&env)?,
         };
-        let username = self.username.clone().or_else(|| env.get("REDIS_USERNAME"));
-        let password = (self.password.clone()).or_else(|| env.get("REDIS_PASSWORD").map(Secret));
-        let tls = match self.tls {
-            Some(tls) => Some(tls),
-            None => env.flag("REDIS_SSL")?,
+        // A URL given in code names its server: credentials and REDIS_SSL meant for the
+        // environment's server are not sent to it.
+        let from_code = self.url.is_some();
+        let env_for_url = |var: &str| if from_code { None } else { env.get(var) };
+        let username = self
+            .username
+            .clone()
+            .or_else(|| env_for_url("REDIS_USERNAME"));
+        let password =
+            (self.password.clone()).or_else(|| env_for_url("REDIS_PASSWORD").map(Secret));
+        let tls = match (self.tls, from_code) {
+            (Some(tls), _) => Some(tls),
+            (None, true) => None,
+            (None, false) => env.flag("REDIS_SSL")?,
         };
         let ca = match &self.ca {
             Some(pem) => Some(pem.read("the TLS CA bundle")?),
@@ -282,7 +329,7 @@ impl ConnectionSettings {
                 .duration("REDIS_COMMAND_TIMEOUT")?
                 .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
         };
-        Ok(Endpoint {
+        let mut endpoint = Endpoint {
             address,
             username,
             password,
@@ -292,7 +339,17 @@ impl ConnectionSettings {
             connections,
             connect_timeout,
             command_timeout,
-        })
+        };
+        // The environment's TLS files complete a URL given in code only if it is a TLS one.
+        if from_code && !endpoint.wants_tls() {
+            if self.ca.is_none() {
+                endpoint.ca = None;
+            }
+            if self.identity.is_none() {
+                endpoint.identity = None;
+            }
+        }
+        Ok(endpoint)
     }
 
     /// `REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`, or the default URL.
@@ -313,8 +370,11 @@ impl ConnectionSettings {
         }
         let host = env.get("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".into());
         let host = host.trim().to_owned();
-        if host.contains(['/', '@', ' ', '?', '#']) {
-            return Err(format!("REDIS_HOST={host:?} is not a host name or address"));
+        if host.contains(['/', '@', ' ', '?', '#', ':']) {
+            // Not echoed: it may hold credentials pasted in the wrong place.
+            return Err(
+                "REDIS_HOST is not a host name or address (it holds / @ : ? # or a space)".into(),
+            );
         }
         Ok(Address::Parts {
             host,
@@ -345,7 +405,14 @@ mod tests {
             ("redis://u:p%40ss@h:1/0", "redis://u:***@h:1/0"),
             ("redis://:pw@h", "redis://:***@h"),
             ("rediss://pw@h:6380", "rediss://***@h:6380"),
-            ("redis://h:1?x=@y", "redis://h:1?x=@y"),
+            // An '@' in the query is taken for a user part: hidden too, which is safe.
+            ("redis://h:1?x=@y", "redis://h:***@y"),
+            ("redis://u:p#w@h", "redis://u:***@h"),
+            ("redis://:a@b@h/1", "redis://:***@h/1"),
+            (
+                "redis+unix:///s.sock?db=1&password=x",
+                "redis+unix:///s.sock?db=1&password=***",
+            ),
             (
                 "redis+sentinel://u:p@a:1,b:2/m",
                 "redis+sentinel://u:***@a:1,b:2/m",

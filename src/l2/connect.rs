@@ -78,6 +78,11 @@ fn connection_info(endpoint: &Endpoint) -> Result<ConnectionInfo, String> {
                 "{where_} is a TLS URL, but TLS is turned off (REDIS_SSL=false or redis_tls(false))"
             ))
         }
+        (ConnectionAddr::Unix(_), Some(true)) => {
+            return Err(format!(
+                "{where_} is a unix socket: TLS cannot be turned on for it"
+            ))
+        }
         (addr, _) => addr,
     };
     let tls_files = endpoint.ca.is_some() || endpoint.identity.is_some();
@@ -166,9 +171,13 @@ impl Pool {
         (i, self.conns[i].clone())
     }
 
-    /// Notes whether connection `i` reached Redis on its last call.
-    pub(crate) fn record(&self, i: usize, reached: bool) {
-        self.state[i].store(if reached { OPEN } else { FAILING }, Relaxed);
+    /// Notes how connection `i`'s call went: answered (`Some(true)`), failed at the connection
+    /// level so its manager re-opens it (`Some(false)`), or neither (a timeout: the connection
+    /// stays as it was).
+    pub(crate) fn record(&self, i: usize, answered: Option<bool>) {
+        if let Some(answered) = answered {
+            self.state[i].store(if answered { OPEN } else { FAILING }, Relaxed);
+        }
     }
 
     pub(crate) fn census(&self) -> ConnectionCensus {

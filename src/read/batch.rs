@@ -323,33 +323,71 @@ impl Reads<'_> {
             missing.iter().for_each(|&i| out[i] = Err(err.clone()));
             return out;
         }
-        let (mut leading, mut waiting) = (Vec::new(), Vec::new());
-        for &i in &missing {
-            match core.flights.join(&pending[i].string) {
-                Role::Leader(leader, _) => leading.push((i, leader)),
-                Role::Waiter(slot) => {
-                    core.metrics.coalesced.inc();
-                    waiting.push((i, slot));
+        // Single flight, in rounds: a key another call is loading is waited for, the rest is
+        // led by this batch (one loader call). A key whose load ended without an answer (its
+        // caller was cancelled, or its loader panicked) is joined again while this batch's
+        // loader is unspent; once it is spent, such a key gets its fail-safe copy or an error.
+        let mut loader = Some(loader);
+        let mut todo = missing;
+        for _round in 0..3 {
+            if todo.is_empty() {
+                break;
+            }
+            let (mut leading, mut waiting) = (Vec::new(), Vec::new());
+            for &i in &todo {
+                match core.flights.join(&pending[i].string) {
+                    Role::Leader(leader, _) => leading.push((i, leader)),
+                    Role::Waiter(slot) => {
+                        core.metrics.coalesced.inc();
+                        waiting.push((i, slot));
+                    }
+                }
+            }
+            let spend = if leading.is_empty() {
+                None
+            } else {
+                loader.take()
+            };
+            if spend.is_none() {
+                // Keys to lead with the loader spent: released at once for others to lead.
+                for (i, leader) in leading.drain(..) {
+                    drop(leader);
+                    out[i] = self.fail_safe(&pending[i], expired[i].clone(), super::lost_load());
+                }
+            }
+            // Our own load runs while we wait for the others': two batches each leading a
+            // key the other waits for both finish.
+            let own = async {
+                match spend {
+                    Some(loader) => {
+                        self.load_leading(pending, leading, (seen, &expired), fill, loader)
+                            .await
+                    }
+                    None => Vec::new(),
+                }
+            };
+            let others = futures_util::future::join_all(
+                waiting.iter().map(|(_, slot)| flight::wait(slot.clone())),
+            );
+            let (own, others) = futures_util::future::join(own, others).await;
+            for (i, outcome) in own {
+                out[i] = outcome;
+            }
+            todo = Vec::new();
+            for ((i, _), outcome) in waiting.into_iter().zip(others) {
+                match outcome {
+                    Some(Ok(value)) => out[i] = Ok(downcast(value)),
+                    // The joined load failed: this batch's fallbacks for the key still count.
+                    Some(Err(e)) => out[i] = self.fail_safe(&pending[i], expired[i].clone(), e),
+                    None if loader.is_some() => todo.push(i),
+                    None => {
+                        out[i] = self.fail_safe(&pending[i], expired[i].clone(), super::lost_load())
+                    }
                 }
             }
         }
-        // Our own load runs while we wait for the others': two batches each leading a key
-        // the other waits for both finish.
-        let own = self.load_leading(pending, leading, (seen, &expired), fill, loader);
-        let others = futures_util::future::join_all(
-            waiting.iter().map(|(_, slot)| flight::wait(slot.clone())),
-        );
-        let (own, others) = futures_util::future::join(own, others).await;
-        for (i, outcome) in own {
-            out[i] = outcome;
-        }
-        for ((i, _), outcome) in waiting.into_iter().zip(others) {
-            out[i] = match outcome {
-                Some(outcome) => outcome.map(downcast),
-                // The load this key joined ended without an answer (its caller was cancelled,
-                // or its loader panicked); this batch's loader has been spent.
-                None => self.fail_safe(&pending[i], expired[i].clone(), super::lost_load()),
-            };
+        for i in todo {
+            out[i] = self.fail_safe(&pending[i], expired[i].clone(), super::lost_load());
         }
         out
     }
