@@ -283,6 +283,8 @@ impl TieredCacheBuilder {
             tasks.push(runtime.spawn(bus::run_tracker(shared.clone(), bus_config.clone())));
         }
         tasks.push(runtime.spawn(bus::run_subscriber(shared.clone(), bus_config)));
+        let engine = shared.clone();
+        tasks.push(runtime.spawn(async move { engine.l2.watch_primary().await }));
         bus::spawn_watchdog(&shared);
         Ok(TieredCache {
             inner: Arc::new(Inner { shared, tasks }),

@@ -190,6 +190,30 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// Redis behind Sentinel: the primary of `master` as the Sentinels at `nodes` (`host:port`,
+    /// port 26379 if left out) report it, followed through failovers. The same as a
+    /// `redis+sentinel://host:port,host:port/master[/db]` URL (`rediss+sentinel://` for TLS
+    /// to every node); credentials and TLS settings apply to the data nodes and Sentinels alike.
+    pub fn redis_sentinel<S: AsRef<str>>(
+        self,
+        nodes: impl IntoIterator<Item = S>,
+        master: impl AsRef<str>,
+    ) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        self.redis_url(format!(
+            "redis+sentinel://{}/{}",
+            nodes.join(","),
+            master.as_ref()
+        ))
+    }
+
+    /// The Sentinels' own password (`requirepass` in sentinel.conf), when they need one.
+    /// Default: `REDIS_SENTINEL_PASSWORD`, else none.
+    pub fn redis_sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.connection.sentinel_password = Some(Secret::new(password));
+        self
+    }
+
     /// Where `build()` reads the `REDIS_*` variables from. Default: the process environment.
     /// `|_| None` ignores the environment.
     pub fn environment(

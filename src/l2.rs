@@ -23,10 +23,9 @@ use crate::error::{Error, SharedError};
 use crate::key::KeySpace;
 use crate::metrics::NamespaceMetrics;
 use crate::wire::Outgoing;
-use connect::{Pool, Tls};
 use epoch::Epochs;
 use redis::aio::ConnectionManager;
-use redis::{Client, Script};
+use redis::Script;
 use scripts::{script, CLEAR_NAMESPACE, FILL, HEARTBEAT, INVALIDATE, UNLOCK, WRITE};
 use std::future::Future;
 use std::sync::Arc;
@@ -137,13 +136,11 @@ pub(crate) struct Payload<'a> {
 }
 
 pub(crate) struct L2Tier {
-    /// Where the dedicated bus connections are opened from (see `link.rs`).
-    client: Client,
-    /// The CA bundle and client identity, for the connections `link.rs` opens itself.
-    tls: Tls,
+    /// The current server (followed through failovers behind Sentinel): its client, for the
+    /// bus's dedicated connections (see `link.rs`), and the pool calls are spread over.
+    topology: topology::Topology,
     /// Where the address is, safe to print.
     describe: String,
-    pool: Pool,
     connect_timeout: Duration,
     epochs: Epochs,
     keys: KeySpace,
@@ -168,15 +165,11 @@ impl L2Tier {
             reconnect_delay,
         } = settings;
         let (timeout, connect_timeout) = (endpoint.command_timeout, endpoint.connect_timeout);
-        let (client, tls) = connect::open_client(endpoint)?;
-        let keys = KeySpace::new(prefix, client.get_connection_info().redis_settings().db());
-        let timeouts = (connect_timeout, timeout, reconnect_delay);
-        let pool = Pool::new(&client, endpoint.connections, timeouts)?;
+        let (topology, db) = connect::open(endpoint, reconnect_delay)?;
+        let keys = KeySpace::new(prefix, db);
         Ok(Self {
-            client,
-            tls,
+            topology,
             describe: endpoint.describe(),
-            pool,
             connect_timeout,
             epochs: Epochs::new(),
             keys,
@@ -186,7 +179,7 @@ impl L2Tier {
             invalidate: script(INVALIDATE),
             clear_namespace: script(CLEAR_NAMESPACE),
             fill: script(FILL),
-            heartbeat: script(HEARTBEAT),
+            heartbeat: scripts::writing_script(HEARTBEAT),
             unlock: Script::new(UNLOCK),
         })
     }
@@ -197,12 +190,27 @@ impl L2Tier {
 
     /// How the pooled connections stand.
     pub(crate) fn connections(&self) -> connect::ConnectionCensus {
-        self.pool.census()
+        self.topology.census()
     }
 
-    /// Where Redis is, safe to print.
-    pub(crate) fn describe(&self) -> &str {
-        &self.describe
+    /// Where Redis is, safe to print: the address given, and behind Sentinel the primary
+    /// followed now.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.topology.at(), self.describe.contains("+sentinel://")) {
+            (Some(at), true) => format!("{} (primary {at})", self.describe),
+            _ => self.describe.clone(),
+        }
+    }
+
+    /// Behind Sentinel, follows its decisions until aborted (see `topology.rs`); returns at
+    /// once otherwise.
+    pub(crate) async fn watch_primary(&self) {
+        self.topology.watch().await
+    }
+
+    /// Bumped whenever the tier switches to another server (a failover behind Sentinel).
+    pub(crate) fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.topology.moves()
     }
 
     pub(crate) fn breaker(&self) -> &Breaker {
@@ -218,7 +226,9 @@ impl L2Tier {
     /// Runs one Redis call under the timeout and the breaker.
     ///
     /// A call that finds its connection dropped (Redis restarted since the last call) is
-    /// retried once on the connection the manager re-opens. Every call here is safe to repeat:
+    /// retried once on the connection the manager re-opens. Behind Sentinel, a call that still
+    /// fails so, or is answered READONLY (its server was demoted), asks Sentinel for the
+    /// primary and, if it moved, is retried once there. Every call here is safe to repeat:
     /// a repeated write or tombstone changes nothing visible, a repeated fill is refused. A
     /// call that timed out is not repeated: Redis may be slow, and the breaker should hear of
     /// it rather than Redis get the command twice.
@@ -233,26 +243,37 @@ impl L2Tier {
             }
             return Err(L2Error::Skipped);
         };
-        let (i, conn) = self.pool.pick();
         let attempt = async {
-            match f(conn.clone()).await {
-                Err(e) if (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() => {
-                    f(conn).await
-                }
-                other => other,
+            let Some(mut live) = self.topology.live().await else {
+                return (None, Err(no_primary()));
+            };
+            let (mut i, mut conn) = live.pool.pick();
+            let mut result = f(conn.clone()).await;
+            if result.as_ref().is_err_and(dropped) {
+                result = f(conn.clone()).await;
             }
+            let moved = match &result {
+                Err(e) if dropped(e) || readonly(e) => {
+                    self.topology.rediscover_from(Some(&live)).await
+                }
+                _ => false,
+            };
+            if let Some(now) = self.topology.current().filter(|_| moved) {
+                live = now;
+                (i, conn) = live.pool.pick();
+                result = f(conn).await;
+            }
+            (Some((live, i)), result)
         };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(L2Error::Redis(e)),
-            Err(_) => Err(L2Error::Timeout),
+        let (used, result) = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok((used, Ok(v))) => (used, Ok(v)),
+            Ok((used, Err(e))) => (used, Err(L2Error::Redis(e))),
+            Err(_) => (None, Err(L2Error::Timeout)),
         };
         let reached = (result.as_ref()).map_or_else(|e| !e.is_unreachable(), |_| true);
-        let answered = match &result {
-            Err(L2Error::Timeout) => None,
-            _ => Some(reached),
-        };
-        self.pool.record(i, answered);
+        if let Some((live, i)) = used {
+            live.pool.record(i, Some(reached));
+        }
         permit.record(reached);
         if let (Some(target), Err(e)) = (target, &result) {
             target.count(e);
@@ -527,6 +548,24 @@ fn lenient_u64(field: Option<&str>) -> u64 {
     }
 }
 
+/// A connection that failed, not a command: worth one more try on a fresh connection.
+fn dropped(e: &redis::RedisError) -> bool {
+    (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout()
+}
+
+/// The server answered READONLY: it is a replica now (it was demoted in a failover).
+fn readonly(e: &redis::RedisError) -> bool {
+    e.code() == Some("READONLY") || e.to_string().contains("READONLY")
+}
+
+/// Behind Sentinel, before any Sentinel named a primary: counted as unreachable.
+fn no_primary() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "no Redis primary known yet: no Sentinel answered",
+    ))
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
@@ -542,6 +581,8 @@ pub(crate) mod link;
 pub(crate) mod multi;
 /// The Lua scripts of the single-key calls above.
 mod scripts;
+/// One fixed server, or the primary Sentinel names, followed through failovers.
+pub(crate) mod topology;
 /// Sliding expiry: extending a live value's TTL and envelope expiry in one script.
 pub(crate) mod touch;
 

@@ -77,6 +77,7 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     let Subscription {
         mut messages,
         pinger,
+        mut moved,
     } = shared.l2.subscribe().await?;
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     super::resync(shared)
@@ -113,6 +114,9 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
             reason = &mut ping_failed => {
                 drop(pinger);
                 return Err(reason.unwrap_or_else(|_| "ping task ended".into()));
+            }
+            _ = moved.changed() => {
+                return Err("the Redis primary moved: resubscribing on the new one".into());
             }
         }
     }

@@ -115,13 +115,95 @@ pub(crate) struct ConnectionSettings {
     pub(crate) connections: Option<usize>,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) command_timeout: Option<Duration>,
+    pub(crate) sentinel_password: Option<Secret>,
 }
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Address {
     Url(Secret),
-    Parts { host: String, port: u16, db: i64 },
+    Parts {
+        host: String,
+        port: u16,
+        db: i64,
+    },
+    /// The primary of `master`, as the Sentinels at `nodes` know it.
+    Sentinel {
+        nodes: Vec<(String, u16)>,
+        master: String,
+        db: i64,
+    },
+}
+
+/// The Sentinel URL schemes: `redis+sentinel://` and, TLS to every node, `rediss+sentinel://`.
+const SENTINEL: &str = "redis+sentinel://";
+const SENTINEL_TLS: &str = "rediss+sentinel://";
+
+/// What a Sentinel URL holds: the address, the data nodes' credentials, whether TLS is on.
+type SentinelUrl = (Address, Option<String>, Option<Secret>, bool);
+
+/// Parses `redis+sentinel://[user:password@]host[:port][,host[:port]...]/master[/db]`
+/// (ports default to 26379); `None` for any other URL.
+fn parse_sentinel(url: &str) -> Result<Option<SentinelUrl>, String> {
+    let (rest, tls) = if let Some(rest) = url.strip_prefix(SENTINEL) {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix(SENTINEL_TLS) {
+        (rest, true)
+    } else {
+        return Ok(None);
+    };
+    let bad = |why: &str| format!("Sentinel URL {} {why}", redact_url(url));
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| bad("has credentials that are not UTF-8"))
+    };
+    let (username, password) = match user.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        None => (None, None),
+        Some((u, p)) => (
+            Some(decode(u)?).filter(|u| !u.is_empty()),
+            Some(decode(p)?).filter(|p| !p.is_empty()).map(Secret),
+        ),
+    };
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("names no master (…/master)"))?;
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut parts = path.split('/');
+    let master = parts.next().filter(|m| !m.is_empty());
+    let master = master.ok_or_else(|| bad("names no master (…/master)"))?;
+    let db = match parts.next().filter(|d| !d.is_empty()) {
+        None => 0,
+        Some(d) => d
+            .parse()
+            .map_err(|_| bad("has a database that is not a number"))?,
+    };
+    let mut nodes = Vec::new();
+    for node in hosts.split(',').filter(|n| !n.is_empty()) {
+        let (host, port) = match node.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse()
+                    .map_err(|_| bad("has a port that is not a number"))?,
+            ),
+            None => (node, 26379),
+        };
+        nodes.push((host.to_owned(), port));
+    }
+    if nodes.is_empty() {
+        return Err(bad("lists no Sentinel"));
+    }
+    let address = Address::Sentinel {
+        nodes,
+        master: master.to_owned(),
+        db,
+    };
+    Ok(Some((address, username, password, tls)))
 }
 
 /// The connection settings after the environment filled what the builder was not given.
@@ -138,6 +220,8 @@ pub(crate) struct Endpoint {
     pub(crate) connections: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    /// The Sentinels' own password, if they require one.
+    pub(crate) sentinel_password: Option<Secret>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -153,6 +237,7 @@ impl std::fmt::Debug for Endpoint {
             .field("connections", &self.connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("sentinel_password", &self.sentinel_password)
             .finish()
     }
 }
@@ -163,7 +248,7 @@ impl Endpoint {
         match (&self.address, self.tls) {
             (_, Some(tls)) => tls,
             (Address::Url(url), None) => url.expose().starts_with("rediss://"),
-            (Address::Parts { .. }, None) => false,
+            (Address::Parts { .. } | Address::Sentinel { .. }, None) => false,
         }
     }
 
@@ -174,6 +259,15 @@ impl Endpoint {
             Address::Parts { host, port, db } => {
                 let scheme = if self.wants_tls() { "rediss" } else { "redis" };
                 format!("{scheme}://{host}:{port}/{db}")
+            }
+            Address::Sentinel { nodes, master, db } => {
+                let scheme = if self.wants_tls() {
+                    SENTINEL_TLS
+                } else {
+                    SENTINEL
+                };
+                let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                format!("{scheme}{}/{master}/{db}", nodes.join(","))
             }
         }
     }
@@ -194,6 +288,7 @@ pub const ENV_VARS: &[&str] = &[
     "REDIS_MAX_CONNECTIONS",
     "REDIS_CONNECTION_TIMEOUT",
     "REDIS_COMMAND_TIMEOUT",
+    "REDIS_SENTINEL_PASSWORD",
 ];
 
 /// The most connections [`ConnectionSettings::connections`] accepts.
@@ -329,6 +424,32 @@ impl ConnectionSettings {
                 .duration("REDIS_COMMAND_TIMEOUT")?
                 .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
         };
+        // A Sentinel URL: the address, and its credentials and scheme as if given apart.
+        let (mut address, mut username, mut password, mut tls) = (address, username, password, tls);
+        if let Address::Url(url) = &address {
+            if let Some((sentinel, user, pass, on)) = parse_sentinel(url.expose())? {
+                let twice = |what| {
+                    format!(
+                        "the Redis {what} is given twice, in the Sentinel URL and apart from it"
+                    )
+                };
+                if user.is_some() && username.is_some() && user != username {
+                    return Err(twice("user"));
+                }
+                if pass.is_some() && password.is_some() && pass != password {
+                    return Err(twice("password"));
+                }
+                if on && tls == Some(false) {
+                    return Err("a rediss+sentinel:// URL, but TLS is turned off".into());
+                }
+                address = sentinel;
+                username = username.or(user);
+                password = password.or(pass);
+                tls = tls.or(Some(on));
+            }
+        }
+        let sentinel_password = (self.sentinel_password.clone())
+            .or_else(|| env.get("REDIS_SENTINEL_PASSWORD").map(Secret));
         let mut endpoint = Endpoint {
             address,
             username,
@@ -339,6 +460,7 @@ impl ConnectionSettings {
             connections,
             connect_timeout,
             command_timeout,
+            sentinel_password,
         };
         // The environment's TLS files complete a URL given in code only if it is a TLS one.
         if from_code && !endpoint.wants_tls() {
@@ -474,6 +596,43 @@ mod tests {
         let e = e.unwrap();
         assert_eq!(e.address, Address::Url(Secret::new("redis://10.0.0.1")));
         assert_eq!(e.connections, 4);
+    }
+
+    #[test]
+    fn sentinel_urls_are_parsed() {
+        let code = |url: &str| ConnectionSettings {
+            url: Some(Secret::new(url)),
+            ..Default::default()
+        };
+        let e = resolve(&code("redis+sentinel://app:p%40ss@a:1,b/mymaster/2"), &[]).unwrap();
+        assert_eq!(
+            e.address,
+            Address::Sentinel {
+                nodes: vec![("a".into(), 1), ("b".into(), 26379)],
+                master: "mymaster".into(),
+                db: 2
+            }
+        );
+        assert_eq!(e.username.as_deref(), Some("app"));
+        assert_eq!(e.password.as_ref().unwrap().expose(), "p@ss");
+        assert!(!e.wants_tls());
+        assert_eq!(e.describe(), "redis+sentinel://a:1,b:26379/mymaster/2");
+        let e = resolve(
+            &code("rediss+sentinel://a/m"),
+            &[("REDIS_SENTINEL_PASSWORD", "s")],
+        );
+        let e = e.unwrap();
+        assert!(e.wants_tls());
+        assert_eq!(e.sentinel_password.unwrap().expose(), "s");
+        for (url, says) in [
+            ("redis+sentinel://a:1", "names no master"),
+            ("redis+sentinel:///m", "lists no Sentinel"),
+            ("redis+sentinel://a:x/m", "port"),
+            ("redis+sentinel://a/m/x", "database"),
+        ] {
+            let err = resolve(&code(url), &[]).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Opening Redis: the client built from the resolved connection settings (address,
 //! credentials, TLS), and the pool of multiplexed connections the tier's calls are spread over.
 
+use super::topology::Topology;
 use crate::config::{redact_url, Address, Endpoint};
 use crate::error::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -15,22 +16,49 @@ pub(crate) struct Tls {
     identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The redis client for `endpoint`, and its TLS material for later connections.
-pub(crate) fn open_client(endpoint: &Endpoint) -> Result<(Client, Tls), Error> {
+impl Tls {
+    /// For redis-rs's own TLS setup (Sentinel's clients), if there is any material.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.identity.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: (self.identity.clone()).map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.ca.clone(),
+        })
+    }
+}
+
+/// Where the tier's connections go for `endpoint`, and the database its keys live in.
+pub(crate) fn open(
+    endpoint: &Endpoint,
+    reconnect_delay: Duration,
+) -> Result<(Topology, i64), Error> {
     let where_ = endpoint.describe();
     if endpoint.wants_tls() && !cfg!(feature = "tls") {
         return Err(Error::Config(format!(
             "{where_} needs TLS, but tiered-cache was built without its `tls` feature"
         )));
     }
-    let info = connection_info(endpoint).map_err(Error::Config)?;
     let tls = Tls {
         ca: endpoint.ca.clone(),
         identity: endpoint.identity.clone(),
     };
+    if let Address::Sentinel { nodes, master, db } = &endpoint.address {
+        let topology = Topology::sentinel((nodes, master, *db), tls, endpoint, reconnect_delay)?;
+        return Ok((topology, *db));
+    }
+    let info = connection_info(endpoint).map_err(Error::Config)?;
     let client = client_for(info, &tls)
         .map_err(|e| Error::Config(format!("redis settings for {where_} rejected: {e}")))?;
-    Ok((client, tls))
+    let db = client.get_connection_info().redis_settings().db();
+    Ok((Topology::fixed(client, tls, endpoint, reconnect_delay)?, db))
 }
 
 /// A client for `info`, with the CA bundle and client identity if there are any.
@@ -65,6 +93,7 @@ fn connection_info(endpoint: &Endpoint) -> Result<ConnectionInfo, String> {
             .into_connection_info()
             .map_err(|e| format!("redis address {where_} is not valid: {e}"))?
             .set_redis_settings(RedisConnectionInfo::default().set_db(*db)),
+        Address::Sentinel { .. } => unreachable!("opened through Sentinel"),
     };
     let addr = match (info.addr().clone(), endpoint.tls) {
         (ConnectionAddr::Tcp(host, port), Some(true)) => ConnectionAddr::TcpTls {

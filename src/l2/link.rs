@@ -6,7 +6,7 @@
 //! Each open is bounded by the connect timeout and each command by the tier's timeout; a
 //! failure comes back as a short reason for the log, and the caller reconnects.
 
-use super::L2Tier;
+use super::{no_primary, L2Tier};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{PushInfo, PushKind, Value};
@@ -17,6 +17,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub(crate) struct Subscription {
     pub(crate) messages: Messages,
     pub(crate) pinger: Pinger,
+    /// Changes when the tier switches to another server: this subscription is then on the
+    /// old one (a demoted primary still delivers what is published on it, which is nothing).
+    pub(crate) moved: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The messages of a subscription, in the order Redis delivered them.
@@ -114,7 +117,11 @@ impl L2Tier {
     /// Opens a dedicated pub/sub connection and subscribes it to the bus channel; returns once
     /// Redis confirmed the subscription.
     pub(crate) async fn subscribe(&self) -> Result<Subscription, String> {
-        let pubsub = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
+        // Taken first: a move from here on ends the subscription (see `Subscription::moved`).
+        let mut moved = self.moves();
+        moved.borrow_and_update();
+        let live = (self.topology.live().await).ok_or_else(|| no_primary().to_string())?;
+        let pubsub = tokio::time::timeout(self.connect_timeout, live.client.get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
@@ -126,18 +133,20 @@ impl L2Tier {
         Ok(Subscription {
             messages: Messages(stream),
             pinger: Pinger(sink),
+            moved,
         })
     }
 
     /// Opens a RESP3 connection to the same server and turns broadcast tracking on for every
     /// key under `prefix`; returns once Redis accepted it.
     pub(crate) async fn track(&self, prefix: &str) -> Result<Tracker, String> {
-        let info = self.client.get_connection_info().clone();
+        let live = (self.topology.live().await).ok_or_else(|| no_primary().to_string())?;
+        let info = live.client.get_connection_info().clone();
         let resp3 = info
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = super::connect::client_for(info.set_redis_settings(resp3), &self.tls)
+        let client = super::connect::client_for(info.set_redis_settings(resp3), &self.topology.tls)
             .map_err(|e| format!("tracking connection settings rejected: {e}"))?;
         let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
         let config = redis::AsyncConnectionConfig::new()

@@ -115,3 +115,11 @@ return {v, e}
 pub(super) fn script(body: &str) -> Script {
     Script::new(&format!("{PREAMBLE}{body}"))
 }
+
+/// A script Redis runs only where it could write: with a `#!lua` line and no `no-writes`
+/// flag, Redis 7 refuses it on a read-only replica (READONLY) and under `noeviction` with
+/// memory full (OOM) before running it, so a heartbeat stops vouching for a node whose writes
+/// would be refused, and a node left on a demoted primary hears READONLY and moves.
+pub(super) fn writing_script(body: &str) -> Script {
+    Script::new(&format!("#!lua\n{PREAMBLE}{body}"))
+}
