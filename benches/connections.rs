@@ -93,7 +93,10 @@ fn main() {
         }
         let reads = (TASKS * READS_PER_TASK) as f64;
         println!("64 tasks of L1-missing reads, {reads} reads per round, best of {ROUNDS} rounds");
-        println!("{:>12} {:>14} {:>14} {:>8}", "connections", "tiered ops/s", "raw ops/s", "ratio");
+        println!(
+            "{:>12} {:>14} {:>14} {:>8}",
+            "connections", "tiered ops/s", "raw ops/s", "ratio"
+        );
         for n in [1usize, 4, 16] {
             let cache = node(&url, n).await;
             let client = redis::Client::open(url.as_str()).unwrap();

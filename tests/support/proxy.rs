@@ -137,21 +137,92 @@ impl Drop for FaultProxy {
     }
 }
 
+/// In the tests' secure mode the proxy terminates TLS on both sides (the server's certificate
+/// towards the client, the test CA towards Redis), so it sees, and faults, the protocol
+/// itself as it does in the plain mode.
+mod tls {
+    use std::sync::{Arc, OnceLock};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    pub fn pair() -> &'static (TlsAcceptor, TlsConnector) {
+        static PAIR: OnceLock<(TlsAcceptor, TlsConnector)> = OnceLock::new();
+        PAIR.get_or_init(|| {
+            let secure = super::super::server::secure().expect("secure mode");
+            let file = |f: &str| secure.dir.join(f);
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(file("server.crt"))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(file("server.key")).unwrap();
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let server = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(file("ca.crt")).unwrap() {
+                roots.add(ca.unwrap()).unwrap();
+            }
+            let client = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            (
+                TlsAcceptor::from(Arc::new(server)),
+                TlsConnector::from(Arc::new(client)),
+            )
+        })
+    }
+}
+
 async fn relay(
     client: TcpStream,
     server: TcpStream,
-    mut setting: watch::Receiver<Setting>,
+    setting: watch::Receiver<Setting>,
     open: Arc<AtomicUsize>,
     record: (usize, Swallowed),
 ) {
-    open.fetch_add(1, SeqCst);
     // Every close the proxy makes is abortive (RST), like a reset link, never a polite FIN.
     let _ = client.set_zero_linger();
     let _ = server.set_zero_linger();
+    if super::server::secure().is_none() {
+        return relay_streams(client, server, setting, open, record).await;
+    }
+    let (acceptor, connector) = tls::pair();
+    let ip = tokio_rustls::rustls::pki_types::ServerName::IpAddress(
+        std::net::IpAddr::from([127, 0, 0, 1]).into(),
+    );
+    let Ok(client) = acceptor.accept(client).await else {
+        return;
+    };
+    let Ok(server) = connector.connect(ip, server).await else {
+        return;
+    };
+    relay_streams(client, server, setting, open, record).await
+}
+
+async fn relay_streams<C, S>(
+    client: C,
+    server: S,
+    mut setting: watch::Receiver<Setting>,
+    open: Arc<AtomicUsize>,
+    record: (usize, Swallowed),
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    open.fetch_add(1, SeqCst);
     let resets_at_start = setting.borrow().resets;
     let is_subscriber = Arc::new(Mutex::new(false));
-    let (client_r, client_w) = client.into_split();
-    let (server_r, server_w) = server.into_split();
+    let (client_r, client_w) = tokio::io::split(client);
+    let (server_r, server_w) = tokio::io::split(server);
     let up = pump(
         client_r,
         server_w,
@@ -201,8 +272,8 @@ fn applies(s: &Setting, is_subscriber: bool) -> Fault {
 }
 
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
     mut setting: watch::Receiver<Setting>,
     is_subscriber: Arc<Mutex<bool>>,
     dir: Dir,
