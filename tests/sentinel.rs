@@ -7,6 +7,11 @@
 
 mod support;
 
+#[path = "support/checker.rs"]
+mod checker;
+// The checker's connections are made as the other tests' are.
+use support::client;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -290,4 +295,57 @@ async fn nodes_follow_the_replica_promoted_after_the_primary_is_killed() {
     let took = writes_resume(&a, new, started, 2).await;
     println!("primary SIGKILLed: writes resumed on the promoted replica {took:?} after the kill");
     coherent_after(&a, &b, new).await;
+}
+
+/// The staleness checker's workload on three nodes (strict writes, 250 ms bound) for 6 s,
+/// with `fault` 1 s in: no read may be staler than the bound, and every node ends on the new
+/// primary.
+async fn staleness_through(scenario: &str, kill: bool) {
+    let mut setup = Setup::start().await;
+    let nodes: Vec<TieredCache> = (0..3).map(|_| support::strict_node(&setup.url())).collect();
+    for n in &nodes {
+        n.ready(PATIENCE).await.unwrap();
+    }
+    let old = setup.primary_port().unwrap();
+    let workload = checker::Workload {
+        duration: Duration::from_secs(6),
+        ..Default::default()
+    };
+    let sentinel = setup.sentinels[0].port;
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match kill {
+            true => setup.servers[0].kill(),
+            false => query(sentinel, &["SENTINEL", "FAILOVER", MASTER]).unwrap(),
+        }
+    };
+    let (report, ()) = tokio::join!(checker::run(&nodes, "rate", &workload), fault);
+    eprintln!("{}", report.row(scenario));
+    eprintln!("  {report:?}");
+    let new = setup.primary_port().unwrap();
+    assert_ne!(new, old, "the failover happened");
+    for n in &nodes {
+        let health = n.health().await;
+        assert!(
+            health.redis.contains(&format!(":{new})")),
+            "{}",
+            health.redis
+        );
+    }
+    assert!(report.cold_reads_after_writes_stopped > 0, "{report:?}");
+    assert!(
+        report.max_staleness <= BOUND,
+        "{scenario}: a read was {:?} stale (bound {BOUND:?}): {report:?}",
+        report.max_staleness
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_within_the_staleness_bound_through_a_manual_failover() {
+    staleness_through("Sentinel: `SENTINEL FAILOVER` at 1 s of 6 s", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_within_the_staleness_bound_when_the_primary_is_killed() {
+    staleness_through("Sentinel: primary SIGKILLed at 1 s of 6 s", true).await;
 }
