@@ -151,6 +151,10 @@ pub(crate) struct L2Tier {
     clear_namespace: Script,
     fill: Script,
     heartbeat: Script,
+    /// The heartbeat without its `#!lua` line, for a Redis older than 7 (which cannot compile
+    /// one), used once the first has failed to compile.
+    heartbeat_legacy: Script,
+    legacy_heartbeat: std::sync::atomic::AtomicBool,
     unlock: Script,
 }
 
@@ -180,6 +184,8 @@ impl L2Tier {
             clear_namespace: script(CLEAR_NAMESPACE),
             fill: script(FILL),
             heartbeat: scripts::writing_script(HEARTBEAT),
+            heartbeat_legacy: script(HEARTBEAT),
+            legacy_heartbeat: std::sync::atomic::AtomicBool::new(false),
             unlock: Script::new(UNLOCK),
         })
     }
@@ -389,13 +395,31 @@ impl L2Tier {
 
     /// Publishes this node's heartbeat, stamped with the current version.
     pub(crate) async fn heartbeat(&self, message: &Outgoing) -> L2Result<Stamp> {
-        let mut inv = self.heartbeat.prepare_invoke();
+        use std::sync::atomic::Ordering::Relaxed;
+        let legacy = self.legacy_heartbeat.load(Relaxed);
+        let script = if legacy {
+            &self.heartbeat_legacy
+        } else {
+            &self.heartbeat
+        };
+        let mut inv = script.prepare_invoke();
         inv.key(self.keys.meta_key())
             .arg(new_epoch())
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(None, &inv).await
+        let result = self.invoke(None, &inv).await;
+        match &result {
+            // Redis 6 reads `#!lua` as Lua: from now on the plain script (without the refusal
+            // on replicas and under OOM that Redis 7 gives the first).
+            Err(L2Error::Redis(e)) if !legacy && e.to_string().contains("compiling") => {
+                tracing::warn!(target: "tiered_cache::l2", error = %e,
+                    "Redis cannot compile a #!lua script (older than 7): plain heartbeat from now on");
+                self.legacy_heartbeat.store(true, Relaxed);
+                Box::pin(self.heartbeat(message)).await
+            }
+            _ => result,
+        }
     }
 
     /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and

@@ -297,7 +297,8 @@ async fn nodes_follow_the_replica_promoted_after_the_primary_is_killed() {
     coherent_after(&a, &b, new).await;
 }
 
-/// The staleness checker's workload on three nodes (strict writes, 250 ms bound) for 6 s,
+/// The staleness checker's workload on three nodes (250 ms bound, writes queued while no
+/// primary is reachable) for 6 s,
 /// with `fault` 1 s in: no read may be staler than the bound, and every node ends on the new
 /// primary.
 async fn staleness_through(scenario: &str, kill: bool) {

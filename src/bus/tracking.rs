@@ -36,6 +36,10 @@ pub(crate) async fn run_tracker(shared: Arc<Engine>, cfg: BusConfig) {
 
 async fn session(shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
     let prefix = format!("{}{SEPARATOR}", shared.l2.keys().prefix());
+    // Taken first: a move from here on ends this session (the new primary's writes would go
+    // unseen on the old one's connection).
+    let mut moved = shared.l2.moves();
+    moved.borrow_and_update();
     let mut tracker = shared.l2.track(&prefix).await?;
     // Every write from here on reaches us; what happened before may not have: the subscriber
     // clears L1 before anything is trusted again.
@@ -54,6 +58,7 @@ async fn session(shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
                 Tracked::Keys(keys) => apply(shared, &prefix, &keys),
             },
             _ = ping.tick() => tracker.ping().await?,
+            _ = moved.changed() => return Err("the Redis primary moved: tracking on the new one".into()),
         }
     }
 }

@@ -157,13 +157,17 @@ impl Topology {
         if self.sentinel.is_none() {
             return false;
         }
-        self.rediscover().await;
-        let now = self.current();
-        match (seen, &now) {
+        let moved_since = |now: &Option<Arc<Live>>| match (seen, now) {
             (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
             (None, Some(_)) => true,
             _ => false,
+        };
+        // Another call switched already: no need to ask again.
+        if moved_since(&self.current()) {
+            return true;
         }
+        self.rediscover().await;
+        moved_since(&self.current())
     }
 
     /// Follows Sentinel's decisions as they are made, until the task is aborted: subscribed
@@ -267,11 +271,12 @@ impl Topology {
         let previous = (self.live.write().unwrap_or_else(|e| e.into_inner()))
             .replace(Arc::new(live))
             .map(|l| l.at.clone());
+        // The first primary found is not a move: nothing was connected to another one.
         if previous.is_some() {
             tracing::warn!(target: "tiered_cache::l2", from = previous.as_deref(), to = %now,
                 "Redis primary moved; following it");
+            self.moved.send_modify(|n| *n += 1);
         }
-        self.moved.send_modify(|n| *n += 1);
     }
 
     /// Bumped at every switch to another server.
