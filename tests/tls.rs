@@ -390,3 +390,31 @@ fn cli_output(url: &str, ca: &str, seen: &mut String) {
     }
     assert!(seen.contains("redis_reachable"), "the CLI ran: {seen}");
 }
+
+#[test]
+fn the_readmes_acl_line_is_the_one_the_secure_pass_grants() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER cache "))
+        .expect("the README's ACL line");
+    let syntax = [
+        "ACL",
+        "SETUSER",
+        "cache",
+        "on",
+        ">PASSWORD",
+        "resetkeys",
+        "resetchannels",
+    ];
+    let mut documented: Vec<&str> = line.split(' ').filter(|t| !syntax.contains(t)).collect();
+    let rules = support::acl_rules("v1");
+    let mut granted: Vec<&str> = rules.split(' ').collect();
+    documented.sort_unstable();
+    granted.sort_unstable();
+    assert_eq!(
+        documented, granted,
+        "README.md and tests/support/server.rs disagree"
+    );
+}
