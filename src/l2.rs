@@ -278,7 +278,7 @@ impl L2Tier {
         };
         let reached = (result.as_ref()).map_or_else(|e| !e.is_unreachable(), |_| true);
         if let Some((live, i)) = used {
-            live.pool.record(i, Some(reached));
+            live.pool.record(i, reached);
         }
         permit.record(reached);
         if let (Some(target), Err(e)) = (target, &result) {

@@ -42,16 +42,8 @@ impl Drop for Sentinel {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sentinel(master_port: u16) -> Sentinel {
-    let port = free_port();
+    let port = support::free_port();
     let dir = std::env::temp_dir().join(format!("tiered-sentinel-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("sentinel.conf");

@@ -43,11 +43,7 @@ struct TlsServer {
 impl TlsServer {
     fn start(mutual: bool, extra: &[&str]) -> Self {
         let certs = certs();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         let dir = std::env::temp_dir().join(format!("tiered-tls-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = |f: &str| certs.join(f).display().to_string();

@@ -200,13 +200,10 @@ impl Pool {
         (i, self.conns[i].clone())
     }
 
-    /// Notes how connection `i`'s call went: answered (`Some(true)`), failed at the connection
-    /// level so its manager re-opens it (`Some(false)`), or neither (a timeout: the connection
-    /// stays as it was).
-    pub(crate) fn record(&self, i: usize, answered: Option<bool>) {
-        if let Some(answered) = answered {
-            self.state[i].store(if answered { OPEN } else { FAILING }, Relaxed);
-        }
+    /// Notes whether connection `i`'s last call was answered, or failed at the connection
+    /// level so its manager re-opens it (a call that timed out is not noted).
+    pub(crate) fn record(&self, i: usize, answered: bool) {
+        self.state[i].store(if answered { OPEN } else { FAILING }, Relaxed);
     }
 
     pub(crate) fn census(&self) -> ConnectionCensus {

@@ -16,7 +16,7 @@ pub mod wire;
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Target};
 #[allow(unused_imports)]
-pub use server::{acl_rules, client, secure, url_for_port, RedisServer};
+pub use server::{acl_rules, client, free_port, secure, url_for_port, RedisServer};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

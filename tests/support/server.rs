@@ -127,7 +127,8 @@ const MISSING: &str = "redis-server not found: it is started privately per test.
     (Debian: `apt-get install redis-server`), or run the README's test command \
     (`./scripts/test.sh`), which installs it, or point REDIS_SERVER_BIN at the binary.";
 
-fn free_port() -> u16 {
+/// A loopback port free a moment ago (another process may take it before it is bound).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
