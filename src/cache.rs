@@ -248,11 +248,15 @@ impl TieredCacheBuilder {
             .iter()
             .map(|ns| (ns.name.clone(), ns.clone()))
             .collect();
+        let widest = namespaces
+            .iter()
+            .filter_map(|ns| ns.policy.staleness_bound)
+            .max();
         let shared = Arc::new(Engine {
             node_id: rand::random(),
             runtime: runtime.clone(),
             l2,
-            bus: BusState::new(),
+            bus: BusState::new(self.heartbeat, self.breaker_cooldown, widest),
             resync_wanted: tokio::sync::Notify::new(),
             outbox: Outbox::new(self.outbox_capacity, self.outbox_max_bytes, replay_wanted),
             strict_writes: self.strict_writes,

@@ -251,6 +251,9 @@ impl KeySpace {
     pub(crate) const VERSION_FIELD: &'static str = "version";
     /// The meta hash's field holding the counter's epoch (see `l2.rs`).
     pub(crate) const EPOCH_FIELD: &'static str = "epoch";
+    /// A floor of every namespace, set above a history that went back (see
+    /// `l2::scripts::PREAMBLE`).
+    pub(crate) const ROLLBACK_FLOOR_FIELD: &'static str = "rollback_floor";
 
     /// A pattern matching every bookkeeping key of the prefix (`{prefix}:_tc:*`).
     #[cfg(feature = "test-util")]

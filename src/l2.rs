@@ -19,16 +19,16 @@
 
 use crate::breaker::Breaker;
 use crate::codec;
-use crate::error::{Error, SharedError};
+use crate::error::Error;
 use crate::key::KeySpace;
-use crate::metrics::NamespaceMetrics;
 use crate::wire::Outgoing;
 use epoch::Epochs;
+pub(crate) use error::{L2Error, L2Result, Target};
+pub(crate) use history::Known;
 use redis::aio::ConnectionManager;
 use redis::Script;
-use scripts::{script, CLEAR_NAMESPACE, FILL, HEARTBEAT, INVALIDATE, UNLOCK, WRITE};
+use scripts::{script, CLEAR_NAMESPACE, FILL, HEARTBEAT, INVALIDATE, REPLAY_WRITE, UNLOCK, WRITE};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A write's version and the epoch of the counter it was drawn from.
@@ -41,81 +41,6 @@ pub(crate) struct Stamp {
 /// A fresh epoch candidate: non-zero and below 2^53, so Lua's doubles hold it exactly.
 pub(crate) fn new_epoch() -> u64 {
     (rand::random::<u64>() & ((1 << 52) - 1)) | 1
-}
-
-/// Why an L2 call did not produce an answer.
-#[derive(Debug)]
-pub(crate) enum L2Error {
-    /// Skipped: the breaker is open (Redis failed repeatedly), or half-open with its one probe
-    /// already out.
-    Skipped,
-    /// No answer within the L2 timeout.
-    Timeout,
-    /// Redis answered with an error, or the connection failed.
-    Redis(redis::RedisError),
-}
-
-impl std::fmt::Display for L2Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            L2Error::Redis(e) => write!(f, "{}: {e}", self.kind()),
-            _ => f.write_str(self.kind()),
-        }
-    }
-}
-
-impl L2Error {
-    /// A short label for metrics and logs.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            L2Error::Skipped => "skipped",
-            L2Error::Timeout => "timeout",
-            L2Error::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "connection",
-            L2Error::Redis(_) => "server",
-        }
-    }
-
-    /// True when Redis could not be reached or did not answer: skipped by the breaker, timed
-    /// out, or failed at the connection level. (An error *reply* is not: Redis is there.) Such
-    /// a call counts against the breaker, and a write that fails so is queued in the outbox.
-    pub(crate) fn is_unreachable(&self) -> bool {
-        matches!(self.kind(), "skipped" | "timeout" | "connection")
-    }
-
-    pub(crate) fn into_error(self, op: &'static str) -> Error {
-        let source: Option<SharedError> = match self {
-            L2Error::Skipped => None,
-            L2Error::Timeout => Some(Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer within the L2 timeout",
-            ))),
-            L2Error::Redis(e) => Some(Arc::new(e)),
-        };
-        Error::unavailable(op, source)
-    }
-}
-
-pub(crate) type L2Result<T> = Result<T, L2Error>;
-
-/// The namespace an L2 call is made for: its name, for its keys, and where the call's failure
-/// is counted (`tiered_cache_l2_errors_total`). The tier counts every failed call made with a
-/// target, once; calls made for no namespace (heartbeat, resync, health, the epoch check of
-/// a value below the floor) count nowhere.
-#[derive(Clone, Copy)]
-pub(crate) struct Target<'a> {
-    pub(crate) name: &'a str,
-    pub(crate) metrics: &'a NamespaceMetrics,
-    /// For replays: a call the breaker skipped is not counted again (the operation was
-    /// counted when it first failed).
-    pub(crate) quiet_skips: bool,
-}
-
-impl Target<'_> {
-    pub(crate) fn count(&self, e: &L2Error) {
-        if !(self.quiet_skips && matches!(e, L2Error::Skipped)) {
-            self.metrics.l2_failed(e.kind());
-        }
-    }
 }
 
 /// How the L2 tier reaches Redis.
@@ -147,15 +72,16 @@ pub(crate) struct L2Tier {
     timeout: Duration,
     breaker: Breaker,
     write: Script,
-    invalidate: Script,
-    clear_namespace: Script,
+    replay_write: Script,
+    invalidate: scripts::Flagged,
+    clear_namespace: scripts::Flagged,
     fill: Script,
-    heartbeat: Script,
-    /// The heartbeat without its `#!lua` line, for a Redis older than 7 (which cannot compile
-    /// one), used once the first has failed to compile.
-    heartbeat_legacy: Script,
-    legacy_heartbeat: std::sync::atomic::AtomicBool,
+    heartbeat: scripts::Flagged,
+    /// Redis is older than 7 (it failed to compile a `#!lua` line): flagged scripts are run
+    /// in their plain form.
+    legacy: std::sync::atomic::AtomicBool,
     unlock: Script,
+    raise_counter: scripts::Flagged,
 }
 
 impl L2Tier {
@@ -180,14 +106,21 @@ impl L2Tier {
             timeout,
             breaker,
             write: script(WRITE),
-            invalidate: script(INVALIDATE),
-            clear_namespace: script(CLEAR_NAMESPACE),
+            replay_write: script(REPLAY_WRITE),
+            invalidate: scripts::invalidating_script(INVALIDATE),
+            clear_namespace: scripts::invalidating_script(CLEAR_NAMESPACE),
             fill: script(FILL),
-            heartbeat: scripts::writing_script(HEARTBEAT),
-            heartbeat_legacy: script(HEARTBEAT),
-            legacy_heartbeat: std::sync::atomic::AtomicBool::new(false),
+            heartbeat: scripts::invalidating_script(HEARTBEAT),
+            legacy: std::sync::atomic::AtomicBool::new(false),
             unlock: Script::new(UNLOCK),
+            raise_counter: scripts::invalidating_script(scripts::RAISE_COUNTER),
         })
+    }
+
+    /// Every script's first argument: a fresh epoch candidate and the highest version this
+    /// node has seen (see `scripts::PREAMBLE`).
+    pub(crate) fn first_arg(&self) -> String {
+        format!("{}:{}", new_epoch(), self.epochs.highest())
     }
 
     pub(crate) fn keys(&self) -> &KeySpace {
@@ -315,7 +248,7 @@ impl L2Tier {
             })
         })
         .await
-        .inspect(|stamp| self.epochs.observe(stamp.epoch))
+        .inspect(|stamp| self.epochs.observe(stamp.epoch, stamp.version))
     }
 
     /// Stores a value and publishes its invalidation, atomically. Returns the write's version.
@@ -326,18 +259,29 @@ impl L2Tier {
         value: Payload<'_>,
         message: &Outgoing,
     ) -> L2Result<Stamp> {
-        let (namespace, ns) = (ns.name, Some(ns));
-        let mut inv = self.write.prepare_invoke();
+        let inv = self.write_invocation(&self.write, (ns.name, key), value, message);
+        self.invoke(Some(ns), &inv).await
+    }
+
+    /// WRITE's keys and arguments, which REPLAY_WRITE extends.
+    fn write_invocation<'a>(
+        &'a self,
+        script: &'a Script,
+        (namespace, key): (&str, &str),
+        value: Payload<'_>,
+        message: &Outgoing,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .arg(new_epoch())
+            .arg(self.first_arg())
             .arg(&value.encoded.head[..])
             .arg(&value.encoded.body)
             .arg(ttl_ms(value.ttl))
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail());
-        self.invoke(ns, &inv).await
+        inv
     }
 
     /// Stores a loaded value unless the key was written or invalidated after `seen` (or the
@@ -370,7 +314,7 @@ impl L2Tier {
         let mut inv = script.prepare_invoke();
         inv.key(self.keys.meta_key())
             .key(self.keys.value_key(namespace, key))
-            .arg(new_epoch())
+            .arg(self.first_arg())
             .arg(seen.version)
             .arg(seen.epoch)
             .arg(&value.encoded.head[..])
@@ -385,7 +329,7 @@ impl L2Tier {
         let (stored, version, epoch): (u8, u64, u64) = self
             .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        self.epochs.observe(epoch);
+        self.epochs.observe(epoch, version);
         Ok(if stored == 1 {
             Ok(Stamp { version, epoch })
         } else {
@@ -395,31 +339,14 @@ impl L2Tier {
 
     /// Publishes this node's heartbeat, stamped with the current version.
     pub(crate) async fn heartbeat(&self, message: &Outgoing) -> L2Result<Stamp> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let legacy = self.legacy_heartbeat.load(Relaxed);
-        let script = if legacy {
-            &self.heartbeat_legacy
-        } else {
-            &self.heartbeat
+        let args = |inv: &mut redis::ScriptInvocation<'_>| {
+            inv.key(self.keys.meta_key())
+                .arg(self.first_arg())
+                .arg(self.keys.channel())
+                .arg(message.head())
+                .arg(message.tail());
         };
-        let mut inv = script.prepare_invoke();
-        inv.key(self.keys.meta_key())
-            .arg(new_epoch())
-            .arg(self.keys.channel())
-            .arg(message.head())
-            .arg(message.tail());
-        let result = self.invoke(None, &inv).await;
-        match &result {
-            // Redis 6 reads `#!lua` as Lua: from now on the plain script (without the refusal
-            // on replicas and under OOM that Redis 7 gives the first).
-            Err(L2Error::Redis(e)) if !legacy && e.to_string().contains("compiling") => {
-                tracing::warn!(target: "tiered_cache::l2", error = %e,
-                    "Redis cannot compile a #!lua script (older than 7): plain heartbeat from now on");
-                self.legacy_heartbeat.store(true, Relaxed);
-                Box::pin(self.heartbeat(message)).await
-            }
-            _ => result,
-        }
+        self.invoke_flagged(None, &self.heartbeat, args).await
     }
 
     /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and
@@ -432,18 +359,19 @@ impl L2Tier {
         message: &Outgoing,
     ) -> L2Result<Stamp> {
         let (namespace, ns) = (ns.name, Some(ns));
-        let mut inv = self.invalidate.prepare_invoke();
-        inv.key(self.keys.meta_key());
-        for k in keys {
-            inv.key(self.keys.value_key(namespace, k));
-        }
-        inv.arg(new_epoch())
-            .arg(&codec::tombstone_head()[..])
-            .arg(ttl_ms(ttl))
-            .arg(self.keys.channel())
-            .arg(message.head())
-            .arg(message.tail());
-        self.invoke(ns, &inv).await
+        let args = |inv: &mut redis::ScriptInvocation<'_>| {
+            inv.key(self.keys.meta_key());
+            for k in keys {
+                inv.key(self.keys.value_key(namespace, k));
+            }
+            inv.arg(self.first_arg())
+                .arg(&codec::tombstone_head()[..])
+                .arg(ttl_ms(ttl))
+                .arg(self.keys.channel())
+                .arg(message.head())
+                .arg(message.tail());
+        };
+        self.invoke_flagged(ns, &self.invalidate, args).await
     }
 
     /// Marks every value of the namespace written so far as dead, without scanning keys, and
@@ -454,14 +382,15 @@ impl L2Tier {
         message: &Outgoing,
     ) -> L2Result<Stamp> {
         let (namespace, ns) = (ns.name, Some(ns));
-        let mut inv = self.clear_namespace.prepare_invoke();
-        inv.key(self.keys.meta_key())
-            .arg(new_epoch())
-            .arg(KeySpace::floor_field(namespace))
-            .arg(self.keys.channel())
-            .arg(message.head())
-            .arg(message.tail());
-        self.invoke(ns, &inv).await
+        let args = |inv: &mut redis::ScriptInvocation<'_>| {
+            inv.key(self.keys.meta_key())
+                .arg(self.first_arg())
+                .arg(KeySpace::floor_field(namespace))
+                .arg(self.keys.channel())
+                .arg(message.head())
+                .arg(message.tail());
+        };
+        self.invoke_flagged(ns, &self.clear_namespace, args).await
     }
 
     /// The current stamp and the floors of the given namespaces, in order (0 when never
@@ -478,13 +407,19 @@ impl L2Tier {
                 .arg(meta)
                 .arg(KeySpace::EPOCH_FIELD)
                 .arg(KeySpace::VERSION_FIELD)
+                .arg(KeySpace::ROLLBACK_FLOOR_FIELD)
                 .arg(fields)
                 .query_async(&mut c)
                 .await?;
             let mut v = v.iter().map(|f| lenient_u64(f.as_deref()));
             let epoch = v.next().unwrap_or(0);
             let version = v.next().unwrap_or(0);
-            Ok((Stamp { version, epoch }, v.collect()))
+            // Every namespace's floor is at least the rollback floor.
+            let rollback = v.next().unwrap_or(0);
+            Ok((
+                Stamp { version, epoch },
+                v.map(|f| f.max(rollback)).collect(),
+            ))
         })
         .await
     }
@@ -497,57 +432,54 @@ impl L2Tier {
         let (version, epoch): (u64, u64) = self
             .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        self.epochs.observe(epoch);
+        self.epochs.observe(epoch, version);
         Ok(Stamp { version, epoch })
     }
 
-    /// Takes the fleet-wide load lock on a key for `ttl`, if free. Returns whether it was taken.
-    pub(crate) async fn try_lock(
+    /// [`invoke`](Self::invoke) of a flagged script, in its plain form on a Redis older than
+    /// 7 (which fails to compile the `#!lua` line: noticed at the first failure).
+    async fn invoke_flagged(
         &self,
-        ns: Target<'_>,
-        key: &str,
-        token: u64,
-        ttl: Duration,
-    ) -> L2Result<bool> {
-        let (namespace, ns) = (ns.name, Some(ns));
-        let k = &self.keys.lock_key(namespace, key);
-        self.call(ns, |mut c| async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(k)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms(ttl))
-                .query_async(&mut c)
-                .await?;
-            Ok(set.is_some())
-        })
-        .await
+        ns: Option<Target<'_>>,
+        script: &scripts::Flagged,
+        args: impl Fn(&mut redis::ScriptInvocation<'_>),
+    ) -> L2Result<Stamp> {
+        let (version, epoch): (u64, u64) = self.call_flagged(ns, script, args).await?;
+        self.epochs.observe(epoch, version);
+        Ok(Stamp { version, epoch })
     }
 
-    /// Releases a load lock if this caller still holds it (it may have expired and been taken
-    /// by another node meanwhile: that one is left alone).
-    pub(crate) async fn unlock(&self, ns: Target<'_>, key: &str, token: u64) -> L2Result<()> {
-        let (namespace, ns) = (ns.name, Some(ns));
-        let mut inv = self.unlock.prepare_invoke();
-        inv.key(self.keys.lock_key(namespace, key)).arg(token);
+    /// Runs a flagged script (see [`scripts::Flagged`]) and returns its raw reply.
+    pub(crate) async fn call_flagged<T: redis::FromRedisValue>(
+        &self,
+        ns: Option<Target<'_>>,
+        script: &scripts::Flagged,
+        args: impl Fn(&mut redis::ScriptInvocation<'_>),
+    ) -> L2Result<T> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let legacy = self.legacy.load(Relaxed);
+        let mut inv = script.pick(legacy).prepare_invoke();
+        args(&mut inv);
         let inv = &inv;
-        self.call(
-            ns,
-            |mut c| async move { inv.invoke_async::<u8>(&mut c).await },
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Whether a load lock is held on a key (by anyone).
-    pub(crate) async fn is_locked(&self, ns: Target<'_>, key: &str) -> L2Result<bool> {
-        let (namespace, ns) = (ns.name, Some(ns));
-        let k = &self.keys.lock_key(namespace, key);
-        self.call(ns, |mut c| async move {
-            redis::cmd("EXISTS").arg(k).query_async(&mut c).await
-        })
-        .await
+        let result = self
+            .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
+            .await;
+        match &result {
+            // Redis 6 reads `#!lua` as Lua: from now on the plain scripts (without the
+            // refusal on replicas and under OOM, or the leave to run under OOM, that Redis 7
+            // gives the flagged ones).
+            Err(L2Error::Redis(e)) if !legacy && e.to_string().contains("compiling") => {
+                tracing::warn!(target: "tiered_cache::l2", error = %e,
+                    "Redis cannot compile a #!lua script (older than 7): plain scripts from now on");
+                self.legacy.store(true, Relaxed);
+                let mut inv = script.pick(true).prepare_invoke();
+                args(&mut inv);
+                let inv = &inv;
+                self.call(ns, |mut c| async move { inv.invoke_async(&mut c).await })
+                    .await
+            }
+            _ => result,
+        }
     }
 
     /// True when Redis answers a PING within the timeout.
@@ -598,8 +530,11 @@ fn ttl_ms(ttl: Duration) -> u64 {
 pub(crate) mod connect;
 /// The epoch of the version counter, recorded from every reply.
 mod epoch;
+mod error;
+mod history;
 /// The bus's dedicated connections: the subscription and external-write tracking.
 pub(crate) mod link;
+mod lock;
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones in `scripts` and its calls go through `call`).
 pub(crate) mod multi;

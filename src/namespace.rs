@@ -193,9 +193,12 @@ where
     ///
     /// When Redis is unreachable (the breaker is open, or the call timed out or failed at the
     /// connection level) the write is queued in this node's outbox and replayed when Redis is
-    /// back, and `set` returns `Ok`; this node's L1 keeps the new value only in a namespace
+    /// back, and `set` returns `Ok`. One Redis refuses (an error reply: `READONLY`, `OOM`...)
+    /// is queued as an invalidation of the key instead (every node's copy, this one's too, is
+    /// dropped once Redis takes it). For a write queued as a value, this node's L1 keeps the new value only in a namespace
     /// built with [`unbounded_staleness`](crate::NamespacePolicy::unbounded_staleness), and
-    /// drops its copy elsewhere. See the README's degraded mode for the conflict rule.
+    /// drops its copy elsewhere. Its replay never lands over a write another node made
+    /// meanwhile (the key is invalidated instead): see docs/degraded-mode.md.
     ///
     /// With [strict](EntryOptions::strict) writes it returns `Err(Unavailable)` instead: this
     /// node's L1 no longer holds the key, and whether Redis and the other nodes saw the write
@@ -218,8 +221,9 @@ where
     /// Removes a key from Redis and from every node's L1.
     ///
     /// Redis keeps a small tombstone for the namespace's L2 TTL, so a load that started before
-    /// this call cannot write its older value back. While Redis is unreachable the invalidation
-    /// is queued and replayed (always safe) and this returns `Ok`, unless writes are
+    /// this call cannot write its older value back. It runs even when Redis 7 is out of memory.
+    /// While Redis is unreachable, or refuses it (`READONLY`...), the invalidation is queued
+    /// and retried until it lands (always safe) and this returns `Ok`, unless writes are
     /// [strict](EntryOptions::strict).
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         self.invalidate_strings(vec![key_string(key)], "invalidate")
@@ -236,8 +240,8 @@ where
     /// is scanned. Values written before the call are marked dead by the namespace's floor and
     /// expire with their TTL.
     ///
-    /// While Redis is unreachable the clear is queued (it supersedes this namespace's queued
-    /// keys) and replayed, and this returns `Ok`, unless writes are
+    /// While Redis is unreachable, or refuses it, the clear is queued (it supersedes this
+    /// namespace's queued keys) and retried until it lands, and this returns `Ok`, unless writes are
     /// [strict](EntryOptions::strict).
     pub async fn invalidate_namespace(&self) -> Result<()> {
         crate::write::clear(self.cache.shared(), &self.core, self.is_strict()).await

@@ -2,7 +2,8 @@
 //! through the normal write scripts (so every other node evicts) once it answers again.
 //!
 //! A `set`, `invalidate` or `invalidate_namespace` (or a batch `set` or `invalidate`) that finds
-//! the breaker open, or whose call times out or fails at the connection level, is queued here
+//! the breaker open, whose call times out or fails at the connection level, or that Redis
+//! refuses with an error reply (a refused `set` as an invalidation of its key), is queued here
 //! instead of failing its caller (unless the caller asked for strict writes). Tagged calls are
 //! queued as what they are sure to cover, since a replay cannot carry tags: a tagged `set` or
 //! batch `set` as an invalidation of each key (its value is given up, counted
@@ -26,8 +27,10 @@
 //! **Replay** is tried when something is queued, when the breaker closes, when the subscriber
 //! has resubscribed, and every cool-down while anything is queued, whenever the breaker would
 //! let a call through. One operation is in flight at a time; within a
-//! namespace a queued clear goes first. A replay that finds Redis unreachable again puts the
-//! operation back unless something newer replaced it meanwhile. A replayed write keeps what
+//! namespace a queued clear goes first. A replay that finds Redis unreachable again, or that
+//! Redis refuses (READONLY, OOM, a script error), puts the operation back unless something
+//! newer replaced it meanwhile: nothing queued is given up. A refused write is replayed as
+//! its key's invalidation (which runs even under OOM). A replayed write keeps what
 //! was left of its L2 TTL; one older than the TTL is replayed as an invalidation.
 //!
 //! **Order with new calls.** While a namespace has anything queued or in flight, a new write
@@ -38,9 +41,10 @@
 //! if it fails). A tagged write does the same; if Redis then proves unreachable, what it took out
 //! goes back and the invalidations it queues replace it (newest per key, as always).
 //!
-//! **Conflicts.** Redis orders replays after whatever other nodes wrote during the outage:
-//! a replayed write overwrites a newer write made elsewhere meanwhile (last replayed writer
-//! wins). Invalidations and clears are always safe to replay. The outbox lives in process
+//! **Conflicts.** A queued write carries what this node had seen of Redis when it was queued;
+//! its replay stores the value only over nothing newer, and tombstones the key otherwise (see
+//! `l2::scripts::REPLAY_WRITE`), so a replay never lands over a write made elsewhere
+//! meanwhile. Invalidations and clears are always safe to replay. The outbox lives in process
 //! memory: a process that exits before Redis is back loses it.
 //!
 //! Here: the handle, and the guard a strict call holds while it goes around the queue;
@@ -86,11 +90,7 @@ pub(crate) struct StrictGuard<'a> {
 
 impl StrictGuard<'_> {
     fn landed(mut self, ok: bool) {
-        let fate = if ok {
-            Fate::Superseded
-        } else {
-            Fate::Unreachable
-        };
+        let fate = if ok { Fate::Superseded } else { Fate::Retry };
         for t in std::mem::take(&mut self.claimed.taken) {
             self.claimed.outbox.finish(self.core, t, fate);
         }
@@ -167,6 +167,19 @@ impl Outbox {
             return false;
         }
         self.lock().namespaces.get(ns).is_some_and(|q| !q.is_idle())
+    }
+
+    /// Whether a queued (or in-flight) operation covers `key`: its own, a clear of its
+    /// namespace, or one being replayed there. Redis's copy of such a key is older than what
+    /// this node has acknowledged, so reads here must not serve it (see `remote.rs`).
+    pub(crate) fn holds(&self, ns: &str, key: &str) -> bool {
+        if self.len() == 0 {
+            return false;
+        }
+        self.lock()
+            .namespaces
+            .get(ns)
+            .is_some_and(|q| q.clear.is_some() || q.in_flight > 0 || q.keys.contains_key(key))
     }
 
     /// Holds operations a caller took out: they go back if it is dropped before finishing

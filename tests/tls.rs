@@ -235,10 +235,16 @@ async fn a_wrong_ca_or_a_plaintext_client_fails_fast_with_a_clear_error() {
         .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
     assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
-    // Redis waits for the rest of what it takes for a TLS record: to this client it is a
-    // server that never answers, so the call ends at its timeout, bounded, not hung.
+    // Redis waits for the rest of what it takes for a TLS record (to this client a server
+    // that never answers: the call ends at its timeout), or drops the connection on the bytes
+    // it cannot read: either way bounded, not hung, and said.
     let source = format!("{:?}", std::error::Error::source(&e));
-    assert!(source.contains("no answer within"), "{source}");
+    assert!(
+        source.contains("no answer within")
+            || source.contains("reset")
+            || source.contains("closed"),
+        "{source}"
+    );
 
     // TLS files with a plaintext URL: a configuration error at build().
     let e = builder(&[])

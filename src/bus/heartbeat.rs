@@ -21,9 +21,20 @@ pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
     loop {
         tick.tick().await;
         // Read the clock before sending: the proof covers what was published up to here.
-        let message = Outgoing::heartbeat(shared.node_id, shared.bus.now_ms());
-        // A failure is the breaker's business; the watchdog notices the missing proof.
-        let _ = shared.l2.heartbeat(&message).await;
+        let sent = shared.bus.now_ms();
+        shared.bus.sending(sent);
+        let message = Outgoing::heartbeat(shared.node_id, sent);
+        // A failure is the breaker's business; the watchdog notices the missing proof, and
+        // reads notice Redis not taking writes (see `read/remote.rs`).
+        if shared.l2.heartbeat(&message).await.is_ok() {
+            // Redis takes writes again after a stall: what is queued should land now, not at
+            // the next retry, since every node holds off Redis's copy only for a grace.
+            if shared.bus.written_at(sent) && shared.outbox.len() > 0 {
+                shared.outbox.wake.notify_one();
+            }
+        } else {
+            shared.bus.heartbeat_failed();
+        }
         if gauges_at.elapsed() >= GAUGES_EVERY {
             gauges_at = std::time::Instant::now();
             for ns in shared.namespaces() {

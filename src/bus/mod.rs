@@ -26,13 +26,12 @@ pub(crate) use watchdog::spawn_watchdog;
 
 use crate::codec::unix_ms;
 use crate::engine::{BusState, Engine};
-use crate::l2::L2Error;
+use crate::l2::{L2Error, Stamp};
 use crate::wire::{decode, Incoming, Scope};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-/// The fraction of a staleness bound after which the watchdog stops trusting L1.
-pub(crate) const TRIP_AT: f64 = 0.7;
+pub(crate) use crate::engine::TRIP_AT;
 
 /// What the subscriber must do after a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +66,12 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
     if shared.epoch_changed(msg.epoch) {
         shared.suspect();
         return After::Resync;
+    }
+    // Other nodes' versions count too, so this node's next draw is above theirs; a message
+    // without an epoch (no library publisher sends one) is no evidence. Only the library's
+    // ACL user can publish here (see the README), or a forged version could raise the floor.
+    if msg.epoch != 0 {
+        shared.l2.epochs().saw(msg.version);
     }
     let order = sequence(&shared.bus, &msg);
     apply_scope(shared, &msg);
@@ -159,7 +164,10 @@ fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
             Order::InSequence
         };
     }
-    bus.last_version.store(msg.version, SeqCst);
+    bus.advance(Stamp {
+        version: msg.version,
+        epoch: msg.epoch,
+    });
     if msg.version > last + 1 {
         Order::Gap(msg.version - last - 1)
     } else {
@@ -180,13 +188,38 @@ pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> 
 async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
     let names: Vec<&str> = shared.namespaces.iter().map(|n| n.name.as_str()).collect();
     let before: Vec<u64> = shared.namespaces.iter().map(|n| n.floor()).collect();
-    let (stamp, floors) = shared.l2.floors(&names).await?;
+    // Read first: every version it holds was drawn before the counter is read below, so a
+    // write landing meanwhile cannot pass for a history gone back.
+    let highest = shared.l2.epochs().highest();
+    let (mut stamp, mut floors) = shared.l2.floors(&names).await?;
+    if stamp.version < highest {
+        // Redis's counter is behind a version it reported before: its history went back (a
+        // restore from an older snapshot, a lagging replica promoted, the meta hash lost while
+        // values survive). What it holds from before may be older than what was written
+        // since, and nothing says which keys: every namespace is cleared above every version
+        // ever seen, so its old values are misses and the loaders answer.
+        tracing::warn!(target: "tiered_cache::cache", counter = stamp.version, highest,
+            "redis's version counter is behind one it reported before (restored, a lagging \
+             replica promoted, or its meta hash gone with a restart or a flush): holding every \
+             namespace's floor above it");
+        if let Err(e) = shared.l2.raise_counter(highest).await {
+            // Refused (a replica, say): this node at least holds its own floors above the old
+            // history; the next resync that can write repairs Redis.
+            tracing::warn!(target: "tiered_cache::cache", error = %e,
+                "could not repair redis's version counter; holding this node's floors above it");
+            for ns in &shared.namespaces {
+                ns.raise_floor(highest + 1);
+            }
+        }
+        shared.bus.metrics.rollbacks.inc();
+        (stamp, floors) = shared.l2.floors(&names).await?;
+    }
     // Counted once it happens: an attempt Redis did not answer cleared nothing.
     shared.bus.metrics.resyncs.inc();
     shared.l2.epochs().adopt(stamp.epoch);
     // Everything published up to here is either already delivered or on its way, behind
     // the subscription just confirmed: the sequence continues from this version.
-    shared.bus.last_version.store(stamp.version, SeqCst);
+    shared.bus.advance(stamp);
     shared.bus.resync_version.store(stamp.version, SeqCst);
     shared.bus.past_resync.store(false, SeqCst);
     for ((ns, floor), before) in shared.namespaces.iter().zip(floors).zip(before) {

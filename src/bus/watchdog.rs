@@ -39,7 +39,10 @@ pub(crate) fn spawn_watchdog(shared: &Arc<Engine>) -> Option<std::thread::JoinHa
             for ns in shared.namespaces() {
                 if let Some(bound) = ns.policy.staleness_bound {
                     let trip = bound.mul_f64(TRIP_AT);
-                    ns.set_bypass(age.is_none_or(|age| age + tick > trip), age);
+                    // Redis not taking writes (a pause, a demotion) distrusts L1 as well:
+                    // invalidations other nodes queued meanwhile have not reached it.
+                    let stuck = shared.bus.writes_stuck(bound);
+                    ns.set_bypass(stuck || age.is_none_or(|age| age + tick > trip), age);
                 }
             }
             // A suspicion raised while deciding must not be overwritten by the decision.

@@ -16,6 +16,11 @@ type Hook = Box<dyn Fn(u64, u64) + Send + Sync>;
 pub(crate) struct Epochs {
     /// 0 until Redis first reports one.
     current: AtomicU64,
+    /// The highest version Redis has reported to this node, in any epoch: a counter found
+    /// below it is history going back (see `bus::resync`).
+    highest: AtomicU64,
+    /// The highest version reported in the current epoch, with it.
+    latest: std::sync::Mutex<crate::l2::Stamp>,
     gauge: Gauge,
     on_change: OnceLock<Hook>,
 }
@@ -24,6 +29,8 @@ impl Epochs {
     pub(crate) fn new() -> Self {
         Self {
             current: AtomicU64::new(0),
+            highest: AtomicU64::new(0),
+            latest: std::sync::Mutex::new(crate::l2::Stamp::default()),
             gauge: gauge!("tiered_cache_bus_epoch"),
             on_change: OnceLock::new(),
         }
@@ -48,8 +55,37 @@ impl Epochs {
         (prev != 0 && prev != epoch).then_some(prev)
     }
 
-    /// Records an epoch from a reply, calling the hook when it changed.
-    pub(crate) fn observe(&self, epoch: u64) {
+    /// Records a version Redis reported (a reply, a message).
+    pub(crate) fn saw(&self, version: u64) {
+        self.highest.fetch_max(version, SeqCst);
+    }
+
+    /// The highest version Redis has reported to this node.
+    pub(crate) fn highest(&self) -> u64 {
+        self.highest.load(SeqCst)
+    }
+
+    /// The highest version a reply reported in the current epoch.
+    pub(crate) fn latest(&self) -> crate::l2::Stamp {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch recorded (0: none yet).
+    pub(crate) fn current(&self) -> u64 {
+        self.current.load(SeqCst)
+    }
+
+    /// Records a stamp from a reply, calling the hook when its epoch changed.
+    pub(crate) fn observe(&self, epoch: u64, version: u64) {
+        self.saw(version);
+        if epoch != 0 {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            if latest.epoch != epoch {
+                *latest = crate::l2::Stamp { version, epoch };
+            } else if latest.version < version {
+                latest.version = version;
+            }
+        }
         if let Some(prev) = self.replace(epoch) {
             if let Some(hook) = self.on_change.get() {
                 hook(prev, epoch);

@@ -13,7 +13,7 @@
 //! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
 //! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
 
-use super::{codec, new_epoch, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
+use super::{codec, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
 use crate::wire::Outgoing;
 use redis::Script;
 use std::sync::LazyLock;
@@ -33,7 +33,7 @@ end
 // by the caller, as for INVALIDATE).
 const WRITE_MANY: &str = r"
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = draw()
 local n = tonumber(ARGV[5])
 local ver = struct.pack('>I8', v)
 local longest = 1
@@ -92,7 +92,7 @@ return r
 // message. Returns {version, epoch, {keys of each namespace, without the prefix}}.
 const INVALIDATE_TAG: &str = r"
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = draw()
 local tomb = ARGV[2] .. struct.pack('>I8', v)
 local parts, sections, evicted = {}, 0, {}
 for i = 1, (#KEYS - 1) / 2 do
@@ -129,8 +129,9 @@ static TAGGED_FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
         "{TAG_HELPERS}{TAGGED_FILL_HEAD}{FILL}{TAGGED_FILL_TAIL}"
     ))
 });
-static INVALIDATE_TAG_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| script(&format!("{TAG_HELPERS}{INVALIDATE_TAG}")));
+static INVALIDATE_TAG_SCRIPT: LazyLock<super::scripts::Flagged> = LazyLock::new(|| {
+    super::scripts::invalidating_script(&format!("{TAG_HELPERS}{INVALIDATE_TAG}"))
+});
 
 /// What a batch read (`get_many`) read: the raw envelopes, in key order, and when asked, the version counter
 /// read right after them (what a load notes before calling its loader).
@@ -175,7 +176,7 @@ impl L2Tier {
         .await
         .inspect(|(_, stamp)| {
             if let Some(stamp) = stamp {
-                self.epochs.observe(stamp.epoch);
+                self.epochs.observe(stamp.epoch, stamp.version);
             }
         })
     }
@@ -204,7 +205,7 @@ impl L2Tier {
         for t in tags {
             inv.key(self.keys.tag_key(namespace, t));
         }
-        inv.arg(new_epoch())
+        inv.arg(self.first_arg())
             .arg(self.keys.channel())
             .arg(message.head())
             .arg(message.tail())
@@ -258,31 +259,29 @@ impl L2Tier {
         message: &Outgoing,
     ) -> L2Result<(Stamp, Vec<Vec<String>>)> {
         let namespaces: Vec<(&str, Duration)> = targets.iter().map(|(t, d)| (t.name, *d)).collect();
-        let mut inv = INVALIDATE_TAG_SCRIPT.prepare_invoke();
-        inv.key(self.keys.meta_key());
-        for (ns, _) in &namespaces {
-            inv.key(self.keys.tag_key(ns, tag))
-                .key(self.keys.tag_floor_key(ns, tag));
-        }
-        inv.arg(new_epoch())
-            .arg(&codec::tombstone_head()[..])
-            .arg(self.keys.channel())
-            .arg(message.head())
-            .arg(message.tail());
-        for (ns, ttl) in &namespaces {
-            inv.arg(self.keys.value_key(ns, ""))
-                .arg(ttl_ms(*ttl))
-                .arg(Outgoing::section_head(ns));
-        }
-        let inv = &inv;
-        let called = self
-            .call(None, |mut c| async move { inv.invoke_async(&mut c).await })
-            .await;
+        let args = |inv: &mut redis::ScriptInvocation<'_>| {
+            inv.key(self.keys.meta_key());
+            for (ns, _) in &namespaces {
+                inv.key(self.keys.tag_key(ns, tag))
+                    .key(self.keys.tag_floor_key(ns, tag));
+            }
+            inv.arg(self.first_arg())
+                .arg(&codec::tombstone_head()[..])
+                .arg(self.keys.channel())
+                .arg(message.head())
+                .arg(message.tail());
+            for (ns, ttl) in &namespaces {
+                inv.arg(self.keys.value_key(ns, ""))
+                    .arg(ttl_ms(*ttl))
+                    .arg(Outgoing::section_head(ns));
+            }
+        };
+        let called = self.call_flagged(None, &INVALIDATE_TAG_SCRIPT, args).await;
         if let Err(e) = &called {
             targets.iter().for_each(|(t, _)| t.count(e));
         }
         let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = called?;
-        self.epochs.observe(epoch);
+        self.epochs.observe(epoch, version);
         Ok((Stamp { version, epoch }, keys))
     }
 }

@@ -13,14 +13,40 @@ use redis::Script;
 // was created (a new, flushed or restarted Redis) installs it. Every write returns
 // {version, epoch}, and every message carries both, so a node notices when the counter starts
 // over and resynchronises instead of comparing versions across incarnations.
+//
+// ARGV[1] is `candidate:least`: with the candidate epoch, the highest version this node has
+// seen. A draw never returns a version at or below it, so the counter never goes back behind
+// what any node saw: after a restore, a lagging replica's promotion or the loss of the meta
+// hash, versions drawn afterwards stay comparable with everything before. A draw that has to
+// jump found such a history: it sets `rollback_floor` above it, a floor of every namespace
+// (`floor_of`), so no value from before can pass for live; the jump is a hole every node's
+// sequence sees, and their resync reads it.
 const PREAMBLE: &str = r"
+local candidate, least = string.match(ARGV[1], '^(%d+):(%d+)$')
+if not candidate then candidate, least = ARGV[1], '0' end
+least = tonumber(least)
 local function epoch()
   local e = redis.call('HGET', KEYS[1], 'epoch')
   if not e then
-    redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
-    e = ARGV[1]
+    redis.call('HSET', KEYS[1], 'epoch', candidate)
+    e = candidate
   end
   return tonumber(e)
+end
+local function draw()
+  local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+  if v <= least then
+    v = least + 1
+    redis.call('HSET', KEYS[1], 'version', v)
+    local rf = tonumber(redis.call('HGET', KEYS[1], 'rollback_floor') or '0') or 0
+    if rf < v then redis.call('HSET', KEYS[1], 'rollback_floor', v) end
+  end
+  return v
+end
+local function floor_of(field)
+  local f = tonumber(redis.call('HGET', KEYS[1], field) or '0') or 0
+  local rf = tonumber(redis.call('HGET', KEYS[1], 'rollback_floor') or '0') or 0
+  return math.max(f, rf)
 end
 local function stamp(v, e)
   return struct.pack('>I8', v) .. struct.pack('>I8', e)
@@ -31,17 +57,60 @@ end
 // message tail.
 pub(super) const WRITE: &str = r"
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = draw()
 redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7])
 return {v, e}
+";
+
+// The replay of a write queued while Redis was unreachable. KEYS: meta, value key. ARGV:
+// epoch, envelope head, payload, ttl ms, channel, message head, message tail, the version and
+// epoch the queuing node had seen when it queued the write, floor field, tombstone head, the
+// version and epoch of a clear this node queued before the write and has landed (0 0: none),
+// the tombstone's ttl ms.
+// The value is stored only if nothing newer than that knowledge touched the key: no write or
+// tombstone of it with a higher version, no clear of its namespace after it other than the
+// node's own, and the same history: in another epoch, or once a rollback was found after the
+// write was queued (`rollback_floor` above what it knew), any stored version is taken as
+// newer, so only a key nobody holds takes it. Otherwise the key is tombstoned instead (kept
+// the namespace's L2 TTL, as by INVALIDATE): a replay never lands over a write it did not
+// know of, and a tombstone is safe whichever of the two was newer. Both publish. Returns
+// {version, epoch, 1 if stored | 0 if tombstoned}.
+pub(super) const REPLAY_WRITE: &str = r"
+local e = epoch()
+local known = tonumber(ARGV[8])
+local rf = tonumber(redis.call('HGET', KEYS[1], 'rollback_floor') or '0') or 0
+if e ~= tonumber(ARGV[9]) or rf > known then known = 0 end
+local own = 0
+if e == tonumber(ARGV[13]) then own = tonumber(ARGV[12]) end
+local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[10]) or '0') or 0
+local newer = floor > math.max(known, own)
+if not newer then
+  local cur = redis.call('GET', KEYS[2])
+  if cur then
+    if string.byte(cur, 1) == 193 and string.byte(cur, 2) == 1 and string.len(cur) >= 11 then
+      newer = struct.unpack('>I8', cur, 4) > known
+    else
+      -- Bytes this build cannot date: not overwritten by a value.
+      newer = true
+    end
+  end
+end
+local v = draw()
+if newer then
+  redis.call('SET', KEYS[2], ARGV[11] .. struct.pack('>I8', v), 'PX', ARGV[14])
+else
+  redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7])
+return {v, e, newer and 0 or 1}
 ";
 
 // KEYS: meta, value keys... ARGV: epoch, tombstone head, ttl ms, channel, message head,
 // message tail.
 pub(super) const INVALIDATE: &str = r"
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = draw()
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], ARGV[2] .. struct.pack('>I8', v), 'PX', ARGV[3])
 end
@@ -52,7 +121,7 @@ return {v, e}
 // KEYS: meta. ARGV: epoch, floor field, channel, message head, message tail.
 pub(super) const CLEAR_NAMESPACE: &str = r"
 local e = epoch()
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local v = draw()
 redis.call('HSET', KEYS[1], ARGV[2], v)
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5])
 return {v, e}
@@ -68,7 +137,7 @@ pub(super) const FILL: &str = r"
 local cur_e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
 if cur_e ~= tonumber(ARGV[3]) then return {0, 0, cur_e} end
 local seen = tonumber(ARGV[2])
-local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[7]) or '0') or 0
+local floor = floor_of(ARGV[7])
 if floor > seen then return {0, 0, cur_e} end
 local cur = redis.call('GET', KEYS[2])
 if cur and string.byte(cur, 1) == 193 then
@@ -97,6 +166,20 @@ redis.call('SET', KEYS[2], ARGV[4] .. struct.pack('>I8', v) .. ARGV[5], 'PX', AR
 return {1, v, e}
 ";
 
+// The repair of a history that went back, found by a resync before any draw did. KEYS: meta.
+// ARGV: the highest version this node has seen. Raises the counter to it and `rollback_floor`
+// above it (values of the old history are dead; versions drawn since are above it, see
+// PREAMBLE's `draw`). Publishes nothing: the counter's jump is a hole every other node's
+// sequence sees, and their resync reads the floor. Returns the counter as it was.
+pub(super) const RAISE_COUNTER: &str = r"
+local least = tonumber(ARGV[1])
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+if v < least then redis.call('HSET', KEYS[1], 'version', least) end
+local rf = tonumber(redis.call('HGET', KEYS[1], 'rollback_floor') or '0') or 0
+if rf <= least then redis.call('HSET', KEYS[1], 'rollback_floor', least + 1) end
+return v
+";
+
 // KEYS: lock. ARGV: token. Deletes the lock only if this caller still holds it.
 pub(super) const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -116,10 +199,34 @@ pub(super) fn script(body: &str) -> Script {
     Script::new(&format!("{PREAMBLE}{body}"))
 }
 
-/// A script Redis runs only where it could write: with a `#!lua` line and no `no-writes`
-/// flag, Redis 7 refuses it on a read-only replica (READONLY) and under `noeviction` with
-/// memory full (OOM) before running it, so a heartbeat stops vouching for a node whose writes
-/// would be refused, and a node left on a demoted primary hears READONLY and moves.
-pub(super) fn writing_script(body: &str) -> Script {
-    Script::new(&format!("#!lua\n{PREAMBLE}{body}"))
+/// A script in two forms: with a `#!lua` line, whose flags Redis 7 honours, and plain, for a
+/// Redis older than 7 (which cannot compile the line; the tier falls back at the first
+/// compile failure and loses only what the flags gave).
+pub(crate) struct Flagged {
+    modern: Script,
+    legacy: Script,
+}
+
+impl Flagged {
+    pub(crate) fn pick(&self, legacy: bool) -> &Script {
+        if legacy {
+            &self.legacy
+        } else {
+            &self.modern
+        }
+    }
+}
+
+/// An invalidation (or the heartbeat): with a `#!lua` line and no `no-writes` flag, Redis 7
+/// refuses it on a read-only replica (READONLY) before running it, so a heartbeat stops
+/// vouching for a node left on a demoted primary, which hears READONLY and moves. But it
+/// runs under `noeviction` with memory full (`allow-oom`): a tombstone or a floor is a few
+/// bytes, and an invalidation Redis refused would leave the old value served everywhere
+/// (Redis lets a plain `DEL` through when full for the same reason); since invalidations
+/// land, so does the heartbeat that vouches for them.
+pub(crate) fn invalidating_script(body: &str) -> Flagged {
+    Flagged {
+        modern: Script::new(&format!("#!lua flags=allow-oom\n{PREAMBLE}{body}")),
+        legacy: script(body),
+    }
 }

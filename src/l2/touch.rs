@@ -35,7 +35,8 @@ end
 local ver = struct.unpack('>I8', cur, 4)
 if ARGV[1] ~= '' and ver ~= tonumber(ARGV[1]) then return {0, ver, 0} end
 local floor = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0') or 0
-if ver < floor then return {0, ver, 0} end
+local rf = tonumber(redis.call('HGET', KEYS[1], 'rollback_floor') or '0') or 0
+if ver < math.max(floor, rf) then return {0, ver, 0} end
 local exp = struct.unpack('>I8', cur, 12)
 if exp <= tonumber(ARGV[4]) then return {0, ver, 0} end
 local new = tonumber(ARGV[2])

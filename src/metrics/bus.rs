@@ -14,6 +14,8 @@ pub(crate) struct BusMetrics {
     pub(crate) gaps: Tally,
     /// Resynchronisations (after any subscription, gap, unreadable message, new epoch).
     pub(crate) resyncs: Tally,
+    /// Resyncs that found Redis's history gone back and cleared every namespace.
+    pub(crate) rollbacks: Tally,
     /// Messages known lost: the sum of the holes in the version sequence.
     pub(crate) lost: Tally,
     pub(crate) connected: Gauge,
@@ -31,6 +33,7 @@ impl BusMetrics {
             malformed: ev("malformed"),
             gaps: ev("gap"),
             resyncs: ev("resync"),
+            rollbacks: ev("rollback"),
             lost: Tally::new(counter!("tiered_cache_invalidations_lost_total")),
             connected: {
                 let g = gauge!("tiered_cache_bus_connected");

@@ -77,6 +77,8 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) l1_miss: Tally,
     pub(crate) l2_hit: Tally,
     pub(crate) l2_miss: Tally,
+    /// Reads that skipped Redis: its copy could not be vouched for (see `remote.rs`).
+    pub(crate) l2_bypass: Tally,
     pub(crate) l2_error: Tally,
     pub(crate) loader_ok: Tally,
     pub(crate) loader_error: Tally,
@@ -145,6 +147,7 @@ impl NamespaceMetrics {
             l1_miss: req("l1", "miss"),
             l2_hit: req("l2", "hit"),
             l2_miss: req("l2", "miss"),
+            l2_bypass: req("l2", "bypass"),
             l2_error: req("l2", "error"),
             loader_ok: req("loader", "hit"),
             loader_error: req("loader", "error"),

@@ -5,6 +5,7 @@
 use super::Outbox;
 use crate::codec::Encoded;
 use crate::l1::L1Entry;
+use crate::l2::{Known, Stamp};
 use crate::space::NamespaceCore;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -12,14 +13,16 @@ use std::time::Instant;
 /// A queued operation on one key.
 #[derive(Debug)]
 pub(super) enum KeyOp {
-    Write(Encoded),
+    /// A value, and what this node had seen of Redis when it was queued: the replay stores it
+    /// only over nothing newer (see `l2::scripts::REPLAY_WRITE`).
+    Write(Encoded, Known),
     Invalidate,
 }
 
 impl KeyOp {
     pub(super) fn bytes(&self) -> usize {
         match self {
-            KeyOp::Write(e) => e.body.len(),
+            KeyOp::Write(e, _) => e.body.len(),
             KeyOp::Invalidate => 0,
         }
     }
@@ -78,10 +81,25 @@ impl Outbox {
         &self,
         core: &NamespaceCore,
         key: String,
-        bytes: Encoded,
+        (bytes, known): (Encoded, Known),
         local: Option<L1Entry>,
     ) {
-        self.enqueue_key(core, key, KeyOp::Write(bytes), local);
+        self.enqueue_key(core, key, KeyOp::Write(bytes, known), local);
+    }
+
+    /// A queued clear of `ns` landed at `stamp`: the writes queued after it were issued after
+    /// it, so their replay need not take that clear for a newer write (their knowledge of the
+    /// keys themselves stays what it was).
+    pub(crate) fn cleared(&self, ns: &str, stamp: Stamp) {
+        let mut st = self.lock();
+        let Some(q) = st.namespaces.get_mut(ns) else {
+            return;
+        };
+        for queued in q.keys.values_mut() {
+            if let KeyOp::Write(_, known) = &mut queued.op {
+                known.own_clear = stamp;
+            }
+        }
     }
 
     /// Queues an invalidation of one key (this node's copy is dropped).
@@ -114,7 +132,7 @@ impl Outbox {
             m.dropped.inc();
             op = KeyOp::Invalidate;
         }
-        let is_write = matches!(op, KeyOp::Write(_));
+        let is_write = matches!(op, KeyOp::Write(..));
         if let Some(old) = q.keys.get_mut(&key) {
             st.bytes = st.bytes - old.op.bytes() + op.bytes();
             *old = Queued {
@@ -129,7 +147,7 @@ impl Outbox {
             for (_, old) in q.keys.drain() {
                 st.bytes -= old.op.bytes();
                 st.keys -= 1;
-                if matches!(old.op, KeyOp::Write(_)) {
+                if matches!(old.op, KeyOp::Write(..)) {
                     m.dropped.inc();
                 } else {
                     m.superseded.inc();

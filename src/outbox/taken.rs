@@ -23,6 +23,8 @@ pub(crate) enum Taken {
         ns: String,
         key: String,
         bytes: Encoded,
+        /// What this node had seen of Redis when it queued the write.
+        known: crate::l2::Known,
         seq: u64,
         at: Instant,
     },
@@ -53,10 +55,9 @@ impl Taken {
 pub(crate) enum Fate {
     /// Reached Redis. `expired`: a write older than its TTL, replayed as an invalidation.
     Landed { expired: bool },
-    /// Redis answered with an error: given up.
-    Refused,
-    /// Redis could not be reached: back into the queue, unless replaced meanwhile.
-    Unreachable,
+    /// Redis could not be reached, or refused it (READONLY, OOM...): back into the queue,
+    /// unless replaced meanwhile, to be retried. Nothing queued is ever given up.
+    Retry,
     /// A strict call's own operation reached Redis and replaced it.
     Superseded,
 }
@@ -109,12 +110,15 @@ impl Outbox {
         claimed
     }
 
-    /// Takes the next operation to replay: a namespace's clear before its keys; invalidations
-    /// of one namespace batched.
-    pub(crate) fn take_next(&self) -> Option<Taken> {
+    /// Takes the next operation to replay, from a namespace not in `skip`: a namespace's clear
+    /// before its keys; invalidations of one namespace batched.
+    pub(crate) fn take_next(&self, skip: &[String]) -> Option<Taken> {
         let mut guard = self.lock();
         let st = &mut *guard;
         for (name, q) in st.namespaces.iter_mut() {
+            if skip.contains(name) {
+                continue;
+            }
             if let Some(c) = q.clear.take() {
                 q.in_flight += 1;
                 return Some(Taken::Clear {
@@ -125,7 +129,7 @@ impl Outbox {
             let write = q
                 .keys
                 .iter()
-                .find(|(_, o)| matches!(o.op, KeyOp::Write(_)))
+                .find(|(_, o)| matches!(o.op, KeyOp::Write(..)))
                 .map(|(k, _)| k.clone());
             if let Some(k) = write {
                 let old = q.keys.remove(&k).expect("found");
@@ -164,15 +168,11 @@ impl Outbox {
                 }
                 self.forget(&mut st, &taken);
             }
-            Fate::Refused => {
-                m.dropped.add(taken.ops());
-                self.forget(&mut st, &taken);
-            }
             Fate::Superseded => {
                 m.superseded.add(taken.ops());
                 self.forget(&mut st, &taken);
             }
-            Fate::Unreachable => self.restore(&mut st, taken, Some(m)),
+            Fate::Retry => self.restore(&mut st, taken, Some(m)),
         }
         self.publish_len(&st);
     }
@@ -224,6 +224,7 @@ impl Outbox {
             Taken::Write {
                 key,
                 bytes,
+                known,
                 seq,
                 at,
                 ..
@@ -236,7 +237,7 @@ impl Outbox {
                     q.keys.insert(
                         key,
                         Queued {
-                            op: KeyOp::Write(bytes),
+                            op: KeyOp::Write(bytes, known),
                             seq,
                             at,
                         },
@@ -266,10 +267,11 @@ impl Outbox {
 
 fn taken_key(ns: &str, key: String, old: Queued<KeyOp>) -> Taken {
     match old.op {
-        KeyOp::Write(bytes) => Taken::Write {
+        KeyOp::Write(bytes, known) => Taken::Write {
             ns: ns.to_owned(),
             key,
             bytes,
+            known,
             seq: old.seq,
             at: old.at,
         },
@@ -283,7 +285,6 @@ fn taken_key(ns: &str, key: String, old: Queued<KeyOp>) -> Taken {
 pub(crate) fn fate_of(outcome: &Result<bool, L2Error>) -> Fate {
     match outcome {
         Ok(expired) => Fate::Landed { expired: *expired },
-        Err(e) if e.is_unreachable() => Fate::Unreachable,
-        Err(_) => Fate::Refused,
+        Err(_) => Fate::Retry,
     }
 }

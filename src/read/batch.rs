@@ -200,11 +200,29 @@ impl Reads<'_> {
             keys = keys.len(), hits = tracing::field::Empty);
         // One latency observation per MGET, with the decodes, as `get` has one per GET.
         let start = std::time::Instant::now();
+        // While a resync is due, Redis's history is checked after the values (as `get` does
+        // in its round trip): a history gone back makes them all misses.
+        let checked = core.policy.staleness_bound.is_some() && shared.bus.resync_pending();
+        let highest = shared.l2.epochs().highest();
         let read = shared
             .l2
             .get_many(core.target(), &keys, stamp)
             .instrument(span.clone())
             .await;
+        let read = match (read, checked) {
+            (Ok((values, seen)), true) => match shared.l2.check_history(highest).await {
+                Ok(c) if c.intact => {
+                    core.raise_floor(c.rollback_floor);
+                    Ok((values, seen))
+                }
+                Ok(_) => {
+                    core.metrics.l2_bypass.add(keys.len() as u64);
+                    Ok((vec![None; keys.len()], seen))
+                }
+                Err(e) => Err(e),
+            },
+            (read, _) => read,
+        };
         let (values, seen) = match read {
             Ok(read) => read,
             Err(_) => {
@@ -219,8 +237,11 @@ impl Reads<'_> {
         let mut expired = vec![None; pending.len()];
         for (i, (p, bytes)) in pending.iter().zip(values).enumerate() {
             let read = match bytes {
-                Some(bytes) => remote::judge_l2::<V>(core, shared, &bytes).await,
-                None => {
+                // Held in this node's outbox: Redis's copy is older (as for `get`).
+                Some(bytes) if remote::vouched(core, shared, &p.string) => {
+                    remote::judge_l2::<V>(core, shared, &bytes).await
+                }
+                _ => {
                     core.metrics.l2_miss.inc();
                     L2Read::Miss
                 }

@@ -63,7 +63,29 @@ pub(super) async fn peek_l2<V: DeserializeOwned>(
         key_hash = key_hash(key), outcome = Empty);
     let read = async {
         let start = Instant::now();
-        let (read, asked) = match shared.l2.get(core.target(), key).await {
+        // While a resync is due (the subscriber reconnects, perhaps to a restarted Redis), a
+        // bounded namespace checks Redis's history in the same round trip: the resync that
+        // would repair a rollback has not run yet.
+        let checked = core.policy.staleness_bound.is_some() && shared.bus.resync_pending();
+        let got = match checked {
+            false => shared.l2.get(core.target(), key).await,
+            true => match shared.l2.get_checked(core.target(), key).await {
+                Ok((value, checked)) if checked.intact => {
+                    // A draw found the history gone back before this node's resync did.
+                    core.raise_floor(checked.rollback_floor);
+                    Ok(value)
+                }
+                Ok(_) => {
+                    core.metrics.l2_bypass.inc();
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let (read, asked) = match got {
+            // Asked even when it cannot be vouched for: a Redis that does not answer is an
+            // error to count, not a bypass.
+            Ok(Some(_)) if !vouched(core, shared, key) => (L2Read::Miss, true),
             Ok(Some(bytes)) => (classify(core, shared, &bytes).await, true),
             Ok(None) => (L2Read::Miss, true),
             Err(e) => {
@@ -80,6 +102,24 @@ pub(super) async fn peek_l2<V: DeserializeOwned>(
     .await;
     span.record("outcome", read.outcome());
     read
+}
+
+/// Whether Redis's copy of `key` may be served, given the namespace's staleness bound; if
+/// not, the read is a miss (counted `bypass`) and the loader answers. Its fill is still
+/// conditional, so it cannot put back an old value either. Not vouched for:
+/// - a key this node acknowledged a write or invalidation of that Redis has not taken yet
+///   (queued in the outbox): Redis's copy is older than it;
+/// - any key of a bounded namespace while Redis has not taken this node's heartbeat for
+///   70 % of the bound (paused by `CLIENT PAUSE`, demoted to a replica): other nodes'
+///   invalidations are then as stuck as this node's, and Redis may hold what they replaced.
+pub(crate) fn vouched(core: &NamespaceCore, shared: &Engine, key: &str) -> bool {
+    let bound = core.policy.staleness_bound;
+    let stuck = bound.is_some_and(|b| shared.bus.writes_stuck(b));
+    if stuck || shared.outbox.holds(&core.name, key) {
+        core.metrics.l2_bypass.inc();
+        return false;
+    }
+    true
 }
 
 impl<V> L2Read<V> {

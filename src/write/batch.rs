@@ -50,9 +50,9 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
             return out;
         }
         Ok(route) => route,
-        Err(e) if e.is_unreachable() && !strict => {
+        Err(e) if !strict => {
             // A queued clear could not be replayed first: degraded, not failed.
-            degrade(shared, core, batch, tags);
+            degrade(shared, core, batch, tags, &e);
             return out;
         }
         Err(e) => {
@@ -95,7 +95,10 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
                 }
             }
         }
-        Err(e) if e.is_unreachable() && !strict => degrade(shared, core, batch, tags),
+        Err(e) if !strict => {
+            super::refused(core, &e, op);
+            degrade(shared, core, batch, tags, &e);
+        }
         Err(e) => {
             let err = e.into_error(op);
             for (i, key, ..) in batch {
@@ -107,18 +110,20 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
     out
 }
 
-/// A non-strict batch Redis could not be reached for: degraded, not failed. Untagged
-/// writes are queued as `set` queues them. A tagged write is queued as an invalidation of
-/// its key instead: a replayed write would not join the tags' sets, so a later
-/// invalidation of a tag could not reach it. Its value is cached nowhere (this node's L1
-/// drops the key too, for the same reason) and the next read after the replay loads afresh.
+/// A non-strict batch Redis could not be reached for, or refused: degraded, not failed.
+/// Untagged writes Redis could not be reached for are queued as `set` queues them. A
+/// refused write (the value may be what Redis refuses: OOM) or a tagged one is queued as
+/// an invalidation of its key instead: a replayed write would not join the tags' sets, so a
+/// later invalidation of a tag could not reach it. Its value is cached nowhere (this node's
+/// L1 drops the key too) and the next read after the replay loads afresh.
 fn degrade<V: Send + Sync + 'static>(
     shared: &Engine,
     core: &NamespaceCore,
     batch: Vec<Encoded<V>>,
     tags: &[&str],
+    why: &crate::l2::L2Error,
 ) {
-    if tags.is_empty() {
+    if tags.is_empty() && why.is_unreachable() {
         return enqueue_writes(shared, core, batch);
     }
     for (_, key, ..) in batch {
@@ -134,7 +139,10 @@ fn enqueue_writes<V: Send + Sync + 'static>(
 ) {
     for (_, key, (encoded, life), value) in batch {
         let entry = super::local_only(core, value, &life, &encoded);
-        shared.outbox.enqueue_write(core, key, encoded, Some(entry));
+        let known = shared.known();
+        shared
+            .outbox
+            .enqueue_write(core, key, (encoded, known), Some(entry));
     }
 }
 

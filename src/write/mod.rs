@@ -87,7 +87,8 @@ pub(crate) async fn invalidate(
         .await;
     route.landed(done.is_ok());
     keys.iter().for_each(|k| core.evict(k));
-    if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+    // Unreachable or refused (READONLY, OOM...): queued and retried, never dropped.
+    if done.is_err() && !strict {
         for key in keys {
             shared.outbox.enqueue_invalidate(core, key);
         }
@@ -116,7 +117,7 @@ pub(crate) async fn clear(shared: &Engine, core: &NamespaceCore, strict: bool) -
         core.raise_floor(stamp.version);
     }
     core.clear_l1();
-    if matches!(&done, Err(e) if e.is_unreachable() && !strict) {
+    if done.is_err() && !strict {
         shared.outbox.enqueue_clear(core);
     }
     finish_invalidation(core, done, "invalidate_namespace", strict)
@@ -133,10 +134,20 @@ fn finish_invalidation(
             core.metrics.inv_sent.inc();
             Ok(())
         }
-        Err(e) if e.is_unreachable() && !strict => {
+        Err(e) if !strict => {
             // Queued by the caller: degraded, not failed.
+            refused(core, &e, op);
             Ok(())
         }
         Err(e) => Err(e.into_error(op)),
+    }
+}
+
+/// Logs a write or invalidation Redis refused (it was queued): an operator must hear of a
+/// server that takes no writes, since nothing fails for the caller.
+pub(crate) fn refused(core: &NamespaceCore, e: &crate::l2::L2Error, op: &'static str) {
+    if e.is_refused() {
+        tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, op, code = e.code(),
+            error = %e, "redis refused a write; queued to retry");
     }
 }

@@ -56,13 +56,13 @@ async fn land_queued_clear(shared: &Engine, core: &NamespaceCore) -> Result<(), 
     let fate = fate_of(&outcome);
     outbox.finish(core, clear, fate);
     match outcome {
-        Err(e) if fate == Fate::Unreachable => Err(e),
+        Err(e) if fate == Fate::Retry => Err(e),
         _ => Ok(()),
     }
 }
 
 /// Replays one taken operation through the normal scripts and brings this node's L1 in line.
-/// `Ok(true)`: a write older than its TTL went out as an invalidation.
+/// `Ok(true)`: a write older than its TTL, or refused, went out as an invalidation.
 async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
     let Some(core) = shared.namespace(taken.ns()) else {
         return Ok(false);
@@ -78,14 +78,20 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
                 .await;
             if let Ok(stamp) = &done {
                 core.raise_floor(stamp.version);
+                shared.outbox.cleared(ns, *stamp);
             }
-            if landed_or_refused(&done) {
+            if done.is_ok() {
                 core.clear_l1();
             }
             done
         }
         Taken::Write {
-            ns, key, bytes, at, ..
+            ns,
+            key,
+            bytes,
+            at,
+            known,
+            ..
         } => {
             let message = Outgoing::keys(shared.node_id, ns, &[key]);
             // What is left of its life is what its envelope says (its TTL, the call's if it set
@@ -94,19 +100,34 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
                 Some(exp) => Duration::from_millis(exp.saturating_sub(crate::codec::unix_ms())),
                 None => ttl.saturating_sub(at.elapsed()),
             };
-            let done = if left < Duration::from_millis(1) {
-                expired = true;
-                l2.invalidate(target, &[key], ttl, &message).await
-            } else {
+            let mut done = Err(L2Error::Skipped);
+            if left >= Duration::from_millis(1) {
                 // The envelope keeps its expiry; Redis keeps it the rest of its life.
                 let left = left + core.policy.fail_safe.unwrap_or(Duration::ZERO);
                 let payload = Payload {
                     encoded: bytes,
                     ttl: left,
                 };
-                l2.write(target, key, payload, &message).await
-            };
-            if landed_or_refused(&done) {
+                done = match l2
+                    .replay_write(target, key, payload, (*known, ttl), &message)
+                    .await
+                {
+                    Ok((stamp, stored)) => {
+                        // Something newer than this node knew touched the key meanwhile:
+                        // tombstoned rather than written over (counted as a value given up).
+                        expired = !stored;
+                        Ok(stamp)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            // Expired, or refused (the value may be what Redis refuses: OOM): the key's
+            // invalidation goes out instead, which an invalidation-only server still takes.
+            if left < Duration::from_millis(1) || matches!(&done, Err(e) if e.is_refused()) {
+                expired = true;
+                done = l2.invalidate(target, &[key], ttl, &message).await;
+            }
+            if done.is_ok() {
                 core.evict(key);
             }
             done
@@ -116,7 +137,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             let done = l2
                 .invalidate(target, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
                 .await;
-            if landed_or_refused(&done) {
+            if done.is_ok() {
                 for k in &ks {
                     core.evict(k);
                 }
@@ -130,50 +151,65 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             Ok(expired)
         }
         Err(e) => {
-            if !e.is_unreachable() {
-                tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, error = %e,
-                    "redis refused a queued operation on replay; given up");
+            if e.is_refused() {
+                tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, code = e.code(),
+                    error = %e, "redis refused a queued operation on replay; kept to retry");
             }
             Err(e)
         }
     }
 }
 
-/// Whether a replay's local effects apply: it landed, or Redis refused it for good. One that
-/// could not reach Redis changes nothing here: the operation goes back into the queue, and a
-/// queued write's read-your-writes copy stays.
-fn landed_or_refused<T>(done: &Result<T, L2Error>) -> bool {
-    !matches!(done, Err(e) if e.is_unreachable())
-}
-
 /// Replays everything queued, one operation at a time, until the outbox is empty or Redis is
 /// unreachable again.
 async fn drain(shared: &Engine) {
     let outbox = &shared.outbox;
+    // Namespaces whose replay Redis refused this pass: the rest still drain (a refusal may be
+    // one namespace's, as an ACL's), and the refused one waits for the next pass.
+    let mut refused: Vec<String> = Vec::new();
     loop {
         let _replays = outbox.replays.lock().await;
-        let Some(taken) = outbox.take_next() else {
+        let Some(taken) = outbox.take_next(&refused) else {
             return;
         };
         let outcome = replay(shared, &taken).await;
         let fate = fate_of(&outcome);
-        if let Some(core) = shared.namespace(taken.ns()) {
+        let ns = taken.ns().to_owned();
+        if let Some(core) = shared.namespace(&ns) {
             outbox.finish(core, taken, fate);
         }
-        if fate == Fate::Unreachable {
-            return;
+        match outcome {
+            Err(e) if e.is_unreachable() => return,
+            Err(_) => refused.push(ns),
+            Ok(_) => {}
         }
     }
 }
 
+/// The longest the replayer waits for a due resync before replaying anyway.
+const HOLD_FOR_RESYNC: Duration = Duration::from_secs(2);
+
 /// The replayer task: drains the outbox when woken, and every `retry` while it holds anything.
 /// Runs until aborted (when the last cache handle is dropped).
 pub(crate) async fn run_replayer(shared: Arc<Engine>, retry: Duration) {
+    let mut held_since: Option<std::time::Instant> = None;
     loop {
         let idle = shared.outbox.len() == 0;
         tokio::select! {
             _ = shared.outbox.wake.notified() => {}
             _ = tokio::time::sleep(retry), if !idle => {}
+        }
+        // A resync is due (the subscriber reconnects): it may find Redis's history gone back
+        // and clear every namespace, which must come before the replays, or it would clear
+        // them too. The subscriber wakes the replayer once it has resynced; a subscriber that
+        // cannot resync (refused, say) holds the replays back for at most HOLD_FOR_RESYNC.
+        if shared.bus.resync_pending() {
+            let since = *held_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < HOLD_FOR_RESYNC {
+                continue;
+            }
+        } else {
+            held_since = None;
         }
         if shared.outbox.len() > 0 && shared.l2.breaker().would_admit() {
             let before = shared.outbox.len();

@@ -35,8 +35,12 @@ pub(crate) async fn invalidate_tag(
             }
             Ok(count)
         }
-        Err(e) if e.is_unreachable() && !strict => {
-            // Degraded, not failed: the tag's keys are unknown here, its namespaces are not.
+        Err(e) if !strict => {
+            // Degraded, not failed (Redis unreachable, or refusing writes): the tag's keys are
+            // unknown here, its namespaces are not.
+            if let Some(core) = cores.first() {
+                super::refused(core, &e, "invalidate_tag");
+            }
             for core in cores {
                 shared.outbox.enqueue_clear(core);
             }

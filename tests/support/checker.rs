@@ -65,6 +65,9 @@ pub struct Report {
     pub l1_share: f64,
     /// Writes made without their invalidation being published.
     pub rogue_writes: usize,
+    /// The stalest read, for a failure message: its node, key, value, start, and the newer
+    /// value acknowledged before it (times in ms from the run's start).
+    pub worst: Option<String>,
 }
 
 impl Report {
@@ -90,6 +93,7 @@ struct Ack {
 }
 
 struct Read {
+    node: usize,
     key: usize,
     value: u64,
     started: Instant,
@@ -156,6 +160,7 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
                 let started = Instant::now();
                 if let Some(v) = h.get(&key_name(key)).await {
                     reads.push(Read {
+                        node: i,
                         key,
                         value: *v,
                         started,
@@ -186,7 +191,7 @@ pub async fn run(nodes: &[TieredCache], ns: &str, w: &Workload) -> Report {
         .into_iter()
         .map(|m| m.into_inner().unwrap())
         .collect();
-    let mut report = analyse(&acks, &reads, w, cold_until, failed_writes);
+    let mut report = analyse(&acks, &reads, w, (start, cold_until), failed_writes);
     let l1_after: u64 = nodes
         .iter()
         .map(|n| n.stats().namespace(ns).unwrap().l1_hits)
@@ -248,11 +253,13 @@ fn analyse(
     acks: &[Vec<Ack>],
     reads: &[Read],
     w: &Workload,
-    cold_until: Instant,
+    (start, cold_until): (Instant, Instant),
     failed_writes: usize,
 ) -> Report {
     let mut staleness: Vec<Duration> = Vec::with_capacity(reads.len());
     let mut cold_after = 0;
+    let mut worst: Option<(Duration, String)> = None;
+    let ms = |t: Instant| (t - start).as_secs_f64() * 1e3;
     for r in reads {
         let log = &acks[r.key];
         // The first acknowledged value newer than what was read: if it was acknowledged
@@ -262,6 +269,16 @@ fn analyse(
             Some(a) if a.at < r.started => r.started - a.at,
             _ => Duration::ZERO,
         };
+        if let Some(a) =
+            newer.filter(|_| !s.is_zero() && worst.as_ref().is_none_or(|(d, _)| s > *d))
+        {
+            let last = log.iter().rfind(|a| a.value <= r.value).map(|a| ms(a.at));
+            let text = format!(
+                "node {} read chk{} = {} at {:.1} ms; {} was acknowledged at {:.1} ms ({} at {:?} ms)",
+                r.node, r.key, r.value, ms(r.started), a.value, ms(a.at), r.value, last
+            );
+            worst = Some((s, text));
+        }
         staleness.push(s);
         if (w.hot_keys..w.hot_keys + w.cold_keys).contains(&r.key) && r.started > cold_until {
             cold_after += 1;
@@ -285,5 +302,6 @@ fn analyse(
         cold_reads_after_writes_stopped: cold_after,
         l1_share: 0.0,
         rogue_writes: 0,
+        worst: worst.map(|(_, text)| text),
     }
 }
