@@ -90,7 +90,7 @@ pub struct Stats {
     pub bus_subscriptions: u64,
     /// Own messages received and skipped.
     pub bus_own_skipped: u64,
-    /// Unreadable messages received (each caused a resync).
+    /// Unreadable messages received (skipped: a write they hid shows as a gap).
     pub bus_malformed: u64,
     /// Holes found in the message sequence (each caused a resync).
     pub bus_gaps: u64,
@@ -101,7 +101,7 @@ pub struct Stats {
     /// Writes and invalidations queued (or being replayed) while Redis was unreachable.
     pub outbox_entries: usize,
     /// Resynchronisations (L1 cleared, floors reloaded): after every subscription, hole in the
-    /// sequence, unreadable message or new epoch of Redis's version counter.
+    /// sequence or new epoch of Redis's version counter.
     pub bus_resyncs: u64,
     /// Invalidation messages known lost: the sum of the holes in the version sequence. Each
     /// hole caused a resync once found (by the next message or heartbeat): stale reads were

@@ -350,14 +350,32 @@ impl L2Tier {
     }
 
     /// Replaces keys by tombstones (kept `ttl`, so a slower load cannot fill them back) and
-    /// publishes one invalidation for all of them. Returns the version.
+    /// publishes their invalidation from `origin`: one script and one message, or one per run
+    /// of keys where the list is over the message cap (`wire::MAX_MESSAGE`). Returns the last
+    /// version; an error leaves the runs before it landed (invalidating them again is harmless).
     pub(crate) async fn invalidate(
         &self,
         ns: Target<'_>,
         keys: &[&str],
         ttl: Duration,
-        message: &Outgoing,
+        origin: u64,
     ) -> L2Result<Stamp> {
+        let runs = crate::wire::key_chunks(ns.name, keys);
+        let (last, before) = runs.split_last().expect("at least one run");
+        for run in before {
+            self.invalidate_run(ns, run, ttl, origin).await?;
+        }
+        self.invalidate_run(ns, last, ttl, origin).await
+    }
+
+    async fn invalidate_run(
+        &self,
+        ns: Target<'_>,
+        keys: &[&str],
+        ttl: Duration,
+        origin: u64,
+    ) -> L2Result<Stamp> {
+        let message = Outgoing::keys(origin, ns.name, keys);
         let (namespace, ns) = (ns.name, Some(ns));
         let args = |inv: &mut redis::ScriptInvocation<'_>| {
             inv.key(self.keys.meta_key());

@@ -42,6 +42,42 @@ const KIND_HEARTBEAT: u8 = 2;
 const KIND_MULTI: u8 = 3;
 const VERSION_AT: usize = 11;
 
+/// The most bytes a message the library publishes may take, far below Redis's default
+/// `client-output-buffer-limit pubsub 32mb 8mb 60`, over which Redis drops every subscriber: a
+/// key list longer than this is sent as several messages (see [`key_chunks`]), each with its
+/// own version. A single key longer than this still goes out, alone.
+pub(crate) const MAX_MESSAGE: usize = 256 * 1024;
+
+/// What a message takes before its key list: the header, the send time, the namespace and
+/// the count (a multi message's section head and count are budgeted per key list the same way).
+const ENVELOPE: usize = VERSION_AT + 16 + 8 + 2 + 4 + 2;
+
+/// Splits `keys` into runs whose message (in `namespace`) fits [`MAX_MESSAGE`], in order.
+pub(crate) fn key_chunks<'a, K: AsRef<str>>(namespace: &str, keys: &'a [K]) -> Vec<&'a [K]> {
+    split_by_size(keys, MAX_MESSAGE - ENVELOPE - namespace.len(), |k| {
+        4 + k.as_ref().len()
+    })
+}
+
+/// Splits `items` into consecutive runs of at most `budget` bytes as `size` counts them; an item
+/// over the budget alone makes a run of its own.
+fn split_by_size<T>(items: &[T], budget: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && used + n > budget {
+            runs.push(&items[start..i]);
+            (start, used) = (i, 0);
+        }
+        used += n;
+    }
+    if start < items.len() || items.is_empty() {
+        runs.push(&items[start..]);
+    }
+    runs
+}
+
 /// A message to publish, split around the version and epoch the script will splice in.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
@@ -123,6 +159,12 @@ impl Outgoing {
         // The tail starts with the send time (see `tail_start`).
         self.tail[..8].copy_from_slice(&sent_ms.to_be_bytes());
         self
+    }
+
+    /// The bytes this message takes besides what a script appends to it (a multi message's
+    /// sections): its head, version, epoch and tail, and the section count.
+    pub(crate) fn overhead(&self) -> usize {
+        self.head.len() + 16 + self.tail.len() + 2
     }
 
     pub(crate) fn head(&self) -> &[u8] {
@@ -257,6 +299,31 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_lists_are_split_below_the_cap_in_order() {
+        let keys: Vec<String> = (0..40_000).map(|i| format!("account:{i:08}")).collect();
+        let chunks = key_chunks("positions", &keys);
+        assert!(
+            chunks.len() > 1,
+            "{} bytes of keys in one message",
+            keys.len() * 20
+        );
+        for c in &chunks {
+            let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+            let bytes = Outgoing::keys(1, "positions", &refs).assemble(1, 1).len();
+            assert!(bytes <= MAX_MESSAGE, "a {bytes}-byte message");
+        }
+        assert_eq!(chunks.concat(), keys, "keys lost or reordered");
+        let huge = ["x".repeat(MAX_MESSAGE), "a".into(), "b".into()];
+        let runs = key_chunks("n", &huge);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            key_chunks::<&str>("n", &[]).len(),
+            1,
+            "an empty list is one (empty) message"
+        );
+    }
 
     #[test]
     fn keys_round_trip() {

@@ -1,5 +1,5 @@
 //! Several cache instances (separate L1s) on one Redis converge after every write and
-//! invalidation; a node skips its own messages; anything unreadable on the bus clears L1.
+//! invalidation; a node skips its own messages; anything unreadable on the bus is counted and skipped.
 
 mod support;
 
@@ -137,22 +137,25 @@ async fn a_fill_after_a_miss_broadcasts_nothing() {
 }
 
 #[tokio::test]
-async fn an_unreadable_bus_message_clears_l1() {
+async fn an_unreadable_bus_message_is_counted_and_skipped() {
     let server = RedisServer::start();
     let cache = node(&server).await;
     let ns = cache.namespace::<str, u64>("rate").unwrap();
     ns.set("k", 1).await.unwrap();
     assert!(ns.get_local("k").is_some());
+    let resyncs = cache.stats().bus_resyncs;
     // A format 1 header (a format this build reads), then nothing it can parse.
     let garbage = wire::with_header(wire::BUS_FORMAT_1, b"garbage");
     let receivers: i64 = server.cmd(&[b"PUBLISH", keys::channel().as_bytes(), &garbage]);
     assert_eq!(receivers, 1);
-    eventually("L1 cleared", PATIENCE, || async {
-        ns.get_local("k").is_none()
+    eventually("counted", PATIENCE, || async {
+        cache.stats().bus_malformed == 1
     })
     .await;
-    assert_eq!(cache.stats().bus_malformed, 1);
-    assert_eq!(ns.get("k").await.map(|v| *v), Some(1), "Redis still has it");
+    // Junk carries no version, so it cannot hide a write: a lost one shows as a gap (see
+    // `tests/hostile.rs`). Acting on it would let any junk switch L1 off.
+    assert_eq!(ns.get_local("k").map(|v| *v), Some(1), "L1 was dropped");
+    assert_eq!(cache.stats().bus_resyncs, resyncs, "junk made it resync");
 }
 
 #[tokio::test]

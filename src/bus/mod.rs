@@ -10,9 +10,11 @@
 //! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
 //! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
 //! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
-//! waited on. A message it cannot parse, or one from a new epoch of the version counter (Redis
+//! waited on. A gap in the sequence, or a message from a new epoch of the version counter (Redis
 //! flushed or restarted), makes it resynchronise the same way without reconnecting: the
-//! subscription is still confirmed, so nothing published from then on is missed.
+//! subscription is still confirmed, so nothing published from then on is missed. Resyncs are
+//! spaced (at most one per `RESYNC_GAP`) so a flood of suspicious messages cannot pin a core;
+//! a message it cannot parse is skipped (see `apply`).
 
 mod heartbeat;
 mod subscriber;
@@ -54,14 +56,17 @@ pub(crate) enum After {
 /// published before it was sent has been applied here.
 pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
     let Some(msg) = decode(payload) else {
+        // Counted and skipped, never trusted nor acted on: junk must not switch L1 off. A
+        // library message this build cannot read still drew a version, so the next message
+        // or heartbeat shows the hole and that resynchronises (within the staleness bound).
         shared.bus.metrics.malformed.inc();
-        tracing::warn!(
-            target: "tiered_cache::bus",
-            len = payload.len(),
-            "unreadable message on the invalidation channel; resynchronising to stay safe"
-        );
-        shared.suspect();
-        return After::Resync;
+        let n = shared.bus.metrics.malformed.get();
+        // The 1st, 2nd, 4th, 8th...: a flood is logged, not echoed.
+        if n.is_power_of_two() {
+            tracing::warn!(target: "tiered_cache::bus", len = payload.len(), unreadable = n,
+                "unreadable message on the invalidation channel, skipped; a missed write shows as a gap");
+        }
+        return After::Listen;
     };
     if shared.epoch_changed(msg.epoch) {
         shared.suspect();

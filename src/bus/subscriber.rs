@@ -17,6 +17,11 @@ pub(crate) struct BusConfig {
     pub(crate) max_backoff: Duration,
 }
 
+/// The least time between two resyncs of one subscription: bounds what a flood of gaps or
+/// epoch changes (forged, or a flapping server) costs to one round trip and one L1 clear per
+/// period.
+const RESYNC_GAP: Duration = Duration::from_millis(25);
+
 /// Runs until aborted (when the last cache handle is dropped).
 pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
     let min_backoff = Duration::from_millis(50);
@@ -100,16 +105,19 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
         cfg.clone(),
         failed_tx,
     )));
+    // A resync asked for waits until `RESYNC_GAP` after the last one, while messages go on
+    // being applied: L1 is distrusted from the suspicion on, and the resync clears it anyway.
+    let (mut due, mut last) = (false, tokio::time::Instant::now());
     loop {
         tokio::select! {
             msg = messages.next() => match msg {
-                Some(msg) => if apply(shared, msg.payload()) == After::Resync {
-                    super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
-                },
+                Some(msg) => due |= apply(shared, msg.payload()) == After::Resync,
                 None => return Err("connection closed".into()),
             },
-            _ = shared.resync_wanted.notified() => {
+            _ = shared.resync_wanted.notified() => due = true,
+            _ = tokio::time::sleep_until(last + RESYNC_GAP), if due => {
                 super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
+                (due, last) = (false, tokio::time::Instant::now());
             }
             reason = &mut ping_failed => {
                 drop(pinger);

@@ -14,6 +14,7 @@
 //! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
 
 use super::{codec, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
+use crate::key::KeySpace;
 use crate::wire::Outgoing;
 use redis::Script;
 use std::sync::LazyLock;
@@ -87,39 +88,60 @@ return r
 
 // KEYS: meta, then per namespace its tag set and its tag floor. ARGV: epoch, tombstone head,
 // channel, message head, message tail, then per namespace its value key prefix
-// (`{prefix}:{ns}:`), its TTL in ms and its section head. Tombstones every key the sets list
-// (as INVALIDATE does), sets each tag floor to the version, deletes the sets, publishes one
-// message. Returns {version, epoch, {keys of each namespace, without the prefix}}.
+// (`{prefix}:{ns}:`), its TTL in ms, its section head, its floor field and its clear
+// message's head and tail, then the message cap in bytes. Tombstones every key the sets list
+// (as INVALIDATE does), sets each tag floor to the version, deletes the sets and publishes
+// the keys in one message. Every byte a script publishes sits in each subscriber's output
+// buffer at once, so a namespace whose keys would take the message over the cap is cleared
+// instead (its floor raised under a version of its own, published as CLEAR_NAMESPACE does).
+// Returns {version, epoch, {keys of each namespace, without the prefix}, {version of each
+// namespace's clear, 0 where none}}.
 const INVALIDATE_TAG: &str = r"
+local cap = tonumber(table.remove(ARGV))
 local e = epoch()
 local v = draw()
 local tomb = ARGV[2] .. struct.pack('>I8', v)
-local parts, sections, evicted = {}, 0, {}
+local parts, sections, bytes, evicted, cleared = {}, 0, 0, {}, {}
 for i = 1, (#KEYS - 1) / 2 do
   local set, floor = KEYS[2 * i], KEYS[2 * i + 1]
-  local prefix, ttl, section = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
-  local keys = {}
+  local at = 6 * i
+  local prefix, ttl, section = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local keys, size = {}, #section + 4
   for _, m in ipairs(redis.call('SMEMBERS', set)) do
     if string.sub(m, 1, #prefix) == prefix then
-      redis.call('SET', m, tomb, 'PX', ttl)
       keys[#keys + 1] = string.sub(m, #prefix + 1)
+      size = size + 4 + #keys[#keys]
+    end
+  end
+  cleared[i] = 0
+  if #keys > 0 and bytes + size > cap then
+    cleared[i] = -1
+  elseif #keys > 0 then
+    bytes = bytes + size
+    sections = sections + 1
+    parts[#parts + 1] = section .. struct.pack('>I4', #keys)
+    for _, k in ipairs(keys) do
+      redis.call('SET', prefix .. k, tomb, 'PX', ttl)
+      parts[#parts + 1] = struct.pack('>I4', #k) .. k
     end
   end
   redis.call('DEL', set)
   redis.call('HSET', floor, 'version', v, 'epoch', e)
   extend(floor, ttl)
-  if #keys > 0 then
-    sections = sections + 1
-    parts[#parts + 1] = section .. struct.pack('>I4', #keys)
-    for _, k in ipairs(keys) do
-      parts[#parts + 1] = struct.pack('>I4', #k) .. k
-    end
-  end
   evicted[i] = keys
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5]
   .. struct.pack('>I2', sections) .. table.concat(parts))
-return {v, e, evicted}
+for i = 1, #cleared do
+  if cleared[i] == -1 then
+    local at = 6 * i
+    local c = draw()
+    redis.call('HSET', KEYS[1], ARGV[at + 3], c)
+    redis.call('PUBLISH', ARGV[3], ARGV[at + 4] .. stamp(c, e) .. ARGV[at + 5])
+    cleared[i] = c
+  end
+end
+return {v, e, evicted, cleared}
 ";
 
 static WRITE_MANY_SCRIPT: LazyLock<Script> =
@@ -155,8 +177,8 @@ impl L2Tier {
         if stamp {
             pipe.cmd("HMGET")
                 .arg(self.keys.meta_key())
-                .arg(crate::key::KeySpace::VERSION_FIELD)
-                .arg(crate::key::KeySpace::EPOCH_FIELD);
+                .arg(KeySpace::VERSION_FIELD)
+                .arg(KeySpace::EPOCH_FIELD);
         }
         let pipe = &pipe;
         self.call(ns, |mut c| async move {
@@ -249,19 +271,24 @@ impl L2Tier {
             .await
     }
 
-    /// Invalidates `tag` in each namespace (with its L2 TTL) in one script and one message.
-    /// Returns the version and, per namespace, the keys its set listed. A failure counts for
-    /// every namespace.
+    /// Invalidates `tag` in each namespace (with its L2 TTL) in one script and one message from
+    /// `origin`; a namespace whose keys would take the message over the cap is cleared instead
+    /// (see `INVALIDATE_TAG`). Returns the version and, per namespace, what was done. A failure
+    /// counts for every namespace.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
         targets: &[(Target<'_>, Duration)],
-        message: &Outgoing,
-    ) -> L2Result<(Stamp, Vec<Vec<String>>)> {
-        let namespaces: Vec<(&str, Duration)> = targets.iter().map(|(t, d)| (t.name, *d)).collect();
+        origin: u64,
+    ) -> L2Result<(Stamp, Vec<TagInvalidated>)> {
+        let message = Outgoing::multi(origin);
+        let namespaces: Vec<(&str, Duration, Outgoing)> = targets
+            .iter()
+            .map(|(t, d)| (t.name, *d, Outgoing::namespace(origin, t.name)))
+            .collect();
         let args = |inv: &mut redis::ScriptInvocation<'_>| {
             inv.key(self.keys.meta_key());
-            for (ns, _) in &namespaces {
+            for (ns, ..) in &namespaces {
                 inv.key(self.keys.tag_key(ns, tag))
                     .key(self.keys.tag_floor_key(ns, tag));
             }
@@ -270,18 +297,40 @@ impl L2Tier {
                 .arg(self.keys.channel())
                 .arg(message.head())
                 .arg(message.tail());
-            for (ns, ttl) in &namespaces {
+            for (ns, ttl, clear) in &namespaces {
                 inv.arg(self.keys.value_key(ns, ""))
                     .arg(ttl_ms(*ttl))
-                    .arg(Outgoing::section_head(ns));
+                    .arg(Outgoing::section_head(ns))
+                    .arg(KeySpace::floor_field(ns))
+                    .arg(clear.head())
+                    .arg(clear.tail());
             }
+            inv.arg(crate::wire::MAX_MESSAGE - message.overhead());
         };
         let called = self.call_flagged(None, &INVALIDATE_TAG_SCRIPT, args).await;
         if let Err(e) = &called {
             targets.iter().for_each(|(t, _)| t.count(e));
         }
-        let (version, epoch, keys): (u64, u64, Vec<Vec<String>>) = called?;
-        self.epochs.observe(epoch, version);
-        Ok((Stamp { version, epoch }, keys))
+        let (version, epoch, keys, cleared): (u64, u64, Vec<Vec<String>>, Vec<u64>) = called?;
+        let highest = cleared.iter().copied().fold(version, u64::max);
+        self.epochs.observe(epoch, highest);
+        let done = keys
+            .into_iter()
+            .zip(cleared)
+            .map(|(keys, c)| TagInvalidated {
+                keys,
+                cleared_at: (c != 0).then_some(c),
+            })
+            .collect();
+        Ok((Stamp { version, epoch }, done))
     }
+}
+
+/// What a tag invalidation did in one namespace.
+pub(crate) struct TagInvalidated {
+    /// The keys the tag's set listed (without the prefix).
+    pub(crate) keys: Vec<String>,
+    /// Too many keys for one message: the namespace was cleared instead, at this version (its
+    /// new floor).
+    pub(crate) cleared_at: Option<u64>,
 }

@@ -12,7 +12,7 @@ pub(crate) struct BusMetrics {
     pub(crate) own_skipped: Tally,
     pub(crate) malformed: Tally,
     pub(crate) gaps: Tally,
-    /// Resynchronisations (after any subscription, gap, unreadable message, new epoch).
+    /// Resynchronisations (after any subscription, gap or new epoch; spaced 25 ms apart).
     pub(crate) resyncs: Tally,
     /// Resyncs that found Redis's history gone back and cleared every namespace.
     pub(crate) rollbacks: Tally,

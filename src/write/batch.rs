@@ -13,9 +13,38 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// Writes many values in one script, with `tags` (see `Batch::set`): one outcome per entry, in
-/// order. The one write sequence: encode, route around the outbox, one script, fence loads in
-/// flight, settle L1, degrade once. `op` names the call in errors.
+/// order. A batch whose invalidation would be over the message cap (`wire::MAX_MESSAGE`) is
+/// written as several runs, each one script and one message under its own version.
 pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
+    shared: &Engine,
+    core: &NamespaceCore,
+    mut entries: Vec<(String, V)>,
+    tags: &[&str],
+    how: (bool, TtlOverride),
+    op: &'static str,
+) -> Vec<Result<()>> {
+    let runs: Vec<usize> = {
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        crate::wire::key_chunks(&core.name, &keys)
+            .iter()
+            .map(|r| r.len())
+            .collect()
+    };
+    if runs.len() == 1 {
+        return write_run(shared, core, entries, tags, how, op).await;
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for n in runs {
+        let rest = entries.split_off(n);
+        let run = std::mem::replace(&mut entries, rest);
+        out.extend(write_run(shared, core, run, tags, how, op).await);
+    }
+    out
+}
+
+/// One run of a batch: the one write sequence (encode, route around the outbox, one script,
+/// fence loads in flight, settle L1, degrade once). `op` names the call in errors.
+async fn write_run<V: Serialize + Send + Sync + 'static>(
     shared: &Engine,
     core: &NamespaceCore,
     entries: Vec<(String, V)>,

@@ -80,10 +80,9 @@ pub(crate) async fn invalidate(
             return Err(e.into_error(op));
         }
     };
-    let message = Outgoing::keys(shared.node_id, &core.name, &refs);
     let done = shared
         .l2
-        .invalidate(core.target(), &refs, core.policy.l2_ttl, &message)
+        .invalidate(core.target(), &refs, core.policy.l2_ttl, shared.node_id)
         .await;
     route.landed(done.is_ok());
     keys.iter().for_each(|k| core.evict(k));

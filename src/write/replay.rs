@@ -125,18 +125,16 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             // invalidation goes out instead, which an invalidation-only server still takes.
             if left < Duration::from_millis(1) || matches!(&done, Err(e) if e.is_refused()) {
                 expired = true;
-                done = l2.invalidate(target, &[key], ttl, &message).await;
+                done = l2.invalidate(target, &[key], ttl, shared.node_id).await;
             }
             if done.is_ok() {
                 core.evict(key);
             }
             done
         }
-        Taken::Invalidate { ns, keys } => {
+        Taken::Invalidate { keys, .. } => {
             let ks: Vec<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
-            let done = l2
-                .invalidate(target, &ks, ttl, &Outgoing::keys(shared.node_id, ns, &ks))
-                .await;
+            let done = l2.invalidate(target, &ks, ttl, shared.node_id).await;
             if done.is_ok() {
                 for k in &ks {
                     core.evict(k);

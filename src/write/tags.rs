@@ -6,7 +6,6 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::key::validate_tags;
 use crate::space::NamespaceCore;
-use crate::wire::Outgoing;
 
 /// The tag invalidation script over `cores`; with Redis unreachable, a queued clear of each
 /// (unless `strict`).
@@ -21,16 +20,23 @@ pub(crate) async fn invalidate_tag(
         .iter()
         .map(|c| (c.target(), c.policy.l2_ttl))
         .collect();
-    let message = Outgoing::multi(shared.node_id);
-    match shared.l2.invalidate_tag(tag, &targets, &message).await {
-        Ok((_, listed)) => {
+    match shared
+        .l2
+        .invalidate_tag(tag, &targets, shared.node_id)
+        .await
+    {
+        Ok((_, done)) => {
             let mut count = 0;
             // This node skips its own message: evict here (bump, then remove, as always).
-            for (core, keys) in cores.iter().zip(&listed) {
-                for key in keys {
-                    core.evict(key);
+            for (core, done) in cores.iter().zip(&done) {
+                if let Some(floor) = done.cleared_at {
+                    // Too many keys for one message: the namespace went instead.
+                    core.raise_floor(floor);
+                    core.clear_l1();
+                } else {
+                    done.keys.iter().for_each(|key| core.evict(key));
                 }
-                count += keys.len();
+                count += done.keys.len();
                 core.metrics.inv_sent.inc();
             }
             Ok(count)
