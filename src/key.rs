@@ -300,6 +300,18 @@ impl KeySpace {
         self.bookkeeping_key("tagfloor", namespace, tag)
     }
 
+    /// `{prefix}:_tc:tags:{namespace}`: the namespace's tag registry (when each tag set
+    /// expires, and which were found evicted; see `l2/multi.rs`).
+    pub(crate) fn tag_registry_key(&self, namespace: &str) -> String {
+        let prefix = &self.prefix;
+        format!("{prefix}{SEPARATOR}_tc{SEPARATOR}tags{SEPARATOR}{namespace}")
+    }
+
+    /// The meta hash's field saying the namespace's tag registry exists (see `l2/multi.rs`).
+    pub(crate) fn tag_anchor_field(namespace: &str) -> String {
+        format!("tags{SEPARATOR}{namespace}")
+    }
+
     fn bookkeeping_key(&self, kind: &str, namespace: &str, tag: &str) -> String {
         let prefix = &self.prefix;
         format!("{prefix}{SEPARATOR}_tc{SEPARATOR}{kind}{SEPARATOR}{namespace}{SEPARATOR}{tag}")

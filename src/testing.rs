@@ -42,6 +42,11 @@ impl Keys {
         self.0.tag_key(namespace, tag)
     }
 
+    /// The namespace's tag registry (when each tag set expires; see `l2/multi.rs`).
+    pub fn tag_registry_key(&self, namespace: &str) -> String {
+        self.0.tag_registry_key(namespace)
+    }
+
     /// The version and epoch of the tag's last invalidation.
     pub fn tag_floor_key(&self, namespace: &str, tag: &str) -> String {
         self.0.tag_floor_key(namespace, tag)

@@ -11,7 +11,9 @@
 //! invalidation; its tagged fill is refused, as FILL refuses one older than a tombstone.
 //!
 //! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
-//! anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
+//! anyway. That is a spurious invalidation (the next read reloads it), never a stale read. A
+//! set Redis evicted is noticed through the namespace's tag registry (see `TAG_HELPERS`), and
+//! its tag invalidation clears the namespace instead.
 
 use super::{codec, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
 use crate::key::KeySpace;
@@ -22,47 +24,98 @@ use std::time::Duration;
 
 // Makes a tag set live at least `ttl` ms more, never less than it had: it must outlive every
 // value it lists (values may carry TTLs of their own, so a set is only ever extended).
+//
+// Eviction (`allkeys-*`, `volatile-*`) can take a tag set while the values it lists live on,
+// and a set that is only written goes cold first. So each namespace keeps a registry hash
+// (`{prefix}:_tc:tags:{ns}`, no TTL): per tag set, when it expires (unix ms, Redis's clock),
+// negated once the set was found gone before its time (its members are then unknown), and a
+// sentinel field '' so it never empties. The meta hash's field `tags:{ns}` anchors the
+// registry ('1'; 'lost' once the registry itself was found gone). INVALIDATE_TAG clears the
+// namespace rather than trust a set that may be incomplete.
 const TAG_HELPERS: &str = r"
 local function extend(k, ttl)
   if redis.call('PTTL', k) < tonumber(ttl) then redis.call('PEXPIRE', k, ttl) end
 end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function registered(reg, anchor)
+  local a = redis.call('HGET', KEYS[1], anchor)
+  if redis.call('EXISTS', reg) == 0 then
+    redis.call('HSET', reg, '', '1')
+    if a then a = 'lost' else a = '1' end
+    redis.call('HSET', KEYS[1], anchor, a)
+  elseif not a then
+    redis.call('HSET', KEYS[1], anchor, '1')
+  end
+end
+local function join(reg, set, members, ttl, now)
+  local was = tonumber(redis.call('HGET', reg, set) or '0') or 0
+  local gone = redis.call('EXISTS', set) == 0
+  for _, m in ipairs(members) do redis.call('SADD', set, m) end
+  extend(set, ttl)
+  local exp = now + redis.call('PTTL', set)
+  if (was < 0 and -was > now) or (gone and was > now) then
+    exp = -math.max(exp, math.abs(was))
+  end
+  redis.call('HSET', reg, set, exp)
+  local pick = redis.pcall('HRANDFIELD', reg, 2, 'WITHVALUES')
+  if type(pick) == 'table' and not pick.err then
+    for i = 1, #pick, 2 do
+      local v = tonumber(pick[i + 1])
+      if pick[i] ~= '' and v and math.abs(v) < now then redis.call('HDEL', reg, pick[i]) end
+    end
+  end
+end
+local function untrusted(reg, anchor, set, now)
+  local a = redis.call('HGET', KEYS[1], anchor)
+  if a == 'lost' or (a and redis.call('EXISTS', reg) == 0) then return true end
+  local was = tonumber(redis.call('HGET', reg, set) or '0') or 0
+  return (was < 0 and -was > now) or (was > now and redis.call('EXISTS', set) == 0)
+end
 ";
 
-// KEYS: meta, n value keys, then the tag sets. ARGV: epoch, channel, message head, message
-// tail, n, then per key its envelope head, body and ttl ms (each value has its own flags and,
-// with jitter, its own TTL). One version for every key, one message listing them all (built
-// by the caller, as for INVALIDATE).
+// KEYS: meta, n value keys, the tag sets, then the registry. ARGV: epoch, channel, message
+// head, message tail, n, then per key its envelope head, body and ttl ms (each value has its
+// own flags and, with jitter, its own TTL), then the registry's anchor field. One version for
+// every key, one message listing them all (built by the caller, as for INVALIDATE).
 const WRITE_MANY: &str = r"
+local anchor = table.remove(ARGV)
+local reg = table.remove(KEYS)
 local e = epoch()
 local v = draw()
 local n = tonumber(ARGV[5])
 local ver = struct.pack('>I8', v)
 local longest = 1
+local members = {}
 for i = 1, n do
   local at = 3 * i + 3
   redis.call('SET', KEYS[1 + i], ARGV[at] .. ver .. ARGV[at + 1], 'PX', ARGV[at + 2])
   longest = math.max(longest, tonumber(ARGV[at + 2]))
+  members[i] = KEYS[1 + i]
 end
-for t = n + 2, #KEYS do
-  for i = 1, n do
-    redis.call('SADD', KEYS[t], KEYS[1 + i])
-  end
-  extend(KEYS[t], longest)
+if #KEYS > n + 1 then
+  registered(reg, anchor)
+  local now = clock()
+  for t = n + 2, #KEYS do join(reg, KEYS[t], members, longest, now) end
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. stamp(v, e) .. ARGV[4])
 return {v, e}
 ";
 
 // FILL, wrapped: FILL's own keys and arguments come first, untouched, so its layout stays its
-// own. The caller appends the tag sets, then the tag floors, to KEYS, and the version and epoch
-// noted before the load, the TTL and the number of tags to ARGV; they are popped off before
-// FILL's text runs. A tag invalidated after the load began refuses the fill; a stored fill
-// joins every tag's set.
+// own. The caller appends the tag sets, the tag floors and the registry to KEYS, and the
+// version and epoch noted before the load, the TTL, the registry's anchor field and the
+// number of tags to ARGV; they are popped off before FILL's text runs. A tag invalidated after
+// the load began refuses the fill; a stored fill joins every tag's set.
 const TAGGED_FILL_HEAD: &str = r"
 local ntags = tonumber(table.remove(ARGV))
+local anchor = table.remove(ARGV)
 local ttl = table.remove(ARGV)
 local seen_e = tonumber(table.remove(ARGV))
 local seen = tonumber(table.remove(ARGV))
+local reg = table.remove(KEYS)
 local floors, sets = {}, {}
 for i = ntags, 1, -1 do floors[i] = table.remove(KEYS) end
 for i = ntags, 1, -1 do sets[i] = table.remove(KEYS) end
@@ -78,33 +131,35 @@ const TAGGED_FILL_TAIL: &str = r"
 end
 local r = fill()
 if r[1] == 1 then
-  for i = 1, ntags do
-    redis.call('SADD', sets[i], KEYS[2])
-    extend(sets[i], ttl)
-  end
+  registered(reg, anchor)
+  local now = clock()
+  for i = 1, ntags do join(reg, sets[i], {KEYS[2]}, ttl, now) end
 end
 return r
 ";
 
-// KEYS: meta, then per namespace its tag set and its tag floor. ARGV: epoch, tombstone head,
-// channel, message head, message tail, then per namespace its value key prefix
-// (`{prefix}:{ns}:`), its TTL in ms, its section head, its floor field and its clear
-// message's head and tail, then the message cap in bytes. Tombstones every key the sets list
+// KEYS: meta, then per namespace its tag set, its tag floor and its registry. ARGV: epoch,
+// tombstone head, channel, message head, message tail, then per namespace its value key
+// prefix (`{prefix}:{ns}:`), its TTL in ms, its section head, its floor field, its clear
+// message's head and tail and its registry's anchor field, then the message cap in bytes. Tombstones every key the sets list
 // (as INVALIDATE does), sets each tag floor to the version, deletes the sets and publishes
 // the keys in one message. Every byte a script publishes sits in each subscriber's output
 // buffer at once, so a namespace whose keys would take the message over the cap is cleared
-// instead (its floor raised under a version of its own, published as CLEAR_NAMESPACE does).
+// instead (its floor raised under a version of its own, published as CLEAR_NAMESPACE does), and
+// so is one whose set the registry cannot vouch for (see TAG_HELPERS); a clear resets the
+// namespace's registry, since every value it could have missed is now dead.
 // Returns {version, epoch, {keys of each namespace, without the prefix}, {version of each
 // namespace's clear, 0 where none}}.
 const INVALIDATE_TAG: &str = r"
 local cap = tonumber(table.remove(ARGV))
 local e = epoch()
 local v = draw()
+local now = clock()
 local tomb = ARGV[2] .. struct.pack('>I8', v)
 local parts, sections, bytes, evicted, cleared = {}, 0, 0, {}, {}
-for i = 1, (#KEYS - 1) / 2 do
-  local set, floor = KEYS[2 * i], KEYS[2 * i + 1]
-  local at = 6 * i
+for i = 1, (#KEYS - 1) / 3 do
+  local set, floor, reg = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local at = 7 * i - 1
   local prefix, ttl, section = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local keys, size = {}, #section + 4
   for _, m in ipairs(redis.call('SMEMBERS', set)) do
@@ -114,8 +169,10 @@ for i = 1, (#KEYS - 1) / 2 do
     end
   end
   cleared[i] = 0
-  if #keys > 0 and bytes + size > cap then
+  if untrusted(reg, ARGV[at + 6], set, now) or (#keys > 0 and bytes + size > cap) then
     cleared[i] = -1
+    redis.call('DEL', reg)
+    redis.call('HDEL', KEYS[1], ARGV[at + 6])
   elseif #keys > 0 then
     bytes = bytes + size
     sections = sections + 1
@@ -126,6 +183,7 @@ for i = 1, (#KEYS - 1) / 2 do
     end
   end
   redis.call('DEL', set)
+  if cleared[i] == 0 then redis.call('HDEL', reg, set) end
   redis.call('HSET', floor, 'version', v, 'epoch', e)
   extend(floor, ttl)
   evicted[i] = keys
@@ -134,7 +192,7 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5]
   .. struct.pack('>I2', sections) .. table.concat(parts))
 for i = 1, #cleared do
   if cleared[i] == -1 then
-    local at = 6 * i
+    local at = 7 * i - 1
     local c = draw()
     redis.call('HSET', KEYS[1], ARGV[at + 3], c)
     redis.call('PUBLISH', ARGV[3], ARGV[at + 4] .. stamp(c, e) .. ARGV[at + 5])
@@ -227,6 +285,7 @@ impl L2Tier {
         for t in tags {
             inv.key(self.keys.tag_key(namespace, t));
         }
+        inv.key(self.keys.tag_registry_key(namespace));
         inv.arg(self.first_arg())
             .arg(self.keys.channel())
             .arg(message.head())
@@ -237,6 +296,7 @@ impl L2Tier {
                 .arg(&encoded.body)
                 .arg(ttl_ms(*keep));
         }
+        inv.arg(KeySpace::tag_anchor_field(namespace));
         self.invoke(ns, &inv).await
     }
 
@@ -262,9 +322,11 @@ impl L2Tier {
             for t in tags {
                 inv.key(self.keys.tag_floor_key(namespace, t));
             }
+            inv.key(self.keys.tag_registry_key(namespace));
             inv.arg(seen.version)
                 .arg(seen.epoch)
                 .arg(ttl)
+                .arg(KeySpace::tag_anchor_field(namespace))
                 .arg(tags.len());
         };
         self.fill_with(&TAGGED_FILL_SCRIPT, ns, key, (seen, replaces), value, extra)
@@ -290,7 +352,8 @@ impl L2Tier {
             inv.key(self.keys.meta_key());
             for (ns, ..) in &namespaces {
                 inv.key(self.keys.tag_key(ns, tag))
-                    .key(self.keys.tag_floor_key(ns, tag));
+                    .key(self.keys.tag_floor_key(ns, tag))
+                    .key(self.keys.tag_registry_key(ns));
             }
             inv.arg(self.first_arg())
                 .arg(&codec::tombstone_head()[..])
@@ -303,7 +366,8 @@ impl L2Tier {
                     .arg(Outgoing::section_head(ns))
                     .arg(KeySpace::floor_field(ns))
                     .arg(clear.head())
-                    .arg(clear.tail());
+                    .arg(clear.tail())
+                    .arg(KeySpace::tag_anchor_field(ns));
             }
             inv.arg(crate::wire::MAX_MESSAGE - message.overhead());
         };

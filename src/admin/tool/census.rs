@@ -102,7 +102,8 @@ fn named(ns: &str) -> NamespaceCensus {
 enum Class<'a> {
     /// `{prefix}:{ns}:{key}`.
     Value(&'a str),
-    /// `{prefix}:_tc:...`: bookkeeping, of a namespace for tag sets, tag floors and locks.
+    /// `{prefix}:_tc:...`: bookkeeping, of a namespace for tag sets, tag floors, its tag
+    /// registry and locks.
     Internal(Option<&'a str>, &'a str),
     /// Anything else (not written by the library).
     Other,
@@ -125,6 +126,7 @@ fn classify<'a>(prefix: &str, key: &'a str) -> Class<'a> {
             ("tag" | "tagfloor" | "lock", Some(ns), Some(_)) if check_namespace(ns).is_ok() => {
                 Some(ns)
             }
+            ("tags", Some(ns), None) if check_namespace(ns).is_ok() => Some(ns),
             _ => None,
         };
         return Class::Internal(owner, kind);
@@ -187,6 +189,10 @@ mod tests {
     fn keys_are_classified_by_their_layout() {
         assert_eq!(classify("v1", "v1:rate:CNGN:USD"), Class::Value("rate"));
         assert_eq!(classify("v1", "v1:_tc:meta"), Class::Internal(None, "meta"));
+        assert_eq!(
+            classify("v1", "v1:_tc:tags:rate"),
+            Class::Internal(Some("rate"), "tags")
+        );
         assert_eq!(
             classify("v1", "v1:_tc:tag:rate:W1"),
             Class::Internal(Some("rate"), "tag")
