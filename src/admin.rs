@@ -8,6 +8,12 @@ use crate::error::Result;
 
 #[cfg(feature = "admin")]
 mod tool;
+/// Reads stored bytes as the admin tool's `inspect` does (for the fuzz target in `fuzz/`).
+#[cfg(all(feature = "admin", feature = "test-util"))]
+#[doc(hidden)]
+pub fn inspect_bytes(bytes: &[u8]) -> Inspection {
+    tool::read_envelope(bytes)
+}
 #[cfg(feature = "admin")]
 pub use tool::{
     Admin, AdminHealth, BusEvent, BusEventKind, Census, EnvelopeFlags, EventTarget, Inspection,

@@ -36,7 +36,7 @@ pub(crate) const HEADER_LEN: usize = 11;
 /// and is refused before anything is allocated for it.
 const LZ4_MAX_RATIO: usize = 255;
 /// The largest decompressed payload accepted, whatever the prefix claims.
-const MAX_DECOMPRESSED: usize = 256 << 20;
+pub(crate) const MAX_DECOMPRESSED: usize = 256 << 20;
 
 /// Milliseconds since the unix epoch, by this host's clock: expiries are compared across the
 /// fleet, so they use the wall clock (hosts are assumed NTP-synchronised).

@@ -5,6 +5,8 @@
 //!
 //! Not a stable API: it follows the formats, and changes whenever they do.
 
+pub mod fuzz;
+
 use crate::codec::{self, Opened};
 use crate::key::KeySpace;
 use crate::wire::{self, Outgoing, Scope};

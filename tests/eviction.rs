@@ -219,3 +219,33 @@ async fn a_tag_set_that_expired_with_its_values_clears_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touched_tagged_value_keeps_its_tag_set_alive() {
+    let server = RedisServer::start();
+    let (a, b) = (support::node(&server).await, support::node(&server).await);
+    let with = |n: &TieredCache, ttl: u64| {
+        n.namespace::<str, u64>("rate")
+            .unwrap()
+            .with(EntryOptions::new().tag(TAG).ttl(Duration::from_millis(ttl)))
+            .unwrap()
+    };
+    with(&a, 400).set("slide", 1).await.unwrap();
+    // Extended well past the 400 ms its set was made for: the set must follow, or it expires
+    // first and the tag no longer finds the value.
+    assert!(with(&a, 20_000).touch("slide").await.unwrap());
+    let set = keys::tag("rate", TAG);
+    let pttl: i64 = server.cmd(&[b"PTTL", set.as_bytes()]);
+    assert!(pttl > 10_000, "the tag set lives {pttl} ms, the value 20 s");
+    let tb = tagged(&b);
+    eventually("b holds the value in L1", PATIENCE, || async {
+        tb.get("slide").await.map(|v| *v) == Some(1) && tb.get_local("slide").is_some()
+    })
+    .await;
+    assert_eq!(a.invalidate_tag(TAG).await.unwrap(), 1);
+    eventually("b dropped it", PATIENCE, || async {
+        tb.get_local("slide").is_none()
+    })
+    .await;
+    assert_eq!(tb.get("slide").await, None);
+}

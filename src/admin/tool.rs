@@ -19,7 +19,7 @@ mod inspect;
 mod watch;
 
 pub use census::{Census, NamespaceCensus};
-use inspect::read_envelope;
+pub(crate) use inspect::read_envelope;
 pub use inspect::{EnvelopeFlags, Inspection};
 pub use watch::{BusEvent, BusEventKind, EventTarget, Watch};
 

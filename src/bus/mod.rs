@@ -12,9 +12,9 @@
 //! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
 //! waited on. A gap in the sequence, or a message from a new epoch of the version counter (Redis
 //! flushed or restarted), makes it resynchronise the same way without reconnecting: the
-//! subscription is still confirmed, so nothing published from then on is missed. Resyncs are
-//! spaced (at most one per `RESYNC_GAP`) so a flood of suspicious messages cannot pin a core;
-//! a message it cannot parse is skipped (see `apply`).
+//! subscription is still confirmed, so nothing published from then on is missed. Resyncs a
+//! message asks for are spaced (at most one per `RESYNC_GAP`) so a flood of gaps cannot pin a
+//! core; a message it cannot parse is skipped (see `apply`).
 
 mod heartbeat;
 mod subscriber;
@@ -85,8 +85,11 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
         Order::Gap(missed) => {
             shared.bus.metrics.gaps.inc();
             shared.bus.metrics.lost.add(missed);
-            tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
-                "invalidation messages were lost; resynchronising");
+            if shared.bus.metrics.gaps.get().is_power_of_two() {
+                tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
+                    gaps = shared.bus.metrics.gaps.get(),
+                    "invalidation messages were lost; resynchronising");
+            }
             shared.suspect();
             return After::Resync;
         }

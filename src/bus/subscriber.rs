@@ -17,9 +17,9 @@ pub(crate) struct BusConfig {
     pub(crate) max_backoff: Duration,
 }
 
-/// The least time between two resyncs of one subscription: bounds what a flood of gaps or
-/// epoch changes (forged, or a flapping server) costs to one round trip and one L1 clear per
-/// period.
+/// The least time between two resyncs a message asked for: bounds what a flood of gaps costs
+/// to one round trip and one L1 clear per period (a new epoch clears L1 at once, as it
+/// arrives; only the ACL line keeps such messages out).
 const RESYNC_GAP: Duration = Duration::from_millis(25);
 
 /// Runs until aborted (when the last cache handle is dropped).
@@ -105,8 +105,9 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
         cfg.clone(),
         failed_tx,
     )));
-    // A resync asked for waits until `RESYNC_GAP` after the last one, while messages go on
-    // being applied: L1 is distrusted from the suspicion on, and the resync clears it anyway.
+    // A resync a message asked for waits until `RESYNC_GAP` after the last one, while messages
+    // go on being applied: bounded namespaces distrust L1 from the suspicion on, and the
+    // resync clears every L1 anyway (unbounded ones serve theirs up to `RESYNC_GAP` longer).
     let (mut due, mut last) = (false, tokio::time::Instant::now());
     loop {
         tokio::select! {
@@ -114,7 +115,12 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
                 Some(msg) => due |= apply(shared, msg.payload()) == After::Resync,
                 None => return Err("connection closed".into()),
             },
-            _ = shared.resync_wanted.notified() => due = true,
+            // Asked for by this node itself (tracking, its own clear): not spaced, since a
+            // suspicion raised during the last resync was cleared with it.
+            _ = shared.resync_wanted.notified() => {
+                super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
+                (due, last) = (false, tokio::time::Instant::now());
+            }
             _ = tokio::time::sleep_until(last + RESYNC_GAP), if due => {
                 super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
                 (due, last) = (false, tokio::time::Instant::now());

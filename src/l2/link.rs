@@ -97,6 +97,17 @@ impl Tracker {
     }
 }
 
+/// A RESP reply as the tracking connection could receive it, read as an invalidation push
+/// (`None`: not RESP). For the fuzz target (see `testing::fuzz`).
+#[cfg(feature = "test-util")]
+pub(crate) fn tracked_from_resp(bytes: &[u8]) -> Option<Tracked> {
+    let data = match redis::parse_redis_value(bytes).ok()? {
+        Value::Push { data, .. } | Value::Array(data) => data,
+        other => vec![other],
+    };
+    Some(keys_of(&data))
+}
+
 /// An invalidation push: a list of keys, or null for a flush of everything.
 fn keys_of(data: &[Value]) -> Tracked {
     let Some(Value::Array(keys)) = data.first() else {

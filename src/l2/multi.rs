@@ -29,10 +29,11 @@ use std::time::Duration;
 // and a set that is only written goes cold first. So each namespace keeps a registry hash
 // (`{prefix}:_tc:tags:{ns}`, no TTL): per tag set, when it expires (unix ms, Redis's clock),
 // negated once the set was found gone before its time (its members are then unknown), and a
-// sentinel field '' so it never empties. The meta hash's field `tags:{ns}` anchors the
+// sentinel field '' (the cursor of the scan that prunes records past their time) so it never
+// empties. The meta hash's field `tags:{ns}` anchors the
 // registry ('1'; 'lost' once the registry itself was found gone). INVALIDATE_TAG clears the
 // namespace rather than trust a set that may be incomplete.
-const TAG_HELPERS: &str = r"
+pub(super) const TAG_HELPERS: &str = r"
 local function extend(k, ttl)
   if redis.call('PTTL', k) < tonumber(ttl) then redis.call('PEXPIRE', k, ttl) end
 end
@@ -43,7 +44,7 @@ end
 local function registered(reg, anchor)
   local a = redis.call('HGET', KEYS[1], anchor)
   if redis.call('EXISTS', reg) == 0 then
-    redis.call('HSET', reg, '', '1')
+    redis.call('HSET', reg, '', '0')
     if a then a = 'lost' else a = '1' end
     redis.call('HSET', KEYS[1], anchor, a)
   elseif not a then
@@ -60,13 +61,13 @@ local function join(reg, set, members, ttl, now)
     exp = -math.max(exp, math.abs(was))
   end
   redis.call('HSET', reg, set, exp)
-  local pick = redis.pcall('HRANDFIELD', reg, 2, 'WITHVALUES')
-  if type(pick) == 'table' and not pick.err then
-    for i = 1, #pick, 2 do
-      local v = tonumber(pick[i + 1])
-      if pick[i] ~= '' and v and math.abs(v) < now then redis.call('HDEL', reg, pick[i]) end
-    end
+  -- Prunes records past their time a few at a time, the scan's cursor kept in the sentinel.
+  local page = redis.call('HSCAN', reg, redis.call('HGET', reg, '') or '0', 'COUNT', 4)
+  for i = 1, #page[2], 2 do
+    local v = tonumber(page[2][i + 1])
+    if page[2][i] ~= '' and v and math.abs(v) < now then redis.call('HDEL', reg, page[2][i]) end
   end
+  redis.call('HSET', reg, '', page[1])
 end
 local function untrusted(reg, anchor, set, now)
   local a = redis.call('HGET', KEYS[1], anchor)
@@ -145,7 +146,7 @@ return r
 // (as INVALIDATE does), sets each tag floor to the version, deletes the sets and publishes
 // the keys in one message. Every byte a script publishes sits in each subscriber's output
 // buffer at once, so a namespace whose keys would take the message over the cap is cleared
-// instead (its floor raised under a version of its own, published as CLEAR_NAMESPACE does), and
+// instead of listed (its keys are still tombstoned) (its floor raised under a version of its own, published as CLEAR_NAMESPACE does), and
 // so is one whose set the registry cannot vouch for (see TAG_HELPERS); a clear resets the
 // namespace's registry, since every value it could have missed is now dead.
 // Returns {version, epoch, {keys of each namespace, without the prefix}, {version of each
@@ -168,6 +169,7 @@ for i = 1, (#KEYS - 1) / 3 do
       size = size + 4 + #keys[#keys]
     end
   end
+  for _, k in ipairs(keys) do redis.call('SET', prefix .. k, tomb, 'PX', ttl) end
   cleared[i] = 0
   if untrusted(reg, ARGV[at + 6], set, now) or (#keys > 0 and bytes + size > cap) then
     cleared[i] = -1
@@ -177,10 +179,7 @@ for i = 1, (#KEYS - 1) / 3 do
     bytes = bytes + size
     sections = sections + 1
     parts[#parts + 1] = section .. struct.pack('>I4', #keys)
-    for _, k in ipairs(keys) do
-      redis.call('SET', prefix .. k, tomb, 'PX', ttl)
-      parts[#parts + 1] = struct.pack('>I4', #k) .. k
-    end
+    for _, k in ipairs(keys) do parts[#parts + 1] = struct.pack('>I4', #k) .. k end
   end
   redis.call('DEL', set)
   if cleared[i] == 0 then redis.call('HDEL', reg, set) end

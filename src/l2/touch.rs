@@ -50,7 +50,33 @@ if pttl >= 0 and pttl < keep then redis.call('PEXPIRE', KEYS[2], keep) end
 return {1, ver, exp}
 ";
 
+// TOUCH, wrapped for a tagged key: the caller appends the key's tag sets and the namespace's
+// tag registry to KEYS and the registry's anchor field to ARGV; popped off before TOUCH runs.
+// A value extended past its tag sets would outlive them, and the registry would take a set
+// that expired first as gone with its values: every set is extended with it (`join`).
+const TAGGED_HEAD: &str = r"
+local anchor = table.remove(ARGV)
+local reg = table.remove(KEYS)
+local sets = {}
+for i = #KEYS, 3, -1 do sets[i - 2] = table.remove(KEYS) end
+local function touch()
+";
+const TAGGED_TAIL: &str = r"
+end
+local r = touch()
+if r[1] == 1 then
+  registered(reg, anchor)
+  local now = clock()
+  for i = 1, #sets do join(reg, sets[i], {KEYS[2]}, ARGV[3], now) end
+end
+return r
+";
+
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TOUCH));
+static TAGGED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    let helpers = super::multi::TAG_HELPERS;
+    Script::new(&format!("{helpers}{TAGGED_HEAD}{TOUCH}{TAGGED_TAIL}"))
+});
 
 /// A value whose expiry a touch pushed later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,16 +98,23 @@ pub(crate) struct Extension {
 }
 
 impl L2Tier {
-    /// Extends a live value's expiry in Redis and in its envelope, atomically. `None` when the
-    /// key holds no live value (of the expected version).
+    /// Extends a live value's expiry in Redis and in its envelope, atomically, and with it
+    /// the sets of its `tags`. `None` when the key holds no live value (of the expected
+    /// version).
     pub(crate) async fn touch(
         &self,
         ns: Target<'_>,
         key: &str,
         ext: Extension,
+        tags: &[&str],
     ) -> L2Result<Option<Touched>> {
         let (namespace, ns) = (ns.name, Some(ns));
-        let mut inv = SCRIPT.prepare_invoke();
+        let script = if tags.is_empty() {
+            &*SCRIPT
+        } else {
+            &*TAGGED_SCRIPT
+        };
+        let mut inv = script.prepare_invoke();
         inv.key(self.keys().meta_key())
             .key(self.keys().value_key(namespace, key))
             .arg(ext.expected.map_or_else(String::new, |v| v.to_string()))
@@ -89,6 +122,13 @@ impl L2Tier {
             .arg(ttl_ms(ext.keep_for))
             .arg(crate::codec::unix_ms())
             .arg(crate::key::KeySpace::floor_field(namespace));
+        if !tags.is_empty() {
+            for t in tags {
+                inv.key(self.keys().tag_key(namespace, t));
+            }
+            inv.key(self.keys().tag_registry_key(namespace))
+                .arg(crate::key::KeySpace::tag_anchor_field(namespace));
+        }
         let inv = &inv;
         let (done, version, expires_ms): (u8, u64, u64) = self
             .call(ns, |mut c| async move { inv.invoke_async(&mut c).await })

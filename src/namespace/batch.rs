@@ -11,7 +11,8 @@
 //!   connection: one round trip, and each goes through the same timeout and back-off as every
 //!   other Redis call.
 //! - **Writes** are one script: one version drawn for the whole batch, every value stored,
-//!   one invalidation message listing every key. While writes of the namespace are queued in
+//!   one invalidation message listing every key (a batch whose message would pass 256 KiB of
+//!   keys runs as several such scripts, in order). While writes of the namespace are queued in
 //!   the outbox (Redis unreachable, or not yet replayed), an untagged batch joins the queue
 //!   (its keys then get versions of their own); a strict or tagged one takes its keys' queued
 //!   operations out of the queue and lands after them, in one script. A tagged batch that
@@ -119,7 +120,9 @@ where
     }
 
     /// Writes many values in one script: one version for all of them, every value stored in
-    /// Redis, one invalidation message listing every key, then this node's L1 updated.
+    /// Redis, one invalidation message listing every key, then this node's L1 updated. A
+    /// batch whose keys would take that message past 256 KiB runs as several scripts, each
+    /// with its own version and message (a failure leaves the runs before it written).
     ///
     /// One outcome per entry, in order. A value that cannot be encoded fails alone
     /// (`Error::Encode`) and is not written. If Redis cannot be reached, or writes of this

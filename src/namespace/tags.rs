@@ -45,7 +45,9 @@ where
     /// Removes every value of this namespace written or loaded with `tag`, from Redis and
     /// from every node's L1: one script, one message, no key scan. Returns how many keys the
     /// tag listed (each is now a tombstone; some may already have expired, or have been
-    /// rewritten without the tag: they are invalidated anyway, harmlessly).
+    /// rewritten without the tag: they are invalidated anyway, harmlessly). Where the keys
+    /// would take the message past 256 KiB, or Redis evicted the tag's set, the namespace is
+    /// cleared instead (see `docs/coherence.md`, memory pressure and eviction).
     ///
     /// A tagged load that started before this call cannot write its value back afterwards,
     /// even for a key that was not cached yet: the tag's floor refuses it (kept for the
@@ -70,7 +72,7 @@ where
 
 impl TieredCache {
     /// [`Namespace::invalidate_tag`] in every namespace this node has configured, in one
-    /// script and one message: "the window settled, drop everything cached for it". Returns
+    /// script and one message (plus one per namespace cleared instead, as there): "the window settled, drop everything cached for it". Returns
     /// how many keys the tag listed in all of them.
     ///
     /// Namespaces only other nodes configure are not covered: they are unknown here.

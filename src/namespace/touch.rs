@@ -40,12 +40,16 @@ where
     /// before is the value extended; one that lands after brings its own TTL. Returns
     /// `Err(Unavailable)` when Redis cannot be reached: the value keeps its old expiry.
     ///
+    /// Through a tagged handle, the sets of its tags are extended with the value (touch a
+    /// tagged key through a handle carrying its tags, as writes and loads must give them).
+    ///
     /// Other nodes are not told: their L1 copies expire at the time they were read with, and
     /// the next read there finds the extended value in Redis (one Redis read, never a wrong
     /// answer).
     pub async fn touch(&self, key: &K) -> Result<bool> {
         let how = (None, self.ttl());
-        crate::write::touch(self.cache.shared(), &self.core, &key_string(key), how).await
+        let key = key_string(key);
+        crate::write::touch(self.cache.shared(), &self.core, &key, how, &self.tags()).await
     }
 
     /// Reads a value as [`get`](Self::get) does and, if there is one, extends it as
@@ -62,7 +66,8 @@ where
         let expected = self.core.l1.get(&key).map(|e| e.version).filter(|v| *v > 0);
         // A failure is already counted, and the value stays valid until its old expiry.
         let how = (expected, self.ttl());
-        let _ = crate::write::touch(self.cache.shared(), &self.core, &key, how).await;
+        let tags = self.tags();
+        let _ = crate::write::touch(self.cache.shared(), &self.core, &key, how, &tags).await;
         Some(value)
     }
 }

@@ -1,5 +1,5 @@
-//! Batch writes: one version drawn for the whole batch, every value stored, one invalidation
-//! message listing every key, in one script (see `namespace/batch.rs` for the contract with the outbox).
+//! Batch writes: one version drawn for the whole batch (per run, where its message would be
+//! over the cap), every value stored, one invalidation message listing every key, in one script (see `namespace/batch.rs` for the contract with the outbox).
 
 use crate::codec;
 use crate::engine::Engine;

@@ -6,13 +6,14 @@ use crate::error::Result;
 use crate::l2::touch::Extension;
 use crate::space::{NamespaceCore, TtlOverride};
 
-/// Runs the touch script and, when it extended a version this node's L1 holds, gives that
-/// L1 copy the new expiry.
+/// Runs the touch script (extending the sets of `tags` too) and, when it extended a version
+/// this node's L1 holds, gives that L1 copy the new expiry.
 pub(crate) async fn touch(
     shared: &Engine,
     core: &NamespaceCore,
     key: &str,
     (expected, ttl): (Option<u64>, TtlOverride),
+    tags: &[&str],
 ) -> Result<bool> {
     let life = core.l2_life(false, ttl);
     let ext = Extension {
@@ -21,7 +22,7 @@ pub(crate) async fn touch(
         keep_for: life.keep_for,
     };
     let touched = (shared.l2)
-        .touch(core.target(), key, ext)
+        .touch(core.target(), key, ext, tags)
         .await
         .map_err(|e| e.into_error("touch"))?;
     let Some(touched) = touched else {

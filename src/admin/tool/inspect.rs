@@ -59,7 +59,7 @@ impl EnvelopeFlags {
 }
 
 /// Reads an envelope that starts with the magic byte, as far as it goes. Never panics.
-pub(super) fn read_envelope(bytes: &[u8]) -> Inspection {
+pub(crate) fn read_envelope(bytes: &[u8]) -> Inspection {
     let flags = bytes.get(2).copied().unwrap_or(0);
     let mut seen = Inspection {
         redis_key: String::new(),
@@ -150,7 +150,7 @@ fn to_json(value: rmpv::Value) -> serde_json::Value {
                 .map(|(k, v)| {
                     let key = match k {
                         M::String(s) if s.is_str() => s.into_str().unwrap_or_default(),
-                        other => to_json(other).to_string(),
+                        other => key_text(other),
                     };
                     (key, to_json(v))
                 })
@@ -158,6 +158,25 @@ fn to_json(value: rmpv::Value) -> serde_json::Value {
         ),
         M::Ext(kind, data) => serde_json::json!({ "ext": kind, "data": bytes(&data) }),
     }
+}
+
+/// The most of a non-string map key's JSON text kept as the key.
+const KEY_TEXT_MAX: usize = 256;
+
+/// A map key that is not a string, as its JSON text, cut at [`KEY_TEXT_MAX`] bytes: keys made
+/// of maps keyed by maps nest their quotes, and each level would double the text (a 216-byte
+/// value once asked for gigabytes).
+fn key_text(key: rmpv::Value) -> String {
+    let mut text = to_json(key).to_string();
+    if text.len() > KEY_TEXT_MAX {
+        let mut cut = KEY_TEXT_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// A float; NaN and infinities, which JSON cannot hold, as their names.
@@ -174,6 +193,24 @@ fn bytes(b: &[u8]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_keys_made_of_maps_render_in_bounded_space() {
+        // {{{…{nil: nil}…: nil}: nil}: nil}, 200 levels of maps as keys (found by the fuzzer).
+        let depth = 200;
+        let mut body = vec![0x81u8; depth];
+        body.extend(std::iter::repeat_n(0xC0, depth + 1));
+        let bytes = [
+            &[codec::MAGIC, codec::FORMAT, 0][..],
+            &7u64.to_be_bytes(),
+            &body,
+        ]
+        .concat();
+        let seen = read_envelope(&bytes);
+        assert_eq!(seen.problem, None);
+        let text = seen.value.unwrap().to_string();
+        assert!(text.len() < 4 * KEY_TEXT_MAX, "{} bytes", text.len());
+    }
 
     #[test]
     fn envelopes_are_read_as_far_as_they_go() {
