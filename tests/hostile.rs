@@ -101,14 +101,15 @@ fn patient(b: tiered_cache::TieredCacheBuilder) -> tiered_cache::TieredCacheBuil
     b.l2_timeout(std::time::Duration::from_secs(5))
 }
 
-/// A server that drops a subscriber whose output buffer holds over 1 MiB.
+/// A server that drops a subscriber whose output buffer holds over 2 MiB: less than one
+/// unsplit message of [`many_keys`], eight times one run's cap.
 fn tight_server() -> RedisServer {
     let server = RedisServer::start();
     let _: () = server.cmd(&[
         b"CONFIG",
         b"SET",
         b"client-output-buffer-limit",
-        b"pubsub 1mb 0 0",
+        b"pubsub 2mb 0 0",
     ]);
     server
 }

@@ -128,7 +128,13 @@ async fn an_invalidation_a_read_only_server_refuses_is_retried_until_it_lands() 
     ns.invalidate("k").await.expect("degraded, not failed");
     assert!(a.health().await.outbox_entries > 0, "queued to retry");
     // Redis still holds 1, older than what this node acknowledged: not served here.
+    let bypassed = || a.stats().namespace("rate").unwrap().l2_bypasses;
+    let before = bypassed();
     assert_eq!(rate(&a, "k").await, None);
+    assert!(
+        bypassed() > before,
+        "the skipped Redis copy was not counted"
+    );
     // Retried, not given up, while the server refuses.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a.health().await.outbox_entries > 0, "still queued");

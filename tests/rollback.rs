@@ -143,6 +143,16 @@ async fn losing_the_meta_hash_while_values_survive_makes_them_misses() {
             "the clear from before stays in force"
         );
     }
+    // The repair shows in the admin tool's census (plain servers: the secure pass's TLS and
+    // ACL settings for the admin handle are `tests/tls.rs`'s).
+    #[cfg(feature = "admin")]
+    if support::secure().is_none() {
+        let admin = tiered_cache::Admin::new(&server.url(), "v1").unwrap();
+        eventually("the census shows the rollback floor", PATIENCE, || async {
+            admin.census().await.unwrap().rollback_floor.is_some()
+        })
+        .await;
+    }
     // New writes and invalidations order correctly against everything before.
     ra.set("k", 2).await.unwrap();
     eventually("b reads the new write", PATIENCE, || async {

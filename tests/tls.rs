@@ -1,7 +1,8 @@
 //! TLS, authentication and secrets against real TLS `redis-server`s started here: a custom CA,
 //! mutual TLS, the `REDIS_*` variables (a password with `@ / # % ?`), a wrong CA and a
 //! plaintext client failing fast with a clear error, an ACL user without the channel
-//! permission refused at start, and a marker password absent from every output.
+//! permission refused at start, a marker password absent from every output, and a TLS primary
+//! behind TLS Sentinels followed through a failover.
 
 mod support;
 
@@ -418,5 +419,168 @@ fn the_readmes_acl_line_is_the_one_the_secure_pass_grants() {
     assert_eq!(
         documented, granted,
         "README.md and tests/support/server.rs disagree"
+    );
+}
+
+/// A `redis-server --sentinel` serving TLS only, monitoring `master` over TLS with `password`.
+fn tls_sentinel(primary_port: u16, password: &str) -> TlsServer {
+    let certs = certs();
+    let port = support::free_port();
+    let dir =
+        std::env::temp_dir().join(format!("tiered-tls-sentinel-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |f: &str| certs.join(f).display().to_string();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {}\n\
+             tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor mymaster 127.0.0.1 {primary_port} 2\n\
+             sentinel auth-pass mymaster {password}\n\
+             sentinel down-after-milliseconds mymaster 400\n\
+             sentinel failover-timeout mymaster 3000\n",
+            dir.display(),
+            file("server.crt"),
+            file("server.key"),
+            file("ca.crt"),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel");
+    let sentinel = TlsServer { port, child, dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS Sentinel did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sentinel
+}
+
+/// One command over TLS (the test CA), as `password` if given.
+fn tls_query<T: redis::FromRedisValue>(
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let auth = password
+        .map(|p| format!("default:{p}@"))
+        .unwrap_or_default();
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem("ca.crt")),
+    };
+    let client = redis::Client::build_with_tls(format!("rediss://{auth}127.0.0.1:{port}"), certs)?;
+    let mut c = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_tls_primary_through_tls_sentinels_and_follow_a_failover() {
+    let pw = "sentinel-data-pw";
+    let primary = TlsServer::start(false, &["--requirepass", pw]);
+    let p = primary.port.to_string();
+    let replica = TlsServer::start(
+        false,
+        &[
+            "--requirepass",
+            pw,
+            "--masterauth",
+            pw,
+            "--tls-replication",
+            "yes",
+            "--replicaof",
+            "127.0.0.1",
+            &p,
+        ],
+    );
+    let sentinels: Vec<TlsServer> = (0..3).map(|_| tls_sentinel(primary.port, pw)).collect();
+    eventually(
+        "the Sentinels know the replica and each other",
+        PATIENCE,
+        || async {
+            sentinels.iter().all(|s| {
+                let replicas: Vec<redis::Value> =
+                    tls_query(s.port, None, &["SENTINEL", "REPLICAS", "mymaster"])
+                        .unwrap_or_default();
+                let peers: Vec<redis::Value> =
+                    tls_query(s.port, None, &["SENTINEL", "SENTINELS", "mymaster"])
+                        .unwrap_or_default();
+                replicas.len() == 1 && peers.len() == 2
+            })
+        },
+    )
+    .await;
+    let primary_port = || {
+        sentinels.iter().find_map(|s| {
+            let addr: Vec<String> = tls_query(
+                s.port,
+                None,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+            )
+            .ok()?;
+            addr.get(1)?.parse::<u16>().ok()
+        })
+    };
+    assert_eq!(primary_port(), Some(primary.port));
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("rediss+sentinel://:{pw}@{}/mymaster", hosts.join(","));
+    let ca = certs().join("ca.crt").display().to_string();
+    let node = || builder(&[("REDIS_TLS_CA_FILE", ca.clone())]).redis_url(url.clone());
+    coherent(node).await;
+    let (a, b) = (node().build().unwrap(), node().build().unwrap());
+    for n in [&a, &b] {
+        n.ready(PATIENCE)
+            .await
+            .expect("subscribed through TLS Sentinels");
+    }
+    let (ra, rb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    ra.set("k", 1).await.unwrap();
+    assert_eq!(rb.get("k").await.as_deref(), Some(&1));
+
+    let _: String = tls_query(
+        sentinels[0].port,
+        None,
+        &["SENTINEL", "FAILOVER", "mymaster"],
+    )
+    .unwrap();
+    eventually("the replica is the primary", PATIENCE, || async {
+        primary_port() == Some(replica.port)
+    })
+    .await;
+    // Writes land on the new primary, over TLS, and the other node reads them.
+    let mut v = 2;
+    eventually(
+        "a write lands after the failover and b reads it",
+        PATIENCE,
+        || {
+            v += 1;
+            let (ra, rb, v) = (&ra, &rb, v);
+            async move { ra.set("k", v).await.is_ok() && rb.get("k").await.as_deref() == Some(&v) }
+        },
+    )
+    .await;
+    let role: Vec<redis::Value> = tls_query(replica.port, Some(pw), &["ROLE"]).unwrap();
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec())),
+        "the promoted replica is the primary"
     );
 }

@@ -312,6 +312,7 @@ fn stats_json(admin: &Admin, c: &Census, info: &RedisInfo) -> Value {
         "other_keys": c.other_keys,
         "version": c.version,
         "epoch": c.epoch,
+        "rollback_floor": c.rollback_floor,
         "redis": {
             "version": info.redis_version,
             "hit_ratio": info.hit_ratio(),

@@ -99,6 +99,8 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) lock_acquired: Tally,
     pub(crate) lock_waited: Tally,
     pub(crate) lock_gave_up: Tally,
+    /// Writes and replays Redis refused (`READONLY`, `OOM`...), for logging: not exported.
+    refusals: std::sync::atomic::AtomicU64,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
     pub(crate) bypass_time: BypassTime,
@@ -164,6 +166,7 @@ impl NamespaceMetrics {
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
             bypass_time: BypassTime::new(&ns),
+            refusals: std::sync::atomic::AtomicU64::new(0),
             latency: Latency::new(&ns),
             inv_coalesced: Tally::new(counter!("tiered_cache_invalidations_coalesced_total",
                 "namespace" => ns.clone())),
@@ -220,6 +223,7 @@ impl NamespaceMetrics {
             invalidations_applied: self.inv_applied.get(),
             tracked_invalidations: self.inv_tracked.get(),
             l1_bypasses: self.l1_bypass.get(),
+            l2_bypasses: self.l2_bypass.get(),
             coalesced_loads: self.coalesced.get(),
             stale_served: self.stale_served.get(),
             loader_timeouts: self.loader_soft_timeout.get() + self.loader_hard_timeout.get(),
@@ -274,6 +278,10 @@ pub struct NamespaceStats {
     /// Reads that skipped L1 because the bus could not vouch for the staleness bound (also
     /// counted as L1 misses).
     pub l1_bypasses: u64,
+    /// Reads that skipped Redis's copy because it could not be vouched for: the key queued in
+    /// this node's outbox, Redis taking no writes (a pause, a demotion), or its history not
+    /// yet checked after it went back (also counted as L2 misses).
+    pub l2_bypasses: u64,
     /// Stale values served by fail-safe instead of a loader error or a slow load.
     pub stale_served: u64,
     /// Loads that ran past the soft or the hard timeout.
@@ -311,6 +319,15 @@ pub struct NamespaceStats {
     pub invalidation_lag: LagPercentiles,
     /// Time spent with L1 bypassed since the cache was built, the current bypass included.
     pub l1_bypass_time: Duration,
+}
+
+impl NamespaceMetrics {
+    /// Counts one refusal by Redis; `Some(count)` when it is worth a log line (the 1st, 2nd,
+    /// 4th, 8th...: a server refusing for hours is logged, not echoed every retry).
+    pub(crate) fn refusal_to_log(&self) -> Option<u64> {
+        let n = 1 + (self.refusals).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        n.is_power_of_two().then_some(n)
+    }
 }
 
 impl NamespaceStats {

@@ -145,8 +145,12 @@ fn finish_invalidation(
 /// Logs a write or invalidation Redis refused (it was queued): an operator must hear of a
 /// server that takes no writes, since nothing fails for the caller.
 pub(crate) fn refused(core: &NamespaceCore, e: &crate::l2::L2Error, op: &'static str) {
-    if e.is_refused() {
+    if let Some(refusals) = e
+        .is_refused()
+        .then(|| core.metrics.refusal_to_log())
+        .flatten()
+    {
         tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, op, code = e.code(),
-            error = %e, "redis refused a write; queued to retry");
+            error = %e, refusals, "redis refused a write; queued to retry");
     }
 }

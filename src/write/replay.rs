@@ -149,9 +149,13 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
             Ok(expired)
         }
         Err(e) => {
-            if e.is_refused() {
+            if let Some(refusals) = e
+                .is_refused()
+                .then(|| core.metrics.refusal_to_log())
+                .flatten()
+            {
                 tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, code = e.code(),
-                    error = %e, "redis refused a queued operation on replay; kept to retry");
+                    error = %e, refusals, "redis refused a queued operation on replay; kept to retry");
             }
             Err(e)
         }

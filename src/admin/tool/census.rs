@@ -82,6 +82,7 @@ impl Admin {
                 }
                 _ if field == KeySpace::VERSION_FIELD => census.version = number,
                 _ if field == KeySpace::EPOCH_FIELD => census.epoch = number,
+                _ if field == KeySpace::ROLLBACK_FLOOR_FIELD => census.rollback_floor = number,
                 _ => {}
             }
         }
@@ -151,6 +152,9 @@ pub struct Census {
     pub version: Option<u64>,
     /// The counter's incarnation (changes when Redis was flushed or restarted empty).
     pub epoch: Option<u64>,
+    /// The floor of every namespace set when Redis's history was found to have gone back
+    /// (a restore, a lagging replica promoted, the meta hash lost); `None` if never.
+    pub rollback_floor: Option<u64>,
 }
 
 impl Census {
