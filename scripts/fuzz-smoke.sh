@@ -13,7 +13,13 @@ fi
 export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECS:-10}
 cargo fuzz build -s none
-for target in $(cargo fuzz list); do
+# An assignment, so a failing listing stops the script (a loop over `$(...)` would not).
+targets=$(cargo fuzz list)
+if [ -z "$targets" ]; then
+  echo "fuzz: no targets listed" >&2
+  exit 1
+fi
+for target in $targets; do
   out=$(mktemp -d)
   log=$(mktemp)
   if cargo fuzz run -s none "$target" "$out" "corpus/$target" -- \
@@ -21,7 +27,8 @@ for target in $(cargo fuzz list); do
     echo "fuzz $target: $(grep -E '^Done' "$log" | tail -1)"
   else
     tail -40 "$log"
-    echo "fuzz $target: crashed (the input is under fuzz/artifacts/$target)" >&2
+    rm -rf "$out"
+    echo "fuzz $target: failed (a crash leaves its input under fuzz/artifacts/$target)" >&2
     exit 1
   fi
   rm -rf "$out" "$log"

@@ -50,6 +50,30 @@ pub(crate) fn sample_l1() -> bool {
 }
 
 /// One count, kept locally and exported.
+/// Picks which occurrences of a repeated event are worth a log line: the 1st, 2nd, 4th,
+/// 8th... and any after a minute without one, so a flood is not echoed line by line and a
+/// later episode is still heard at once.
+#[derive(Default)]
+pub(crate) struct LogLimit {
+    seen: AtomicU64,
+    last_ms: AtomicU64,
+}
+
+impl LogLimit {
+    /// Counts one occurrence; `Some(count so far)` when it should be logged.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        let n = self.seen.fetch_add(1, Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let quiet = now.saturating_sub(self.last_ms.load(Relaxed)) >= 60_000;
+        (n.is_power_of_two() || quiet).then(|| {
+            self.last_ms.store(now, Relaxed);
+            n
+        })
+    }
+}
+
 pub(crate) struct Tally {
     local: AtomicU64,
     exported: Counter,

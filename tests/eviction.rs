@@ -230,8 +230,8 @@ async fn a_touched_tagged_value_keeps_its_tag_set_alive() {
             .with(EntryOptions::new().tag(TAG).ttl(Duration::from_millis(ttl)))
             .unwrap()
     };
-    with(&a, 400).set("slide", 1).await.unwrap();
-    // Extended well past the 400 ms its set was made for: the set must follow, or it expires
+    with(&a, 3_000).set("slide", 1).await.unwrap();
+    // Extended well past the 3 s its set was made for: the set must follow, or it expires
     // first and the tag no longer finds the value.
     assert!(with(&a, 20_000).touch("slide").await.unwrap());
     let set = keys::tag("rate", TAG);

@@ -423,6 +423,8 @@ fn the_readmes_acl_line_is_the_one_the_secure_pass_grants() {
 }
 
 /// A `redis-server --sentinel` serving TLS only, monitoring `master` over TLS with `password`.
+/// Slow to call a primary down (30 s): only the test's own `SENTINEL FAILOVER` moves it, never
+/// a stall of a loaded machine.
 fn tls_sentinel(primary_port: u16, password: &str) -> TlsServer {
     let certs = certs();
     let port = support::free_port();
@@ -439,7 +441,7 @@ fn tls_sentinel(primary_port: u16, password: &str) -> TlsServer {
              tls-auth-clients no\ntls-replication yes\n\
              sentinel monitor mymaster 127.0.0.1 {primary_port} 2\n\
              sentinel auth-pass mymaster {password}\n\
-             sentinel down-after-milliseconds mymaster 400\n\
+             sentinel down-after-milliseconds mymaster 30000\n\
              sentinel failover-timeout mymaster 3000\n",
             dir.display(),
             file("server.crt"),
@@ -552,8 +554,10 @@ async fn nodes_reach_a_tls_primary_through_tls_sentinels_and_follow_a_failover()
         a.namespace::<str, u64>("rate").unwrap(),
         b.namespace::<str, u64>("rate").unwrap(),
     );
-    ra.set("k", 1).await.unwrap();
-    assert_eq!(rb.get("k").await.as_deref(), Some(&1));
+    eventually("b reads a's write", PATIENCE, || async {
+        ra.set("k", 1).await.is_ok() && rb.get("k").await.as_deref() == Some(&1)
+    })
+    .await;
 
     let _: String = tls_query(
         sentinels[0].port,

@@ -60,9 +60,7 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
         // library message this build cannot read still drew a version, so the next message
         // or heartbeat shows the hole and that resynchronises (within the staleness bound).
         shared.bus.metrics.malformed.inc();
-        let n = shared.bus.metrics.malformed.get();
-        // The 1st, 2nd, 4th, 8th...: a flood is logged, not echoed.
-        if n.is_power_of_two() {
+        if let Some(n) = shared.bus.metrics.malformed_log.hit() {
             tracing::warn!(target: "tiered_cache::bus", len = payload.len(), unreadable = n,
                 "unreadable message on the invalidation channel, skipped; a missed write shows as a gap");
         }
@@ -85,9 +83,8 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
         Order::Gap(missed) => {
             shared.bus.metrics.gaps.inc();
             shared.bus.metrics.lost.add(missed);
-            if shared.bus.metrics.gaps.get().is_power_of_two() {
-                tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version,
-                    gaps = shared.bus.metrics.gaps.get(),
+            if let Some(gaps) = shared.bus.metrics.gap_log.hit() {
+                tracing::warn!(target: "tiered_cache::bus", missed, version = msg.version, gaps,
                     "invalidation messages were lost; resynchronising");
             }
             shared.suspect();
@@ -194,6 +191,7 @@ pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> 
 }
 
 async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
+    let suspicions = shared.bus.suspicions.load(SeqCst);
     let names: Vec<&str> = shared.namespaces.iter().map(|n| n.name.as_str()).collect();
     let before: Vec<u64> = shared.namespaces.iter().map(|n| n.floor()).collect();
     // Read first: every version it holds was drawn before the counter is read below, so a
@@ -236,6 +234,11 @@ async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
     shared.clear_all_l1();
     shared.bus.touch();
     shared.bus.delivered();
+    if shared.bus.suspicions.load(SeqCst) != suspicions {
+        // Suspected again while this ran: L1 stays distrusted until a resync of its own.
+        shared.resync_wanted.notify_one();
+        return Ok(());
+    }
     shared.bus.resync_pending.store(false, SeqCst);
     // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
     // from the watchdog's next tick (unless external-write tracking is still down).

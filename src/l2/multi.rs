@@ -142,13 +142,14 @@ return r
 // KEYS: meta, then per namespace its tag set, its tag floor and its registry. ARGV: epoch,
 // tombstone head, channel, message head, message tail, then per namespace its value key
 // prefix (`{prefix}:{ns}:`), its TTL in ms, its section head, its floor field, its clear
-// message's head and tail and its registry's anchor field, then the message cap in bytes. Tombstones every key the sets list
-// (as INVALIDATE does), sets each tag floor to the version, deletes the sets and publishes
-// the keys in one message. Every byte a script publishes sits in each subscriber's output
-// buffer at once, so a namespace whose keys would take the message over the cap is cleared
-// instead of listed (its keys are still tombstoned) (its floor raised under a version of its own, published as CLEAR_NAMESPACE does), and
-// so is one whose set the registry cannot vouch for (see TAG_HELPERS); a clear resets the
-// namespace's registry, since every value it could have missed is now dead.
+// message's head and tail and its registry's anchor field, then the message cap in bytes.
+// Tombstones every key the sets list (as INVALIDATE does), sets each tag floor to the version,
+// deletes the sets and publishes the keys in one message. Every byte a script publishes sits
+// in each subscriber's output buffer at once, so a namespace whose keys would take the
+// message over the cap is cleared instead of listed: its keys are still tombstoned, and its
+// floor is raised under a version of its own, published as CLEAR_NAMESPACE does. So is one
+// whose set the registry cannot vouch for (see TAG_HELPERS); a clear resets the namespace's
+// registry, since every value it could have missed is now dead.
 // Returns {version, epoch, {keys of each namespace, without the prefix}, {version of each
 // namespace's clear, 0 where none}}.
 const INVALIDATE_TAG: &str = r"

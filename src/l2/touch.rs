@@ -59,12 +59,15 @@ local anchor = table.remove(ARGV)
 local reg = table.remove(KEYS)
 local sets = {}
 for i = #KEYS, 3, -1 do sets[i - 2] = table.remove(KEYS) end
+local before = redis.call('PTTL', KEYS[2])
 local function touch()
 ";
+// Only a touch that made Redis keep the value longer has sets to extend (and a touch that
+// wrote nothing stays a no-op a full Redis takes).
 const TAGGED_TAIL: &str = r"
 end
 local r = touch()
-if r[1] == 1 then
+if r[1] == 1 and redis.call('PTTL', KEYS[2]) > before then
   registered(reg, anchor)
   local now = clock()
   for i = 1, #sets do join(reg, sets[i], {KEYS[2]}, ARGV[3], now) end

@@ -1,7 +1,7 @@
 //! The handles that carry no namespace: the invalidation bus's and the circuit breaker's.
 //! Several caches in one process share them (last writer wins for the gauges).
 
-use super::Tally;
+use super::{LogLimit, Tally};
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -19,6 +19,9 @@ pub(crate) struct BusMetrics {
     /// Messages known lost: the sum of the holes in the version sequence.
     pub(crate) lost: Tally,
     pub(crate) connected: Gauge,
+    /// Which unreadable messages and gaps are logged (see `LogLimit`).
+    pub(crate) malformed_log: LogLimit,
+    pub(crate) gap_log: LogLimit,
 }
 
 impl BusMetrics {
@@ -40,6 +43,8 @@ impl BusMetrics {
                 g.set(0.0);
                 g
             },
+            malformed_log: LogLimit::default(),
+            gap_log: LogLimit::default(),
         }
     }
 }

@@ -99,8 +99,8 @@ pub(crate) struct NamespaceMetrics {
     pub(crate) lock_acquired: Tally,
     pub(crate) lock_waited: Tally,
     pub(crate) lock_gave_up: Tally,
-    /// Writes and replays Redis refused (`READONLY`, `OOM`...), for logging: not exported.
-    refusals: std::sync::atomic::AtomicU64,
+    /// Which writes and replays Redis refused (`READONLY`, `OOM`...) are logged.
+    pub(crate) refusals: super::LogLimit,
     /// 1 while L1 is bypassed.
     pub(crate) bypassing: Gauge,
     pub(crate) bypass_time: BypassTime,
@@ -166,7 +166,7 @@ impl NamespaceMetrics {
                 "namespace" => ns.clone())),
             bypassing: gauge!("tiered_cache_l1_bypassed", "namespace" => ns.clone()),
             bypass_time: BypassTime::new(&ns),
-            refusals: std::sync::atomic::AtomicU64::new(0),
+            refusals: super::LogLimit::default(),
             latency: Latency::new(&ns),
             inv_coalesced: Tally::new(counter!("tiered_cache_invalidations_coalesced_total",
                 "namespace" => ns.clone())),
@@ -319,15 +319,6 @@ pub struct NamespaceStats {
     pub invalidation_lag: LagPercentiles,
     /// Time spent with L1 bypassed since the cache was built, the current bypass included.
     pub l1_bypass_time: Duration,
-}
-
-impl NamespaceMetrics {
-    /// Counts one refusal by Redis; `Some(count)` when it is worth a log line (the 1st, 2nd,
-    /// 4th, 8th...: a server refusing for hours is logged, not echoed every retry).
-    pub(crate) fn refusal_to_log(&self) -> Option<u64> {
-        let n = 1 + (self.refusals).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        n.is_power_of_two().then_some(n)
-    }
 }
 
 impl NamespaceStats {

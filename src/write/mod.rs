@@ -147,7 +147,7 @@ fn finish_invalidation(
 pub(crate) fn refused(core: &NamespaceCore, e: &crate::l2::L2Error, op: &'static str) {
     if let Some(refusals) = e
         .is_refused()
-        .then(|| core.metrics.refusal_to_log())
+        .then(|| core.metrics.refusals.hit())
         .flatten()
     {
         tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, op, code = e.code(),

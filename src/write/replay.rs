@@ -151,7 +151,7 @@ async fn replay(shared: &Engine, taken: &Taken) -> Result<bool, L2Error> {
         Err(e) => {
             if let Some(refusals) = e
                 .is_refused()
-                .then(|| core.metrics.refusal_to_log())
+                .then(|| core.metrics.refusals.hit())
                 .flatten()
             {
                 tracing::warn!(target: "tiered_cache::outbox", namespace = %core.name, code = e.code(),

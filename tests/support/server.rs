@@ -59,8 +59,8 @@ pub fn acl_rules(prefix: &str) -> String {
     format!(
         "~{prefix}:* &{prefix}:_tc:* -@all +ping +get +mget +set +exists +pttl +hmget \
          +evalsha +eval +script|load +publish +subscribe +unsubscribe +select +hello \
-         +client|tracking +del +hget +hset +hincrby +pexpire +sadd \
-         +setrange +smembers +info +slowlog|len"
+         +client|tracking +del +hget +hset +hdel +hincrby +hscan +pexpire +sadd \
+         +setrange +smembers +time +info +slowlog|len"
     )
     .split_whitespace()
     .collect::<Vec<_>>()
