@@ -49,7 +49,6 @@ pub(crate) fn sample_l1() -> bool {
     })
 }
 
-/// One count, kept locally and exported.
 /// Picks which occurrences of a repeated event are worth a log line: the 1st, 2nd, 4th,
 /// 8th... and any after a minute without one, so a flood is not echoed line by line and a
 /// later episode is still heard at once.
@@ -74,6 +73,7 @@ impl LogLimit {
     }
 }
 
+/// One count, kept locally and exported.
 pub(crate) struct Tally {
     local: AtomicU64,
     exported: Counter,
