@@ -22,14 +22,6 @@ fn exists(server: &RedisServer, key: &str) -> bool {
     server.cmd::<i64>(&[b"EXISTS", key.as_bytes()]) == 1
 }
 
-fn used_memory(server: &RedisServer) -> u64 {
-    let info: String = server.cmd(&[b"INFO", b"memory"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 /// Puts Redis under `allkeys-lru` and makes it evict every key of `gone` and none of `hot`.
 /// Redis's LRU clock ticks in seconds and looks at a sample of keys, so: few large fillers
 /// and the largest sample (every key is looked at on each eviction, as exact LRU would);
@@ -44,7 +36,7 @@ async fn evict_by_pressure(
     let set = |k: &[u8], v: &[u8]| server.cmd::<()>(&[b"CONFIG", b"SET", k, v]);
     set(b"maxmemory-policy", b"allkeys-lru");
     set(b"maxmemory-samples", b"64");
-    let limit = used_memory(server) + 6 * 1024 * 1024;
+    let limit = server.info().used_memory.unwrap() + 6 * 1024 * 1024;
     set(b"maxmemory", limit.to_string().as_bytes());
     let mut conn = server.conn();
     // Just under 256 KiB: the allocator's size class, so 16 of them take 4 MiB.
@@ -77,12 +69,7 @@ async fn evict_by_pressure(
                 return Err(format!("{k} was evicted as well, at filler {i}"));
             }
             set(b"maxmemory", b"0");
-            let info: String = server.cmd(&[b"INFO", b"stats"]);
-            let evicted = info
-                .lines()
-                .find_map(|l| l.strip_prefix("evicted_keys:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap();
+            let evicted = server.info().evicted_keys.unwrap();
             return Ok(evicted);
         }
     }

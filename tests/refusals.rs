@@ -44,12 +44,7 @@ fn fill_to_oom(server: &RedisServer) {
             .query(&mut conn)
             .unwrap();
     }
-    let info: String = server.cmd(&[b"INFO", b"memory"]);
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let used = server.info().used_memory.unwrap();
     let limit = (used - 1024 * 1024).to_string();
     let _: () = server.cmd(&[b"CONFIG", b"SET", b"maxmemory", limit.as_bytes()]);
     let set: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query(&mut conn);

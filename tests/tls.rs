@@ -70,12 +70,17 @@ impl TlsServer {
             .spawn()
             .expect("redis-server (the test command installs it)");
         let server = Self { port, child, dir };
+        server.await_port("TLS redis-server");
+        server
+    }
+
+    /// Waits (10 s at most) until the server accepts connections.
+    fn await_port(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "TLS redis-server did not start");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{what} did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        server
     }
 
     fn url(&self, userinfo: &str) -> String {
@@ -458,11 +463,7 @@ fn tls_sentinel(primary_port: u16, password: &str) -> TlsServer {
         .spawn()
         .expect("redis-server --sentinel");
     let sentinel = TlsServer { port, child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "TLS Sentinel did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sentinel.await_port("TLS Sentinel");
     sentinel
 }
 

@@ -23,6 +23,10 @@ pub(crate) async fn write_many<V: Serialize + Send + Sync + 'static>(
     how: (bool, TtlOverride),
     op: &'static str,
 ) -> Vec<Result<()>> {
+    if entries.len() < 2 {
+        // `set`: nothing to split (a key over the cap goes out alone anyway).
+        return write_run(shared, core, entries, tags, how, op).await;
+    }
     let runs: Vec<usize> = {
         let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
         crate::wire::key_chunks(&core.name, &keys)

@@ -300,6 +300,11 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// What the server's `INFO` says, read as the crate reads it.
+    pub fn info(&self) -> tiered_cache::RedisInfo {
+        tiered_cache::RedisInfo::parse(&self.cmd::<String>(&[b"INFO"]))
+    }
+
     /// Runs one command on a fresh connection.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
         let mut c = redis::cmd(std::str::from_utf8(args[0]).unwrap());
