@@ -51,9 +51,6 @@ pub(crate) struct BusState {
     /// Set on any suspicion that something was missed; cleared only by a resync, after it has
     /// cleared L1. While set, L1 is not trusted.
     pub(crate) resync_pending: AtomicBool,
-    /// Bumped by every suspicion: a resync clears `resync_pending` only if none came while it
-    /// ran (one raised meanwhile, by tracking or a reply, needs a resync of its own).
-    pub(crate) suspicions: AtomicU64,
     /// False while external-write tracking is on but its connection is down.
     pub(crate) tracking_ok: AtomicBool,
     /// Why Redis refused the subscriber (a permission or authentication error), while it does:
@@ -89,7 +86,6 @@ impl BusState {
             resync_version: AtomicU64::new(0),
             past_resync: AtomicBool::new(false),
             resync_pending: AtomicBool::new(true),
-            suspicions: AtomicU64::new(0),
             tracking_ok: AtomicBool::new(true),
             refused: std::sync::Mutex::new(None),
         }
@@ -254,7 +250,6 @@ impl Engine {
 
     /// Something may have been missed: stop trusting L1 now, until a resync has cleared it.
     pub(crate) fn suspect(&self) {
-        self.bus.suspicions.fetch_add(1, SeqCst);
         self.bus.resync_pending.store(true, SeqCst);
         self.distrust_bounded();
     }

@@ -191,7 +191,6 @@ pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> 
 }
 
 async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
-    let suspicions = shared.bus.suspicions.load(SeqCst);
     let names: Vec<&str> = shared.namespaces.iter().map(|n| n.name.as_str()).collect();
     let before: Vec<u64> = shared.namespaces.iter().map(|n| n.floor()).collect();
     // Read first: every version it holds was drawn before the counter is read below, so a
@@ -234,11 +233,6 @@ async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
     shared.clear_all_l1();
     shared.bus.touch();
     shared.bus.delivered();
-    if shared.bus.suspicions.load(SeqCst) != suspicions {
-        // Suspected again while this ran: L1 stays distrusted until a resync of its own.
-        shared.resync_wanted.notify_one();
-        return Ok(());
-    }
     shared.bus.resync_pending.store(false, SeqCst);
     // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
     // from the watchdog's next tick (unless external-write tracking is still down).

@@ -115,8 +115,8 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
                 Some(msg) => due |= apply(shared, msg.payload()) == After::Resync,
                 None => return Err("connection closed".into()),
             },
-            // Asked for by this node itself (tracking, a reply showing a new epoch, a
-            // suspicion raised during the last resync): not spaced.
+            // Asked for by this node itself (tracking, a reply showing a new epoch): not
+            // spaced, so a suspicion a running resync wiped is followed at once.
             _ = shared.resync_wanted.notified() => {
                 super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
                 (due, last) = (false, tokio::time::Instant::now());
