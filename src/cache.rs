@@ -100,9 +100,17 @@ pub struct Stats {
     pub breaker_transitions: u64,
     /// Writes and invalidations queued (or being replayed) while Redis was unreachable.
     pub outbox_entries: usize,
-    /// Resynchronisations (L1 cleared, floors reloaded): after every subscription, hole in the
-    /// sequence or new epoch of Redis's version counter.
+    /// Resynchronisations (floors reloaded; what was missed replayed from the invalidation
+    /// log, or L1 cleared): after every subscription, hole in the sequence or new epoch of
+    /// Redis's version counter.
     pub bus_resyncs: u64,
+    /// Resyncs that replayed what was missed from the invalidation log and kept L1.
+    pub bus_replays: u64,
+    /// Messages applied from the invalidation log by those replays.
+    pub bus_replayed: u64,
+    /// Resyncs that cleared every L1 (the log could not cover what was missed, or nothing
+    /// could be trusted: a new epoch, a history gone back, external writes unseen).
+    pub bus_flushes: u64,
     /// Invalidation messages known lost: the sum of the holes in the version sequence. Each
     /// hole caused a resync once found (by the next message or heartbeat): stale reads were
     /// possible only until then, within the staleness bound where one is set.
@@ -210,6 +218,9 @@ impl TieredCache {
             breaker_transitions: shared.l2.breaker().transitions(),
             outbox_entries: shared.outbox.len(),
             bus_resyncs: shared.bus.metrics.resyncs.get(),
+            bus_replays: shared.bus.metrics.replays.get(),
+            bus_replayed: shared.bus.metrics.replayed.get(),
+            bus_flushes: shared.bus.metrics.flushes.get(),
             bus_invalidations_lost: shared.bus.metrics.lost.get(),
         }
     }
@@ -236,6 +247,7 @@ impl TieredCacheBuilder {
             endpoint: &endpoint,
             prefix: &self.prefix,
             reconnect_delay: self.breaker_cooldown,
+            replay_log: self.replay_log,
         };
         let l2 = L2Tier::open(settings, breaker)?;
 

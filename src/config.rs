@@ -39,6 +39,7 @@ pub struct TieredCacheBuilder {
     pub(crate) breaker_threshold: u32,
     pub(crate) outbox_capacity: usize,
     pub(crate) outbox_max_bytes: usize,
+    pub(crate) replay_log: usize,
     pub(crate) strict_writes: bool,
 }
 
@@ -57,6 +58,7 @@ impl Default for TieredCacheBuilder {
             breaker_threshold: Self::DEFAULT_BREAKER_THRESHOLD,
             outbox_capacity: Self::DEFAULT_OUTBOX_CAPACITY,
             outbox_max_bytes: Self::DEFAULT_OUTBOX_MAX_BYTES,
+            replay_log: Self::DEFAULT_REPLAY_LOG,
             strict_writes: false,
         }
     }
@@ -72,6 +74,8 @@ impl TieredCacheBuilder {
     pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
     /// Default for [`outbox_max_bytes`](Self::outbox_max_bytes): 16 MiB.
     pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 16 << 20;
+    /// Default for [`replay_log`](Self::replay_log): 10 000 messages.
+    pub const DEFAULT_REPLAY_LOG: usize = 10_000;
 }
 
 impl std::fmt::Debug for TieredCacheBuilder {
@@ -102,6 +106,7 @@ impl std::fmt::Debug for TieredCacheBuilder {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("replay_log", &self.replay_log)
             .field("strict_writes", &self.strict_writes)
             .finish()
     }
@@ -340,6 +345,17 @@ impl TieredCacheBuilder {
     /// after each write. Needs Redis 6 or later. Default: off.
     pub fn track_external_writes(mut self, on: bool) -> Self {
         self.track_external_writes = on;
+        self
+    }
+
+    /// How many recent invalidation messages Redis keeps in a capped stream beside the meta
+    /// hash, so a node that missed some (a reconnect, a lost message) replays them and keeps
+    /// the rest of its L1; past the log, or across a message over 4 KiB, it clears L1
+    /// instead. A single-key message takes about 100 bytes, so the default costs about 1 MiB
+    /// of Redis memory, at most 40 MiB. Every node of a fleet should use the same length (the
+    /// last writer's trims). 0 keeps no log. Default: 10 000.
+    pub fn replay_log(mut self, messages: usize) -> Self {
+        self.replay_log = messages;
         self
     }
 }

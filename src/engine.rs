@@ -44,6 +44,12 @@ pub(crate) struct BusState {
     /// The same version with its epoch, read together: what a write queued now knew of
     /// Redis (see `Outbox::enqueue_write`).
     seen: std::sync::Mutex<Stamp>,
+    /// Every version up to this one has been applied here (in sequence, or by a resync): a
+    /// resync replays the invalidation log from it (see `bus::replay`).
+    pub(crate) applied_through: AtomicU64,
+    /// Something was missed that the invalidation log does not cover (external writes unseen,
+    /// a keyspace flush, a new epoch, a counter gone back): the next resync clears L1.
+    pub(crate) must_flush: AtomicBool,
     /// The version read by the last resync, and whether a message past it has arrived (from
     /// then on, a version behind the sequence means the counter went back).
     pub(crate) resync_version: AtomicU64,
@@ -83,6 +89,8 @@ impl BusState {
             grace_ms: (cooldown + 2 * heartbeat).as_millis() as u64,
             last_version: AtomicU64::new(0),
             seen: std::sync::Mutex::new(Stamp::default()),
+            applied_through: AtomicU64::new(0),
+            must_flush: AtomicBool::new(true),
             resync_version: AtomicU64::new(0),
             past_resync: AtomicBool::new(false),
             resync_pending: AtomicBool::new(true),
@@ -248,7 +256,15 @@ impl Engine {
         &self.namespaces
     }
 
-    /// Something may have been missed: stop trusting L1 now, until a resync has cleared it.
+    /// Something was missed that the invalidation log cannot replay: stop trusting L1 now, and
+    /// have the next resync clear it.
+    pub(crate) fn suspect_unlogged(&self) {
+        self.bus.must_flush.store(true, SeqCst);
+        self.suspect();
+    }
+
+    /// Something may have been missed: stop trusting L1 now, until a resync has replayed what
+    /// was missed or cleared it.
     pub(crate) fn suspect(&self) {
         self.bus.resync_pending.store(true, SeqCst);
         self.distrust_bounded();
@@ -311,6 +327,7 @@ impl Engine {
     fn forget_old_epoch(&self, prev: u64, epoch: u64) {
         tracing::warn!(target: "tiered_cache::cache", prev, epoch,
             "redis version counter started over; clearing L1 and resynchronising");
+        self.bus.must_flush.store(true, SeqCst);
         self.clear_all_l1();
     }
 }

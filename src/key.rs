@@ -246,6 +246,12 @@ impl KeySpace {
         &self.meta_key
     }
 
+    /// The invalidation log: a capped stream of the messages published, by version (see
+    /// `l2/log.rs`). The scripts derive it from the meta key the same way.
+    pub(crate) fn log_key(&self) -> String {
+        format!("{}{SEPARATOR}log", self.meta_key)
+    }
+
     /// The meta hash's field holding the version counter (the Lua scripts in `l2/scripts.rs`
     /// spell it, and the epoch's, themselves).
     pub(crate) const VERSION_FIELD: &'static str = "version";

@@ -107,6 +107,17 @@ impl L1Tier {
         matches!(result, CompResult::ReplacedWith(_))
     }
 
+    /// Removes the entry of `key` if it holds a version older than `version`.
+    pub(crate) fn remove_older(&self, key: &str, version: u64) {
+        use moka::ops::compute::Op;
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().version < version => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
     pub(crate) fn remove(&self, key: &str) {
         self.cache.invalidate(key)
     }

@@ -52,6 +52,8 @@ pub(crate) struct L2Settings<'a> {
     pub(crate) prefix: &'a str,
     /// The longest delay of the connection's own reconnect.
     pub(crate) reconnect_delay: Duration,
+    /// How many messages the invalidation log keeps (0: none; see `log.rs`).
+    pub(crate) replay_log: usize,
 }
 
 /// An encoded entry ready to be written, and how long Redis keeps it.
@@ -82,6 +84,8 @@ pub(crate) struct L2Tier {
     legacy: std::sync::atomic::AtomicBool,
     unlock: Script,
     raise_counter: scripts::Flagged,
+    /// The invalidation log's length (see `log.rs`).
+    log_len: usize,
 }
 
 impl L2Tier {
@@ -93,6 +97,7 @@ impl L2Tier {
             endpoint,
             prefix,
             reconnect_delay,
+            replay_log,
         } = settings;
         let (timeout, connect_timeout) = (endpoint.command_timeout, endpoint.connect_timeout);
         let (topology, db) = connect::open(endpoint, reconnect_delay)?;
@@ -114,13 +119,16 @@ impl L2Tier {
             legacy: std::sync::atomic::AtomicBool::new(false),
             unlock: Script::new(UNLOCK),
             raise_counter: scripts::invalidating_script(scripts::RAISE_COUNTER),
+            log_len: replay_log,
         })
     }
 
-    /// Every script's first argument: a fresh epoch candidate and the highest version this
-    /// node has seen (see `scripts::PREAMBLE`).
+    /// Every script's first argument: a fresh epoch candidate, the highest version this
+    /// node has seen, and the invalidation log's length and largest entry (see
+    /// `scripts::PREAMBLE`).
     pub(crate) fn first_arg(&self) -> String {
-        format!("{}:{}", new_epoch(), self.epochs.highest())
+        let (epoch, least) = (new_epoch(), self.epochs.highest());
+        format!("{epoch}:{least}:{}:{}", self.log_len, log::ENTRY_MAX)
     }
 
     pub(crate) fn keys(&self) -> &KeySpace {
@@ -553,6 +561,7 @@ mod history;
 /// The bus's dedicated connections: the subscription and external-write tracking.
 pub(crate) mod link;
 mod lock;
+pub(crate) mod log;
 /// Batches and tags: multi-key reads, writes and fills, and tag invalidation (a child module,
 /// so its scripts can wrap the ones in `scripts` and its calls go through `call`).
 pub(crate) mod multi;

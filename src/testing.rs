@@ -34,6 +34,11 @@ impl Keys {
         self.0.meta_key().to_owned()
     }
 
+    /// The invalidation log: the stream of recent messages, by version.
+    pub fn log_key(&self) -> String {
+        self.0.log_key()
+    }
+
     /// The invalidation bus's channel.
     pub fn channel(&self) -> String {
         self.0.channel().to_owned()

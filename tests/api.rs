@@ -173,9 +173,11 @@ async fn invalidate_namespace_clears_every_key_without_scanning() {
     // Writes after the clear are live again, on both nodes.
     qa.set("A", quote("2")).await.unwrap();
     assert_eq!(qb.get("A").await.as_deref(), Some(&quote("2")));
-    // The crate's only bookkeeping key: one hash with the version counter and the floors.
-    let meta: Vec<String> = server.cmd(&[b"KEYS", keys::bookkeeping_pattern().as_bytes()]);
-    assert_eq!(meta, vec![keys::meta()]);
+    // The crate's only bookkeeping keys: one hash with the version counter and the floors,
+    // and the invalidation log beside it.
+    let mut meta: Vec<String> = server.cmd(&[b"KEYS", keys::bookkeeping_pattern().as_bytes()]);
+    meta.sort();
+    assert_eq!(meta, vec![keys::meta(), keys::log()]);
     let floor: u64 = server.cmd(&[
         b"HGET",
         keys::meta().as_bytes(),

@@ -260,8 +260,8 @@ async fn stats_count_what_was_written() {
     assert_eq!(ns("rate")["keys"], 7);
     assert_eq!(ns("doc")["keys"], 3);
     assert_eq!(ns("doc")["tag_sets"], 1);
-    // The meta hash, the tag's set and `doc`'s tag registry.
-    assert_eq!(stats["internal_keys"], 3, "{stats}");
+    // The meta hash, the invalidation log, the tag's set and `doc`'s tag registry.
+    assert_eq!(stats["internal_keys"], 4, "{stats}");
     assert!(stats["namespaces"]
         .as_array()
         .unwrap()

@@ -7,9 +7,10 @@
 //! external-write tracking.
 //!
 //! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is
-//! confirmed, it reloads the namespace floors and clears every L1: whatever was published while
-//! it was not listening is lost (pub/sub is at-most-once), so nothing cached before may be
-//! trusted. It pings the connection every heartbeat, so a half-open link is replaced, not
+//! confirmed, it reloads the namespace floors and catches up: whatever was published while it
+//! was not listening is lost (pub/sub is at-most-once), so it reads those messages back from
+//! the invalidation log (`replay.rs`) and applies them, or, where the log cannot vouch for
+//! them, clears every L1. It pings the connection every heartbeat, so a half-open link is replaced, not
 //! waited on. A gap in the sequence, or a message from a new epoch of the version counter (Redis
 //! flushed or restarted), makes it resynchronise the same way without reconnecting: the
 //! subscription is still confirmed, so nothing published from then on is missed. Resyncs a
@@ -17,6 +18,7 @@
 //! core; a message it cannot parse is skipped (see `apply`).
 
 mod heartbeat;
+mod replay;
 mod subscriber;
 mod tracking;
 mod watchdog;
@@ -94,7 +96,7 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
             shared.bus.metrics.gaps.inc();
             tracing::warn!(target: "tiered_cache::bus", version = msg.version,
                 "the version counter went back; resynchronising");
-            shared.suspect();
+            shared.suspect_unlogged();
             return After::Resync;
         }
     }
@@ -112,7 +114,7 @@ pub(crate) enum Order {
     Rewound,
 }
 
-fn apply_scope(shared: &Engine, msg: &Incoming<'_>) {
+pub(super) fn apply_scope(shared: &Engine, msg: &Incoming<'_>) {
     // A namespace this node does not serve: nothing of it is cached here.
     let ns = shared.namespace(msg.namespace);
     if msg.origin == shared.node_id {
@@ -173,6 +175,8 @@ fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
         version: msg.version,
         epoch: msg.epoch,
     });
+    // Only a run with no hole since the last resync: a replay starts from its end.
+    let _ = (bus.applied_through).compare_exchange(msg.version - 1, msg.version, SeqCst, SeqCst);
     if msg.version > last + 1 {
         Order::Gap(msg.version - last - 1)
     } else {
@@ -180,17 +184,23 @@ fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
     }
 }
 
-/// After (re)subscribing: learn the namespace floors set while away, and forget every L1
-/// entry, since invalidations sent while away were lost.
+/// After (re)subscribing, or a gap: learn the namespace floors set while away, and apply the
+/// invalidations sent while away from the log, or forget every L1 entry where it cannot.
 pub(crate) async fn resync(shared: &Engine) -> std::result::Result<(), L2Error> {
     use tracing::Instrument;
-    let span = tracing::info_span!(target: "tiered_cache::cache", "resync", outcome = tracing::field::Empty);
-    let result = resync_inner(shared).instrument(span.clone()).await;
+    let span = tracing::info_span!(target: "tiered_cache::cache", "resync",
+        outcome = tracing::field::Empty, replayed = tracing::field::Empty);
+    // Taken now: a reason raised from here on is for the next resync.
+    let flush = shared.bus.must_flush.swap(false, SeqCst);
+    let result = resync_inner(shared, flush).instrument(span.clone()).await;
+    if result.is_err() && flush {
+        shared.bus.must_flush.store(true, SeqCst);
+    }
     span.record("outcome", if result.is_ok() { "ok" } else { "error" });
     result
 }
 
-async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
+async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(), L2Error> {
     let names: Vec<&str> = shared.namespaces.iter().map(|n| n.name.as_str()).collect();
     let before: Vec<u64> = shared.namespaces.iter().map(|n| n.floor()).collect();
     // Read first: every version it holds was drawn before the counter is read below, so a
@@ -217,8 +227,11 @@ async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
             }
         }
         shared.bus.metrics.rollbacks.inc();
+        flush = true;
         (stamp, floors) = shared.l2.floors(&names).await?;
     }
+    // Before the sequence moves to the counter's version: the replay starts where it was.
+    let kept = !flush && replay::catch_up(shared, stamp).await;
     // Counted once it happens: an attempt Redis did not answer cleared nothing.
     shared.bus.metrics.resyncs.inc();
     shared.l2.epochs().adopt(stamp.epoch);
@@ -227,10 +240,19 @@ async fn resync_inner(shared: &Engine) -> std::result::Result<(), L2Error> {
     shared.bus.advance(stamp);
     shared.bus.resync_version.store(stamp.version, SeqCst);
     shared.bus.past_resync.store(false, SeqCst);
+    shared.bus.applied_through.store(stamp.version, SeqCst);
     for ((ns, floor), before) in shared.namespaces.iter().zip(floors).zip(before) {
+        if kept && floor > ns.floor() {
+            // A floor no replayed message raised (a rollback another node found and
+            // repaired first): what L1 holds from below it is dead too.
+            ns.clear_l1();
+        }
         ns.reset_floor(before, floor);
     }
-    shared.clear_all_l1();
+    if !kept {
+        shared.bus.metrics.flushes.inc();
+        shared.clear_all_l1();
+    }
     shared.bus.touch();
     shared.bus.delivered();
     shared.bus.resync_pending.store(false, SeqCst);

@@ -28,7 +28,7 @@ pub(crate) async fn run_tracker(shared: Arc<Engine>, cfg: BusConfig) {
                 "lost the tracking connection: external writes go unseen until it is back");
             backoff = Duration::from_millis(50);
         }
-        shared.suspect();
+        shared.suspect_unlogged();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
     }
@@ -43,7 +43,7 @@ async fn session(shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
     let mut tracker = shared.l2.track(&prefix).await?;
     // Every write from here on reaches us; what happened before may not have: the subscriber
     // clears L1 before anything is trusted again.
-    shared.suspect();
+    shared.suspect_unlogged();
     shared.bus.tracking_ok.store(true, SeqCst);
     shared.resync_wanted.notify_one();
     tracing::info!(target: "tiered_cache::tracking", %prefix, "tracking external writes");
@@ -66,7 +66,7 @@ async fn session(shared: &Engine, cfg: &BusConfig) -> Result<(), String> {
 /// The whole keyspace was flushed: nothing cached here may be trusted.
 fn flushed(shared: &Engine) {
     tracing::warn!(target: "tiered_cache::tracking", "keyspace flushed: clearing L1");
-    shared.suspect();
+    shared.suspect_unlogged();
     shared.clear_all_l1();
     shared.resync_wanted.notify_one();
 }

@@ -78,6 +78,8 @@ mod tooling {
                 endpoint,
                 prefix,
                 reconnect_delay: Duration::from_millis(100),
+                // Its invalidations are logged like a node's, or a replay across them fails.
+                replay_log: crate::config::TieredCacheBuilder::DEFAULT_REPLAY_LOG,
             };
             Ok(Self {
                 l2: L2Tier::open(settings, breaker)?,

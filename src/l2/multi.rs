@@ -101,7 +101,7 @@ if #KEYS > n + 1 then
   local now = clock()
   for t = n + 2, #KEYS do join(reg, KEYS[t], members, longest, now) end
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. stamp(v, e) .. ARGV[4])
+publish(ARGV[2], ARGV[3] .. stamp(v, e) .. ARGV[4], v)
 return {v, e}
 ";
 
@@ -188,14 +188,14 @@ for i = 1, (#KEYS - 1) / 3 do
   extend(floor, ttl)
   evicted[i] = keys
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5]
-  .. struct.pack('>I2', sections) .. table.concat(parts))
+publish(ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5]
+  .. struct.pack('>I2', sections) .. table.concat(parts), v)
 for i = 1, #cleared do
   if cleared[i] == -1 then
     local at = 7 * i - 1
     local c = draw()
     redis.call('HSET', KEYS[1], ARGV[at + 3], c)
-    redis.call('PUBLISH', ARGV[3], ARGV[at + 4] .. stamp(c, e) .. ARGV[at + 5])
+    publish(ARGV[3], ARGV[at + 4] .. stamp(c, e) .. ARGV[at + 5], c)
     cleared[i] = c
   end
 end

@@ -21,17 +21,38 @@ use redis::Script;
 // jump found such a history: it sets `rollback_floor` above it, a floor of every namespace
 // (`floor_of`), so no value from before can pass for live; the jump is a hole every node's
 // sequence sees, and their resync reads it.
+//
+// ARGV[1] goes on with the invalidation log's length and its largest entry in bytes:
+// `candidate:least:entries:bytes`. Every message a drawn version publishes is also appended
+// to the log, a stream beside the meta hash (`KeySpace::log_key`) whose entry ids are the
+// versions, so a node that missed messages reads them back instead of clearing its L1 (see
+// `l2/log.rs`). A message over the byte limit is logged empty: a reader cannot replay past it.
+// The append is a `pcall`: a log Redis refuses (an ACL line without XADD, a stream id behind
+// one already there) costs replays, never the write. A new epoch starts a new log.
 const PREAMBLE: &str = r"
-local candidate, least = string.match(ARGV[1], '^(%d+):(%d+)$')
-if not candidate then candidate, least = ARGV[1], '0' end
-least = tonumber(least)
+local candidate, least, log_len, log_max = string.match(ARGV[1], '^(%d+):(%d+):(%d+):(%d+)$')
+if not candidate then
+  candidate, least = string.match(ARGV[1], '^(%d+):(%d+)$')
+  if not candidate then candidate, least = ARGV[1], '0' end
+  log_len, log_max = '0', '0'
+end
+least, log_len, log_max = tonumber(least), tonumber(log_len), tonumber(log_max)
+local log_key = KEYS[1] .. ':log'
 local function epoch()
   local e = redis.call('HGET', KEYS[1], 'epoch')
   if not e then
     redis.call('HSET', KEYS[1], 'epoch', candidate)
+    redis.call('DEL', log_key)
     e = candidate
   end
   return tonumber(e)
+end
+local function publish(channel, msg, v)
+  redis.call('PUBLISH', channel, msg)
+  if log_len > 0 then
+    if #msg > log_max then msg = '' end
+    redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, string.format('%d-0', v), 'm', msg)
+  end
 end
 local function draw()
   local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -59,7 +80,7 @@ pub(super) const WRITE: &str = r"
 local e = epoch()
 local v = draw()
 redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7])
+publish(ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7], v)
 return {v, e}
 ";
 
@@ -102,7 +123,7 @@ if newer then
 else
   redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7])
+publish(ARGV[5], ARGV[6] .. stamp(v, e) .. ARGV[7], v)
 return {v, e, newer and 0 or 1}
 ";
 
@@ -114,7 +135,7 @@ local v = draw()
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], ARGV[2] .. struct.pack('>I8', v), 'PX', ARGV[3])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. stamp(v, e) .. ARGV[6])
+publish(ARGV[4], ARGV[5] .. stamp(v, e) .. ARGV[6], v)
 return {v, e}
 ";
 
@@ -123,7 +144,7 @@ pub(super) const CLEAR_NAMESPACE: &str = r"
 local e = epoch()
 local v = draw()
 redis.call('HSET', KEYS[1], ARGV[2], v)
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5])
+publish(ARGV[3], ARGV[4] .. stamp(v, e) .. ARGV[5], v)
 return {v, e}
 ";
 

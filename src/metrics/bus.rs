@@ -18,10 +18,17 @@ pub(crate) struct BusMetrics {
     pub(crate) rollbacks: Tally,
     /// Messages known lost: the sum of the holes in the version sequence.
     pub(crate) lost: Tally,
+    /// Resyncs that read what was missed back from the invalidation log and kept L1.
+    pub(crate) replays: Tally,
+    /// Messages applied from the invalidation log.
+    pub(crate) replayed: Tally,
+    /// Resyncs that could not replay (the log did not cover what was missed) and cleared L1.
+    pub(crate) flushes: Tally,
     pub(crate) connected: Gauge,
     /// Which unreadable messages and gaps are logged (see `LogLimit`).
     pub(crate) malformed_log: LogLimit,
     pub(crate) gap_log: LogLimit,
+    pub(crate) flush_log: LogLimit,
 }
 
 impl BusMetrics {
@@ -38,6 +45,9 @@ impl BusMetrics {
             resyncs: ev("resync"),
             rollbacks: ev("rollback"),
             lost: Tally::new(counter!("tiered_cache_invalidations_lost_total")),
+            replays: ev("replay"),
+            replayed: Tally::new(counter!("tiered_cache_invalidations_replayed_total")),
+            flushes: ev("flush"),
             connected: {
                 let g = gauge!("tiered_cache_bus_connected");
                 g.set(0.0);
@@ -45,6 +55,7 @@ impl BusMetrics {
             },
             malformed_log: LogLimit::default(),
             gap_log: LogLimit::default(),
+            flush_log: LogLimit::default(),
         }
     }
 }

@@ -30,6 +30,10 @@ pub fn meta() -> String {
     default().meta_key()
 }
 
+pub fn log() -> String {
+    default().log_key()
+}
+
 /// The meta hash field holding `ns`'s floor.
 pub fn floor_field(ns: &str) -> String {
     Keys::floor_field(ns)

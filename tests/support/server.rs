@@ -59,7 +59,7 @@ pub fn acl_rules(prefix: &str) -> String {
     format!(
         "~{prefix}:* &{prefix}:_tc:* -@all +ping +get +mget +set +exists +pttl +hmget \
          +evalsha +eval +script|load +publish +subscribe +unsubscribe +select +hello \
-         +client|tracking +del +hget +hset +hdel +hincrby +hscan +pexpire +sadd \
+         +client|tracking +del +hget +hset +hdel +hincrby +hscan +xadd +xrange +pexpire +sadd \
          +setrange +smembers +time +info +slowlog|len"
     )
     .split_whitespace()
