@@ -112,6 +112,15 @@ impl NamespaceCore {
         self.floor.fetch_max(version, SeqCst);
     }
 
+    /// Raises the floor to a version no message of this namespace brought (a rollback floor
+    /// a read found): what L1 holds from below it is dead, and no resync will clear it, since
+    /// the floor it reads is no longer above this node's.
+    pub(crate) fn raise_floor_over_l1(&self, version: u64) {
+        if self.floor.fetch_max(version, SeqCst) < version {
+            self.clear_l1();
+        }
+    }
+
     /// Adopts the floor Redis holds, even if lower: a Redis that restarted without persistence
     /// starts its versions over, and an old floor would hide every new write. `local_before` is
     /// the floor read before asking Redis; if it moved meanwhile (this node cleared the

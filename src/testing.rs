@@ -75,6 +75,9 @@ impl Keys {
     }
 }
 
+/// The field of an invalidation log entry (id `{version}-0`) that holds the message.
+pub const LOG_FIELD: &str = crate::l2::log::FIELD;
+
 /// The meta hash field holding the version counter.
 pub const VERSION_FIELD: &str = KeySpace::VERSION_FIELD;
 /// The meta hash field holding the counter's epoch.

@@ -11,6 +11,9 @@ use super::{L2Result, L2Tier};
 /// empty, and a replay across it clears L1 instead. Bounds the log to `entries × 4 KiB`.
 pub(crate) const ENTRY_MAX: usize = 4096;
 
+/// The one field of an entry, holding the message (the scripts spell it too).
+pub(crate) const FIELD: &str = "m";
+
 /// Entries read per round trip.
 const PAGE: usize = 512;
 
@@ -60,8 +63,12 @@ impl L2Tier {
                     return Ok(Logged::Incomplete("not in the log"));
                 }
                 match <[Vec<u8>; 2]>::try_from(fields) {
-                    Ok([name, body]) if name == b"m" && !body.is_empty() => out.push(body),
-                    Ok([name, _]) if name == b"m" => return Ok(Logged::Incomplete("too large")),
+                    Ok([name, body]) if name == FIELD.as_bytes() && !body.is_empty() => {
+                        out.push(body)
+                    }
+                    Ok([name, _]) if name == FIELD.as_bytes() => {
+                        return Ok(Logged::Incomplete("too large"))
+                    }
                     _ => return Ok(Logged::Incomplete("unreadable")),
                 }
                 next += 1;

@@ -212,7 +212,7 @@ impl Reads<'_> {
         let read = match (read, checked) {
             (Ok((values, seen)), true) => match shared.l2.check_history(highest).await {
                 Ok(c) if c.intact => {
-                    core.raise_floor(c.rollback_floor);
+                    core.raise_floor_over_l1(c.rollback_floor);
                     Ok((values, seen))
                 }
                 Ok(_) => {

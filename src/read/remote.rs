@@ -72,7 +72,7 @@ pub(super) async fn peek_l2<V: DeserializeOwned>(
             true => match shared.l2.get_checked(core.target(), key).await {
                 Ok((value, checked)) if checked.intact => {
                     // A draw found the history gone back before this node's resync did.
-                    core.raise_floor(checked.rollback_floor);
+                    core.raise_floor_over_l1(checked.rollback_floor);
                     Ok(value)
                 }
                 Ok(_) => {

@@ -3,7 +3,7 @@
 //! prefix on database 0, what every test node uses unless it says otherwise.
 #![allow(dead_code, unused_imports)]
 
-pub use tiered_cache::testing::{Keys, EPOCH_FIELD, VERSION_FIELD};
+pub use tiered_cache::testing::{Keys, EPOCH_FIELD, LOG_FIELD, VERSION_FIELD};
 
 /// The names of a cache with the default prefix on database 0.
 pub fn default() -> Keys {
