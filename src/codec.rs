@@ -4,10 +4,14 @@
 //! byte 0      0xC1      magic: a byte MessagePack never emits, so foreign values are spotted at once
 //! byte 1      format    1 today; a reader skips formats it does not know (a miss, never a panic)
 //! byte 2      flags     bit 0 tombstone (an invalidated key), bit 1 payload compressed (lz4),
-//!                       bit 2 expiry present, bit 3 absent ("not found", cached negatively)
+//!                       bit 2 expiry present, bit 3 absent ("not found", cached negatively),
+//!                       bit 4 source version present
 //! bytes 3-10  version   u64 big-endian, drawn from Redis in the same script as the write
 //! bytes 11-18 expiry    (bit 2) u64 big-endian, unix milliseconds: when the value stops being
 //!                       fresh. Redis may keep it longer, for fail-safe (see `NamespacePolicy::fail_safe`)
+//! next 8      source    (bit 4) u64 big-endian: the writer's own version of the value (a
+//!                       database LSN, a log offset) given to `set_if_newer`; a tombstone
+//!                       written by `invalidate_if_newer` carries it too
 //! then        payload   MessagePack (rmp-serde, structs as maps); lz4 with a u32 LE length
 //!                       prefix when bit 1 is set; empty when bit 3 is set
 //! ```
@@ -30,7 +34,8 @@ pub(crate) const FLAG_TOMBSTONE: u8 = 0b0001;
 pub(crate) const FLAG_COMPRESSED: u8 = 0b0010;
 pub(crate) const FLAG_EXPIRY: u8 = 0b0100;
 pub(crate) const FLAG_ABSENT: u8 = 0b1000;
-const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_EXPIRY | FLAG_ABSENT;
+pub(crate) const FLAG_SOURCE: u8 = 0b1_0000;
+const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_EXPIRY | FLAG_ABSENT | FLAG_SOURCE;
 pub(crate) const HEADER_LEN: usize = 11;
 /// lz4 cannot expand data more than about 255 times: a length prefix claiming more is corrupt,
 /// and is refused before anything is allocated for it.
@@ -155,8 +160,9 @@ pub(crate) fn encode<V: Serialize + ?Sized>(
 /// What an envelope weighs in L1: its serialized payload before compression (read from the
 /// lz4 length prefix), never less than the stored bytes.
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
-    let compressed = bytes.get(2).is_some_and(|f| f & FLAG_COMPRESSED != 0);
-    let at = HEADER_LEN + 8;
+    let flags = bytes.get(2).copied().unwrap_or(0);
+    let compressed = flags & FLAG_COMPRESSED != 0;
+    let at = HEADER_LEN + 8 + if flags & FLAG_SOURCE != 0 { 8 } else { 0 };
     match bytes.get(at..at + 4) {
         Some(prefix) if compressed => {
             let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
@@ -167,6 +173,27 @@ pub(crate) fn plain_len(bytes: &[u8]) -> usize {
 }
 
 impl Encoded {
+    /// The same entry carrying the writer's source version (see `set_if_newer`).
+    pub(crate) fn with_source(mut self, source: u64) -> Self {
+        let at = if self.head[2] & FLAG_EXPIRY != 0 {
+            8
+        } else {
+            0
+        };
+        self.body.splice(at..at, source.to_be_bytes());
+        self.head[2] |= FLAG_SOURCE;
+        self
+    }
+
+    /// A tombstone carrying a source version (see `invalidate_if_newer`).
+    pub(crate) fn source_tombstone(source: u64) -> Self {
+        Self {
+            head: [MAGIC, FORMAT, FLAG_TOMBSTONE | FLAG_SOURCE],
+            body: source.to_be_bytes().to_vec(),
+            plain_len: 0,
+        }
+    }
+
     /// When the value stops being fresh (unix ms), if it says.
     pub(crate) fn expires_ms(&self) -> Option<u64> {
         let at = self.body.first_chunk::<8>()?;
@@ -247,6 +274,14 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Opened<'_>, DecodeError> {
         (Some(u64::from_be_bytes(*at)), rest)
     } else {
         (None, rest)
+    };
+    let rest = if flags & FLAG_SOURCE != 0 {
+        match rest.split_first_chunk::<8>() {
+            Some((_, rest)) => rest,
+            None => return Err(DecodeError::Truncated),
+        }
+    } else {
+        rest
     };
     let payload = if flags & FLAG_ABSENT != 0 {
         Payload::Absent
@@ -334,6 +369,29 @@ mod tests {
             ]
         );
         assert_eq!(tombstone_head(), [0xC1, 1, 1]);
+        // With a source version (`set_if_newer`): after the expiry, before the payload.
+        let sourced = encode(Some(&7u8), 0x1122, None).unwrap().with_source(0x33);
+        assert_eq!(
+            envelope(1, &sourced),
+            [
+                0xC1, 1, 0b1_0100, // flags: expiry, source
+                0, 0, 0, 0, 0, 0, 0, 1, // version
+                0, 0, 0, 0, 0, 0, 0x11, 0x22, // expiry
+                0, 0, 0, 0, 0, 0, 0, 0x33, // source version
+                7,
+            ]
+        );
+        assert!(matches!(
+            decode::<u8>(&envelope(1, &sourced)),
+            Ok(Stored::Value {
+                value: Some(7),
+                expires_ms: Some(0x1122),
+                ..
+            })
+        ));
+        let big = encode(Some(&"x".repeat(4000)), 1, Some(64)).unwrap();
+        let plain = plain_len(&envelope(1, &big));
+        assert_eq!(plain_len(&envelope(1, &big.with_source(9))), plain);
     }
 
     #[test]

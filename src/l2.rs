@@ -567,6 +567,7 @@ pub(crate) mod log;
 pub(crate) mod multi;
 /// The Lua scripts of the single-key calls above.
 mod scripts;
+mod source;
 /// One fixed server, or the primary Sentinel names, followed through failovers.
 pub(crate) mod topology;
 /// Sliding expiry: extending a live value's TTL and envelope expiry in one script.

@@ -120,3 +120,4 @@ pub use memo::Memoized;
 pub use metrics::{LagPercentiles, NamespaceStats};
 pub use namespace::{Batch, Namespace};
 pub use options::EntryOptions;
+pub use write::SourceWrite;

@@ -218,6 +218,53 @@ where
         crate::write::set(shared, &self.core, entry, &self.tags(), how).await
     }
 
+    /// Stores `value` only if it is newer, by the writer's own version of it (a database LSN,
+    /// a change-stream offset: any number that grows with every change of the key), than what
+    /// Redis holds for the key: writes then land in the source's order, whatever order they
+    /// arrive in. Redis keeps `source_version` in the entry; an entry written without one (a
+    /// plain `set`, a load, a plain invalidation) counts as older. Returns
+    /// [`SourceWrite::Superseded`] (nothing written) when Redis holds this version or a newer
+    /// one, a value or an [`invalidate_if_newer`](Self::invalidate_if_newer).
+    ///
+    /// Always strict: with Redis unreachable, or refusing, it returns `Err(Unavailable)` and
+    /// this node's L1 no longer holds the key; retry from the source. Nothing is queued, since
+    /// a replay could not keep the source's order. Takes no [tags](EntryOptions::tag): on a
+    /// tagged handle it returns `Err(InvalidOptions)`.
+    pub async fn set_if_newer(
+        &self,
+        key: &K,
+        value: V,
+        source_version: u64,
+    ) -> Result<crate::SourceWrite> {
+        self.untagged("set_if_newer")?;
+        let entry = (key_string(key), value);
+        let (shared, ttl) = (self.cache.shared(), self.ttl());
+        crate::write::set_if_newer(shared, &self.core, entry, source_version, ttl).await
+    }
+
+    /// Removes a key from Redis and from every node's L1 only if `source_version` is newer than
+    /// what Redis holds for it (see [`set_if_newer`](Self::set_if_newer)): the tombstone keeps
+    /// `source_version`, so a late write of an older version cannot bring the key back while
+    /// it lasts (the namespace's L2 TTL). Always strict, and takes no tags, like `set_if_newer`.
+    pub async fn invalidate_if_newer(
+        &self,
+        key: &K,
+        source_version: u64,
+    ) -> Result<crate::SourceWrite> {
+        self.untagged("invalidate_if_newer")?;
+        let shared = self.cache.shared();
+        crate::write::invalidate_if_newer(shared, &self.core, key_string(key), source_version).await
+    }
+
+    fn untagged(&self, op: &str) -> Result<()> {
+        if self.tags().is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::InvalidOptions(format!(
+            "{op} takes no tags: call it on a handle without them"
+        )))
+    }
+
     /// Removes a key from Redis and from every node's L1.
     ///
     /// Redis keeps a small tombstone for the namespace's L2 TTL, so a load that started before

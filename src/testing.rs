@@ -198,6 +198,8 @@ pub const FLAG_COMPRESSED: u8 = codec::FLAG_COMPRESSED;
 pub const FLAG_EXPIRY: u8 = codec::FLAG_EXPIRY;
 /// Flag: a cached "not found".
 pub const FLAG_ABSENT: u8 = codec::FLAG_ABSENT;
+/// Flag: a source version follows the expiry (`set_if_newer`).
+pub const FLAG_SOURCE: u8 = codec::FLAG_SOURCE;
 
 /// The three bytes a client sends before the version: magic, `format`, `flags`.
 pub fn envelope_head(format: u8, flags: u8) -> [u8; 3] {

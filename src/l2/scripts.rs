@@ -72,6 +72,17 @@ end
 local function stamp(v, e)
   return struct.pack('>I8', v) .. struct.pack('>I8', e)
 end
+local function source_of(cur)
+  if not cur or string.len(cur) < 11 or string.byte(cur, 1) ~= 193 or string.byte(cur, 2) ~= 1 then
+    return nil
+  end
+  local flags = string.byte(cur, 3)
+  if bit.band(flags, 16) == 0 then return nil end
+  local at = 12
+  if bit.band(flags, 4) == 4 then at = 20 end
+  if string.len(cur) < at + 7 then return nil end
+  return string.sub(cur, at, at + 7)
+end
 ";
 
 // KEYS: meta, value key. ARGV: epoch, envelope head, payload, ttl ms, channel, message head,
@@ -181,9 +192,20 @@ if cur and string.byte(cur, 1) == 193 then
     end
   end
 end
+local head, body = ARGV[4], ARGV[5]
+local src = source_of(cur)
+local flags = string.byte(head, 3)
+if src and bit.band(flags, 16) == 0 then
+  -- The load began after that entry was written: it is at least as new at the source, and
+  -- keeps its source version, or a late older source-ordered write could land over it.
+  local at = 0
+  if bit.band(flags, 4) == 4 then at = 8 end
+  head = string.sub(head, 1, 2) .. string.char(bit.bor(flags, 16))
+  body = string.sub(body, 1, at) .. src .. string.sub(body, at + 1)
+end
 local e = epoch()
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
-redis.call('SET', KEYS[2], ARGV[4] .. struct.pack('>I8', v) .. ARGV[5], 'PX', ARGV[6])
+redis.call('SET', KEYS[2], head .. struct.pack('>I8', v) .. body, 'PX', ARGV[6])
 return {1, v, e}
 ";
 

@@ -28,7 +28,7 @@ if not cur or string.len(cur) < 19 or string.byte(cur, 1) ~= 193 or string.byte(
   return {0, 0, 0}
 end
 local flags = string.byte(cur, 3)
-if bit.band(flags, 240) ~= 0 then return {0, 0, 0} end
+if bit.band(flags, 224) ~= 0 then return {0, 0, 0} end
 if bit.band(flags, 1) == 1 or bit.band(flags, 8) == 8 or bit.band(flags, 4) == 0 then
   return {0, 0, 0}
 end

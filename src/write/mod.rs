@@ -9,10 +9,13 @@
 
 pub(crate) mod batch;
 mod replay;
+mod source;
 mod tags;
 mod touch;
 
 pub(crate) use replay::{route, run_replayer};
+pub use source::SourceWrite;
+pub(crate) use source::{invalidate_if_newer, set_if_newer};
 pub(crate) use tags::invalidate_tag;
 pub(crate) use touch::touch;
 

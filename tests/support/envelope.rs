@@ -5,11 +5,12 @@
 pub use tiered_cache::testing::{
     envelope_flags as flags, envelope_flags_mut as flags_mut, envelope_head as head,
     open_envelope as open, Envelope, ENVELOPE_FORMAT as FORMAT, ENVELOPE_MAGIC as MAGIC,
-    FLAG_ABSENT, FLAG_COMPRESSED, FLAG_EXPIRY, FLAG_TOMBSTONE,
+    FLAG_ABSENT, FLAG_COMPRESSED, FLAG_EXPIRY, FLAG_SOURCE, FLAG_TOMBSTONE,
 };
 
 /// A flag bit this build does not know (a newer deploy's).
-pub const UNKNOWN_FLAG: u8 = (FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_EXPIRY | FLAG_ABSENT) + 1;
+pub const UNKNOWN_FLAG: u8 =
+    (FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_EXPIRY | FLAG_ABSENT | FLAG_SOURCE) + 1;
 
 /// A format this build does not know (a newer deploy's).
 pub const NEWER_FORMAT: u8 = FORMAT + 1;
