@@ -44,9 +44,10 @@ pub(crate) struct BusState {
     /// The same version with its epoch, read together: what a write queued now knew of
     /// Redis (see `Outbox::enqueue_write`).
     seen: std::sync::Mutex<Stamp>,
-    /// Every version up to this one has been applied here (in sequence, or by a resync): a
-    /// resync replays the invalidation log from it (see `bus::replay`).
-    pub(crate) applied_through: AtomicU64,
+    /// Every version up to this one has been applied here (in sequence, or by a resync), and
+    /// what the message at it was: a resync replays the invalidation log from there once the
+    /// log's entry there is that message (see `bus::replay`).
+    pub(crate) applied: std::sync::Mutex<Applied>,
     /// Something was missed that the invalidation log does not cover (external writes unseen,
     /// a keyspace flush, a new epoch, a counter gone back): the next resync clears L1.
     pub(crate) must_flush: AtomicBool,
@@ -55,7 +56,7 @@ pub(crate) struct BusState {
     pub(crate) resync_version: AtomicU64,
     pub(crate) past_resync: AtomicBool,
     /// Set on any suspicion that something was missed; cleared only by a resync, after it has
-    /// cleared L1. While set, L1 is not trusted.
+    /// replayed what was missed or cleared L1. While set, L1 is not trusted.
     pub(crate) resync_pending: AtomicBool,
     /// False while external-write tracking is on but its connection is down.
     pub(crate) tracking_ok: AtomicBool,
@@ -89,7 +90,7 @@ impl BusState {
             grace_ms: (cooldown + 2 * heartbeat).as_millis() as u64,
             last_version: AtomicU64::new(0),
             seen: std::sync::Mutex::new(Stamp::default()),
-            applied_through: AtomicU64::new(0),
+            applied: std::sync::Mutex::new(Applied::default()),
             must_flush: AtomicBool::new(true),
             resync_version: AtomicU64::new(0),
             past_resync: AtomicBool::new(false),
@@ -121,8 +122,9 @@ impl BusState {
         self.last_alive_ms.store(self.now_ms(), Relaxed);
     }
 
-    pub(crate) fn delivered(&self) {
-        self.last_delivery_ms.store(self.now_ms(), Relaxed);
+    /// Records a proof of freshness dated `at_ms` (see [`now_ms`](Self::now_ms)).
+    pub(crate) fn delivered_at(&self, at_ms: u64) {
+        self.last_delivery_ms.store(at_ms, Relaxed);
     }
 
     /// Advances the sequence to `stamp` (a message in sequence, or a resync's read).
@@ -219,6 +221,42 @@ impl BusState {
     /// Time since the bus last proved it reaches this node; `None` if it never has.
     pub(crate) fn delivery_age(&self) -> Option<Duration> {
         self.age(self.last_delivery_ms.load(Relaxed))
+    }
+}
+
+/// The end of the run of versions applied here with no hole (see `BusState::applied`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub(crate) version: u64,
+    /// A digest of the message at `version` (see `digest_of`); `None` when unknown (after a
+    /// clear the log could not anchor).
+    pub(crate) digest: Option<u64>,
+}
+
+impl Applied {
+    /// The digest of a message, or of its log entry: of its header (`wire::HEADER`: kind,
+    /// origin, version, epoch, send time), which the log keeps even of a message too large to
+    /// keep whole. Two histories' messages at one version differ in it unless one node wrote
+    /// both in the same millisecond.
+    pub(crate) fn digest_of(message: &[u8]) -> Option<u64> {
+        use std::hash::{DefaultHasher, Hasher};
+        let head = &message[..message.len().min(crate::wire::HEADER)];
+        if head.is_empty() {
+            return None;
+        }
+        let mut h = DefaultHasher::new();
+        h.write(head);
+        Some(h.finish())
+    }
+}
+
+impl BusState {
+    pub(crate) fn applied(&self) -> Applied {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_applied(&self, applied: Applied) {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
     }
 }
 

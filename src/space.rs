@@ -138,13 +138,10 @@ impl NamespaceCore {
     /// Inserts a value read under `ticket`, and takes it back out if the key was invalidated
     /// meanwhile (see `guard.rs` for why the re-check comes after the insert).
     pub(crate) fn insert_guarded(&self, key: String, entry: L1Entry, ticket: &Ticket) -> bool {
-        if self.bypass.load(Relaxed) {
-            // An older copy must not outlive the bypass: this node's own messages are never
+        if self.bypass.load(Relaxed) || !self.gens.is_current(ticket) {
+            // An older copy must not outlive the refusal: this node's own messages are never
             // applied to its L1, live or replayed, so only this write can take it out.
             self.l1.remove_older(&key, entry.version);
-            return false;
-        }
-        if !self.gens.is_current(ticket) {
             return false;
         }
         let check = key.clone();

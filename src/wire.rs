@@ -48,6 +48,11 @@ const VERSION_AT: usize = 11;
 /// own version. A single key longer than this still goes out, alone.
 pub(crate) const MAX_MESSAGE: usize = 256 * 1024;
 
+/// What identifies a message: its first bytes, up to and with the send time (kind, origin,
+/// version, epoch, send time). The invalidation log keeps this much of a message too large
+/// to keep whole (the scripts spell the length: see `l2/scripts.rs`).
+pub(crate) const HEADER: usize = VERSION_AT + 16 + 8;
+
 /// What a message takes before its key list: the header, the send time, the namespace and
 /// the count (a multi message's section head and count are budgeted per key list the same way).
 const ENVELOPE: usize = VERSION_AT + 16 + 8 + 2 + 4 + 2;

@@ -29,7 +29,7 @@ pub(crate) use tracking::run_tracker;
 pub(crate) use watchdog::spawn_watchdog;
 
 use crate::codec::unix_ms;
-use crate::engine::{BusState, Engine};
+use crate::engine::{Applied, BusState, Engine};
 use crate::l2::{L2Error, Stamp};
 use crate::wire::{decode, Incoming, Scope};
 use std::sync::atomic::Ordering::SeqCst;
@@ -41,7 +41,8 @@ pub(crate) use crate::engine::TRIP_AT;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum After {
     Listen,
-    /// Something may have been missed: reload floors and clear every L1.
+    /// Something may have been missed: reload floors, and replay it from the log or clear
+    /// every L1.
     Resync,
 }
 
@@ -78,7 +79,7 @@ pub(crate) fn apply(shared: &Engine, payload: &[u8]) -> After {
     if msg.epoch != 0 {
         shared.l2.epochs().saw(msg.version);
     }
-    let order = sequence(&shared.bus, &msg);
+    let order = sequence(&shared.bus, &msg, payload);
     apply_scope(shared, &msg);
     match order {
         Order::InSequence => {}
@@ -149,7 +150,7 @@ pub(super) fn apply_scope(shared: &Engine, msg: &Incoming<'_>) {
 }
 
 /// Checks a message against the sequence and advances it. Only the subscriber task calls this.
-fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
+fn sequence(bus: &BusState, msg: &Incoming<'_>, payload: &[u8]) -> Order {
     let last = bus.last_version.load(SeqCst);
     if msg.version > bus.resync_version.load(SeqCst) {
         bus.past_resync.store(true, SeqCst);
@@ -176,7 +177,12 @@ fn sequence(bus: &BusState, msg: &Incoming<'_>) -> Order {
         epoch: msg.epoch,
     });
     // Only a run with no hole since the last resync: a replay starts from its end.
-    let _ = (bus.applied_through).compare_exchange(msg.version - 1, msg.version, SeqCst, SeqCst);
+    if bus.applied().version == msg.version - 1 {
+        bus.set_applied(Applied {
+            version: msg.version,
+            digest: Applied::digest_of(payload),
+        });
+    }
     if msg.version > last + 1 {
         Order::Gap(msg.version - last - 1)
     } else {
@@ -206,6 +212,8 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
     // Read first: every version it holds was drawn before the counter is read below, so a
     // write landing meanwhile cannot pass for a history gone back.
     let highest = shared.l2.epochs().highest();
+    // What this resync vouches for, at best: the state as of the counter's read.
+    let read_at = shared.bus.now_ms();
     let (mut stamp, mut floors) = shared.l2.floors(&names).await?;
     if stamp.version < highest {
         // Redis's counter is behind a version it reported before: its history went back (a
@@ -231,7 +239,21 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
         (stamp, floors) = shared.l2.floors(&names).await?;
     }
     // Before the sequence moves to the counter's version: the replay starts where it was.
-    let kept = !flush && replay::catch_up(shared, stamp).await;
+    let mut applied = match flush {
+        true => None,
+        false => replay::catch_up(shared, stamp).await,
+    };
+    // A reason to clear raised while catching up (tracking back, say) is this resync's too.
+    if shared.bus.must_flush.swap(false, SeqCst) {
+        applied = None;
+    }
+    let kept = applied.is_some();
+    let applied = match applied {
+        Some(applied) => applied,
+        None => replay::anchor(shared, stamp).await,
+    };
+    // Everything up to the counter is known now: this node's next draw stays above it.
+    shared.l2.epochs().saw(stamp.version);
     // Counted once it happens: an attempt Redis did not answer cleared nothing.
     shared.bus.metrics.resyncs.inc();
     shared.l2.epochs().adopt(stamp.epoch);
@@ -240,7 +262,7 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
     shared.bus.advance(stamp);
     shared.bus.resync_version.store(stamp.version, SeqCst);
     shared.bus.past_resync.store(false, SeqCst);
-    shared.bus.applied_through.store(stamp.version, SeqCst);
+    shared.bus.set_applied(applied);
     for ((ns, floor), before) in shared.namespaces.iter().zip(floors).zip(before) {
         if kept && floor > ns.floor() {
             // A floor no replayed message raised (a rollback another node found and
@@ -254,10 +276,11 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
         shared.clear_all_l1();
     }
     shared.bus.touch();
-    shared.bus.delivered();
+    shared.bus.delivered_at(read_at);
     shared.bus.resync_pending.store(false, SeqCst);
-    // L1 is empty and in sequence with the bus: it can be trusted from this instant, not
-    // from the watchdog's next tick (unless external-write tracking is still down).
+    // L1 is in sequence with the bus as of the counter's read (emptied, or caught up): it
+    // can be trusted from here, not from the watchdog's next tick (unless external-write
+    // tracking is still down), for as long as the bound allows from that read.
     if shared.bus.tracking_ok.load(SeqCst) {
         for ns in &shared.namespaces {
             ns.set_bypass(false, Some(Duration::ZERO));

@@ -53,7 +53,7 @@ pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
         } else if was_subscribed || first {
             // Loud once when the link is lost; quiet while retrying against a server still down.
             tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,
-                "invalidation subscriber not listening; L1 will be cleared on resubscription");
+                "invalidation subscriber not listening; L1 is caught up (or cleared) on resubscription");
         } else {
             tracing::debug!(target: "tiered_cache::bus", %reason, retry_in_ms, "subscriber retry failed");
         }
@@ -107,7 +107,8 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     )));
     // A resync a message asked for waits until `RESYNC_GAP` after the last one, while messages
     // go on being applied: bounded namespaces distrust L1 from the suspicion on, and the
-    // resync clears every L1 anyway (unbounded ones serve theirs up to `RESYNC_GAP` longer).
+    // resync replays what was missed or clears L1 (unbounded ones serve theirs up to
+    // `RESYNC_GAP` longer).
     let (mut due, mut last) = (false, tokio::time::Instant::now());
     loop {
         tokio::select! {

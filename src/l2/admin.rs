@@ -78,7 +78,8 @@ mod tooling {
                 endpoint,
                 prefix,
                 reconnect_delay: Duration::from_millis(100),
-                // Its invalidations are logged like a node's, or a replay across them fails.
+                // As a node's: the tool's writes go through a node, but any script run here
+                // logs the same way (a replay across an unlogged version would clear L1).
                 replay_log: crate::config::TieredCacheBuilder::DEFAULT_REPLAY_LOG,
             };
             Ok(Self {

@@ -93,7 +93,8 @@ impl Epochs {
         }
     }
 
-    /// Adopts the epoch a resync read, without calling the hook (the resync clears L1 itself).
+    /// Adopts the epoch a resync read, without calling the hook (the resync deals with L1
+    /// itself).
     pub(crate) fn adopt(&self, epoch: u64) {
         if epoch != 0 {
             self.current.store(epoch, SeqCst);

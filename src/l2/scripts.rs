@@ -26,10 +26,15 @@ use redis::Script;
 // `candidate:least:entries:bytes`. Every message a drawn version publishes is also appended
 // to the log, a stream beside the meta hash (`KeySpace::log_key`) whose entry ids are the
 // versions, so a node that missed messages reads them back instead of clearing its L1 (see
-// `l2/log.rs`). A message over the byte limit is logged empty: a reader cannot replay past it.
+// `l2/log.rs`): field `m`, the message. A message over the byte limit keeps only its first 35
+// bytes (`wire::HEADER`), in field `h`: a reader cannot replay past it, but can tell which
+// message it was.
 // The append is a `pcall`: a log Redis refuses (an ACL line without XADD, a stream id behind
 // one already there) costs replays, never the write. A new epoch starts a new log.
 const PREAMBLE: &str = r"
+-- Effects replication (Redis 5 and 6 may be configured to replicate the script instead,
+-- where XADD, being flagged random, would refuse every write after it; a no-op on Redis 7).
+if redis.replicate_commands then redis.replicate_commands() end
 local candidate, least, log_len, log_max = string.match(ARGV[1], '^(%d+):(%d+):(%d+):(%d+)$')
 if not candidate then
   candidate, least = string.match(ARGV[1], '^(%d+):(%d+)$')
@@ -50,8 +55,9 @@ end
 local function publish(channel, msg, v)
   redis.call('PUBLISH', channel, msg)
   if log_len > 0 then
-    if #msg > log_max then msg = '' end
-    redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, string.format('%d-0', v), 'm', msg)
+    local field = 'm'
+    if #msg > log_max then field, msg = 'h', string.sub(msg, 1, 35) end
+    redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, string.format('%d-0', v), field, msg)
   end
 end
 local function draw()

@@ -98,6 +98,9 @@ async fn write_run<V: Serialize + Send + Sync + 'static>(
         }
     };
     let before: Vec<Ticket> = keys.iter().map(|k| core.gens.ticket(k)).collect();
+    // Out of L1 before Redis is asked: a call dropped once its script ran must not leave the
+    // old copy here (this node never applies its own message).
+    keys.iter().for_each(|k| core.l1.remove(k));
     let message = Outgoing::keys(shared.node_id, &core.name, &keys);
     let entries: Vec<_> = batch
         .iter()

@@ -83,6 +83,9 @@ pub(crate) async fn invalidate(
             return Err(e.into_error(op));
         }
     };
+    // Evicted before Redis is asked as well: a call dropped once its script ran must not leave
+    // the old copy here (this node never applies its own message).
+    keys.iter().for_each(|k| core.evict(k));
     let done = shared
         .l2
         .invalidate(core.target(), &refs, core.policy.l2_ttl, shared.node_id)
@@ -113,6 +116,8 @@ pub(crate) async fn clear(shared: &Engine, core: &NamespaceCore, strict: bool) -
         }
     };
     let message = Outgoing::namespace(shared.node_id, &core.name);
+    // Cleared before Redis is asked as well (see `invalidate`).
+    core.clear_l1();
     let done = shared.l2.clear_namespace(core.target(), &message).await;
     route.landed(done.is_ok());
     if let Ok(stamp) = &done {

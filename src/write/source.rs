@@ -107,6 +107,7 @@ async fn ordered(
         }
     };
     let before = core.gens.ticket(key);
+    core.l1.remove(key);
     let done = call.await;
     route.landed(done.is_ok());
     let (ticket, alone) = core
