@@ -722,3 +722,45 @@ async fn strict_tagged_calls_without_redis_fail_fast_and_drop_local_copies() {
     .await;
     assert_eq!(fees.invalidate_tag("T").await.unwrap(), 1);
 }
+
+/// A tag set tracks its live keys: members Redis no longer holds (expired, evicted: deleted
+/// here) are dropped a few per tagged write, while every live member stays.
+#[tokio::test]
+async fn tag_sets_drop_members_redis_no_longer_holds() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let tagged = a
+        .namespace::<str, u64>("rate")
+        .unwrap()
+        .with(EntryOptions::new().tag("desk"))
+        .unwrap();
+    for i in 0..50 {
+        tagged.set(&format!("old{i}"), 1).await.unwrap();
+    }
+    let set = keys::default().tag_key("rate", "desk");
+    assert_eq!(members(&server, &set).len(), 50);
+    for i in 0..40 {
+        server.cmd::<i64>(&[b"DEL", keys::value("rate", &format!("old{i}")).as_bytes()]);
+    }
+    for i in 0..15 {
+        tagged.set(&format!("new{i}"), 1).await.unwrap();
+    }
+    let left = members(&server, &set);
+    assert!(
+        left.len() <= 65 - 10,
+        "{} members, 40 of them gone",
+        left.len()
+    );
+    let live: Vec<String> = (40..50)
+        .map(|i| format!("old{i}"))
+        .chain((0..15).map(|i| format!("new{i}")))
+        .collect();
+    let live: Vec<&str> = live.iter().map(String::as_str).collect();
+    assert!(
+        set_of("rate", &live).is_subset(&left),
+        "a live member was dropped"
+    );
+    // And the tag still reaches every key its set lists, the 25 live ones among them.
+    let rate = a.namespace::<str, u64>("rate").unwrap();
+    assert_eq!(rate.invalidate_tag("desk").await.unwrap(), left.len());
+}

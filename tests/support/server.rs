@@ -60,7 +60,7 @@ pub fn acl_rules(prefix: &str) -> String {
         "~{prefix}:* &{prefix}:_tc:* -@all +ping +get +mget +set +exists +pttl +hmget \
          +evalsha +eval +script|load +publish +subscribe +unsubscribe +select +hello \
          +client|tracking +del +hget +hset +hdel +hincrby +hscan +xadd +xrange +pexpire +sadd \
-         +setrange +smembers +time +info +slowlog|len"
+         +srandmember +srem +setrange +smembers +time +info +slowlog|len"
     )
     .split_whitespace()
     .collect::<Vec<_>>()
