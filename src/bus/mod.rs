@@ -278,6 +278,12 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
     shared.bus.touch();
     shared.bus.delivered_at(read_at);
     shared.bus.resync_pending.store(false, SeqCst);
+    if shared.bus.must_flush.load(SeqCst) {
+        // A reason to clear came up after this resync decided (tracking back, a new epoch):
+        // L1 stays distrusted, and the resync that reason asked for follows at once.
+        shared.suspect();
+        return Ok(());
+    }
     // L1 is in sequence with the bus as of the counter's read (emptied, or caught up): it
     // can be trusted from here, not from the watchdog's next tick (unless external-write
     // tracking is still down), for as long as the bound allows from that read.
