@@ -223,7 +223,7 @@ where
     /// Redis holds for the key: writes then land in the source's order, whatever order they
     /// arrive in. Redis keeps `source_version` in the entry; an entry written without one (a
     /// plain `set`, a load, a plain invalidation) counts as older. Returns
-    /// [`SourceWrite::Superseded`] (nothing written) when Redis holds this version or a newer
+    /// [`SourceWrite::Superseded`](crate::SourceWrite::Superseded) (nothing written) when Redis holds this version or a newer
     /// one, a value or an [`invalidate_if_newer`](Self::invalidate_if_newer).
     ///
     /// Always strict: with Redis unreachable, or refusing, it returns `Err(Unavailable)` and
