@@ -107,13 +107,14 @@ impl L1Tier {
         matches!(result, CompResult::ReplacedWith(_))
     }
 
-    /// Removes the entry of `key` if it holds a version older than `version`.
+    /// Removes the entry of `key` if it holds a version older than `version`, but not a
+    /// write of this node's that Redis has not taken yet (version 0: see `write::local_only`).
     pub(crate) fn remove_older(&self, key: &str, version: u64) {
         use moka::ops::compute::Op;
         self.cache
             .entry_by_ref(key)
             .and_compute_with(|existing| match existing {
-                Some(e) if e.value().version < version => Op::Remove,
+                Some(e) if e.value().version < version && e.value().version != 0 => Op::Remove,
                 _ => Op::Nop,
             });
     }

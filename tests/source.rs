@@ -88,6 +88,40 @@ async fn a_delete_at_the_source_is_not_undone_by_an_older_update() {
     );
 }
 
+/// A plain invalidation, a tag's, keeps the source version of what it replaces: a late older
+/// `set_if_newer` still cannot land after it.
+#[tokio::test]
+async fn plain_invalidations_keep_the_source_version() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let ra = a.namespace::<str, u64>("rate").unwrap();
+    ra.set_if_newer("k", 5, 5).await.unwrap();
+    ra.invalidate("k").await.unwrap();
+    assert_eq!(
+        ra.set_if_newer("k", 3, 3).await.unwrap(),
+        SourceWrite::Superseded
+    );
+    ra.batch().invalidate(["k"]).await.unwrap();
+    assert_eq!(
+        ra.set_if_newer("k", 4, 4).await.unwrap(),
+        SourceWrite::Superseded
+    );
+    let tagged = ra.with(EntryOptions::new().tag("t")).unwrap();
+    tagged.set("j", 1).await.unwrap();
+    ra.set_if_newer("j", 9, 9).await.unwrap();
+    // j stays in the tag's set (a plain tagged write put it there).
+    ra.invalidate_tag("t").await.unwrap();
+    assert_eq!(
+        ra.set_if_newer("j", 8, 8).await.unwrap(),
+        SourceWrite::Superseded
+    );
+    assert_eq!(ra.get("j").await, None);
+    assert_eq!(
+        ra.set_if_newer("k", 6, 6).await.unwrap(),
+        SourceWrite::Applied
+    );
+}
+
 /// Source versions use all 64 bits: two above 2^53, one apart, are told apart (Lua's doubles
 /// would not).
 #[tokio::test]

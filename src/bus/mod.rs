@@ -292,5 +292,9 @@ async fn resync_inner(shared: &Engine, mut flush: bool) -> std::result::Result<(
             ns.set_bypass(false, Some(Duration::ZERO));
         }
     }
+    // And one raised while lifting it: the bypass goes back on.
+    if shared.bus.must_flush.load(SeqCst) {
+        shared.suspect();
+    }
     Ok(())
 }

@@ -10,10 +10,10 @@
 //! cannot: a load of a key no set lists yet (never cached) that started before the
 //! invalidation; its tagged fill is refused, as FILL refuses one older than a tombstone.
 //!
-//! A listed key may since have been rewritten without the tag: it is tombstoned anyway. That
-//! is a spurious invalidation (the next read reloads it), never a stale read. Keys Redis no
-//! longer holds (expired, evicted) are dropped from a set a few at a time by every tagged
-//! write or fill that joins it (see `join`). A
+//! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
+//! anyway. That is a spurious invalidation (the next read reloads it), never a stale read. A
+//! member is never dropped because Redis no longer holds its value: an evicted value may
+//! still be cached in some node's L1, which only the tag's message reaches. A
 //! set Redis evicted is noticed through the namespace's tag registry (see `TAG_HELPERS`), and
 //! its tag invalidation clears the namespace instead.
 
@@ -57,11 +57,6 @@ local function join(reg, set, members, ttl, now)
   local was = tonumber(redis.call('HGET', reg, set) or '0') or 0
   local gone = redis.call('EXISTS', set) == 0
   for _, m in ipairs(members) do redis.call('SADD', set, m) end
-  -- Drops members Redis no longer holds (expired, evicted), a few per join, so a set tracks
-  -- its live keys instead of growing until its longest member's TTL.
-  for _, m in ipairs(redis.call('SRANDMEMBER', set, 4)) do
-    if redis.call('EXISTS', m) == 0 then redis.call('SREM', set, m) end
-  end
   extend(set, ttl)
   local exp = now + redis.call('PTTL', set)
   if (was < 0 and -was > now) or (gone and was > now) then
@@ -164,7 +159,6 @@ local cap = tonumber(table.remove(ARGV))
 local e = epoch()
 local v = draw()
 local now = clock()
-local tomb = ARGV[2] .. struct.pack('>I8', v)
 local parts, sections, bytes, evicted, cleared = {}, 0, 0, {}, {}
 for i = 1, (#KEYS - 1) / 3 do
   local set, floor, reg = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
@@ -177,7 +171,9 @@ for i = 1, (#KEYS - 1) / 3 do
       size = size + 4 + #keys[#keys]
     end
   end
-  for _, k in ipairs(keys) do redis.call('SET', prefix .. k, tomb, 'PX', ttl) end
+  for _, k in ipairs(keys) do
+    redis.call('SET', prefix .. k, tombstone(prefix .. k, ARGV[2], v), 'PX', ttl)
+  end
   cleared[i] = 0
   if untrusted(reg, ARGV[at + 6], set, now) or (#keys > 0 and bytes + size > cap) then
     cleared[i] = -1

@@ -89,6 +89,18 @@ local function source_of(cur)
   if string.len(cur) < at + 7 then return nil end
   return string.sub(cur, at, at + 7)
 end
+-- The tombstone of key k at version v, from its 3-byte head: carrying the source version of
+-- the entry it replaces (see `l2/source.rs`), so a late older `set_if_newer` stays out. The
+-- first 27 bytes hold any envelope's head, version, expiry and source version. A GETRANGE
+-- Redis refuses (an ACL line without it) only loses the source version, never the tombstone.
+local function tombstone(k, head, v)
+  local prefix = redis.pcall('GETRANGE', k, 0, 26)
+  if type(prefix) ~= 'string' then prefix = nil end
+  local src = source_of(prefix)
+  if not src then return head .. struct.pack('>I8', v) end
+  local flags = bit.bor(string.byte(head, 3), 16)
+  return string.sub(head, 1, 2) .. string.char(flags) .. struct.pack('>I8', v) .. src
+end
 ";
 
 // KEYS: meta, value key. ARGV: epoch, envelope head, payload, ttl ms, channel, message head,
@@ -136,7 +148,7 @@ if not newer then
 end
 local v = draw()
 if newer then
-  redis.call('SET', KEYS[2], ARGV[11] .. struct.pack('>I8', v), 'PX', ARGV[14])
+  redis.call('SET', KEYS[2], tombstone(KEYS[2], ARGV[11], v), 'PX', ARGV[14])
 else
   redis.call('SET', KEYS[2], ARGV[2] .. struct.pack('>I8', v) .. ARGV[3], 'PX', ARGV[4])
 end
@@ -150,7 +162,7 @@ pub(super) const INVALIDATE: &str = r"
 local e = epoch()
 local v = draw()
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2] .. struct.pack('>I8', v), 'PX', ARGV[3])
+  redis.call('SET', KEYS[i], tombstone(KEYS[i], ARGV[2], v), 'PX', ARGV[3])
 end
 publish(ARGV[4], ARGV[5] .. stamp(v, e) .. ARGV[6], v)
 return {v, e}

@@ -78,7 +78,11 @@ return r
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TOUCH));
 static TAGGED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     let helpers = super::multi::TAG_HELPERS;
-    Script::new(&format!("{helpers}{TAGGED_HEAD}{TOUCH}{TAGGED_TAIL}"))
+    // Effects replication first, as in `scripts::PREAMBLE`: TIME and HSCAN come before writes.
+    let replicate = "if redis.replicate_commands then redis.replicate_commands() end\n";
+    Script::new(&format!(
+        "{replicate}{helpers}{TAGGED_HEAD}{TOUCH}{TAGGED_TAIL}"
+    ))
 });
 
 /// A value whose expiry a touch pushed later.

@@ -109,7 +109,8 @@ async fn ordered(
     let before = core.gens.ticket(key);
     core.l1.remove(key);
     let done = call.await;
-    route.landed(done.is_ok());
+    // Superseded wrote nothing: what the outbox holds for the key must still be replayed.
+    route.landed(matches!(done, Ok(Some(_))));
     let (ticket, alone) = core
         .gens
         .bump_keys(&[key], &[before])
