@@ -154,6 +154,20 @@ async fn inspect_shows_what_a_node_wrote_exactly() {
     assert_eq!(seen["flags"]["tombstone"], true);
     assert_eq!(seen["value"], Value::Null);
     assert!(seen["version"].as_u64().unwrap() > 1);
+    assert_eq!(seen["source_version"], Value::Null);
+
+    // A source-ordered write shows its source version, and so does the tombstone after it.
+    let lsn = (1u64 << 60) + 7;
+    rates.set_if_newer("EUR:USD", 1.08, lsn).await.unwrap();
+    let seen = ok_json(&cli(&server, &["inspect", "rate", "EUR:USD"]).await);
+    assert_eq!(seen["flags"]["source"], true);
+    assert_eq!(seen["source_version"], json!(lsn));
+    assert_eq!(seen["value"], json!(1.08));
+    assert_eq!(seen["problem"], Value::Null);
+    rates.invalidate("EUR:USD").await.unwrap();
+    let seen = ok_json(&cli(&server, &["inspect", "rate", "EUR:USD"]).await);
+    assert_eq!(seen["flags"]["tombstone"], true);
+    assert_eq!(seen["source_version"], json!(lsn));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

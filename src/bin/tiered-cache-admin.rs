@@ -277,7 +277,9 @@ fn inspection_json(namespace: &str, key: &str, s: &Inspection) -> Value {
             "compressed": s.flags.compressed,
             "expiry": s.flags.expiry,
             "absent": s.flags.absent,
+            "source": s.flags.source,
         },
+        "source_version": s.source_version,
         // The envelope records when a value stops being fresh, not when it was written.
         "expires_at_ms": s.expires_at_ms,
         "expires_at": s.expires_at_ms.map(rfc3339),

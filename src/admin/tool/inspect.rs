@@ -23,6 +23,8 @@ pub struct Inspection {
     pub expires_at_ms: Option<u64>,
     /// Time left before Redis drops the key; `None` when it has no expiry.
     pub pttl: Option<Duration>,
+    /// The writer's source version (`Namespace::set_if_newer`), if the envelope carries one.
+    pub source_version: Option<u64>,
     /// The payload as a generic value; `None` for a tombstone, a cached "not found", or a
     /// payload that could not be read (see [`problem`](Self::problem)).
     pub value: Option<serde_json::Value>,
@@ -44,6 +46,8 @@ pub struct EnvelopeFlags {
     pub expiry: bool,
     /// A cached "not found".
     pub absent: bool,
+    /// A source version is present (`Namespace::set_if_newer`).
+    pub source: bool,
 }
 
 impl EnvelopeFlags {
@@ -54,6 +58,7 @@ impl EnvelopeFlags {
             compressed: raw & codec::FLAG_COMPRESSED != 0,
             expiry: raw & codec::FLAG_EXPIRY != 0,
             absent: raw & codec::FLAG_ABSENT != 0,
+            source: raw & codec::FLAG_SOURCE != 0,
         }
     }
 }
@@ -72,6 +77,7 @@ pub(crate) fn read_envelope(bytes: &[u8]) -> Inspection {
             .map(u64::from_be_bytes),
         expires_at_ms: None,
         pttl: None,
+        source_version: codec::source_version(bytes),
         value: None,
         problem: None,
     };
