@@ -201,19 +201,6 @@ impl Encoded {
     }
 }
 
-/// The source version an envelope carries (flag bit 4: `set_if_newer`, or a tombstone that
-/// kept it), if any and if the bytes hold it.
-pub(crate) fn source_version(bytes: &[u8]) -> Option<u64> {
-    let flags = *bytes.get(2)?;
-    if flags & FLAG_SOURCE == 0 {
-        return None;
-    }
-    // After the expiry, when there is one (as the scripts' `source_of` reads it).
-    let at = HEADER_LEN + if flags & FLAG_EXPIRY != 0 { 8 } else { 0 };
-    let field = bytes.get(at..at + 8)?;
-    Some(u64::from_be_bytes(field.try_into().ok()?))
-}
-
 /// The three bytes a tombstone starts with.
 pub(crate) fn tombstone_head() -> [u8; 3] {
     [MAGIC, FORMAT, FLAG_TOMBSTONE]

@@ -75,13 +75,15 @@ end
 return r
 ";
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TOUCH));
+/// Effects replication first, as in `scripts::PREAMBLE`: PTTL, TIME and HSCAN (flagged
+/// random on Redis 5 and 6) come before writes, which script replication would refuse.
+const REPLICATE: &str = "if redis.replicate_commands then redis.replicate_commands() end\n";
+
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{REPLICATE}{TOUCH}")));
 static TAGGED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     let helpers = super::multi::TAG_HELPERS;
-    // Effects replication first, as in `scripts::PREAMBLE`: TIME and HSCAN come before writes.
-    let replicate = "if redis.replicate_commands then redis.replicate_commands() end\n";
     Script::new(&format!(
-        "{replicate}{helpers}{TAGGED_HEAD}{TOUCH}{TAGGED_TAIL}"
+        "{REPLICATE}{helpers}{TAGGED_HEAD}{TOUCH}{TAGGED_TAIL}"
     ))
 });
 

@@ -63,6 +63,24 @@ impl EnvelopeFlags {
     }
 }
 
+/// The source version an envelope carries (flag bit 4: `set_if_newer`, or a tombstone that
+/// kept it), if any and if the bytes hold it.
+fn source_version(bytes: &[u8]) -> Option<u64> {
+    let flags = *bytes.get(2)?;
+    if flags & codec::FLAG_SOURCE == 0 {
+        return None;
+    }
+    // After the expiry, when there is one (as the scripts' `source_of` reads it).
+    let at = codec::HEADER_LEN
+        + if flags & codec::FLAG_EXPIRY != 0 {
+            8
+        } else {
+            0
+        };
+    let field = bytes.get(at..at + 8)?;
+    Some(u64::from_be_bytes(field.try_into().ok()?))
+}
+
 /// Reads an envelope that starts with the magic byte, as far as it goes. Never panics.
 pub(crate) fn read_envelope(bytes: &[u8]) -> Inspection {
     let flags = bytes.get(2).copied().unwrap_or(0);
@@ -77,7 +95,7 @@ pub(crate) fn read_envelope(bytes: &[u8]) -> Inspection {
             .map(u64::from_be_bytes),
         expires_at_ms: None,
         pttl: None,
-        source_version: codec::source_version(bytes),
+        source_version: source_version(bytes),
         value: None,
         problem: None,
     };
