@@ -242,6 +242,9 @@ async fn two_namespaces_over_the_cap_are_both_cleared_without_a_gap() {
         })
         .await;
     }
+    // From here: the setup's burst of batch messages (4.8 MB in a few hundred ms) may outrun
+    // a slow reader under load, which is not what this test is about; the tag's messages are.
+    let subscribed = [a.stats().bus_subscriptions, b.stats().bus_subscriptions];
     assert_eq!(a.invalidate_tag("window-1").await.unwrap(), 2 * keys.len());
     for h in &hb {
         eventually("b dropped both namespaces", PATIENCE, || async {
@@ -261,9 +264,12 @@ async fn two_namespaces_over_the_cap_are_both_cleared_without_a_gap() {
         rb.get("after").await.map(|v| *v) == Some(1)
     })
     .await;
-    for (name, node) in [("a", &a), ("b", &b)] {
+    for ((name, node), before) in [("a", &a), ("b", &b)].into_iter().zip(subscribed) {
         let s = node.stats();
-        assert_eq!(s.bus_subscriptions, 1, "{name}'s subscriber was dropped");
+        assert_eq!(
+            s.bus_subscriptions, before,
+            "{name}'s subscriber was dropped"
+        );
         assert_eq!(s.bus_gaps, 0, "{name} saw a gap");
     }
 }
