@@ -236,14 +236,24 @@ async fn two_namespaces_over_the_cap_are_both_cleared_without_a_gap() {
             r.unwrap();
         }
     }
+    // The setup's burst of batch messages (4.8 MB in a few hundred ms) may outrun a slow
+    // reader under load, which is not what this test is about (the tag's messages are): wait
+    // until Redis holds nothing more for any subscriber, and both are subscribed.
+    eventually("the setup's messages delivered", PATIENCE, || async {
+        let list: String = server.cmd(&[b"CLIENT", b"LIST", b"TYPE", b"pubsub"]);
+        let drained = list
+            .split_whitespace()
+            .filter_map(|f| f.strip_prefix("omem="))
+            .all(|m| m == "0");
+        drained && a.is_subscribed() && b.is_subscribed()
+    })
+    .await;
     for h in &hb {
         eventually("b holds it in L1", PATIENCE, || async {
             h.get(&keys[0]).await.map(|v| *v) == Some(1) && h.get_local(&keys[0]).is_some()
         })
         .await;
     }
-    // From here: the setup's burst of batch messages (4.8 MB in a few hundred ms) may outrun
-    // a slow reader under load, which is not what this test is about; the tag's messages are.
     let subscribed = [a.stats().bus_subscriptions, b.stats().bus_subscriptions];
     assert_eq!(a.invalidate_tag("window-1").await.unwrap(), 2 * keys.len());
     for h in &hb {
