@@ -3,8 +3,9 @@
 //! the cache). Prints a table of per-tier hits and read latencies per node, and checks that no
 //! read returned a value older than a write the cache had already acknowledged.
 //!
-//! Redis: `REDIS_URL` if set; else a private `redis-server` started for the run; else L1-only
-//! (loaders and local copies, no sharing), with a warning.
+//! Redis: where the cache's `REDIS_*` variables say (`REDIS_URL`, or `REDIS_HOST`...), if set;
+//! else a private `redis-server` started for the run; else L1-only (loaders and local copies,
+//! no sharing), with a warning.
 //!
 //! Metrics: Prometheus text format at `http://{METRICS_ADDR}/metrics` (default
 //! `127.0.0.1:9898`; `METRICS_ADDR=off` for none) while the demo runs. `DEMO_HOLD_SECS=N`
@@ -131,10 +132,10 @@ fn symbol(i: usize) -> String {
 
 /// `bound`: the staleness bound; `None` when there is no Redis to coordinate through, so the
 /// namespaces trade it for availability and keep serving L1 (each node alone).
-async fn build_node(url: &str, bound: Option<Duration>) -> TieredCache {
+async fn build_node(url: Option<&str>, bound: Option<Duration>) -> TieredCache {
     let policy = |p: NamespacePolicy| workload::bounded(p, bound);
-    TieredCache::builder()
-        .redis_url(url)
+    workload::RedisEnv::read(|var| std::env::var(var).ok())
+        .builder(url)
         .prefix("v1")
         // Payments seed: exchange rates live 90 s.
         .namespace(
@@ -315,14 +316,14 @@ async fn main() {
 
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(build_node(&url, mode.staleness_bound()).await);
+        nodes.push(build_node(url.as_deref(), mode.staleness_bound()).await);
     }
     if !mode.is_none() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !nodes.iter().all(|n| n.is_subscribed()) {
             assert!(
                 Instant::now() < deadline,
-                "nodes could not subscribe to {url}"
+                "nodes could not subscribe to {mode}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

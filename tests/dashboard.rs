@@ -583,28 +583,6 @@ impl Drop for Proc {
     }
 }
 
-/// The demo example's binary, built (or found up to date) in this test's target directory.
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/..
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.arg("build")
-        .arg("--quiet")
-        .args(["--example", "demo"])
-        .arg("--manifest-path")
-        .arg(repo().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let (ok, out) = run(&mut cmd);
-    assert!(ok, "building the demo failed:\n{out}");
-    let bin = profile_dir.join("examples").join("demo");
-    assert!(bin.is_file(), "{} missing after the build", bin.display());
-    bin
-}
-
 /// The prefix of the workload's nodes.
 const PREFIX: &str = "obs";
 
@@ -816,7 +794,7 @@ fn every_dashboard_and_alert_expression_returns_data_on_live_metrics() {
 
     // The demo, held running, on its own Redis and metrics port.
     let demo_addr = format!("127.0.0.1:{}", free_port());
-    let demo_bin = demo_binary();
+    let demo_bin = support::example_binary("demo");
     let tmp = tempdir("dashboard");
     let demo_log = std::fs::File::create(tmp.0.join("demo.log")).unwrap();
     let _demo = Proc(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use support::{eventually, RedisServer, PATIENCE};
 
 async fn node(server: &RedisServer, store: &Arc<ClearingStore>) -> ClearingNode {
-    let cache = scenario::build_cache(&server.url(), Some(support::LOOSE_BOUND));
+    let cache = scenario::build_cache(Some(&server.url()), Some(support::LOOSE_BOUND));
     let c = cache.clone();
     eventually("subscribed", PATIENCE, || {
         let c = c.clone();

@@ -22,6 +22,8 @@ fn dec(s: &str) -> Decimal {
 async fn fleet(server: &RedisServer, nodes: usize) -> Fleet {
     let config = PaymentsConfig::from_lookup(|var| match var {
         "REDIS_URL" => Some(server.url()),
+        // The secure pass's CA bundle: the seed's variables are the cache's own.
+        "REDIS_TLS_CA_FILE" => std::env::var(var).ok(),
         "REDIS_CONNECTION_TIMEOUT" => Some("1".into()),
         _ => None,
     })

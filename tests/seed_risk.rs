@@ -17,7 +17,7 @@ use support::{eventually, RedisServer, PATIENCE};
 async fn node(server: &RedisServer, store: &Arc<RiskStore>) -> RiskNode {
     let timing = Timing::REAL_TTLS_FAST_BACKEND;
     let n = RiskNode::new(
-        scenario::build_cache(&server.url(), Some(support::LOOSE_BOUND), timing),
+        scenario::build_cache(Some(&server.url()), Some(support::LOOSE_BOUND), timing),
         store.clone(),
     );
     eventually("subscribed", PATIENCE, || async { n.is_subscribed() }).await;

@@ -26,6 +26,8 @@ fn redis_key(ns: &str, key: &str) -> String {
 async fn fleet(server: &RedisServer, nodes: usize) -> Fleet {
     let config = TradingConfig::from_lookup(|var| match var {
         "REDIS_URL" => Some(server.url()),
+        // The secure pass's CA bundle: the seed's variables are the cache's own.
+        "REDIS_TLS_CA_FILE" => std::env::var(var).ok(),
         "CACHE_SESSION_TTL" => Some("1".into()),
         _ => None,
     })

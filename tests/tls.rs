@@ -357,6 +357,60 @@ async fn the_password_appears_in_no_output() {
     }
 }
 
+/// Two seed examples against a TLS server with a password, configured as their documents
+/// say (the trading seed's `REDIS_HOST`/`REDIS_PORT`/`REDIS_SSL`/`REDIS_PASSWORD`, the
+/// payments seed's `REDIS_URL`): both run, share Redis, and print no password.
+#[test]
+fn the_seed_examples_run_over_tls_and_print_no_password() {
+    let server = TlsServer::start(false, &["--requirepass", MARKER]);
+    let ca = certs().join("ca.crt").display().to_string();
+    let port = server.port.to_string();
+    let url = server.url(":Mk7%40pw%2F%23%25%3Fzz@");
+    let runs: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "trading",
+            &[
+                ("REDIS_HOST", "127.0.0.1"),
+                ("REDIS_PORT", &port),
+                ("REDIS_SSL", "true"),
+                ("REDIS_PASSWORD", MARKER),
+                ("REDIS_MAX_CONNECTIONS", "4"),
+                ("TRADING_READS", "300"),
+            ],
+        ),
+        (
+            "payments",
+            &[
+                ("REDIS_URL", &url),
+                ("REDIS_MAX_CONNECTIONS", "4"),
+                ("REDIS_MIN_IDLE", "2"),
+                ("PAYMENTS_OPS", "300"),
+            ],
+        ),
+    ];
+    for (name, vars) in runs {
+        let out = Command::new(support::example_binary(name))
+            .envs(vars.iter().copied())
+            .env("REDIS_TLS_CA_FILE", &ca)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} failed:\n{text}");
+        assert!(
+            text.contains("subscribed true") && text.contains("4 configured, 4 open"),
+            "{name} used the TLS server over its 4 connections:\n{text}"
+        );
+        for needle in [MARKER, "Mk7%40pw", "Mk7@pw"] {
+            assert!(
+                !text.contains(needle),
+                "{needle:?} printed by {name}:\n{text}"
+            );
+        }
+    }
+}
+
 /// Every log line of this process, at every level, from here on.
 fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -5,8 +5,9 @@
 //! to settlement, which drops every cache of it. Prints hit ratios per tier against the
 //! document's 95 / 85 / 70 % targets and read latencies against its "With Cache" column.
 //!
-//! Redis: `REDIS_URL` if set; else a private `redis-server` started for the run; else L1-only
-//! (each node alone), with a warning.
+//! Redis: where the cache's `REDIS_*` variables say (`REDIS_URL`, or `REDIS_HOST`...), if set;
+//! else a private `redis-server` started for the run; else L1-only (each node alone), with a
+//! warning.
 //!
 //! ```text
 //! cargo run --release --example clearing
@@ -36,7 +37,7 @@ async fn main() {
     let nodes: Vec<ClearingNode> = (0..plan.nodes)
         .map(|_| {
             ClearingNode::new(
-                scenario::build_cache(&url, mode.staleness_bound()),
+                scenario::build_cache(url.as_deref(), mode.staleness_bound()),
                 store.clone(),
             )
         })
@@ -46,7 +47,7 @@ async fn main() {
             nodes.iter().all(|n| n.cache.is_subscribed())
         })
         .await;
-        assert!(subscribed, "nodes could not subscribe to {url}");
+        assert!(subscribed, "nodes could not subscribe to {mode}");
         // A fresh start: forget what an earlier run left under these keys.
         let n = &nodes[0];
         let _ = n.windows.invalidate_namespace().await;

@@ -488,10 +488,10 @@ pub struct Warmed {
 /// The cache, configured with the document's TTLs and the staleness `bound` (`None`: there is
 /// no Redis to coordinate through, so the namespaces keep serving L1, each node alone, instead
 /// of bypassing it).
-pub fn build_cache(url: &str, bound: Option<Duration>) -> TieredCache {
+pub fn build_cache(url: Option<&str>, bound: Option<Duration>) -> TieredCache {
     let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
-    TieredCache::builder()
-        .redis_url(url)
+    workload::RedisEnv::read(|var| std::env::var(var).ok())
+        .builder(url)
         .prefix("deltran")
         .namespace("window", policy(WINDOW_TTL))
         .namespace("net_bilateral", policy(NET_TTL).l1_capacity(100_000))

@@ -3,9 +3,10 @@
 // Each example uses its own share of these.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use tiered_cache::NamespacePolicy;
+use tiered_cache::{NamespacePolicy, TieredCache, TieredCacheBuilder};
 
 /// `policy` with its staleness bound: how long L1 may serve without proof that invalidations
 /// still reach this node. `None`: there is no Redis to coordinate through, so L1 serves each
@@ -14,6 +15,41 @@ pub fn bounded(policy: NamespacePolicy, bound: Option<Duration>) -> NamespacePol
     match bound {
         Some(bound) => policy.staleness_bound(bound),
         None => policy.unbounded_staleness(),
+    }
+}
+
+/// The cache's `REDIS_*` variables (`tiered_cache::config::ENV_VARS`) as a seed's configuration
+/// read them, for the cache to resolve and check at `build()`. `Debug` names the variables
+/// without their values (one may be a password).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisEnv(pub BTreeMap<String, String>);
+
+impl RedisEnv {
+    /// The variables `get` has a non-empty value for.
+    pub fn read(get: impl Fn(&str) -> Option<String>) -> Self {
+        let set = |var: &&str| get(var).filter(|v| !v.trim().is_empty());
+        Self(
+            (tiered_cache::config::ENV_VARS.iter())
+                .filter_map(|var| set(var).map(|value| (var.to_string(), value)))
+                .collect(),
+        )
+    }
+
+    /// A builder that reads these variables (and no others) where the process environment
+    /// would be read; `url`, when the run chose its Redis, overrides the address.
+    pub fn builder(&self, url: Option<&str>) -> TieredCacheBuilder {
+        let vars = self.0.clone();
+        let b = TieredCache::builder().environment(move |var| vars.get(var).cloned());
+        match url {
+            Some(url) => b.redis_url(url),
+            None => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
     }
 }
 

@@ -4,8 +4,9 @@
 //! the design's targets, latencies (mean, p99) against its response-time targets, and the
 //! store load saved.
 //!
-//! Redis: `REDIS_URL` if set; else a private `redis-server` for the run; else L1-only, with a
-//! warning. The design's other `REDIS_*` variables are read too (see `PaymentsConfig`).
+//! Redis: where `REDIS_URL` (or the cache's other `REDIS_*` variables) says, read by the cache
+//! itself; else a private `redis-server` for the run; else L1-only, with a warning. The
+//! design's pool variables: see `PaymentsConfig`.
 //!
 //! ```text
 //! cargo run --release --example payments
@@ -109,24 +110,25 @@ async fn main() {
     let ops: usize = scenario::workload::env_number("PAYMENTS_OPS", 10_000);
     let mode = RedisMode::discover();
     let mut config = scenario::workload::config_or_exit(PaymentsConfig::from_env());
-    config.redis_url = mode.url();
+    if let Some(url) = mode.url() {
+        config.redis_url = Some(url);
+    }
     println!(
-        "config: connect timeout {:?}; REDIS_MAX_CONNECTIONS={}, REDIS_MIN_IDLE={}, REDIS_MAX_LIFETIME={:?}, REDIS_IDLE_TIMEOUT={:?} accepted, unused (one multiplexed connection, no pool); REDIS_HEALTH_CHECK_INTERVAL={:?} accepted, unused (the heartbeat checks every 100 ms)",
+        "config: connect timeout {:?}, {} connections (REDIS_MAX_CONNECTIONS), health read every {:?} (REDIS_HEALTH_CHECK_INTERVAL); REDIS_MIN_IDLE={}, REDIS_MAX_LIFETIME={:?}, REDIS_IDLE_TIMEOUT={:?} checked (multiplexed connections: none idle, replaced on failure)",
         config.connection_timeout,
         config.max_connections,
+        config.health_check_interval,
         config.min_idle,
         config.max_lifetime,
         config.idle_timeout,
-        config.health_check_interval
     );
-    let fleet = Fleet::start(&config, NODES, WALLETS, mode.staleness_bound(), |b| b)
-        .await
-        .expect("fleet");
+    let fleet = scenario::workload::config_or_exit(
+        Fleet::start(&config, NODES, WALLETS, mode.staleness_bound(), |b| b).await,
+    );
     if !mode.is_none() {
         assert!(
             fleet.subscribed(Duration::from_secs(10)).await,
-            "nodes could not subscribe to {}",
-            config.redis_url
+            "nodes could not subscribe to {mode}"
         );
         // A fresh start: forget what an earlier run left under these keys.
         let n = &fleet.nodes[0];
@@ -139,6 +141,18 @@ async fn main() {
     println!(
         "{NODES} nodes, {WALLETS} wallets, {ops} operations per node (3 % transfers, 0.5 % rate updates)"
     );
+    // The design's periodic health check, beside the workload.
+    let health_check = {
+        let (cache, every) = (fleet.nodes[0].cache.clone(), config.health_check_interval);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                print_health(&cache).await;
+            }
+        })
+    };
     let started = Instant::now();
     let report = scenario::run_fleet(&fleet, WALLETS, ops).await;
     print_report(&fleet, &report, started.elapsed());
@@ -156,9 +170,17 @@ async fn main() {
         "balances disagreeing with the store after the run: {disagree} of {}",
         20 * NODES
     );
-    let health = fleet.nodes[0].cache.health().await;
+    health_check.abort();
+    print_health(&fleet.nodes[0].cache).await;
+}
+
+/// The design's health check: the connections' figures, the subscriber and the breaker.
+async fn print_health(cache: &tiered_cache::TieredCache) {
+    let health = cache.health().await;
+    let c = &health.connections;
     println!(
-        "health: redis reachable {}, subscribed {}, breaker {:?}",
-        health.redis_reachable, health.subscribed, health.breaker
+        "health: {} reachable {}, subscribed {}, breaker {:?}; connections {} configured, {} open, {} reconnecting",
+        health.redis, health.redis_reachable, health.subscribed, health.breaker,
+        c.configured, c.open, c.reconnecting
     );
 }

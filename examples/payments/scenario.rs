@@ -27,7 +27,7 @@ use tiered_cache::{
     CacheKey, EntryOptions, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder,
 };
 pub use workload::Samples;
-use workload::{rng, skewed, wait_until};
+use workload::{rng, skewed, wait_until, RedisEnv};
 
 // ---------------------------------------------------------------------------------------------
 // Keys: one type per namespace, `v1:{namespace}:{id}`.
@@ -468,8 +468,6 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
-    /// `REDIS_URL` is not a `redis://` or `unix://` URL (TLS is not built in).
-    BadUrl(String),
     /// Two variables that contradict each other.
     Inconsistent(String),
 }
@@ -486,11 +484,6 @@ impl fmt::Display for ConfigError {
                 min,
                 max,
             } => write!(f, "{var}={value} is outside {min}..={max}"),
-            ConfigError::BadUrl(url) => write!(
-                f,
-                "REDIS_URL={} is not a redis://, rediss:// or unix:// URL",
-                tiered_cache::config::redact_url(url)
-            ),
             ConfigError::Inconsistent(why) => f.write_str(why),
         }
     }
@@ -502,16 +495,19 @@ impl std::error::Error for ConfigError {}
 ///
 /// | variable | default | used as |
 /// |---|---|---|
-/// | `REDIS_URL` | `redis://127.0.0.1:6379` | the cache's Redis |
+/// | `REDIS_URL` | `redis://127.0.0.1:6379` | the cache's Redis: read, with every `REDIS_*` variable of `docs/configuration.md` (`REDIS_PASSWORD`, `REDIS_SSL`...), by the cache itself, which checks them at `build()` |
 /// | `REDIS_CONNECTION_TIMEOUT` (s) | 5 | `connect_timeout`, 1..=60 |
-/// | `REDIS_MAX_CONNECTIONS` | 20 | accepted, unused: the cache multiplexes every command over one connection (plus one for the bus), so there is no pool to size; 1..=10 000 |
-/// | `REDIS_MIN_IDLE` | 5 | accepted, unused (no pool); at most `REDIS_MAX_CONNECTIONS` |
-/// | `REDIS_MAX_LIFETIME` (s) | 300 | accepted, unused: the connection is kept and replaced when it fails, not recycled by age; 1..=86 400 |
-/// | `REDIS_IDLE_TIMEOUT` (s) | 60 | accepted, unused (no idle connections); 1..=86 400 |
-/// | `REDIS_HEALTH_CHECK_INTERVAL` (s) | 30 | accepted, unused by the cache, whose heartbeat checks Redis every 100 ms; the example reports `health()` at the end; 1..=3600 |
+/// | `REDIS_MAX_CONNECTIONS` | 20 | the multiplexed connections the cache spreads its commands over (`redis_connections`); 1..=10 000 |
+/// | `REDIS_MIN_IDLE` | 5 | checked (at most `REDIS_MAX_CONNECTIONS`); done differently: a multiplexed connection carries every concurrent command, so there are no idle connections to keep warm. Each is opened on first use and re-opened when it fails |
+/// | `REDIS_MAX_LIFETIME` (s) | 300 | checked, 1..=86 400; done differently: a connection is replaced when it fails (and after a failover), not by age |
+/// | `REDIS_IDLE_TIMEOUT` (s) | 60 | checked, 1..=86 400; done differently: an idle multiplexed connection costs Redis one client slot and is kept |
+/// | `REDIS_HEALTH_CHECK_INTERVAL` (s) | 30 | how often the example reads `health()` (connections open and reconnecting, subscriber, breaker); the cache's own heartbeat checks Redis every 100 ms; 1..=3600 |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentsConfig {
-    pub redis_url: String,
+    /// The `REDIS_*` variables, for the cache to read.
+    pub redis_env: RedisEnv,
+    /// Where Redis is when the run chose it (a private server): over the variables.
+    pub redis_url: Option<String>,
     pub connection_timeout: Duration,
     pub max_connections: u64,
     pub min_idle: u64,
@@ -552,15 +548,7 @@ impl PaymentsConfig {
 
     /// Reads variables through `get` (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let redis_url = get("REDIS_URL")
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| tiered_cache::DEFAULT_REDIS_URL.to_string());
-        if !["redis://", "rediss://", "unix://"]
-            .iter()
-            .any(|scheme| redis_url.starts_with(scheme))
-        {
-            return Err(ConfigError::BadUrl(redis_url));
-        }
+        let redis_env = RedisEnv::read(&get);
         let secs =
             |var, default, range| number(var, get(var), default, range).map(Duration::from_secs);
         let max_connections = number(
@@ -576,7 +564,8 @@ impl PaymentsConfig {
             )));
         }
         Ok(Self {
-            redis_url,
+            redis_env,
+            redis_url: None,
             connection_timeout: secs("REDIS_CONNECTION_TIMEOUT", 5, (1, 60))?,
             max_connections,
             min_idle,
@@ -590,10 +579,10 @@ impl PaymentsConfig {
     /// `bound`: the namespaces' staleness bound (`None`: no Redis to coordinate through, so
     /// they keep serving L1, each node alone).
     pub fn builder(&self, bound: Option<Duration>) -> TieredCacheBuilder {
-        let mut b = TieredCache::builder()
-            .redis_url(&self.redis_url)
+        let mut b = (self.redis_env.builder(self.redis_url.as_deref()))
             .prefix(PREFIX)
-            .connect_timeout(self.connection_timeout);
+            .connect_timeout(self.connection_timeout)
+            .redis_connections(self.max_connections as usize);
         for (name, ttl) in TTLS {
             let policy = workload::bounded(NamespacePolicy::new(*ttl), bound);
             b = b.namespace(*name, policy);
@@ -994,7 +983,12 @@ mod config_tests {
         .unwrap();
         assert_eq!(c.connection_timeout, Duration::from_secs(5));
         assert_eq!(c.max_connections, 20);
-        assert_eq!(c, parse(&[]).unwrap(), "the defaults are the document's");
+        assert_eq!(c.redis_env.0["REDIS_URL"], "redis://127.0.0.1:6379");
+        let defaults = PaymentsConfig {
+            redis_env: c.redis_env.clone(),
+            ..parse(&[]).unwrap()
+        };
+        assert_eq!(c, defaults, "the defaults are the document's");
     }
 
     #[test]
@@ -1026,13 +1020,31 @@ mod config_tests {
             Err(ConfigError::Inconsistent(_))
         ));
         assert!(matches!(
-            parse(&[("REDIS_URL", "http://cache:6380")]),
-            Err(ConfigError::BadUrl(_))
-        ));
-        assert!(matches!(
             parse(&[("REDIS_HEALTH_CHECK_INTERVAL", "99999")]),
             Err(ConfigError::OutOfRange { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_cache_checks_the_redis_variables_at_build() {
+        let build = |vars: &[(&str, &str)]| {
+            parse(vars)
+                .unwrap()
+                .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
+                .build()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        let err = build(&[("REDIS_URL", "http://:marker-51c2@cache:6380")]).unwrap_err();
+        assert!(!err.contains("marker-51c2"), "{err}");
+        let err = build(&[("REDIS_SSL", "maybe")]).unwrap_err();
+        assert!(err.contains("REDIS_SSL"), "{err}");
+        build(&[
+            ("REDIS_URL", "rediss://cache:6380"),
+            ("REDIS_PASSWORD", "marker-51c2"),
+            ("REDIS_MAX_CONNECTIONS", "20"),
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! Time runs 50 times faster than in the document (TTLs, the refresh interval and backend
 //! costs all divided by 50), so the run takes seconds; figures are scaled back.
 //!
-//! Redis: `REDIS_URL` if set; else a private `redis-server` started for the run; else L1-only
-//! (each node alone: the document's "fallback to in-memory"), with a warning.
+//! Redis: where the cache's `REDIS_*` variables say (`REDIS_URL`, or `REDIS_HOST`...), if set;
+//! else a private `redis-server` started for the run; else L1-only (each node alone: the
+//! document's "fallback to in-memory"), with a warning.
 //!
 //! ```text
 //! cargo run --release --example risk
@@ -72,7 +73,7 @@ async fn main() {
     let nodes: Vec<RiskNode> = (0..NODES)
         .map(|_| {
             RiskNode::new(
-                scenario::build_cache(&url, mode.staleness_bound(), timing),
+                scenario::build_cache(url.as_deref(), mode.staleness_bound(), timing),
                 store.clone(),
             )
         })
@@ -82,7 +83,7 @@ async fn main() {
             nodes.iter().all(RiskNode::is_subscribed)
         })
         .await;
-        assert!(subscribed, "nodes could not subscribe to {url}");
+        assert!(subscribed, "nodes could not subscribe to {mode}");
         // A fresh start: forget what an earlier run left under these keys.
         let _ = nodes[0].clear_all_cache().await;
     }

@@ -330,10 +330,10 @@ pub struct RiskNode {
 /// `bound`: the staleness bound; `None` when there is no Redis to coordinate through, so the
 /// namespaces keep serving L1 (each node alone) instead of bypassing it: the document's
 /// "fallback to in-memory".
-pub fn build_cache(url: &str, bound: Option<Duration>, timing: Timing) -> TieredCache {
+pub fn build_cache(url: Option<&str>, bound: Option<Duration>, timing: Timing) -> TieredCache {
     let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
-    TieredCache::builder()
-        .redis_url(url)
+    workload::RedisEnv::read(|var| std::env::var(var).ok())
+        .builder(url)
         .prefix("risk")
         .namespace("risk_metrics", policy(timing.metrics_ttl()))
         .namespace("risk_profile", policy(timing.profile_ttl()))

@@ -4,8 +4,10 @@
 //! tier, latencies against the design's targets (get < 1 ms mean and < 5 ms p99, set < 2 ms
 //! mean and < 10 ms p99, batch < 0.1 ms per key), slow operations, and what compression saved.
 //!
-//! Redis: `REDIS_URL` if set; else a private `redis-server` for the run; else L1-only, with a
-//! warning. The design's `REDIS_*` and `CACHE_*` variables are read (see `TradingConfig`).
+//! Redis: where the design's `REDIS_*` variables say (the cache reads them itself: TLS with
+//! `REDIS_SSL=true`, `REDIS_PASSWORD`, `REDIS_MAX_CONNECTIONS`), if they name an address; else
+//! a private `redis-server` for the run; else L1-only, with a warning. `CACHE_*` variables: see
+//! `TradingConfig`.
 //!
 //! ```text
 //! cargo run --release --example trading
@@ -92,24 +94,29 @@ fn print_report(config: &TradingConfig, fleet: &Fleet, report: &Report) {
     }
 }
 
-/// The valuation's size serialized and as Redis stores it.
+/// The valuation's size serialized and as Redis stores it (measured where this run knows the
+/// URL: a private server, or `REDIS_URL` without TLS).
 async fn compression(
-    url: &str,
+    url: Option<String>,
     config: &TradingConfig,
     fleet: &Fleet,
-) -> Option<(usize, usize, bool)> {
+) -> Option<(usize, Option<(usize, bool)>)> {
     let id = PortfolioId("portfolio_123".into());
     let value = fleet.nodes[0].valuation.get(&id).await.ok()?;
     let plain = rmp_serde::to_vec_named(&*value).ok()?.len();
-    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
-    let key = format!(
-        "{}:{}:portfolio_123",
-        config.key_prefix,
-        scenario::PORTFOLIO
-    );
-    let stored: Vec<u8> = redis::cmd("GET").arg(key).query(&mut conn).ok()?;
-    // Envelope byte 2 holds the flags; bit 1: compressed.
-    Some((plain, stored.len(), stored.get(2)? & 0b10 != 0))
+    let url = url.or_else(|| config.redis_env.0.get("REDIS_URL").cloned());
+    let stored = url.and_then(|url| {
+        let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
+        let key = format!(
+            "{}:{}:portfolio_123",
+            config.key_prefix,
+            scenario::PORTFOLIO
+        );
+        let stored: Vec<u8> = redis::cmd("GET").arg(key).query(&mut conn).ok()?;
+        // Envelope byte 2 holds the flags; bit 1: compressed.
+        Some((stored.len(), stored.get(2)? & 0b10 != 0))
+    });
+    Some((plain, stored))
 }
 
 #[tokio::main]
@@ -120,7 +127,7 @@ async fn main() {
     let mut config = scenario::workload::config_or_exit(TradingConfig::from_env());
     config.redis_url = mode.url();
     println!(
-        "config: prefix {:?}, TTLs market {:?} portfolio {:?} risk {:?} session {:?} default {:?}, compress above {:?} bytes, batches of {}; REDIS_MAX_CONNECTIONS={} accepted, unused (one multiplexed connection)",
+        "config: prefix {:?}, TTLs market {:?} portfolio {:?} risk {:?} session {:?} default {:?}, compress above {:?} bytes, batches of {}; REDIS_* set: {:?}",
         config.key_prefix,
         config.market_data_ttl,
         config.portfolio_ttl,
@@ -129,15 +136,15 @@ async fn main() {
         config.default_ttl,
         config.compress_threshold,
         config.max_batch_size,
-        config.max_connections
+        config.redis_env
     );
-    let fleet = Fleet::start(&config, NODES, mode.staleness_bound(), |b| b)
-        .await
-        .expect("fleet");
+    let fleet = scenario::workload::config_or_exit(
+        Fleet::start(&config, NODES, mode.staleness_bound(), |b| b).await,
+    );
     if !mode.is_none() {
         assert!(
             fleet.subscribed(Duration::from_secs(10)).await,
-            "nodes could not subscribe"
+            "nodes could not subscribe to {mode}"
         );
         let n = &fleet.nodes[0];
         // A fresh start: forget what an earlier run left under these keys.
@@ -150,11 +157,12 @@ async fn main() {
     let report = scenario::run(&fleet, SYMBOLS, reads, config.max_batch_size).await;
     println!("ran in {:.2} s", started.elapsed().as_secs_f64());
     print_report(&config, &fleet, &report);
-    if let Some((plain, stored, compressed)) = compression(&config.redis_url, &config, &fleet).await
-    {
-        println!(
+    match compression(mode.url(), &config, &fleet).await {
+        Some((plain, Some((stored, compressed)))) => println!(
             "portfolio valuation: {plain} bytes serialized, {stored} bytes in Redis (compressed: {compressed})"
-        );
+        ),
+        Some((plain, None)) => println!("portfolio valuation: {plain} bytes serialized"),
+        None => {}
     }
     // Clearing a namespace on one node empties it on every node.
     fleet.nodes[0]
@@ -183,5 +191,11 @@ async fn main() {
     println!(
         "cleared `market` on node 0: the other nodes' L1s held {left} quotes after {:.1} ms",
         cleared.elapsed().as_secs_f64() * 1e3
+    );
+    let health = fleet.nodes[0].cache.health().await;
+    let c = &health.connections;
+    println!(
+        "health: {}, reachable {}, subscribed {}; connections {} configured, {} open, {} reconnecting",
+        health.redis, health.redis_reachable, health.subscribed, c.configured, c.open, c.reconnecting
     );
 }

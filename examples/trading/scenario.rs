@@ -23,7 +23,7 @@ use tiered_cache::{
     CacheKey, Memoized, Namespace, NamespacePolicy, TieredCache, TieredCacheBuilder,
 };
 pub use workload::Samples;
-use workload::{rng, wait_until};
+use workload::{rng, wait_until, RedisEnv};
 
 // ---------------------------------------------------------------------------------------------
 // Keys and values.
@@ -135,11 +135,6 @@ pub enum ConfigError {
     },
     /// `CACHE_KEY_PREFIX` is not 1 to 64 characters of `[A-Za-z0-9_.-]`.
     BadPrefix(String),
-    /// A setting this build cannot honour.
-    Unsupported {
-        var: &'static str,
-        why: &'static str,
-    },
 }
 
 impl fmt::Display for ConfigError {
@@ -159,7 +154,6 @@ impl fmt::Display for ConfigError {
                 f,
                 "CACHE_KEY_PREFIX={p:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"
             ),
-            ConfigError::Unsupported { var, why } => write!(f, "{var}: {why}"),
         }
     }
 }
@@ -170,10 +164,10 @@ impl std::error::Error for ConfigError {}
 ///
 /// | variable | default | used as |
 /// |---|---|---|
-/// | `REDIS_URL` | (built from the next five) | the cache's Redis, if set |
-/// | `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD` | localhost, 6379, 0, none | `redis://[:password@]host:port/db`; port 1..=65535, db 0..=15 |
-/// | `REDIS_SSL` | false | `true` is rejected: this build has no TLS |
-/// | `REDIS_MAX_CONNECTIONS` | 20 | accepted, unused: one multiplexed connection (plus the bus), no pool; 1..=10 000 |
+/// | `REDIS_URL`, or `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB` | 127.0.0.1, 6379, 0 | handed to the cache, which reads them itself (as every `REDIS_*` variable of `docs/configuration.md`) and checks them at `build()` |
+/// | `REDIS_PASSWORD` (and `REDIS_USERNAME`) | none | the cache's credentials; never printed |
+/// | `REDIS_SSL` | false | `true`: TLS (with `REDIS_TLS_CA_FILE` for a private CA) |
+/// | `REDIS_MAX_CONNECTIONS` | 1 | the multiplexed connections the cache spreads its commands over (the design's 20 is more than one process needs: see `benches/connections.rs`) |
 /// | `CACHE_DEFAULT_TTL` (s) | 3600 | the `general` namespace |
 /// | `CACHE_MARKET_DATA_TTL` (s) | 60 | `market` and `price` |
 /// | `CACHE_PORTFOLIO_TTL` (s) | 300 | `portfolio` |
@@ -186,8 +180,10 @@ impl std::error::Error for ConfigError {}
 /// | `CACHE_LOG_SLOW_OPS`, `CACHE_SLOW_OP_THRESHOLD` (s) | true, 0.1 | the example counts and reports operations slower than the threshold (0 < t <= 60) |
 #[derive(Debug, Clone, PartialEq)]
 pub struct TradingConfig {
-    pub redis_url: String,
-    pub max_connections: u64,
+    /// The `REDIS_*` variables, for the cache to read.
+    pub redis_env: RedisEnv,
+    /// Where Redis is when the run chose it (a private server): over the variables.
+    pub redis_url: Option<String>,
     pub default_ttl: Duration,
     pub market_data_ttl: Duration,
     pub portfolio_ttl: Duration,
@@ -279,22 +275,7 @@ impl TradingConfig {
     /// Reads variables through `get` (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let v = Vars(get);
-        if v.flag("REDIS_SSL", false)? {
-            return Err(ConfigError::Unsupported {
-                var: "REDIS_SSL",
-                why: "TLS is not built into this cache's Redis client",
-            });
-        }
-        let host = v.raw("REDIS_HOST").unwrap_or_else(|| "localhost".into());
-        let port = v.whole("REDIS_PORT", 6379, 1, 65_535)?;
-        let db = v.whole("REDIS_DB", 0, 0, 15)?;
-        let auth = v
-            .raw("REDIS_PASSWORD")
-            .map(|p| format!(":{p}@"))
-            .unwrap_or_default();
-        let redis_url = v
-            .raw("REDIS_URL")
-            .unwrap_or_else(|| format!("redis://{auth}{host}:{port}/{db}"));
+        let redis_env = RedisEnv::read(&v.0);
         let key_prefix = v
             .raw("CACHE_KEY_PREFIX")
             .unwrap_or_else(|| "trading".into());
@@ -307,8 +288,8 @@ impl TradingConfig {
         }
         let compress = v.whole("CACHE_COMPRESS_THRESHOLD", 1024, 0, 16 << 20)? as usize;
         Ok(Self {
-            redis_url,
-            max_connections: v.whole("REDIS_MAX_CONNECTIONS", 20, 1, 10_000)?,
+            redis_env,
+            redis_url: None,
             default_ttl: v.ttl("CACHE_DEFAULT_TTL", 3600)?,
             market_data_ttl: v.ttl("CACHE_MARKET_DATA_TTL", 60)?,
             portfolio_ttl: v.ttl("CACHE_PORTFOLIO_TTL", 300)?,
@@ -336,8 +317,8 @@ impl TradingConfig {
             let p = NamespacePolicy::new(ttl).compress_above(self.compress_threshold);
             workload::bounded(p, bound)
         };
-        TieredCache::builder()
-            .redis_url(&self.redis_url)
+        self.redis_env
+            .builder(self.redis_url.as_deref())
             .prefix(&self.key_prefix)
             .namespace(MARKET, policy(self.market_data_ttl).l1_capacity(50_000))
             // Memoized fetches and calculations: one call per key across the fleet, not per node.
@@ -657,17 +638,19 @@ mod config_tests {
             ("CACHE_SLOW_OP_THRESHOLD", "0.1"),
         ])
         .unwrap();
-        assert_eq!(c.redis_url, "redis://:your_password@localhost:6379/0");
+        assert_eq!(c.redis_env.0["REDIS_PASSWORD"], "your_password");
+        assert_eq!(c.redis_env.0["REDIS_MAX_CONNECTIONS"], "20");
+        assert!(!format!("{c:?}").contains("your_password"));
         assert_eq!(c.market_data_ttl, Duration::from_secs(60));
         assert_eq!(c.session_ttl, Duration::from_secs(1800));
         assert_eq!(c.compress_threshold, Some(1024));
         assert_eq!(c.slow_op_threshold, Duration::from_millis(100));
         assert_eq!(c.key_prefix, "trading");
         let defaults = parse(&[]).unwrap();
-        assert_eq!(defaults.redis_url, "redis://localhost:6379/0");
+        assert_eq!(defaults.redis_env, RedisEnv::default());
         assert_eq!(
             TradingConfig {
-                redis_url: c.redis_url.clone(),
+                redis_env: c.redis_env.clone(),
                 ..defaults
             },
             c
@@ -707,21 +690,6 @@ mod config_tests {
             Err(ConfigError::NotANumber { .. })
         ));
         assert!(matches!(
-            parse(&[("REDIS_PORT", "70000")]),
-            Err(ConfigError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            parse(&[("REDIS_SSL", "maybe")]),
-            Err(ConfigError::NotABool { .. })
-        ));
-        assert!(matches!(
-            parse(&[("REDIS_SSL", "true")]),
-            Err(ConfigError::Unsupported {
-                var: "REDIS_SSL",
-                ..
-            })
-        ));
-        assert!(matches!(
             parse(&[("CACHE_KEY_PREFIX", "trading:prod")]),
             Err(ConfigError::BadPrefix(_))
         ));
@@ -743,11 +711,41 @@ mod config_tests {
                 .compress_threshold,
             None
         );
-        assert_eq!(
-            parse(&[("REDIS_URL", "redis://10.0.0.5:6380/2")])
+    }
+
+    #[tokio::test]
+    async fn the_cache_checks_the_redis_variables_at_build() {
+        let build = |vars: &[(&str, &str)]| {
+            parse(vars)
                 .unwrap()
-                .redis_url,
-            "redis://10.0.0.5:6380/2"
+                .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
+                .build()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        for (var, value) in [
+            ("REDIS_PORT", "70000"),
+            ("REDIS_SSL", "maybe"),
+            ("REDIS_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = build(&[(var, value)]).unwrap_err();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        }
+        let err = build(&[
+            ("REDIS_URL", "redis://10.0.0.5:6380/2"),
+            ("REDIS_HOST", "10.0.0.6"),
+            ("REDIS_PASSWORD", "marker-7f3a"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("REDIS_URL") && !err.contains("marker-7f3a"),
+            "{err}"
         );
+        build(&[
+            ("REDIS_HOST", "10.0.0.5"),
+            ("REDIS_SSL", "true"),
+            ("REDIS_MAX_CONNECTIONS", "20"),
+        ])
+        .unwrap();
     }
 }

@@ -19,7 +19,35 @@ pub use proxy::{Fault, FaultProxy, Target};
 pub use server::{acl_rules, client, free_port, secure, url_for_port, RedisServer};
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// An example's binary, built (or found up to date) in this test's target directory and
+/// profile, with the default features (as a user runs it).
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/..
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build")
+        .arg("--quiet")
+        .args(["--example", name])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "building example {name} failed:\n{text}"
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
 
 /// Polls `cond` until it holds, or panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
