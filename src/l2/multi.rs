@@ -1,21 +1,22 @@
 //! Batches and tags on the L2 tier: one MGET for many keys, one script writing many keys under
 //! one version and one message, tagged fills, and tag invalidation.
 //!
-//! Tags are kept in Redis as one set per namespace and tag, `{prefix}:_tc:tag:{ns}:{tag}`,
-//! listing the value keys written or filled with the tag. The write and fill scripts add to it
-//! in the same atomic step as the value, and keep it alive at least as long as the values it
-//! lists. `INVALIDATE_TAG` reads the set, replaces every listed key by a tombstone, records the
-//! version as the tag's *floor* (`{prefix}:_tc:tagfloor:{ns}:{tag}`, kept one L2 TTL), deletes
-//! the set and publishes one message, all in one script. The floor closes the race the set
-//! cannot: a load of a key no set lists yet (never cached) that started before the
-//! invalidation; its tagged fill is refused, as FILL refuses one older than a tombstone.
+//! Tags are kept in Redis as one sorted set per namespace and tag,
+//! `{prefix}:_tc:tag:{ns}:{tag}`, listing the value keys written or filled with the tag. The
+//! write and fill scripts add to it in the same atomic step as the value, and keep it alive at
+//! least as long as the values it lists. `INVALIDATE_TAG` reads the set, replaces every listed
+//! key by a tombstone, records the version as the tag's *floor*
+//! (`{prefix}:_tc:tagfloor:{ns}:{tag}`, kept one L2 TTL), deletes the set and publishes one
+//! message, all in one script. The floor closes the race the set cannot: a load of a key no set
+//! lists yet (never cached) that started before the invalidation; its tagged fill is refused, as
+//! FILL refuses one older than a tombstone.
 //!
-//! A listed key may since have expired, or been rewritten without the tag: it is tombstoned
+//! A listed key may since have been rewritten without the tag, or evicted: it is tombstoned
 //! anyway. That is a spurious invalidation (the next read reloads it), never a stale read. A
-//! member is never dropped because Redis no longer holds its value: an evicted value may
-//! still be cached in some node's L1, which only the tag's message reaches. A
-//! set Redis evicted is noticed through the namespace's tag registry (see `TAG_HELPERS`), and
-//! its tag invalidation clears the namespace instead.
+//! member's score is when no node can still hold a copy of what it was joined with (see
+//! `TAG_HELPERS`); only then is it pruned, so a set tracks the keys live in the last two TTLs
+//! and no longer grows with every key ever tagged. A set Redis evicted is noticed through the
+//! namespace's tag registry, and its tag invalidation clears the namespace instead.
 
 use super::{codec, script, ttl_ms, L2Result, L2Tier, Payload, Stamp, Target, FILL};
 use crate::key::KeySpace;
@@ -24,8 +25,18 @@ use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-// Makes a tag set live at least `ttl` ms more, never less than it had: it must outlive every
-// value it lists (values may carry TTLs of their own, so a set is only ever extended).
+// Makes a key live at least `ttl` ms more, never less than it had: a tag set must outlive
+// every value it lists (values may carry TTLs of their own, so a set is only ever extended).
+//
+// A member's score is a time (unix ms, Redis's clock) after which no node can hold a copy of
+// the value it was joined with: the value leaves Redis after `ttl` (its PX, fail-safe
+// included), and an L1 copy made just before then lives at most the namespace's L1 TTL plus
+// its fail-safe window, which build() keeps under that TTL; a second of slack on top. (A
+// value given a shorter TTL than the namespace's L1 TTL is fresh in L1 only up to its own
+// expiry; fail-safe may keep a stale copy longer, served only while its loader fails.) A
+// score only grows. Members past theirs are pruned as the set is joined, and the set itself lives as
+// long as its highest score. A plain set left by an older version (`legacy`) is converted as
+// it is first joined, each member scored by the set's own end.
 //
 // Eviction (`allkeys-*`, `volatile-*`) can take a tag set while the values it lists live on,
 // and a set that is only written goes cold first. So each namespace keeps a registry hash
@@ -43,6 +54,19 @@ local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function members_of(set)
+  if redis.call('TYPE', set).ok == 'set' then return redis.call('SMEMBERS', set) end
+  return redis.call('ZRANGE', set, 0, -1)
+end
+local function legacy(set, now)
+  if redis.call('TYPE', set).ok ~= 'set' then return end
+  local left = redis.call('PTTL', set)
+  local ms = redis.call('SMEMBERS', set)
+  redis.call('DEL', set)
+  local at = now + 2 * math.max(left, 0) + 1000
+  for _, m in ipairs(ms) do redis.call('ZADD', set, at, m) end
+  if left > 0 then redis.call('PEXPIRE', set, 2 * left + 1000) end
+end
 local function registered(reg, anchor)
   local a = redis.call('HGET', KEYS[1], anchor)
   if redis.call('EXISTS', reg) == 0 then
@@ -56,8 +80,14 @@ end
 local function join(reg, set, members, ttl, now)
   local was = tonumber(redis.call('HGET', reg, set) or '0') or 0
   local gone = redis.call('EXISTS', set) == 0
-  for _, m in ipairs(members) do redis.call('SADD', set, m) end
-  extend(set, ttl)
+  legacy(set, now)
+  local life = 2 * tonumber(ttl) + 1000
+  for _, m in ipairs(members) do
+    local had = tonumber(redis.call('ZSCORE', set, m))
+    if not had or had < now + life then redis.call('ZADD', set, now + life, m) end
+  end
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+  extend(set, life)
   local exp = now + redis.call('PTTL', set)
   if (was < 0 and -was > now) or (gone and was > now) then
     exp = -math.max(exp, math.abs(was))
@@ -165,7 +195,7 @@ for i = 1, (#KEYS - 1) / 3 do
   local at = 7 * i - 1
   local prefix, ttl, section = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local keys, size = {}, #section + 4
-  for _, m in ipairs(redis.call('SMEMBERS', set)) do
+  for _, m in ipairs(members_of(set)) do
     if string.sub(m, 1, #prefix) == prefix then
       keys[#keys + 1] = string.sub(m, #prefix + 1)
       size = size + 4 + #keys[#keys]

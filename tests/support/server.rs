@@ -59,8 +59,8 @@ pub fn acl_rules(prefix: &str) -> String {
     format!(
         "~{prefix}:* &{prefix}:_tc:* -@all +ping +get +mget +set +exists +pttl +hmget \
          +evalsha +eval +script|load +publish +subscribe +unsubscribe +select +hello \
-         +client|tracking +del +hget +hset +hdel +hincrby +hscan +xadd +xrange +pexpire +sadd +getrange \
-         +setrange +smembers +time +info +slowlog|len"
+         +client|tracking +del +hget +hset +hdel +hincrby +hscan +xadd +xrange +pexpire +getrange \
+         +setrange +smembers +type +zadd +zscore +zrange +zremrangebyscore +time +info +slowlog|len"
     )
     .split_whitespace()
     .collect::<Vec<_>>()
