@@ -2,7 +2,7 @@
 //! starts the background tasks.
 
 use crate::breaker::{Breaker, BreakerState};
-use crate::bus::{self, BusConfig};
+use crate::bus::{self, BusConfig, BusRuntime};
 use crate::config::TieredCacheBuilder;
 use crate::engine::{BusState, Engine};
 use crate::error::{Error, Result};
@@ -17,9 +17,12 @@ use std::time::Duration;
 
 struct Inner {
     shared: Arc<Engine>,
-    /// The subscriber and the heartbeat. (The watchdog thread exits on its own once `shared`
-    /// is gone.)
+    /// The replayer (on the application's runtime), and the subscriber, the heartbeat and the
+    /// rest of the bus (on `bus`). (The watchdog thread exits on its own once `shared` is
+    /// gone.)
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The bus's thread: stopped after the tasks are aborted.
+    _bus: BusRuntime,
 }
 
 impl Drop for Inner {
@@ -287,8 +290,9 @@ impl TieredCacheBuilder {
             heartbeat: self.heartbeat,
             max_backoff: self.subscriber_backoff.max(Duration::from_millis(100)),
         };
+        let bus = BusRuntime::start()?;
         let mut tasks = vec![
-            runtime.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
+            bus.spawn(bus::run_heartbeat(shared.clone(), self.heartbeat)),
             runtime.spawn(crate::write::run_replayer(
                 shared.clone(),
                 self.outbox_retry,
@@ -296,14 +300,18 @@ impl TieredCacheBuilder {
         ];
         if self.track_external_writes {
             shared.bus.tracking_ok.store(false, SeqCst);
-            tasks.push(runtime.spawn(bus::run_tracker(shared.clone(), bus_config.clone())));
+            tasks.push(bus.spawn(bus::run_tracker(shared.clone(), bus_config.clone())));
         }
-        tasks.push(runtime.spawn(bus::run_subscriber(shared.clone(), bus_config)));
+        tasks.push(bus.spawn(bus::run_subscriber(shared.clone(), bus_config)));
         let engine = shared.clone();
-        tasks.push(runtime.spawn(async move { engine.l2.watch_primary().await }));
+        tasks.push(bus.spawn(async move { engine.l2.watch_primary().await }));
         bus::spawn_watchdog(&shared);
         Ok(TieredCache {
-            inner: Arc::new(Inner { shared, tasks }),
+            inner: Arc::new(Inner {
+                shared,
+                tasks,
+                _bus: bus,
+            }),
         })
     }
 }

@@ -194,7 +194,7 @@ impl L2Tier {
             let Some(mut live) = self.topology.live().await else {
                 return (None, Err(no_primary()));
             };
-            let (mut i, mut conn) = live.pool.pick();
+            let (mut i, mut conn) = live.pool().pick();
             let mut result = f(conn.clone()).await;
             if result.as_ref().is_err_and(dropped) {
                 result = f(conn.clone()).await;
@@ -207,7 +207,7 @@ impl L2Tier {
             };
             if let Some(now) = self.topology.current().filter(|_| moved) {
                 live = now;
-                (i, conn) = live.pool.pick();
+                (i, conn) = live.pool().pick();
                 result = f(conn).await;
             }
             (Some((live, i)), result)
@@ -219,7 +219,7 @@ impl L2Tier {
         };
         let reached = (result.as_ref()).map_or_else(|e| !e.is_unreachable(), |_| true);
         if let Some((live, i)) = used {
-            live.pool.record(i, reached);
+            live.pool().record(i, reached);
         }
         permit.record(reached);
         if let (Some(target), Err(e)) = (target, &result) {

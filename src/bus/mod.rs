@@ -19,11 +19,13 @@
 
 mod heartbeat;
 mod replay;
+mod runtime;
 mod subscriber;
 mod tracking;
 mod watchdog;
 
 pub(crate) use heartbeat::run_heartbeat;
+pub(crate) use runtime::BusRuntime;
 pub(crate) use subscriber::{run_subscriber, BusConfig};
 pub(crate) use tracking::run_tracker;
 pub(crate) use watchdog::spawn_watchdog;

@@ -16,10 +16,45 @@ use tokio::sync::watch;
 pub(crate) struct Live {
     /// Where the bus's dedicated connections are opened from.
     pub(crate) client: Client,
-    pub(crate) pool: Pool,
+    pool: Pool,
+    /// The bus thread's own connection (see [`Live::pool`]).
+    bus: Pool,
     /// `host:port`, to tell a move from a reconnect.
     at: String,
 }
+
+thread_local! {
+    static ON_BUS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as the bus's (see `bus/runtime.rs`).
+pub(crate) fn mark_bus_thread() {
+    ON_BUS_THREAD.with(|on| on.set(true));
+}
+
+impl Live {
+    fn new(client: Client, connections: usize, timeouts: Timeouts) -> Result<Self, Error> {
+        Ok(Self {
+            at: at(&client),
+            pool: Pool::new(&client, connections, timeouts)?,
+            bus: Pool::new(&client, 1, timeouts)?,
+            client,
+        })
+    }
+
+    /// The connections a call made here takes. A connection runs on the runtime of the call
+    /// that opened it, so the bus's thread has one of its own: a heartbeat or a resync must
+    /// not wait on the application's runtime, which may be blocked.
+    pub(crate) fn pool(&self) -> &Pool {
+        match ON_BUS_THREAD.with(std::cell::Cell::get) {
+            true => &self.bus,
+            false => &self.pool,
+        }
+    }
+}
+
+/// (connect, response, longest reconnect delay) of a pooled connection.
+type Timeouts = (Duration, Duration, Duration);
 
 /// How often Sentinel is asked at most, however many calls fail.
 const ASK_EVERY: Duration = Duration::from_millis(100);
@@ -28,7 +63,7 @@ pub(crate) struct Topology {
     live: RwLock<Option<Arc<Live>>>,
     sentinel: Option<Asker>,
     /// (connect, response, longest reconnect delay) of every pooled connection.
-    timeouts: (Duration, Duration, Duration),
+    timeouts: Timeouts,
     connections: usize,
     pub(crate) tls: Tls,
     moved: watch::Sender<u64>,
@@ -60,12 +95,7 @@ impl Topology {
         reconnect_delay: Duration,
     ) -> Result<Self, Error> {
         let timeouts = timeouts(endpoint, reconnect_delay);
-        let pool = Pool::new(&client, endpoint.connections, timeouts)?;
-        let live = Live {
-            at: at(&client),
-            client,
-            pool,
-        };
+        let live = Live::new(client, endpoint.connections, timeouts)?;
         Ok(Self {
             live: RwLock::new(Some(Arc::new(live))),
             sentinel: None,
@@ -260,13 +290,8 @@ impl Topology {
         if self.current().is_some_and(|live| live.at == now) {
             return;
         }
-        let Ok(pool) = Pool::new(&found, self.connections, self.timeouts) else {
+        let Ok(live) = Live::new(found, self.connections, self.timeouts) else {
             return;
-        };
-        let live = Live {
-            client: found,
-            pool,
-            at: now.clone(),
         };
         let previous = (self.live.write().unwrap_or_else(|e| e.into_inner()))
             .replace(Arc::new(live))
@@ -300,7 +325,7 @@ impl Topology {
     }
 }
 
-fn timeouts(endpoint: &Endpoint, reconnect_delay: Duration) -> (Duration, Duration, Duration) {
+fn timeouts(endpoint: &Endpoint, reconnect_delay: Duration) -> Timeouts {
     (
         endpoint.connect_timeout,
         endpoint.command_timeout,
