@@ -118,6 +118,10 @@ pub struct Stats {
     /// hole caused a resync once found (by the next message or heartbeat): stale reads were
     /// possible only until then, within the staleness bound where one is set.
     pub bus_invalidations_lost: u64,
+    /// Messages dropped because the subscriber's buffer was full
+    /// ([`subscriber_buffer`](crate::TieredCacheBuilder::subscriber_buffer)): each time, L1 was
+    /// distrusted and a resync replayed or cleared what they named.
+    pub bus_overflowed: u64,
 }
 
 impl Stats {
@@ -225,6 +229,7 @@ impl TieredCache {
             bus_replayed: shared.bus.metrics.replayed.get(),
             bus_flushes: shared.bus.metrics.flushes.get(),
             bus_invalidations_lost: shared.bus.metrics.lost.get(),
+            bus_overflowed: shared.bus.metrics.overflowed.get(),
         }
     }
 }
@@ -289,6 +294,7 @@ impl TieredCacheBuilder {
             command_timeout: endpoint.command_timeout,
             heartbeat: self.heartbeat,
             max_backoff: self.subscriber_backoff.max(Duration::from_millis(100)),
+            buffer: self.subscriber_buffer,
         };
         let bus = BusRuntime::start()?;
         let mut tasks = vec![

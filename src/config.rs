@@ -40,6 +40,7 @@ pub struct TieredCacheBuilder {
     pub(crate) outbox_capacity: usize,
     pub(crate) outbox_max_bytes: usize,
     pub(crate) replay_log: usize,
+    pub(crate) subscriber_buffer: usize,
     pub(crate) strict_writes: bool,
 }
 
@@ -59,6 +60,7 @@ impl Default for TieredCacheBuilder {
             outbox_capacity: Self::DEFAULT_OUTBOX_CAPACITY,
             outbox_max_bytes: Self::DEFAULT_OUTBOX_MAX_BYTES,
             replay_log: Self::DEFAULT_REPLAY_LOG,
+            subscriber_buffer: Self::DEFAULT_SUBSCRIBER_BUFFER,
             strict_writes: false,
         }
     }
@@ -74,6 +76,11 @@ impl TieredCacheBuilder {
     pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
     /// Default for [`outbox_max_bytes`](Self::outbox_max_bytes): 16 MiB.
     pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 16 << 20;
+    /// Default for [`subscriber_buffer`](Self::subscriber_buffer): 64 MiB.
+    pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 64 << 20;
+    /// The least [`subscriber_buffer`](Self::subscriber_buffer): the largest message the
+    /// library publishes (256 KiB) must fit.
+    pub const MIN_SUBSCRIBER_BUFFER: usize = 256 << 10;
     /// Default for [`replay_log`](Self::replay_log): 10 000 messages.
     pub const DEFAULT_REPLAY_LOG: usize = 10_000;
 }
@@ -107,6 +114,7 @@ impl std::fmt::Debug for TieredCacheBuilder {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("outbox_max_bytes", &self.outbox_max_bytes)
             .field("replay_log", &self.replay_log)
+            .field("subscriber_buffer", &self.subscriber_buffer)
             .field("strict_writes", &self.strict_writes)
             .finish()
     }
@@ -339,6 +347,15 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// The most bytes of received messages waiting to be applied. Past it (a flood on the
+    /// channel, or a subscriber held up by a resync) messages are dropped and counted
+    /// (`Stats::bus_overflowed`), L1 is distrusted, and the resync replays what they named:
+    /// memory stays bounded whatever is published. At least 256 KiB. Default: 64 MiB.
+    pub fn subscriber_buffer(mut self, bytes: usize) -> Self {
+        self.subscriber_buffer = bytes;
+        self
+    }
+
     /// Also evict L1 copies of keys written or deleted outside the library (`redis-cli`,
     /// another service), through Redis's `CLIENT TRACKING` in broadcast mode on the prefix.
     /// Costs one more connection per cache, and a writer's own fresh L1 copy is read back once
@@ -404,6 +421,13 @@ impl TieredCacheBuilder {
         }
         if self.breaker_threshold == 0 {
             return Err(config("breaker_threshold must be at least 1".into()));
+        }
+        if self.subscriber_buffer < Self::MIN_SUBSCRIBER_BUFFER {
+            return Err(config(format!(
+                "subscriber_buffer must be at least {} bytes (the largest message), not {}",
+                Self::MIN_SUBSCRIBER_BUFFER,
+                self.subscriber_buffer
+            )));
         }
         if self.outbox_capacity == 0 {
             return Err(config(

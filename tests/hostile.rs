@@ -94,6 +94,59 @@ async fn a_flood_of_gaps_costs_a_bounded_number_of_resyncs() {
     );
 }
 
+/// 2 000 junk messages of 8 KiB (16 MB, half Redis's default `pubsub` output limit)
+/// pipelined at a node whose subscriber buffers 256 KiB,
+/// while another node writes: what does not fit is dropped and counted (never buffered), every
+/// junk message is accounted for, and the resync that follows leaves the node serving the
+/// write from a trusted L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_over_the_subscriber_buffer_costs_a_resync_not_memory() {
+    let server = RedisServer::start();
+    let buffer = tiered_cache::TieredCacheBuilder::MIN_SUBSCRIBER_BUFFER;
+    let a = support::node_with(&server, |b| b.subscriber_buffer(buffer)).await;
+    let b = support::node(&server).await;
+    let (na, nb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    nb.set("k", 1).await.unwrap();
+    eventually("a holds k", PATIENCE, || async {
+        na.get("k").await.as_deref() == Some(&1) && na.get_local("k").is_some()
+    })
+    .await;
+    let mut conn = server.conn();
+    let flood = std::thread::spawn(move || {
+        let mut pipe = redis::pipe();
+        for i in 0..2_000u32 {
+            let mut junk = vec![b'x'; 8 << 10];
+            junk[..4].copy_from_slice(&i.to_be_bytes());
+            pipe.cmd("PUBLISH").arg(keys::channel()).arg(junk).ignore();
+        }
+        let _: () = pipe.query(&mut conn).unwrap();
+    });
+    nb.set("k", 2).await.unwrap();
+    flood.join().unwrap();
+    eventually(
+        "every junk message skipped or dropped",
+        PATIENCE,
+        || async {
+            let s = a.stats();
+            s.bus_malformed + s.bus_overflowed >= 2_000
+        },
+    )
+    .await;
+    let s = a.stats();
+    println!(
+        "FIGURE subscriber buffer: 2000 x 8 KiB on a 256 KiB buffer: {} dropped, {} skipped, {} resyncs",
+        s.bus_overflowed, s.bus_malformed, s.bus_resyncs
+    );
+    assert!(s.bus_overflowed > 0, "nothing was dropped: {s:?}");
+    eventually("a serves the write from a trusted L1", PATIENCE, || async {
+        na.get("k").await.as_deref() == Some(&2) && na.get_local("k").as_deref() == Some(&2)
+    })
+    .await;
+}
+
 /// A node whose Redis calls may take 5 s: tombstoning 12 000 keys or more in one script takes
 /// longer than the default L2 timeout in a debug build on a busy machine (a timeout queues
 /// clears and returns 0, which is not what these tests look at).

@@ -12,14 +12,16 @@ use tiered_cache::TieredCache;
 /// What the clear script stores for namespace `rate` at version `floor`, with no message.
 fn record_clear_in_redis(server: &RedisServer, floor: u64) {
     let floor = floor.to_string();
-    for field in [keys::VERSION_FIELD.to_owned(), keys::floor_field("rate")] {
-        server.cmd::<()>(&[
-            b"HSET",
-            keys::meta().as_bytes(),
-            field.as_bytes(),
-            floor.as_bytes(),
-        ]);
-    }
+    // One command, as the clear script's: a resync between two would see the version without
+    // its floor (the bus runs on its own thread, beside this blocking call).
+    server.cmd::<()>(&[
+        b"HSET",
+        keys::meta().as_bytes(),
+        keys::VERSION_FIELD.as_bytes(),
+        floor.as_bytes(),
+        keys::floor_field("rate").as_bytes(),
+        floor.as_bytes(),
+    ]);
 }
 
 /// Publishes `msg` on the invalidation channel.

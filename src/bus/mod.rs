@@ -6,16 +6,18 @@
 //! that keep the proof of freshness: the subscriber, the heartbeat, the watchdog and
 //! external-write tracking.
 //!
-//! The subscriber owns a dedicated RESP2 pub/sub connection. After every (re)subscription is
-//! confirmed, it reloads the namespace floors and catches up: whatever was published while it
-//! was not listening is lost (pub/sub is at-most-once), so it reads those messages back from
-//! the invalidation log (`replay.rs`) and applies them, or, where the log cannot vouch for
-//! them, clears every L1. It pings the connection every heartbeat, so a half-open link is replaced, not
-//! waited on. A gap in the sequence, or a message from a new epoch of the version counter (Redis
-//! flushed or restarted), makes it resynchronise the same way without reconnecting: the
-//! subscription is still confirmed, so nothing published from then on is missed. Resyncs a
-//! message asks for are spaced (at most one per `RESYNC_GAP`) so a flood of gaps cannot pin a
-//! core; a message it cannot parse is skipped (see `apply`).
+//! The subscriber owns a dedicated RESP3 connection subscribed to the channel, its messages
+//! pushed into a bounded buffer (what does not fit is dropped, counted and replayed by a
+//! resync, see `l2/link.rs`), on the bus's own thread (`runtime.rs`). After every
+//! (re)subscription is confirmed, it reloads the namespace floors and catches up: whatever was
+//! published while it was not listening is lost (pub/sub is at-most-once), so it reads those
+//! messages back from the invalidation log (`replay.rs`) and applies them, or, where the log
+//! cannot vouch for them, clears every L1. It pings the connection every heartbeat, so a
+//! half-open link is replaced, not waited on. A gap in the sequence, or a message from a new epoch
+//! of the version counter (Redis flushed or restarted), makes it resynchronise the same way
+//! without reconnecting: the subscription is still confirmed, so nothing published from then on
+//! is missed. Resyncs a message asks for are spaced (at most one per `RESYNC_GAP`) so a flood
+//! of gaps cannot pin a core; a message it cannot parse is skipped (see `apply`).
 
 mod heartbeat;
 mod replay;

@@ -3,7 +3,7 @@
 
 use super::{apply, After};
 use crate::engine::Engine;
-use crate::l2::link::{Pinger, Subscription};
+use crate::l2::link::{Delivery, Pinger, Subscription};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,8 @@ pub(crate) struct BusConfig {
     pub(crate) command_timeout: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) max_backoff: Duration,
+    /// The most bytes of messages waiting to be applied (see `l2::link::Messages`).
+    pub(crate) buffer: usize,
 }
 
 /// The least time between two resyncs a message asked for: bounds what a flood of gaps costs
@@ -83,7 +85,7 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
         mut messages,
         pinger,
         mut moved,
-    } = shared.l2.subscribe().await?;
+    } = shared.l2.subscribe(cfg.buffer).await?;
     // Confirmed: from here on nothing is missed, so now (not earlier) forget what may have been.
     super::resync(shared)
         .await
@@ -113,7 +115,11 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     loop {
         tokio::select! {
             msg = messages.next() => match msg {
-                Some(msg) => due |= apply(shared, msg.payload()) == After::Resync,
+                Some(Delivery::Message(msg)) => due |= apply(shared, msg.payload()) == After::Resync,
+                Some(Delivery::Overflowed(n)) => {
+                    overflowed(shared, n);
+                    due = true;
+                }
                 None => return Err("connection closed".into()),
             },
             // Asked for by this node itself (tracking, a reply showing a new epoch): not
@@ -135,6 +141,18 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Messages were dropped for want of buffer: what they invalidated is unknown until the resync
+/// replays it, so L1 is distrusted now.
+fn overflowed(shared: &Engine, n: u64) {
+    shared.bus.metrics.overflowed.add(n);
+    if let Some(times) = shared.bus.metrics.overflow_log.hit() {
+        tracing::warn!(target: "tiered_cache::bus", dropped = n, times,
+            "the subscriber's buffer is full (a flood on the channel, or a stalled subscriber): \
+             messages dropped; resynchronising");
+    }
+    shared.suspect();
 }
 
 /// Pings the subscriber connection every heartbeat; reports the first failure and stops.

@@ -41,7 +41,7 @@ impl L2Tier {
 /// The connection the `Admin` handle uses (feature `admin`).
 #[cfg(feature = "admin")]
 mod tooling {
-    use super::super::link::{Messages, Pinger};
+    use super::super::link::{Delivery, Messages, Pinger};
     use super::{L2Result, L2Tier};
     use crate::breaker::Breaker;
     use crate::error::{Error, Result};
@@ -181,7 +181,7 @@ mod tooling {
         /// Subscribes a dedicated connection to the bus channel; returns once Redis confirmed the
         /// subscription, so nothing published afterwards is missed.
         pub(crate) async fn tap(&self) -> Result<BusTap> {
-            let sub = self.l2.subscribe().await.map_err(|reason| {
+            let sub = (self.l2.subscribe(TAP_BUFFER).await).map_err(|reason| {
                 Error::unavailable(
                     "subscribe",
                     Some(Arc::new(std::io::Error::other(reason)) as _),
@@ -194,6 +194,9 @@ mod tooling {
         }
     }
 
+    /// What a watcher holds of messages it has not read yet.
+    const TAP_BUFFER: usize = 64 << 20;
+
     /// A subscription to the bus channel, yielding raw messages.
     pub(crate) struct BusTap {
         // Kept: dropping the sink would end the subscription.
@@ -202,9 +205,15 @@ mod tooling {
     }
 
     impl BusTap {
-        /// The next message's payload; `None` once the connection is closed.
+        /// The next message's payload; `None` once the connection is closed. Messages dropped
+        /// for a full buffer (a watcher slower than the bus) are skipped.
         pub(crate) async fn next(&mut self) -> Option<Vec<u8>> {
-            self.messages.next().await.map(|m| m.payload().to_vec())
+            loop {
+                match self.messages.next().await? {
+                    Delivery::Message(m) => return Some(m.payload().to_vec()),
+                    Delivery::Overflowed(_) => continue,
+                }
+            }
         }
     }
 }

@@ -1,19 +1,20 @@
-//! The bus's dedicated connections, opened from the tier's own client: the pub/sub
-//! subscription to the invalidation channel, and the RESP3 connection that tracks writes made
-//! outside the library (`CLIENT TRACKING`). The bus tasks drive them (see `bus/`); only this
+//! The bus's dedicated connections, opened from the tier's own client, both RESP3: the
+//! subscription to the invalidation channel (its messages pushed into a bounded buffer), and
+//! the one that tracks writes made outside the library (`CLIENT TRACKING`). The bus tasks drive them (see `bus/`); only this
 //! tier speaks Redis.
 //!
 //! Each open is bounded by the connect timeout and each command by the tier's timeout; a
 //! failure comes back as a short reason for the log, and the caller reconnects.
 
 use super::{no_primary, L2Tier};
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
 use redis::{PushInfo, PushKind, Value};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// A confirmed subscription to the bus channel: nothing published from now on is missed.
+/// A confirmed subscription to the bus channel: nothing published from now on is missed, or
+/// a loss is reported (see [`Delivery::Overflowed`]).
 pub(crate) struct Subscription {
     pub(crate) messages: Messages,
     pub(crate) pinger: Pinger,
@@ -22,33 +23,88 @@ pub(crate) struct Subscription {
     pub(crate) moved: tokio::sync::watch::Receiver<u64>,
 }
 
-/// The messages of a subscription, in the order Redis delivered them.
-pub(crate) struct Messages(PubSubStream);
+/// What a subscription delivered next.
+pub(crate) enum Delivery {
+    Message(Message),
+    /// Messages were dropped, the buffer being full: `n` of them, since the last report.
+    Overflowed(u64),
+}
+
+/// The messages of a subscription, in the order Redis delivered them. The connection's reader
+/// hands them over through a buffer of at most `budget` bytes: beyond it, a message is
+/// dropped and counted, so a flood (or a stalled subscriber) costs a resync, not memory.
+pub(crate) struct Messages {
+    rx: UnboundedReceiver<Vec<u8>>,
+    buffer: Arc<Buffer>,
+}
+
+/// The bytes waiting in a subscription's buffer, and what was dropped.
+struct Buffer {
+    bytes: AtomicUsize,
+    budget: usize,
+    dropped: AtomicU64,
+}
 
 impl Messages {
-    /// The next message; `None` once the connection is closed.
-    pub(crate) async fn next(&mut self) -> Option<Message> {
-        self.0.next().await.map(Message)
+    /// The next message or loss; `None` once the connection is closed.
+    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+        let dropped = self.buffer.dropped.swap(0, SeqCst);
+        if dropped > 0 {
+            return Some(Delivery::Overflowed(dropped));
+        }
+        let payload = self.rx.recv().await?;
+        self.buffer.bytes.fetch_sub(payload.len(), SeqCst);
+        Some(Delivery::Message(Message(payload)))
     }
 }
 
 /// One message received on the bus channel.
-pub(crate) struct Message(redis::Msg);
+pub(crate) struct Message(Vec<u8>);
 
 impl Message {
     pub(crate) fn payload(&self) -> &[u8] {
-        self.0.get_payload_bytes()
+        &self.0
+    }
+}
+
+/// The connection's push handler: a message into the buffer if it fits, else counted as
+/// dropped; the connection's end closes the buffer (by dropping the sender).
+fn push_handler(
+    tx: UnboundedSender<Vec<u8>>,
+    buffer: Arc<Buffer>,
+) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    let tx = std::sync::Mutex::new(Some(tx));
+    move |push: PushInfo| {
+        let mut tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+        match push.kind {
+            PushKind::Disconnection => drop(tx.take()),
+            PushKind::Message => {
+                let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
+                    return Ok(());
+                };
+                let len = payload.len();
+                if buffer.bytes.fetch_add(len, SeqCst) + len > buffer.budget {
+                    buffer.bytes.fetch_sub(len, SeqCst);
+                    buffer.dropped.fetch_add(1, SeqCst);
+                } else if let Some(sender) = tx.as_ref() {
+                    let _ = sender.send(payload);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
 /// Pings a subscription's connection, beside its message stream (a slow link must not hold
 /// back the messages it does deliver).
-pub(crate) struct Pinger(PubSubSink);
+pub(crate) struct Pinger(redis::aio::MultiplexedConnection);
 
 impl Pinger {
     /// One PING, answered within `within`.
     pub(crate) async fn ping(&mut self, within: Duration) -> Result<(), String> {
-        match tokio::time::timeout(within, self.0.ping::<Value>()).await {
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(within, ping.query_async::<Value>(&mut self.0)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("ping: {e}")),
             Err(_) => Err("ping timed out".to_string()),
@@ -125,32 +181,40 @@ fn keys_of(data: &[Value]) -> Tracked {
 }
 
 impl L2Tier {
-    /// Opens a dedicated pub/sub connection and subscribes it to the bus channel; returns once
-    /// Redis confirmed the subscription.
-    pub(crate) async fn subscribe(&self) -> Result<Subscription, String> {
+    /// Opens a dedicated RESP3 connection and subscribes it to the bus channel, its messages
+    /// buffered up to `budget` bytes; returns once Redis confirmed the subscription.
+    pub(crate) async fn subscribe(&self, budget: usize) -> Result<Subscription, String> {
         // Taken first: a move from here on ends the subscription (see `Subscription::moved`).
         let mut moved = self.moves();
         moved.borrow_and_update();
-        let live = (self.topology.live().await).ok_or_else(|| no_primary().to_string())?;
-        let pubsub = tokio::time::timeout(self.connect_timeout, live.client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sink, stream) = pubsub.split();
-        tokio::time::timeout(self.timeout, sink.subscribe(self.keys.channel()))
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let buffer = Arc::new(Buffer {
+            bytes: AtomicUsize::new(0),
+            budget,
+            dropped: AtomicU64::new(0),
+        });
+        let mut conn = self
+            // Each command here is bounded by its caller (the subscribe below, the pinger).
+            .resp3(push_handler(tx, buffer.clone()), None)
+            .await?;
+        tokio::time::timeout(self.timeout, conn.subscribe(self.keys.channel()))
             .await
             .map_err(|_| "subscribe timed out".to_string())?
             .map_err(|e| format!("subscribe: {e}"))?;
         Ok(Subscription {
-            messages: Messages(stream),
-            pinger: Pinger(sink),
+            messages: Messages { rx, buffer },
+            pinger: Pinger(conn),
             moved,
         })
     }
 
-    /// Opens a RESP3 connection to the same server and turns broadcast tracking on for every
-    /// key under `prefix`; returns once Redis accepted it.
-    pub(crate) async fn track(&self, prefix: &str) -> Result<Tracker, String> {
+    /// A RESP3 connection to the current server, its pushes handed to `pushes`; each command
+    /// answered within `response`, if given.
+    async fn resp3(
+        &self,
+        pushes: impl redis::aio::AsyncPushSender,
+        response: Option<Duration>,
+    ) -> Result<redis::aio::MultiplexedConnection, String> {
         let live = (self.topology.live().await).ok_or_else(|| no_primary().to_string())?;
         let info = live.client.get_connection_info().clone();
         let resp3 = info
@@ -158,19 +222,25 @@ impl L2Tier {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = super::connect::client_for(info.set_redis_settings(resp3), &self.topology.tls)
-            .map_err(|e| format!("tracking connection settings rejected: {e}"))?;
-        let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+            .map_err(|e| format!("RESP3 connection settings rejected: {e}"))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_push_sender(tx);
-        let mut conn = tokio::time::timeout(
+            .set_response_timeout(response)
+            .set_push_sender(pushes);
+        tokio::time::timeout(
             self.connect_timeout,
             client.get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// Opens a RESP3 connection to the same server and turns broadcast tracking on for every
+    /// key under `prefix`; returns once Redis accepted it.
+    pub(crate) async fn track(&self, prefix: &str) -> Result<Tracker, String> {
+        let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let mut conn = self.resp3(tx, Some(self.timeout)).await?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")

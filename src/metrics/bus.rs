@@ -24,11 +24,14 @@ pub(crate) struct BusMetrics {
     pub(crate) replayed: Tally,
     /// Resyncs that could not replay (the log did not cover what was missed) and cleared L1.
     pub(crate) flushes: Tally,
+    /// Messages dropped because the subscriber's buffer was full.
+    pub(crate) overflowed: Tally,
     pub(crate) connected: Gauge,
     /// Which unreadable messages and gaps are logged (see `LogLimit`).
     pub(crate) malformed_log: LogLimit,
     pub(crate) gap_log: LogLimit,
     pub(crate) flush_log: LogLimit,
+    pub(crate) overflow_log: LogLimit,
 }
 
 impl BusMetrics {
@@ -48,6 +51,7 @@ impl BusMetrics {
             replays: ev("replay"),
             replayed: Tally::new(counter!("tiered_cache_invalidations_replayed_total")),
             flushes: ev("flush"),
+            overflowed: ev("overflow"),
             connected: {
                 let g = gauge!("tiered_cache_bus_connected");
                 g.set(0.0);
@@ -56,6 +60,7 @@ impl BusMetrics {
             malformed_log: LogLimit::default(),
             gap_log: LogLimit::default(),
             flush_log: LogLimit::default(),
+            overflow_log: LogLimit::default(),
         }
     }
 }
