@@ -235,8 +235,8 @@ impl TieredCache {
 }
 
 impl TieredCacheBuilder {
-    /// Checks the configuration and starts the cache. Must be called inside a Tokio runtime: it
-    /// spawns the invalidation subscriber.
+    /// Checks the configuration and starts the cache. Must be called inside a Tokio runtime:
+    /// loads and the outbox's replays run there (the bus runs on a thread of its own).
     ///
     /// Does not wait for Redis: a cache built while Redis is down serves from L1 and loaders,
     /// and joins the fleet when Redis comes back.

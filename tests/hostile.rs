@@ -95,10 +95,9 @@ async fn a_flood_of_gaps_costs_a_bounded_number_of_resyncs() {
 }
 
 /// 2 000 junk messages of 8 KiB (16 MB, half Redis's default `pubsub` output limit)
-/// pipelined at a node whose subscriber buffers 256 KiB,
-/// while another node writes: what does not fit is dropped and counted (never buffered), every
-/// junk message is accounted for, and the resync that follows leaves the node serving the
-/// write from a trusted L1.
+/// pipelined at a node whose subscriber buffers 256 KiB, while another node writes: what does
+/// not fit is dropped and counted (never buffered), and the resync that follows leaves the
+/// node serving the write from a trusted L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_over_the_subscriber_buffer_costs_a_resync_not_memory() {
     let server = RedisServer::start();
@@ -126,25 +125,20 @@ async fn a_flood_over_the_subscriber_buffer_costs_a_resync_not_memory() {
     });
     nb.set("k", 2).await.unwrap();
     flood.join().unwrap();
-    eventually(
-        "every junk message skipped or dropped",
-        PATIENCE,
-        || async {
-            let s = a.stats();
-            s.bus_malformed + s.bus_overflowed >= 2_000
-        },
-    )
-    .await;
-    let s = a.stats();
-    println!(
-        "FIGURE subscriber buffer: 2000 x 8 KiB on a 256 KiB buffer: {} dropped, {} skipped, {} resyncs",
-        s.bus_overflowed, s.bus_malformed, s.bus_resyncs
-    );
-    assert!(s.bus_overflowed > 0, "nothing was dropped: {s:?}");
     eventually("a serves the write from a trusted L1", PATIENCE, || async {
         na.get("k").await.as_deref() == Some(&2) && na.get_local("k").as_deref() == Some(&2)
     })
     .await;
+    // On a loaded machine the PING, queued behind the flood on the same connection, may time
+    // out first: the subscriber reconnects and resyncs, and what came meanwhile is not seen.
+    let s = a.stats();
+    println!(
+        "FIGURE subscriber buffer: 2000 x 8 KiB on a 256 KiB buffer: {} dropped, {} skipped, \
+         {} resyncs, {} subscriptions",
+        s.bus_overflowed, s.bus_malformed, s.bus_resyncs, s.bus_subscriptions
+    );
+    assert!(s.bus_overflowed > 0, "nothing was dropped: {s:?}");
+    assert!(s.bus_overflowed + s.bus_malformed <= 2_010, "{s:?}");
 }
 
 /// A node whose Redis calls may take 5 s: tombstoning 12 000 keys or more in one script takes

@@ -122,6 +122,61 @@ async fn plain_invalidations_keep_the_source_version() {
     );
 }
 
+/// A library user without `+getrange` (an ACL line from before it was needed): its plain
+/// invalidation still lands, a tombstone without the source version, and reaches the other
+/// node; Redis logs the denial.
+#[tokio::test]
+async fn an_invalidation_without_getrange_rights_still_lands() {
+    let server = RedisServer::start();
+    let rules = support::acl_rules("v1").replace(" +getrange", "");
+    let mut setuser = vec![
+        "ACL",
+        "SETUSER",
+        "oldline",
+        "on",
+        ">pw",
+        "resetkeys",
+        "resetchannels",
+    ];
+    setuser.extend(rules.split(' '));
+    let args: Vec<&[u8]> = setuser.iter().map(|a| a.as_bytes()).collect();
+    server.cmd::<()>(&args);
+    let scheme = if support::secure().is_some() {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let url = format!("{scheme}://oldline:pw@127.0.0.1:{}", server.port());
+    let a = support::node_with(&server, |b| b.redis_url(url)).await;
+    let b = node(&server).await;
+    let (ra, rb) = (
+        a.namespace::<str, u64>("rate").unwrap(),
+        b.namespace::<str, u64>("rate").unwrap(),
+    );
+    rb.set_if_newer("k", 5, 5).await.unwrap();
+    eventually("a reads it", PATIENCE, || async {
+        ra.get("k").await.as_deref() == Some(&5)
+    })
+    .await;
+    assert!(rb.get_local("k").is_some());
+    ra.invalidate("k").await.unwrap();
+    eventually("b dropped its copy", PATIENCE, || async {
+        rb.get_local("k").is_none()
+    })
+    .await;
+    assert_eq!(rb.get("k").await, None, "a tombstone in Redis");
+    let denied: Vec<redis::Value> = server.cmd(&[b"ACL", b"LOG"]);
+    assert!(
+        format!("{denied:?}").contains("getrange"),
+        "the denial is in Redis's ACL log: {denied:?}"
+    );
+    // What the fallback costs: the source version is not kept, so an older one lands.
+    assert_eq!(
+        rb.set_if_newer("k", 3, 3).await.unwrap(),
+        SourceWrite::Applied
+    );
+}
+
 /// Source versions use all 64 bits: two above 2^53, one apart, are told apart (Lua's doubles
 /// would not).
 #[tokio::test]

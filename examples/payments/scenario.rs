@@ -497,7 +497,7 @@ impl std::error::Error for ConfigError {}
 /// |---|---|---|
 /// | `REDIS_URL` | `redis://127.0.0.1:6379` | the cache's Redis: read, with every `REDIS_*` variable of `docs/configuration.md` (`REDIS_PASSWORD`, `REDIS_SSL`...), by the cache itself, which checks them at `build()` |
 /// | `REDIS_CONNECTION_TIMEOUT` (s) | 5 | `connect_timeout`, 1..=60 |
-/// | `REDIS_MAX_CONNECTIONS` | 20 | the multiplexed connections the cache spreads its commands over (`redis_connections`); 1..=10 000 |
+/// | `REDIS_MAX_CONNECTIONS` | 20 | the multiplexed connections the cache spreads its commands over (`redis_connections`); 1..=256 |
 /// | `REDIS_MIN_IDLE` | 5 | checked (at most `REDIS_MAX_CONNECTIONS`); done differently: a multiplexed connection carries every concurrent command, so there are no idle connections to keep warm. Each is opened on first use and re-opened when it fails |
 /// | `REDIS_MAX_LIFETIME` (s) | 300 | checked, 1..=86 400; done differently: a connection is replaced when it fails (and after a failover), not by age |
 /// | `REDIS_IDLE_TIMEOUT` (s) | 60 | checked, 1..=86 400; done differently: an idle multiplexed connection costs Redis one client slot and is kept |
@@ -555,9 +555,9 @@ impl PaymentsConfig {
             "REDIS_MAX_CONNECTIONS",
             get("REDIS_MAX_CONNECTIONS"),
             20,
-            (1, 10_000),
+            (1, 256),
         )?;
-        let min_idle = number("REDIS_MIN_IDLE", get("REDIS_MIN_IDLE"), 5, (0, 10_000))?;
+        let min_idle = number("REDIS_MIN_IDLE", get("REDIS_MIN_IDLE"), 5, (0, 256))?;
         if min_idle > max_connections {
             return Err(ConfigError::Inconsistent(format!(
                 "REDIS_MIN_IDLE={min_idle} exceeds REDIS_MAX_CONNECTIONS={max_connections}"

@@ -15,8 +15,8 @@ pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The gauges that follow state, not events (L1 sizes need a moka maintenance pass), move
-    // at most once a second, and after the heartbeat is out: a slow pass can push back the
-    // next tick by its length, never hold this one.
+    // at most once a second, on a blocking thread: a slow pass (after a large clear) must not
+    // hold the bus's one thread, which also applies messages and pings.
     let mut gauges_at = std::time::Instant::now();
     loop {
         tick.tick().await;
@@ -37,9 +37,12 @@ pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
         }
         if gauges_at.elapsed() >= GAUGES_EVERY {
             gauges_at = std::time::Instant::now();
-            for ns in shared.namespaces() {
-                ns.refresh_gauges();
-            }
+            let engine = shared.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                for ns in engine.namespaces() {
+                    ns.refresh_gauges();
+                }
+            }));
         }
     }
 }

@@ -15,25 +15,33 @@ pub(crate) struct BusRuntime {
 }
 
 impl BusRuntime {
-    /// Starts the thread.
+    /// Starts the thread. The runtime is built on it (and so dropped there), never on the
+    /// caller's, which is inside an async context where dropping a runtime panics.
     pub(crate) fn start() -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("tiered-cache-bus")
-            .build()
-            .map_err(|e| Error::Config(format!("the bus runtime could not start: {e}")))?;
-        let handle = runtime.handle().clone();
+        let (ready, handle) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("tiered-cache-bus".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(ready.send(Err(e.to_string()))),
+                };
                 crate::l2::topology::mark_bus_thread();
+                let _ = ready.send(Ok(runtime.handle().clone()));
                 // Ends when `stop` is sent or dropped; the runtime and its tasks go with it.
                 runtime.block_on(async move {
                     let _ = stopped.await;
                 });
             })
             .map_err(|e| Error::Config(format!("the bus thread could not start: {e}")))?;
+        let handle = (handle.recv())
+            .map_err(|_| "the bus thread ended at start".to_string())
+            .and_then(|built| built)
+            .map_err(|e| Error::Config(format!("the bus runtime could not start: {e}")))?;
         Ok(Self {
             handle,
             stop: Some(stop),

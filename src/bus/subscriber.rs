@@ -49,9 +49,10 @@ pub(crate) async fn run_subscriber(shared: Arc<Engine>, cfg: BusConfig) {
             // A configuration fault: loud on every attempt, since no retry will mend it.
             tracing::error!(target: "tiered_cache::bus", %reason, retry_in_ms,
                 channel = shared.l2.keys().channel(),
-                "Redis refuses the invalidation subscriber's commands (an ACL or password problem): \
-                 its user needs SUBSCRIBE and the channel (`&{{prefix}}:_tc:*`), and the \
-                 README's rights for the resync; L1 is bypassed where a staleness bound is set");
+                "Redis refuses the invalidation subscriber's commands (an ACL or password \
+                 problem, or a Redis older than 6, which has no HELLO): its user needs HELLO, \
+                 SUBSCRIBE and the channel (`&{{prefix}}:_tc:*`), and the README's rights for \
+                 the resync; L1 is bypassed where a staleness bound is set");
         } else if was_subscribed || first {
             // Loud once when the link is lost; quiet while retrying against a server still down.
             tracing::warn!(target: "tiered_cache::bus", %reason, retry_in_ms,
@@ -74,6 +75,8 @@ fn is_refusal(reason: &str) -> bool {
         "NOAUTH",
         "permission",
         "AuthenticationFailed",
+        // HELLO on a Redis older than 6: RESP3 is not there, and no retry brings it.
+        "unknown command",
     ]
     .iter()
     .any(|code| reason.contains(code))

@@ -29,7 +29,8 @@ impl std::fmt::Debug for Secret {
 
 /// `url` with its credentials hidden: the password of the user part (everything up to the last
 /// `@`, since a password that should have been percent-encoded may hold `/ # ? @`) and any
-/// `pass`/`password` query value (unix-socket URLs) become `***`. Safe to print.
+/// `pass`/`password` query value (unix-socket URLs) become `***`; a URL with an `@` after a
+/// `?` is shown as its scheme alone. Safe to print.
 ///
 /// ```
 /// use tiered_cache::config::redact_url;
@@ -37,6 +38,8 @@ impl std::fmt::Debug for Secret {
 /// assert_eq!(redact_url("redis://:pa/ss@db"), "redis://:***@db");
 /// assert_eq!(redact_url("unix:///run/redis.sock?pass=x"), "unix:///run/redis.sock?pass=***");
 /// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// assert_eq!(redact_url("unix:///s.sock?password=ab@cd"), "unix://<redacted>");
+/// assert_eq!(redact_url("redis://:pa?ss@db"), "redis://<redacted>");
 /// ```
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
@@ -44,6 +47,14 @@ pub fn redact_url(url: &str) -> String {
         return "<not a URL>".to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end);
+    if rest
+        .split_once('?')
+        .is_some_and(|(_, query)| query.contains('@'))
+    {
+        // A password in the user part holding `?`, or a query value holding `@`: no split
+        // of this text can be trusted to show one without the other.
+        return format!("{scheme}<redacted>");
+    }
     let (user, rest) = match rest.rfind('@') {
         Some(at) => {
             let user = &rest[..at];

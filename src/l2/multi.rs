@@ -36,7 +36,8 @@ use std::time::Duration;
 // expiry; fail-safe may keep a stale copy longer, served only while its loader fails.) A
 // score only grows. Members past theirs are pruned as the set is joined, and the set itself lives as
 // long as its highest score. A plain set left by an older version (`legacy`) is converted as
-// it is first joined, each member scored by the set's own end.
+// it is first joined, each member scored by the set's own end plus the joining value's life.
+// (Nodes of the older version then fail on it with WRONGTYPE: upgrade a fleet together.)
 //
 // Eviction (`allkeys-*`, `volatile-*`) can take a tag set while the values it lists live on,
 // and a set that is only written goes cold first. So each namespace keeps a registry hash
@@ -58,14 +59,13 @@ local function members_of(set)
   if redis.call('TYPE', set).ok == 'set' then return redis.call('SMEMBERS', set) end
   return redis.call('ZRANGE', set, 0, -1)
 end
-local function legacy(set, now)
+local function legacy(set, now, life)
   if redis.call('TYPE', set).ok ~= 'set' then return end
-  local left = redis.call('PTTL', set)
+  local left = math.max(redis.call('PTTL', set), 0)
   local ms = redis.call('SMEMBERS', set)
   redis.call('DEL', set)
-  local at = now + 2 * math.max(left, 0) + 1000
-  for _, m in ipairs(ms) do redis.call('ZADD', set, at, m) end
-  if left > 0 then redis.call('PEXPIRE', set, 2 * left + 1000) end
+  for _, m in ipairs(ms) do redis.call('ZADD', set, now + left + life, m) end
+  redis.call('PEXPIRE', set, left + life)
 end
 local function registered(reg, anchor)
   local a = redis.call('HGET', KEYS[1], anchor)
@@ -80,8 +80,8 @@ end
 local function join(reg, set, members, ttl, now)
   local was = tonumber(redis.call('HGET', reg, set) or '0') or 0
   local gone = redis.call('EXISTS', set) == 0
-  legacy(set, now)
   local life = 2 * tonumber(ttl) + 1000
+  legacy(set, now, life)
   for _, m in ipairs(members) do
     local had = tonumber(redis.call('ZSCORE', set, m))
     if not had or had < now + life then redis.call('ZADD', set, now + life, m) end

@@ -11,15 +11,16 @@
 //! the version as the tag's floor (a tagged fill noted before it is refused, even for a key the
 //! set did not list yet), deletes the set, and publishes one message naming the keys.
 //!
-//! - Cost: one `SADD` per tag per write, and memory for the sets (each lists every distinct key
-//!   written with the tag since its last invalidation or expiry). The invalidation is O(keys
+//! - Cost: one `ZADD` per tag per write, and memory for the sets (each lists the keys written
+//!   with the tag in the last two TTLs, since its last invalidation). The invalidation is O(keys
 //!   listed) inside Redis, as one atomic script, and O(1) messages: fine for thousands of keys,
 //!   a noticeable pause of the server for millions.
 //! - A listed key may have expired, or been rewritten without the tag since: it is tombstoned
 //!   anyway. That is a spurious invalidation (the next read reloads it), never a stale read.
 //! - Tags are part of how a key is written: give a key the same tags on every write and load.
 //!   A write or fill without the tag does not join the set, so a later invalidation of the tag
-//!   would not reach that value. A tag is not removed from a key by writing without it.
+//!   would not reach that value. Writing a key without the tag does not take it out of the
+//!   set; it leaves two TTLs (and a second) after its last tagged write.
 //! - While Redis is unreachable the tag sets cannot be updated or read, and a replay cannot
 //!   carry tags, so tagged calls degrade to what is sure to cover them (unless writes are
 //!   strict): a tagged write is queued as an invalidation of its key (its value is cached

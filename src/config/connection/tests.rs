@@ -15,8 +15,11 @@ fn redacts_passwords_in_urls() {
         ("redis://u:p%40ss@h:1/0", "redis://u:***@h:1/0"),
         ("redis://:pw@h", "redis://:***@h"),
         ("rediss://pw@h:6380", "rediss://***@h:6380"),
-        // An '@' in the query is taken for a user part: hidden too, which is safe.
-        ("redis://h:1?x=@y", "redis://h:***@y"),
+        // An '@' after a '?': a user part holding '?', or a query value holding '@'. Neither
+        // split can be trusted, so only the scheme is shown.
+        ("redis://h:1?x=@y", "redis://<redacted>"),
+        ("redis+unix:///s.sock?password=ab@cd", "redis+unix://<redacted>"),
+        ("redis://:pa?ss@h", "redis://<redacted>"),
         ("redis://u:p#w@h", "redis://u:***@h"),
         ("redis://:a@b@h/1", "redis://:***@h/1"),
         (
