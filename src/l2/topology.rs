@@ -17,8 +17,9 @@ pub(crate) struct Live {
     /// Where the bus's dedicated connections are opened from.
     pub(crate) client: Client,
     pool: Pool,
-    /// The bus thread's own connection (see [`Live::pool`]).
-    bus: Pool,
+    /// The bus thread's own connection (see [`Live::pool`]), made there on first use.
+    bus: std::sync::OnceLock<Option<Pool>>,
+    timeouts: Timeouts,
     /// `host:port`, to tell a move from a reconnect.
     at: String,
 }
@@ -37,7 +38,8 @@ impl Live {
         Ok(Self {
             at: at(&client),
             pool: Pool::new(&client, connections, timeouts)?,
-            bus: Pool::new(&client, 1, timeouts)?,
+            bus: std::sync::OnceLock::new(),
+            timeouts,
             client,
         })
     }
@@ -46,10 +48,13 @@ impl Live {
     /// that opened it, so the bus's thread has one of its own: a heartbeat or a resync must
     /// not wait on the application's runtime, which may be blocked.
     pub(crate) fn pool(&self) -> &Pool {
-        match ON_BUS_THREAD.with(std::cell::Cell::get) {
-            true => &self.bus,
-            false => &self.pool,
+        if !ON_BUS_THREAD.with(std::cell::Cell::get) {
+            return &self.pool;
         }
+        // Made here, so whatever the manager starts runs on the bus's runtime too. The settings
+        // were accepted for `pool` already; should they not be now, the bus shares `pool`.
+        let made = (self.bus).get_or_init(|| Pool::new(&self.client, 1, self.timeouts).ok());
+        made.as_ref().unwrap_or(&self.pool)
     }
 }
 

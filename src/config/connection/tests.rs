@@ -18,7 +18,10 @@ fn redacts_passwords_in_urls() {
         // An '@' after a '?': a user part holding '?', or a query value holding '@'. Neither
         // split can be trusted, so only the scheme is shown.
         ("redis://h:1?x=@y", "redis://<redacted>"),
-        ("redis+unix:///s.sock?password=ab@cd", "redis+unix://<redacted>"),
+        (
+            "redis+unix:///s.sock?password=ab@cd",
+            "redis+unix://<redacted>",
+        ),
         ("redis://:pa?ss@h", "redis://<redacted>"),
         ("redis://u:p#w@h", "redis://u:***@h"),
         ("redis://:a@b@h/1", "redis://:***@h/1"),
