@@ -137,8 +137,15 @@ async fn a_flood_over_the_subscriber_buffer_costs_a_resync_not_memory() {
          {} resyncs, {} subscriptions",
         s.bus_overflowed, s.bus_malformed, s.bus_resyncs, s.bus_subscriptions
     );
-    assert!(s.bus_overflowed > 0, "nothing was dropped: {s:?}");
-    assert!(s.bus_overflowed + s.bus_malformed <= 2_010, "{s:?}");
+    assert!(
+        s.bus_overflowed + s.bus_malformed <= 2_010,
+        "counted twice: {s:?}"
+    );
+    // The write's own message may be applied before the first drop is reported.
+    eventually("the drops reported", PATIENCE, || async {
+        a.stats().bus_overflowed > 0
+    })
+    .await;
 }
 
 /// A node whose Redis calls may take 5 s: tombstoning 12 000 keys or more in one script takes

@@ -3,6 +3,7 @@
 
 use crate::engine::Engine;
 use crate::wire::Outgoing;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
     // at most once a second, on a blocking thread: a slow pass (after a large clear) must not
     // hold the bus's one thread, which also applies messages and pings.
     let mut gauges_at = std::time::Instant::now();
+    let refreshing = Arc::new(AtomicBool::new(false));
     loop {
         tick.tick().await;
         // Read the clock before sending: the proof covers what was published up to here.
@@ -35,13 +37,15 @@ pub(crate) async fn run_heartbeat(shared: Arc<Engine>, interval: Duration) {
         } else {
             shared.bus.heartbeat_failed();
         }
-        if gauges_at.elapsed() >= GAUGES_EVERY {
+        // One pass at a time: a pass over a second long must not pile up blocking threads.
+        if gauges_at.elapsed() >= GAUGES_EVERY && !refreshing.swap(true, SeqCst) {
             gauges_at = std::time::Instant::now();
-            let engine = shared.clone();
+            let (engine, refreshing) = (shared.clone(), refreshing.clone());
             drop(tokio::task::spawn_blocking(move || {
                 for ns in engine.namespaces() {
                     ns.refresh_gauges();
                 }
+                refreshing.store(false, SeqCst);
             }));
         }
     }

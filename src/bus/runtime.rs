@@ -25,6 +25,7 @@ impl BusRuntime {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .thread_name("tiered-cache-bus-blocking")
                     .build()
                 {
                     Ok(runtime) => runtime,

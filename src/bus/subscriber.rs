@@ -75,8 +75,9 @@ fn is_refusal(reason: &str) -> bool {
         "NOAUTH",
         "permission",
         "AuthenticationFailed",
-        // HELLO on a Redis older than 6: RESP3 is not there, and no retry brings it.
-        "unknown command",
+        // HELLO on a Redis older than 6 (redis-rs's wording of it): RESP3 is not there, and
+        // no retry brings it.
+        "RESP3NotSupported",
     ]
     .iter()
     .any(|code| reason.contains(code))
@@ -104,7 +105,8 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     // The PING runs beside the message loop, never blocking it: a slow link must not hold
     // back the messages it does deliver.
     let (failed_tx, mut ping_failed) = tokio::sync::oneshot::channel::<String>();
-    let pinger = AbortOnDrop(tokio::spawn(ping_loop(
+    // Aborted when the session returns.
+    let _pinging = AbortOnDrop(tokio::spawn(ping_loop(
         pinger,
         shared.clone(),
         cfg.clone(),
@@ -115,7 +117,7 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
     // resync replays what was missed or clears L1 (unbounded ones serve theirs up to
     // `RESYNC_GAP` longer).
     let (mut due, mut last) = (false, tokio::time::Instant::now());
-    loop {
+    let outcome = async { loop {
         tokio::select! {
             msg = messages.next() => match msg {
                 Some(Delivery::Message(msg)) => due |= apply(shared, msg.payload()) == After::Resync,
@@ -136,14 +138,30 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
                 (due, last) = (false, tokio::time::Instant::now());
             }
             reason = &mut ping_failed => {
-                drop(pinger);
                 return Err(reason.unwrap_or_else(|_| "ping task ended".into()));
             }
             _ = moved.changed() => {
                 return Err("the Redis primary moved: resubscribing on the new one".into());
             }
         }
+    } }
+    .await;
+    // Drops not reported before the session ended are counted still (its resync follows).
+    let unreported = messages.take_dropped();
+    if unreported > 0 {
+        overflowed(shared, unreported);
     }
+    outcome
+}
+
+#[cfg(test)]
+#[test]
+fn a_redis_without_hello_is_a_refusal() {
+    // As redis-rs reports Redis 5's answer to HELLO, through `link.rs`.
+    let reason = "connect: Redis Server doesn't support HELLO command therefore resp3 cannot be \
+                  used - RESP3NotSupported";
+    assert!(is_refusal(reason));
+    assert!(!is_refusal("connect: Connection refused (os error 111)"));
 }
 
 /// Messages were dropped for want of buffer: what they invalidated is unknown until the resync

@@ -46,9 +46,14 @@ struct Buffer {
 }
 
 impl Messages {
+    /// Messages dropped since the last report, and now reported.
+    pub(crate) fn take_dropped(&self) -> u64 {
+        self.buffer.dropped.swap(0, SeqCst)
+    }
+
     /// The next message or loss; `None` once the connection is closed.
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
-        let dropped = self.buffer.dropped.swap(0, SeqCst);
+        let dropped = self.take_dropped();
         if dropped > 0 {
             return Some(Delivery::Overflowed(dropped));
         }

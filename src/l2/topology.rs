@@ -34,10 +34,21 @@ pub(crate) fn mark_bus_thread() {
 }
 
 impl Live {
-    fn new(client: Client, connections: usize, timeouts: Timeouts) -> Result<Self, Error> {
+    /// `app`: the application's runtime, where `pool`'s managers are made (a manager runs
+    /// its reconnects on the runtime it was made on), whichever thread found the server.
+    fn new(
+        client: Client,
+        connections: usize,
+        timeouts: Timeouts,
+        app: Option<&tokio::runtime::Handle>,
+    ) -> Result<Self, Error> {
+        let pool = {
+            let _on_app = app.map(tokio::runtime::Handle::enter);
+            Pool::new(&client, connections, timeouts)?
+        };
         Ok(Self {
             at: at(&client),
-            pool: Pool::new(&client, connections, timeouts)?,
+            pool,
             bus: std::sync::OnceLock::new(),
             timeouts,
             client,
@@ -53,7 +64,14 @@ impl Live {
         }
         // Made here, so whatever the manager starts runs on the bus's runtime too. The settings
         // were accepted for `pool` already; should they not be now, the bus shares `pool`.
-        let made = (self.bus).get_or_init(|| Pool::new(&self.client, 1, self.timeouts).ok());
+        let made = (self.bus).get_or_init(|| {
+            Pool::new(&self.client, 1, self.timeouts)
+                .inspect_err(|e| {
+                    tracing::warn!(target: "tiered_cache::l2", error = %e,
+                        "the bus's own connection could not be made; it shares the pool's")
+                })
+                .ok()
+        });
         made.as_ref().unwrap_or(&self.pool)
     }
 }
@@ -72,6 +90,8 @@ pub(crate) struct Topology {
     connections: usize,
     pub(crate) tls: Tls,
     moved: watch::Sender<u64>,
+    /// The runtime the tier was opened on (the application's), if any.
+    app: Option<tokio::runtime::Handle>,
 }
 
 struct Asker {
@@ -100,7 +120,8 @@ impl Topology {
         reconnect_delay: Duration,
     ) -> Result<Self, Error> {
         let timeouts = timeouts(endpoint, reconnect_delay);
-        let live = Live::new(client, endpoint.connections, timeouts)?;
+        let app = tokio::runtime::Handle::try_current().ok();
+        let live = Live::new(client, endpoint.connections, timeouts, app.as_ref())?;
         Ok(Self {
             live: RwLock::new(Some(Arc::new(live))),
             sentinel: None,
@@ -108,6 +129,7 @@ impl Topology {
             connections: endpoint.connections,
             tls,
             moved: watch::channel(0).0,
+            app,
         })
     }
 
@@ -168,6 +190,7 @@ impl Topology {
             connections: endpoint.connections,
             tls,
             moved: watch::channel(0).0,
+            app: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -295,7 +318,7 @@ impl Topology {
         if self.current().is_some_and(|live| live.at == now) {
             return;
         }
-        let Ok(live) = Live::new(found, self.connections, self.timeouts) else {
+        let Ok(live) = Live::new(found, self.connections, self.timeouts, self.app.as_ref()) else {
             return;
         };
         let previous = (self.live.write().unwrap_or_else(|e| e.into_inner()))
