@@ -1,7 +1,7 @@
 //! The bus's dedicated connections, opened from the tier's own client, both RESP3: the
 //! subscription to the invalidation channel (its messages pushed into a bounded buffer), and
-//! the one that tracks writes made outside the library (`CLIENT TRACKING`). The bus tasks drive them (see `bus/`); only this
-//! tier speaks Redis.
+//! the one that tracks writes made outside the library (`CLIENT TRACKING`). The bus tasks
+//! drive them (see `bus/`); only this tier speaks Redis.
 //!
 //! Each open is bounded by the connect timeout and each command by the tier's timeout; a
 //! failure comes back as a short reason for the log, and the caller reconnects.
