@@ -134,8 +134,7 @@ fn symbol(i: usize) -> String {
 /// namespaces trade it for availability and keep serving L1 (each node alone).
 async fn build_node(url: Option<&str>, bound: Option<Duration>) -> TieredCache {
     let policy = |p: NamespacePolicy| workload::bounded(p, bound);
-    workload::RedisEnv::read(|var| std::env::var(var).ok())
-        .builder(url)
+    workload::at(url)
         .prefix("v1")
         // Payments seed: exchange rates live 90 s.
         .namespace(

@@ -490,8 +490,7 @@ pub struct Warmed {
 /// of bypassing it).
 pub fn build_cache(url: Option<&str>, bound: Option<Duration>) -> TieredCache {
     let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
-    workload::RedisEnv::read(|var| std::env::var(var).ok())
-        .builder(url)
+    workload::at(url)
         .prefix("deltran")
         .namespace("window", policy(WINDOW_TTL))
         .namespace("net_bilateral", policy(NET_TTL).l1_capacity(100_000))

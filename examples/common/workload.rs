@@ -39,12 +39,23 @@ impl RedisEnv {
     /// would be read; `url`, when the run chose its Redis, overrides the address.
     pub fn builder(&self, url: Option<&str>) -> TieredCacheBuilder {
         let vars = self.0.clone();
-        let b = TieredCache::builder().environment(move |var| vars.get(var).cloned());
-        match url {
-            Some(url) => b.redis_url(url),
-            None => b,
-        }
+        at(url).environment(move |var| vars.get(var).cloned())
     }
+}
+
+/// A builder pointed at `url`, or, with `None`, at what the process's `REDIS_*` variables say
+/// (the builder reads them itself).
+pub fn at(url: Option<&str>) -> TieredCacheBuilder {
+    let b = TieredCache::builder();
+    match url {
+        Some(url) => b.redis_url(url),
+        None => b,
+    }
+}
+
+/// What `build()` says of `b`: `Ok` (the cache is dropped at once) or the error's text.
+pub fn try_build(b: TieredCacheBuilder) -> Result<(), String> {
+    b.build().map(drop).map_err(|e| e.to_string())
 }
 
 impl std::fmt::Debug for RedisEnv {

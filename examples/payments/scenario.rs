@@ -1028,12 +1028,8 @@ mod config_tests {
     #[tokio::test]
     async fn the_cache_checks_the_redis_variables_at_build() {
         let build = |vars: &[(&str, &str)]| {
-            parse(vars)
-                .unwrap()
-                .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
-                .build()
-                .map(drop)
-                .map_err(|e| e.to_string())
+            let config = parse(vars).unwrap();
+            workload::try_build(config.builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND)))
         };
         let err = build(&[("REDIS_URL", "http://:marker-51c2@cache:6380")]).unwrap_err();
         assert!(!err.contains("marker-51c2"), "{err}");

@@ -332,8 +332,7 @@ pub struct RiskNode {
 /// "fallback to in-memory".
 pub fn build_cache(url: Option<&str>, bound: Option<Duration>, timing: Timing) -> TieredCache {
     let policy = |ttl: Duration| workload::bounded(NamespacePolicy::new(ttl), bound);
-    workload::RedisEnv::read(|var| std::env::var(var).ok())
-        .builder(url)
+    workload::at(url)
         .prefix("risk")
         .namespace("risk_metrics", policy(timing.metrics_ttl()))
         .namespace("risk_profile", policy(timing.profile_ttl()))

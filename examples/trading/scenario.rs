@@ -716,12 +716,8 @@ mod config_tests {
     #[tokio::test]
     async fn the_cache_checks_the_redis_variables_at_build() {
         let build = |vars: &[(&str, &str)]| {
-            parse(vars)
-                .unwrap()
-                .builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND))
-                .build()
-                .map(drop)
-                .map_err(|e| e.to_string())
+            let config = parse(vars).unwrap();
+            workload::try_build(config.builder(Some(NamespacePolicy::DEFAULT_STALENESS_BOUND)))
         };
         for (var, value) in [
             ("REDIS_PORT", "70000"),

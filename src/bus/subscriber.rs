@@ -3,7 +3,7 @@
 
 use super::{apply, After};
 use crate::engine::Engine;
-use crate::l2::link::{Delivery, Pinger, Subscription};
+use crate::l2::link::{Delivery, Messages, Pinger, Subscription};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,12 +112,29 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
         cfg.clone(),
         failed_tx,
     )));
+    let outcome = listen(shared, &mut messages, &mut ping_failed, &mut moved).await;
+    // Drops not reported before the session ended are counted still (its resync follows).
+    let unreported = messages.take_dropped();
+    if unreported > 0 {
+        overflowed(shared, unreported);
+    }
+    outcome
+}
+
+/// Applies what the subscription delivers and runs the resyncs it (or this node) asks for,
+/// until something fails.
+async fn listen(
+    shared: &Arc<Engine>,
+    messages: &mut Messages,
+    ping_failed: &mut tokio::sync::oneshot::Receiver<String>,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), String> {
     // A resync a message asked for waits until `RESYNC_GAP` after the last one, while messages
     // go on being applied: bounded namespaces distrust L1 from the suspicion on, and the
     // resync replays what was missed or clears L1 (unbounded ones serve theirs up to
     // `RESYNC_GAP` longer).
     let (mut due, mut last) = (false, tokio::time::Instant::now());
-    let outcome = async { loop {
+    loop {
         tokio::select! {
             msg = messages.next() => match msg {
                 Some(Delivery::Message(msg)) => due |= apply(shared, msg.payload()) == After::Resync,
@@ -137,21 +154,14 @@ async fn session(shared: &Arc<Engine>, cfg: &BusConfig) -> Result<(), String> {
                 super::resync(shared).await.map_err(|e| format!("resync: {e}"))?;
                 (due, last) = (false, tokio::time::Instant::now());
             }
-            reason = &mut ping_failed => {
+            reason = &mut *ping_failed => {
                 return Err(reason.unwrap_or_else(|_| "ping task ended".into()));
             }
             _ = moved.changed() => {
                 return Err("the Redis primary moved: resubscribing on the new one".into());
             }
         }
-    } }
-    .await;
-    // Drops not reported before the session ended are counted still (its resync follows).
-    let unreported = messages.take_dropped();
-    if unreported > 0 {
-        overflowed(shared, unreported);
     }
-    outcome
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ use std::time::Duration;
 // its fail-safe window, which build() keeps under that TTL; a second of slack on top. (A
 // value given a shorter TTL than the namespace's L1 TTL is fresh in L1 only up to its own
 // expiry; fail-safe may keep a stale copy longer, served only while its loader fails.) A
-// score only grows. Members past theirs are pruned as the set is joined, and the set itself lives as
-// long as its highest score. A plain set left by an older version (`legacy`) is converted as
+// score only grows. Members past theirs are pruned as the set is joined, and the set itself
+// lives as long as its highest score. A plain set left by an older version (`legacy`) is converted as
 // it is first joined, each member scored by the set's own end plus the joining value's life.
 // (Nodes of the older version then fail on it with WRONGTYPE: upgrade a fleet together.)
 //
